@@ -1,0 +1,121 @@
+"""The one dataset interface every loader returns.
+
+A :class:`Dataset` is a table of images with labels, patients and a split. Loaders for
+ChestX-ray14, CheXpert, class folders and the phantom all return it, so the input pipeline,
+training, evaluation and saliency code never care where the images came from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chestkd.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Dataset:
+    """Images, labels and splits of one dataset.
+
+    Attributes:
+        name: dataset name, e.g. ``"chestxray14"``.
+        class_names: the label names, in the order of the label columns.
+        multi_label: True for independent findings (sigmoid, binary cross-entropy); False
+            for mutually exclusive classes (softmax, categorical cross-entropy).
+        paths: (N,) absolute image paths as str.
+        labels: (N, C) float32; multi-hot, or one-hot for single-label data.
+        mask: (N, C) float32; 1 where the label is known, 0 where it must not enter the loss
+            (CheXpert U-Ignore). All ones for most datasets.
+        patients: (N,) patient id as str (the file name when a dataset has none).
+        split: (N,) one of ``"train"``, ``"val"``, ``"test"``.
+        meta: per-image metadata table (N rows, same order), e.g. age, sex, view position.
+        boxes: optional table of localisation boxes with columns
+            ``image`` (file name), ``path``, ``label``, ``x``, ``y``, ``w``, ``h``
+            in the pixel space of the image file on disk.
+        root: dataset folder.
+        skipped: rows dropped because of bad input (with an explicit skip option), as a table
+            with columns ``path`` and ``reason``; reported by every run.
+    """
+
+    name: str
+    class_names: list[str]
+    multi_label: bool
+    paths: np.ndarray
+    labels: np.ndarray
+    patients: np.ndarray
+    split: np.ndarray
+    mask: np.ndarray | None = None
+    meta: pd.DataFrame | None = None
+    boxes: pd.DataFrame | None = None
+    root: Path | None = None
+    skipped: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+
+    def __post_init__(self):
+        n = len(self.paths)
+        self.paths = np.asarray(self.paths, dtype=str)
+        self.labels = np.asarray(self.labels, dtype=np.float32).reshape(n, len(self.class_names))
+        self.patients = np.asarray(self.patients, dtype=str)
+        self.split = np.asarray(self.split, dtype=str)
+        if self.mask is None:
+            self.mask = np.ones_like(self.labels)
+        self.mask = np.asarray(self.mask, dtype=np.float32)
+        for name in ("patients", "split", "mask"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Dataset.{name} has {len(getattr(self, name))} rows, paths has {n}")
+        if self.meta is not None:
+            self.meta = self.meta.reset_index(drop=True)
+        bad = sorted(set(self.split) - set(SPLITS))
+        if bad:
+            raise DataError(f"{self.name}: unknown split name(s) {bad}; expected {SPLITS}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def select(self, rows) -> "Dataset":
+        """A new Dataset holding only ``rows`` (boolean mask or integer indices)."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        boxes = self.boxes
+        if boxes is not None:
+            boxes = boxes[boxes["path"].isin(set(self.paths[rows]))].reset_index(drop=True)
+        return replace(
+            self,
+            paths=self.paths[rows], labels=self.labels[rows], mask=self.mask[rows],
+            patients=self.patients[rows], split=self.split[rows],
+            meta=None if self.meta is None else self.meta.iloc[rows].reset_index(drop=True),
+            boxes=boxes)
+
+    def subset(self, split: str) -> "Dataset":
+        """The images of one split. An empty split is an error naming the split."""
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+        part = self.select(self.split == split)
+        if len(part) == 0:
+            raise DataError(f"{self.name}: the {split!r} split is empty")
+        return part
+
+    def label_counts(self) -> pd.Series:
+        """Images per label (known, positive labels only)."""
+        return pd.Series((self.labels * self.mask).sum(0).astype(int), index=self.class_names)
+
+    def check_patient_leakage(self) -> None:
+        """Raise DataError if a patient appears in more than one split."""
+        frame = pd.DataFrame({"patient": self.patients, "split": self.split})
+        per_patient = frame.groupby("patient")["split"].nunique()
+        leaked = per_patient[per_patient > 1]
+        if len(leaked):
+            example = leaked.index[0]
+            splits = sorted(frame.loc[frame.patient == example, "split"].unique())
+            raise DataError(
+                f"{self.name}: {len(leaked)} patient(s) appear in more than one split, "
+                f"e.g. patient {example!r} in {splits}")
