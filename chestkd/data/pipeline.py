@@ -1,0 +1,193 @@
+"""The tf.data input pipeline: one function, ``make_dataset``, for training and evaluation.
+
+Every image goes through the same steps, whether it comes from a raw PNG/JPEG file or from the
+prepared cache (``chestkd.data.cache``):
+
+1. decode (any channel count: gray, gray+alpha, RGB, RGBA; 8 or 16 bit) to 3 channels,
+2. resize to ``image_size`` (area interpolation when shrinking, bilinear when enlarging),
+3. normalise: ``minus_one_one`` maps [0, 1] to [-1, 1] (the papers' convention, and what every
+   chestkd model expects); ``mean_std`` subtracts a dataset mean and divides by its std,
+4. when training: a random horizontal flip (the papers' only augmentation),
+5. batch and prefetch with AUTOTUNE.
+
+Training order and flips come from ``seed``: two pipelines built with the same seed yield the same
+images in the same order with the same flips, every epoch. That is what lets a cached teacher
+(logits precomputed for the original and the flipped view of every training image) give exactly the
+losses an online teacher gives.
+
+Labels: ``y`` is float32 (B, C). Unknown labels (``Dataset.mask == 0``, CheXpert U-Ignore) are
+encoded as -1, which the losses and metrics in ``chestkd.training.losses`` leave out.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from chestkd.data.dataset import Dataset
+from chestkd.errors import ConfigError, DataError
+
+AUTOTUNE = tf.data.AUTOTUNE
+NORMALIZATIONS = ("minus_one_one", "mean_std")
+_TF_DECODABLE = (".png", ".jpg", ".jpeg")
+
+
+def encode_labels(data: Dataset) -> np.ndarray:
+    """Labels with unknown entries (mask == 0) set to -1."""
+    return np.where(data.mask > 0, data.labels, -1.0).astype(np.float32)
+
+
+def normalize(images01: tf.Tensor, normalization: str = "minus_one_one", mean_std=None):
+    """Map images in [0, 1] to the model's input range."""
+    if normalization == "minus_one_one":
+        return images01 * 2.0 - 1.0
+    if normalization == "mean_std":
+        if mean_std is None:
+            raise ConfigError("normalization='mean_std' needs mean_std=(mean, std)")
+        mean, std = mean_std
+        return (images01 - mean) / std
+    raise ConfigError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+
+
+def _to_three_channels(image: tf.Tensor) -> tf.Tensor:
+    # Gray (1) and gray+alpha (2) are replicated; RGB(A) drops alpha.
+    channels = tf.shape(image)[-1]
+    return tf.cond(channels < 3,
+                   lambda: tf.tile(image[..., :1], [1, 1, 3]),
+                   lambda: image[..., :3])
+
+
+def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    shape = tf.shape(image)
+    shrinking = tf.logical_or(shape[0] > image_size, shape[1] > image_size)
+    size = [image_size, image_size]
+    return tf.cond(shrinking,
+                   lambda: tf.image.resize(image, size, method="area"),
+                   lambda: tf.image.resize(image, size, method="bilinear"))
+
+
+def decode_file(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Read and decode one PNG/JPEG into float32 (S, S, 3) in [0, 1]."""
+    contents = tf.io.read_file(path)
+    image = tf.cond(
+        tf.io.is_jpeg(contents),
+        lambda: tf.cast(tf.io.decode_jpeg(contents, channels=0), tf.float32) / 255.0,
+        lambda: tf.cast(tf.io.decode_png(contents, channels=0, dtype=tf.uint16), tf.float32)
+        / 65535.0)
+    image = _resize(_to_three_channels(image), image_size)
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+def _decode_with_cv2(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    # TIFF/BMP and other formats TF cannot decode: fall back to OpenCV (releases the GIL).
+    from chestkd.data.images import read_image
+
+    def read(p):
+        return (read_image(p.decode(), image_size) + 1.0) / 2.0
+
+    image = tf.numpy_function(read, [path], tf.float32, stateful=False)
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+def _flip(images: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
+    """Flip each image left-right where ``flips`` is 1 (works on one image or a batch)."""
+    return tf.where(tf.reshape(tf.cast(flips, tf.bool), [-1] + [1] * 3)
+                    if images.shape.rank == 4 else tf.cast(flips, tf.bool),
+                    tf.reverse(images, axis=[-2]), images)
+
+
+def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 224,
+                 batch_size: int = 32, training: bool = False, seed: int = 0,
+                 normalization: str = "minus_one_one", mean_std=None, cache_dir=None,
+                 teacher_logits: np.ndarray | None = None, flip: bool | None = None,
+                 drop_remainder: bool = False, shuffle: bool | None = None) -> tf.data.Dataset:
+    """Build the tf.data pipeline for ``data`` (or its ``split``).
+
+    Args:
+        data: a :class:`Dataset`; ``split`` selects ``"train"``, ``"val"`` or ``"test"`` first.
+        image_size: output side length (224; 299 for InceptionV3).
+        training: shuffle and flip (unless ``shuffle`` / ``flip`` say otherwise).
+        seed: fixes the order and the flips.
+        cache_dir: a folder written by ``python -m chestkd.data prepare``; images are read from
+            its uint8 shards instead of decoding the original files.
+        teacher_logits: cached teacher outputs, shape (N, 2, C) or (N, 2, K, C) for the N images
+            of this split in order; ``[:, 0]`` is the original view, ``[:, 1]`` the flipped one.
+            Then each element is ``({"image": x, "teacher_logits": t}, y)``.
+
+    Returns:
+        A dataset of ``(images, y)`` batches (or with the dict above), images float32
+        (B, S, S, 3).
+    """
+    if split is not None:
+        data = data.subset(split)
+    if len(data) == 0:
+        raise DataError(f"{data.name}: no images to read")
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+    shuffle = training if shuffle is None else shuffle
+    flip = training if flip is None else flip
+    labels = encode_labels(data)
+    n = len(data)
+    if teacher_logits is not None:
+        teacher_logits = np.asarray(teacher_logits, np.float32)
+        if teacher_logits.shape[0] != n or teacher_logits.shape[1] != 2:
+            raise ConfigError(f"teacher_logits has shape {teacher_logits.shape}; expected "
+                              f"({n}, 2, ...) for the {n} images of this split")
+
+    index = tf.data.Dataset.range(n)
+    if shuffle:
+        index = index.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    coin = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+    elements = tf.data.Dataset.zip(index, coin).map(
+        lambda i, r: (i, tf.cast(r % 2, tf.int32) if flip else tf.constant(0, tf.int32)))
+
+    labels_t = tf.constant(labels)
+    teacher_t = None if teacher_logits is None else tf.constant(teacher_logits)
+
+    if cache_dir is not None:
+        from chestkd.data.cache import PreparedCache
+        cache = PreparedCache(cache_dir)
+        rows = tf.constant(cache.rows_for(data))
+        cache_size = cache.size
+        batches = elements.batch(batch_size, drop_remainder=drop_remainder)
+
+        def load(i, flips):
+            images = tf.numpy_function(lambda r: cache.read_rows(r), [tf.gather(rows, i)],
+                                       tf.uint8, stateful=False)
+            images = tf.cast(images[..., None], tf.float32) / 255.0
+            images.set_shape([None, cache_size, cache_size, 1])
+            images = tf.tile(images, [1, 1, 1, 3])
+            if cache_size != image_size:
+                images = tf.image.resize(images, [image_size, image_size],
+                                         method="area" if cache_size > image_size else "bilinear")
+            return i, flips, _flip(images, flips)
+
+        ds = batches.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    else:
+        paths = tf.constant(data.paths)
+        tf_decodable = all(os.path.splitext(p)[1].lower() in _TF_DECODABLE for p in data.paths)
+        decode = decode_file if tf_decodable else _decode_with_cv2
+
+        def load_one(i, f):
+            return i, f, _flip(decode(paths[i], image_size), f)
+
+        ds = elements.map(load_one, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+
+    def finish(i, flips, images01):
+        images = normalize(images01, normalization, mean_std)
+        y = tf.gather(labels_t, i)
+        if teacher_t is None:
+            return images, y
+        teacher = tf.gather(tf.gather(teacher_t, i), flips, axis=1, batch_dims=1)
+        return {"image": images, "teacher_logits": teacher}, y
+
+    return ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+
+
+def steps_per_epoch(data: Dataset, split: str, batch_size: int, drop_remainder=False) -> int:
+    n = int((data.split == split).sum())
+    return n // batch_size if drop_remainder else -(-n // batch_size)
