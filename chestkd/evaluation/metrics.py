@@ -1,0 +1,95 @@
+"""Test-split metrics: per-class AUC, single-label scores, parameters and latency.
+
+AUCs come from scikit-learn on the full test split (not the batch-averaged Keras metric). A class
+whose test labels are all one value has no AUC; it is reported as missing (NaN) and left out of
+the mean, and the table says how many positives each class had so the reader can judge.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+
+def softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_logits(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels for every batch of ``dataset`` (images, y), in order."""
+    logits, labels = [], []
+    for x, y in dataset:
+        images = x["image"] if isinstance(x, dict) else x
+        logits.append(np.asarray(model(images, training=False), np.float64))
+        labels.append(np.asarray(y))
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def per_class_auc(y_true: np.ndarray, scores: np.ndarray, class_names) -> pd.DataFrame:
+    """ROC AUC per class; labels of -1 (unknown) are left out of that class."""
+    rows = []
+    for c, name in enumerate(class_names):
+        known = y_true[:, c] >= 0
+        y, s = y_true[known, c], scores[known, c]
+        positives = int((y == 1).sum())
+        negatives = int((y == 0).sum())
+        auc = skm.roc_auc_score(y, s) if positives and negatives else np.nan
+        rows.append({"class": name, "auc": auc, "positives": positives, "negatives": negatives})
+    return pd.DataFrame(rows)
+
+
+def mean_auc(table: pd.DataFrame) -> float:
+    return float(table["auc"].mean(skipna=True))
+
+
+def single_label_metrics(y_true: np.ndarray, probabilities: np.ndarray, class_names) -> dict:
+    """Accuracy, macro precision / recall / F1, per-class scores and the confusion matrix."""
+    true = y_true.argmax(1)
+    pred = probabilities.argmax(1)
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        true, pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": float(skm.accuracy_score(true, pred)),
+        "precision": float(precision.mean()),
+        "recall": float(recall.mean()),
+        "f1": float(f1.mean()),
+        "per_class": pd.DataFrame({"class": list(class_names), "precision": precision,
+                                   "recall": recall, "f1": f1, "support": support}),
+        "confusion_matrix": skm.confusion_matrix(true, pred, labels=labels),
+    }
+
+
+def count_params(model) -> dict:
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = int(sum(np.prod(w.shape) for w in model.weights))
+    return {"total": total, "trainable": trainable}
+
+
+def latency_per_image(model, image_shape, *, repeats: int = 32, warmup: int = 3) -> dict:
+    """Median and mean wall milliseconds of one-image inference (batch size 1).
+
+    Runs through a compiled ``tf.function`` so the number reflects the graph, not Python
+    overhead of eager mode; the first calls (tracing) are excluded.
+    """
+    import tensorflow as tf
+
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    image = tf.random.stateless_uniform((1, *image_shape), seed=(0, 0), minval=-1, maxval=1)
+    for _ in range(warmup):
+        infer(image).numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        infer(image).numpy()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {"median_ms": float(np.median(times)), "mean_ms": float(np.mean(times)),
+            "repeats": repeats}
