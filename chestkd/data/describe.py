@@ -1,0 +1,172 @@
+"""``describe``: what a dataset folder holds, before any training.
+
+Reports the images listed and found on disk, positives per label (and, for multi-label data,
+the all-negative rows, i.e. ChestX-ray14's "No Finding"), images and patients per split, and
+a PASS/FAIL check that no patient lies in two splits. It needs only the metadata.
+
+For ChestX-ray14 the split defaults to ``official`` when ``train_val_list.txt`` and
+``test_list.txt`` exist and to ``patient`` otherwise; asking for ``official`` without the
+lists is an error that says so (no silent fallback, so the numbers printed are always those
+of the split asked for).
+"""
+from __future__ import annotations
+
+import inspect
+import importlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from chestkd.data import LOADERS, load_dataset
+from chestkd.data.dataset import SPLITS, Dataset
+from chestkd.data.splits import leaked_patients
+from chestkd.errors import ConfigError
+
+NO_FINDING = "No Finding"
+ALL_NEGATIVE = "(all negative)"    # used when "No Finding" is itself a class (CheXpert)
+
+
+def loader_options(name: str) -> list[str]:
+    """Keyword options accepted by the loader of dataset ``name``."""
+    if name not in LOADERS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
+    module, func = LOADERS[name].split(":")
+    signature = inspect.signature(getattr(importlib.import_module(module), func))
+    return [p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+
+def default_chestxray14_split(data_dir) -> str:
+    """``official`` when both official lists exist in ``data_dir``, else ``patient``."""
+    folder = Path(data_dir) if data_dir is not None else Path(".")
+    lists = [folder / "train_val_list.txt", folder / "test_list.txt"]
+    return "official" if all(path.is_file() for path in lists) else "patient"
+
+
+def load_for_describe(name: str, data_dir, split: str | None = None, options=None):
+    """Load a dataset with the options given on the command line; returns (data, options)."""
+    options = dict(options or {})
+    accepted = loader_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"{name}: unknown option(s) {unknown}; this loader accepts {accepted}")
+    if name == "chestxray14":
+        options["split"] = split or options.get("split") or default_chestxray14_split(data_dir)
+    elif split is not None:
+        raise ConfigError(f"--split applies to chestxray14 only; {name} has its own split "
+                          f"(see its loader's options)")
+    return load_dataset(name, data_dir, **options), options
+
+
+def images_on_disk(data: Dataset) -> np.ndarray:
+    """Per row: is the image file there? From ``meta["on_disk"]`` when the loader set it."""
+    if data.meta is not None and "on_disk" in data.meta:
+        return data.meta["on_disk"].to_numpy(dtype=bool)
+    return np.array([os.path.isfile(path) for path in data.paths], dtype=bool)
+
+
+def describe(data: Dataset, options=None) -> dict:
+    """The report as a JSON-ready dict (counts are ints, names are str)."""
+    on_disk = images_on_disk(data)
+    positives = data.labels * data.mask
+    splits_present = [s for s in SPLITS if (data.split == s).any()]
+    labels = {}
+    for column, name in enumerate(data.class_names):
+        counts = {"total": int(positives[:, column].sum())}
+        for split in splits_present:
+            counts[split] = int(positives[data.split == split, column].sum())
+        labels[name] = counts
+    if data.multi_label:
+        negative = positives.sum(1) == 0
+        key = ALL_NEGATIVE if NO_FINDING in data.class_names else NO_FINDING
+        labels[key] = {"total": int(negative.sum()),
+                       **{s: int(negative[data.split == s].sum()) for s in splits_present}}
+    splits = {split: {"images": int((data.split == split).sum()),
+                      "patients": int(len(np.unique(data.patients[data.split == split])))}
+              for split in SPLITS}
+    leaked = leaked_patients(data.patients, data.split)
+    report = {
+        "dataset": data.name,
+        "root": None if data.root is None else str(data.root),
+        "options": {k: _jsonable(v) for k, v in (options or {}).items()},
+        "multi_label": bool(data.multi_label),
+        "classes": list(data.class_names),
+        "images": {"listed": int(len(data)), "on_disk": int(on_disk.sum()),
+                   "missing": int((~on_disk).sum())},
+        "patients": int(len(np.unique(data.patients))),
+        "labels": labels,
+        "splits": splits,
+        "patient_leakage": {
+            "status": "FAIL" if leaked else "PASS",
+            "patients_in_two_splits": len(leaked),
+            "example": ({"patient": next(iter(leaked)), "splits": next(iter(leaked.values()))}
+                        if leaked else None)},
+        "skipped": int(len(data.skipped)),
+    }
+    unknown = (data.mask == 0).sum(0)
+    if unknown.any():
+        report["unknown_labels"] = {name: int(n) for name, n in zip(data.class_names, unknown)}
+    if data.boxes is not None:
+        report["boxes"] = {"total": int(len(data.boxes)),
+                           **{str(k): int(v) for k, v in
+                              data.boxes["label"].value_counts().items()}}
+    return report
+
+
+def _jsonable(value):
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def format_report(report: dict) -> str:
+    """The report as aligned plain text."""
+    images = report["images"]
+    options = ", ".join(f"{k}={v}" for k, v in report["options"].items())
+    header = f"dataset: {report['dataset']}  ({report['root']})"
+    lines = [header + (f"  [{options}]" if options else ""),
+             f"images: {images['listed']:,} listed, {images['on_disk']:,} found on disk, "
+             f"{images['missing']:,} missing",
+             f"patients: {report['patients']:,}",
+             f"labels ({'multi-label' if report['multi_label'] else 'single-label'}, "
+             f"{len(report['classes'])} classes), positive images:"]
+    columns = ["total"] + [s for s in SPLITS if report["splits"][s]["images"]]
+    width = max(len(name) for name in report["labels"]) + 2
+    lines.append("  " + "label".ljust(width) + "".join(c.rjust(10) for c in columns))
+    for name, counts in report["labels"].items():
+        lines.append("  " + name.ljust(width)
+                     + "".join(f"{counts.get(c, 0):,}".rjust(10) for c in columns))
+    if "unknown_labels" in report:
+        unknown = ", ".join(f"{k} {v:,}" for k, v in report["unknown_labels"].items() if v)
+        lines.append(f"labels left out of the loss (uncertain, U-Ignore): {unknown}")
+    lines.append("splits:")
+    lines.append("  " + "split".ljust(8) + "images".rjust(10) + "patients".rjust(10))
+    for split, counts in report["splits"].items():
+        lines.append("  " + split.ljust(8) + f"{counts['images']:,}".rjust(10)
+                     + f"{counts['patients']:,}".rjust(10))
+    leakage = report["patient_leakage"]
+    if leakage["status"] == "PASS":
+        lines.append("patient leakage check: PASS (no patient in two splits)")
+    else:
+        example = leakage["example"]
+        lines.append(f"patient leakage check: FAIL ({leakage['patients_in_two_splits']:,} "
+                     f"patient(s) in two splits, e.g. {example['patient']!r} in "
+                     f"{example['splits']})")
+    if "boxes" in report:
+        boxes = dict(report["boxes"])
+        total = boxes.pop("total")
+        lines.append(f"boxes: {total:,}" + (" (" + ", ".join(f"{k} {v:,}" for k, v in
+                                                            boxes.items()) + ")" if boxes else ""))
+    lines.append(f"skipped bad images: {report['skipped']:,}")
+    return "\n".join(lines)
+
+
+def run(name: str, data_dir=None, *, split: str | None = None, options=None,
+        as_json: bool = False) -> str:
+    """Load, describe and format (text or one JSON object)."""
+    data, used = load_for_describe(name, data_dir, split, options)
+    report = describe(data, used)
+    return json.dumps(report) if as_json else format_report(report)

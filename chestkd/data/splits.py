@@ -1,0 +1,101 @@
+"""Patient-wise train/val/test splits, shared by every loader.
+
+Images of one patient are strongly correlated (follow-up studies of the same chest), so a
+split by image would leak patients from training into evaluation and inflate the scores.
+:func:`patient_split` therefore assigns whole patients, and :func:`check_no_leakage` checks
+that a split (ours or one supplied with a dataset) keeps every patient in one split.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from chestkd.data.dataset import SPLITS
+from chestkd.errors import ConfigError, DataError
+
+
+def check_fractions(fractions, option: str = "fractions") -> np.ndarray:
+    """Fractions as a float64 array: non-negative and summing to 1, else ConfigError."""
+    values = np.asarray(fractions, dtype=np.float64).ravel()
+    if values.size == 0 or np.any(values < 0) or not np.isclose(values.sum(), 1.0, atol=1e-6):
+        raise ConfigError(f"{option} must be non-negative and sum to 1, got {tuple(fractions)}")
+    return values
+
+
+def patient_split(patients, fractions=(0.7, 0.1, 0.2), seed: int = 0, stratify=None,
+                  names=SPLITS) -> np.ndarray:
+    """Assign every image a split name so that each patient lies in exactly one split.
+
+    Patients are shuffled with ``numpy.random.default_rng(seed)`` (the order before shuffling
+    is the sorted patient ids, so the result does not depend on the row order) and laid end
+    to end, each taking as much room as it has images. A patient goes to split ``k`` when the
+    midpoint of its stretch falls in ``(F_{k-1}, F_k]`` with ``F_k = f_1 + ... + f_k`` (on
+    a boundary it goes to the earlier split: a lone image of a 50/50 split trains). The
+    *image* fractions therefore approach ``fractions`` as closely as whole patients allow
+    (ChestX-ray14 patients have 1 to 184 images).
+
+    With ``stratify`` (one hashable key per image, e.g. its class) every patient is put in
+    the stratum of its most frequent key and each stratum is split separately, so every
+    split gets about the same share of each class.
+
+    Args:
+        patients: (N,) patient id per image.
+        fractions: one fraction per name in ``names``, summing to 1.
+        seed: the same seed gives the same split.
+        stratify: optional (N,) keys to stratify by.
+        names: split names, ``("train", "val", "test")`` by default.
+
+    Returns:
+        (N,) array of split names.
+    """
+    bounds = np.cumsum(check_fractions(fractions))
+    names = np.asarray(names, dtype=str)
+    if len(names) != len(bounds):
+        raise ConfigError(f"{len(bounds)} fractions given for {len(names)} splits {list(names)}")
+    patients = np.asarray(patients, dtype=str)
+    unique, inverse, counts = np.unique(patients, return_inverse=True, return_counts=True)
+    if stratify is None:
+        strata = np.zeros(len(unique), dtype=np.int64)
+    else:
+        strata = _patient_strata(patients, np.asarray(stratify), unique)
+    rng = np.random.default_rng(seed)
+    assigned = np.empty(len(unique), dtype=np.int64)
+    for stratum in np.unique(strata):
+        members = rng.permutation(np.flatnonzero(strata == stratum))
+        sizes = counts[members].astype(np.float64)
+        midpoints = (np.cumsum(sizes) - sizes / 2) / sizes.sum()
+        assigned[members] = np.searchsorted(bounds, midpoints, side="left")
+    assigned = np.minimum(assigned, len(names) - 1)   # guards a cumulative sum of 0.99999
+    return names[assigned][inverse]
+
+
+def _patient_strata(patients, keys, unique) -> np.ndarray:
+    """Stratum index per unique patient: its most frequent key (ties: the smallest key)."""
+    if len(keys) != len(patients):
+        raise ConfigError(f"stratify has {len(keys)} entries for {len(patients)} images")
+    key_codes, key_index = np.unique(keys.astype(str), return_inverse=True)
+    table = pd.DataFrame({"patient": patients, "key": key_index})
+    sizes = table.groupby(["patient", "key"]).size().rename("n").reset_index()
+    sizes = sizes.sort_values(["patient", "n", "key"], ascending=[True, False, True])
+    mode = sizes.drop_duplicates("patient").set_index("patient")["key"]
+    return mode.reindex(unique).to_numpy()
+
+
+def leaked_patients(patients, split) -> dict[str, list[str]]:
+    """Patients found in more than one split -> the sorted split names they appear in."""
+    frame = pd.DataFrame({"patient": np.asarray(patients, dtype=str),
+                          "split": np.asarray(split, dtype=str)})
+    per_patient = frame.drop_duplicates().groupby("patient")["split"].agg(sorted)
+    leaked = per_patient[per_patient.map(len) > 1]
+    return {str(patient): list(splits) for patient, splits in leaked.items()}
+
+
+def check_no_leakage(patients, split, source: str) -> None:
+    """DataError naming ``source`` and a patient if any patient lies in two splits."""
+    leaked = leaked_patients(patients, split)
+    if leaked:
+        patient, splits = next(iter(leaked.items()))
+        raise DataError(
+            f"{source}: patient {patient!r} appears in splits {splits} "
+            f"({len(leaked)} patient(s) in more than one split); images of one patient must "
+            f"stay in one split")
