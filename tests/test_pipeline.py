@@ -157,3 +157,17 @@ def test_bad_options_are_named(tmp_path):
         make_dataset(data, "train", teacher_logits=np.zeros((3, 2, 3)))
     with pytest.raises(DataError, match="'val' split is empty"):
         make_dataset(data, "val")
+
+
+def test_mean_std_normalization_standardises_pixels(tmp_path):
+    from chestkd.data.pipeline import estimate_mean_std
+    data, arrays = _dataset(tmp_path)
+    mean, std = estimate_mean_std(data, image_size=SIZE)
+    pixels = arrays[:8].astype(np.float64) / 255.0
+    assert mean == pytest.approx(pixels.mean(), abs=1e-5)
+    assert std == pytest.approx(pixels.std(), abs=1e-5)
+    images = np.concatenate([x.numpy() for x, _ in make_dataset(
+        data, "train", image_size=SIZE, batch_size=8, normalization="mean_std",
+        mean_std=(mean, std))])
+    assert images.mean() == pytest.approx(0.0, abs=1e-4)
+    assert images.std() == pytest.approx(1.0, abs=1e-4)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from chestkd.data.dataset import Dataset
+from chestkd.data.images import check_image_file, decode_image, read_bytes, to_unit_rgb
 from chestkd.errors import DataError
 
 SHARD_SIZE = 1024
@@ -44,25 +45,19 @@ def cache_key(data: Dataset, path: str) -> str:
 def load_gray_uint8(path: str, size: int) -> np.ndarray:
     """Read an image of any channel count and bit depth as uint8 (size, size) gray.
 
-    Raises DataError naming the file when it is missing, empty or cannot be decoded.
+    Uses the same checks and decoding as ``chestkd.data.images`` (missing, empty, truncated
+    or undecodable files raise DataError naming the file); RGB is converted with the usual luma
+    weights, then the image is area-downscaled.
     """
-    if not os.path.exists(path):
-        raise DataError(f"{path}: image file not found")
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path}: image file is empty")
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DataError(f"{path}: cannot decode image (corrupt or unsupported format)")
-    if image.dtype != np.uint8:
-        image = (image.astype(np.float32) * (255.0 / np.iinfo(image.dtype).max)).round()
-        image = image.astype(np.uint8)
-    if image.ndim == 3:
-        if image.shape[2] == 2:
-            image = image[..., 0]
-        else:
-            image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY)
-    interpolation = cv2.INTER_AREA if max(image.shape) > size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interpolation)
+    reason = check_image_file(path)
+    if reason is not None:
+        raise DataError(f"bad image {path}: {reason}")
+    unit = to_unit_rgb(decode_image(read_bytes(path), path))
+    if unit.ndim == 3:
+        unit = cv2.cvtColor(unit, cv2.COLOR_RGB2GRAY)
+    interpolation = cv2.INTER_AREA if max(unit.shape) > size else cv2.INTER_LINEAR
+    unit = cv2.resize(unit, (size, size), interpolation=interpolation)
+    return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)
 
 
 def _checksum(array: np.ndarray) -> str:

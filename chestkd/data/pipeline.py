@@ -6,7 +6,9 @@ prepared cache (``chestkd.data.cache``):
 1. decode (any channel count: gray, gray+alpha, RGB, RGBA; 8 or 16 bit) to 3 channels,
 2. resize to ``image_size`` (area interpolation when shrinking, bilinear when enlarging),
 3. normalise: ``minus_one_one`` maps [0, 1] to [-1, 1] (the papers' convention, and what every
-   chestkd model expects); ``mean_std`` subtracts a dataset mean and divides by its std,
+   chestkd model expects); ``zero_one`` keeps [0, 1]; ``imagenet`` uses ImageNet's channel
+   mean and std; ``mean_std`` subtracts a dataset mean and divides by its std
+   (``mean_std=(mean, std)``, e.g. from ``estimate_mean_std``),
 4. when training: a random horizontal flip (the papers' only augmentation),
 5. batch and prefetch with AUTOTUNE.
 
@@ -29,7 +31,7 @@ from chestkd.data.dataset import Dataset
 from chestkd.errors import ConfigError, DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
-NORMALIZATIONS = ("minus_one_one", "mean_std")
+NORMALIZATIONS = ("minus_one_one", "zero_one", "imagenet", "mean_std")
 _TF_DECODABLE = (".png", ".jpg", ".jpeg")
 
 
@@ -42,6 +44,11 @@ def normalize(images01: tf.Tensor, normalization: str = "minus_one_one", mean_st
     """Map images in [0, 1] to the model's input range."""
     if normalization == "minus_one_one":
         return images01 * 2.0 - 1.0
+    if normalization == "zero_one":
+        return images01
+    if normalization == "imagenet":
+        from chestkd.data.images import IMAGENET_MEAN, IMAGENET_STD
+        return (images01 - IMAGENET_MEAN) / IMAGENET_STD
     if normalization == "mean_std":
         if mean_std is None:
             raise ConfigError("normalization='mean_std' needs mean_std=(mean, std)")
@@ -186,6 +193,17 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
         return {"image": images, "teacher_logits": teacher}, y
 
     return ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+
+
+def estimate_mean_std(data: Dataset, split: str = "train", *, image_size: int = 224,
+                      images: int = 512, seed: int = 0) -> tuple[float, float]:
+    """Mean and std of pixel values in [0, 1] over a seeded sample of ``split``'s images."""
+    part = data.subset(split)
+    rows = np.random.default_rng(seed).permutation(len(part))[:images]
+    ds = make_dataset(part.select(rows), image_size=image_size, batch_size=64,
+                      normalization="zero_one")
+    pixels = np.concatenate([x.numpy()[..., 0].ravel() for x, _ in ds])
+    return float(pixels.mean()), float(pixels.std())
 
 
 def steps_per_epoch(data: Dataset, split: str, batch_size: int, drop_remainder=False) -> int:

@@ -29,7 +29,8 @@ from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model, print_results
 from chestkd.evaluation.metrics import predict_logits, sigmoid
 from chestkd.training.config import dataset_options
-from chestkd.training.experiment import (best_model, build_model, load_model, load_run_data,
+from chestkd.training.experiment import (best_model, build_model, image_options, load_model,
+                                         load_run_data,
                                          pipelines, set_precision, train_classifier)
 from chestkd.training.run import save_config, start_run, write_json
 from chestkd.training.trainer import distribution_strategy, fit, make_optimizer
@@ -93,9 +94,7 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str, *,
     table = None
     if not online:
         table = load_or_compute(run_dir / "teacher_logits.npy", teacher, data,
-                                image_size=int(config["image_size"]),
-                                normalization=config["normalization"],
-                                cache_dir=config.get("cache_dir"))
+                                **image_options(data, config))
     with distribution_strategy(config).scope():
         student = build_model(student_name, data, config)
         distiller = Distiller(student, teacher if online else None, loss=loss,
@@ -109,8 +108,8 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str, *,
 
 def agreement(student, teacher, data: Dataset, config: dict) -> float:
     """Mean |sigmoid(student) - sigmoid(teacher)| on the test split (lower: closer)."""
-    test = make_dataset(data, "test", image_size=int(config["image_size"]),
-                        batch_size=int(config["batch_size"]))
+    test = make_dataset(data, "test", batch_size=int(config["batch_size"]),
+                        **image_options(data, config))
     s, _ = predict_logits(student, test)
     t, _ = predict_logits(teacher, test)
     return float(np.mean(np.abs(sigmoid(s) - sigmoid(t))))

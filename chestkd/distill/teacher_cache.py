@@ -19,7 +19,8 @@ from chestkd.data.pipeline import make_dataset
 
 
 def teacher_logits_table(teachers, data: Dataset, *, image_size: int, batch_size: int = 64,
-                         normalization: str = "minus_one_one", cache_dir=None) -> np.ndarray:
+                         normalization: str = "minus_one_one", mean_std=None,
+                         cache_dir=None) -> np.ndarray:
     """Logits of each teacher for the original and flipped view of every training image.
 
     Returns float32 (N, 2, C) for one teacher, (N, 2, K, C) for a list of K teachers.
@@ -27,7 +28,8 @@ def teacher_logits_table(teachers, data: Dataset, *, image_size: int, batch_size
     single = not isinstance(teachers, (list, tuple))
     teachers = [teachers] if single else list(teachers)
     images = make_dataset(data, "train", image_size=image_size, batch_size=batch_size,
-                          training=False, normalization=normalization, cache_dir=cache_dir)
+                          training=False, normalization=normalization, mean_std=mean_std,
+                          cache_dir=cache_dir)
 
     @tf.function(reduce_retracing=True)
     def both_views(x):

@@ -15,6 +15,7 @@ from chestkd.data.pipeline import make_dataset
 from chestkd.evaluation import plots
 from chestkd.evaluation.metrics import (count_params, latency_per_image, mean_auc, per_class_auc,
                                         predict_logits, sigmoid, single_label_metrics, softmax)
+from chestkd.training.experiment import image_options
 from chestkd.training.run import write_json
 
 
@@ -34,9 +35,8 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
                    title: str | None = None) -> dict:
     """Score ``model`` on ``data``'s test split; results go to ``run_dir`` (names ``prefix``-ed)."""
     run_dir = Path(run_dir)
-    test = make_dataset(data, "test", image_size=int(config["image_size"]),
-                        batch_size=int(config["batch_size"]), training=False,
-                        normalization=config["normalization"], cache_dir=config.get("cache_dir"))
+    test = make_dataset(data, "test", batch_size=int(config["batch_size"]),
+                        **image_options(data, config))
     logits, y = predict_logits(model, test)
     scores = sigmoid(logits) if data.multi_label else softmax(logits)
     table = per_class_auc(y, scores, data.class_names)

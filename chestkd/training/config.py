@@ -36,7 +36,8 @@ BASE_DEFAULTS = {
     "phantom_size": 256,
     "cache_dir": None,             # a folder written by `python -m chestkd.data prepare`
     "image_size": 224,
-    "normalization": "minus_one_one",
+    "normalization": "minus_one_one",  # minus_one_one | zero_one | imagenet | mean_std
+    "mean_std": None,              # mean_std: (mean, std); None: estimated on the train split
     "batch_size": 32,
     "seed": 0,
     # model

@@ -14,7 +14,7 @@ import pandas as pd
 from chestkd import models
 from chestkd.data import load_dataset
 from chestkd.data.dataset import Dataset
-from chestkd.data.pipeline import make_dataset, steps_per_epoch
+from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epoch
 from chestkd.errors import ChestKDError
 from chestkd.training.config import dataset_options
 from chestkd.training.losses import MaskedAUC, hard_loss_for
@@ -47,10 +47,19 @@ def load_run_data(config: dict, run_dir) -> Dataset:
     return data
 
 
+def image_options(data: Dataset, config: dict) -> dict:
+    """The pipeline's image options of a run; a ``mean_std`` normalisation is estimated on
+    the training split once and recorded in the configuration."""
+    if config["normalization"] == "mean_std" and not config.get("mean_std"):
+        config["mean_std"] = list(estimate_mean_std(data, image_size=int(config["image_size"]),
+                                                    seed=int(config["seed"])))
+    return dict(image_size=int(config["image_size"]), normalization=config["normalization"],
+                mean_std=config.get("mean_std"), cache_dir=config.get("cache_dir"))
+
+
 def pipelines(data: Dataset, config: dict, teacher_logits=None):
     """Training (shuffled, flipped) and validation datasets for a run."""
-    common = dict(image_size=int(config["image_size"]), batch_size=int(config["batch_size"]),
-                  normalization=config["normalization"], cache_dir=config.get("cache_dir"))
+    common = dict(batch_size=int(config["batch_size"]), **image_options(data, config))
     train = make_dataset(data, "train", training=True, seed=int(config["seed"]),
                          teacher_logits=teacher_logits, **common)
     val = make_dataset(data, "val", training=False, **common)
