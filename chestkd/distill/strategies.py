@@ -91,18 +91,20 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str, *,
     if config["teacher_outputs"] not in ("online", "cached"):
         raise ConfigError(f"--teacher-outputs {config['teacher_outputs']!r}: choose online "
                           "or cached")
-    table = None
+    tables = {"train": None, "val": None}
     if not online:
-        table = load_or_compute(run_dir / "teacher_logits.npy", teacher, data,
-                                **image_options(data, config))
+        for split in tables:
+            tables[split] = load_or_compute(run_dir / f"teacher_logits_{split}.npy", teacher,
+                                            data, split, **image_options(data, config))
     with distribution_strategy(config).scope():
         student = build_model(student_name, data, config)
         distiller = Distiller(student, teacher if online else None, loss=loss,
                               multi_label=data.multi_label, seed=int(config["seed"]))
         distiller.compile(optimizer=make_optimizer(
             config, steps_per_epoch(data, "train", int(config["batch_size"]))))
-    train, val = pipelines(data, config, teacher_logits=table)
-    fit(distiller, train, val, config, run_dir, student=student)
+    train, val = pipelines(data, config, teacher_logits=tables["train"],
+                           val_teacher_logits=tables["val"])
+    fit(distiller, train, val, config, run_dir)
     return best_model(run_dir, student)
 
 

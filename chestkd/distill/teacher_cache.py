@@ -18,16 +18,20 @@ from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import make_dataset
 
 
-def teacher_logits_table(teachers, data: Dataset, *, image_size: int, batch_size: int = 64,
+def teacher_logits_table(teachers, data: Dataset, split: str = "train", *, image_size: int,
+                         batch_size: int = 64,
                          normalization: str = "minus_one_one", mean_std=None,
                          cache_dir=None) -> np.ndarray:
-    """Logits of each teacher for the original and flipped view of every training image.
+    """Logits of each teacher for the original and flipped view of every image of ``split``.
+
+    The validation split gets a table too, so validation losses of a cached run are the
+    ones an online run reports.
 
     Returns float32 (N, 2, C) for one teacher, (N, 2, K, C) for a list of K teachers.
     """
     single = not isinstance(teachers, (list, tuple))
     teachers = [teachers] if single else list(teachers)
-    images = make_dataset(data, "train", image_size=image_size, batch_size=batch_size,
+    images = make_dataset(data, split, image_size=image_size, batch_size=batch_size,
                           training=False, normalization=normalization, mean_std=mean_std,
                           cache_dir=cache_dir)
 
@@ -42,12 +46,13 @@ def teacher_logits_table(teachers, data: Dataset, *, image_size: int, batch_size
     return table[:, :, 0] if single else table
 
 
-def load_or_compute(path, teachers, data: Dataset, **options) -> np.ndarray:
+def load_or_compute(path, teachers, data: Dataset, split: str = "train",
+                    **options) -> np.ndarray:
     """Read the table from ``path`` if present (a resumed run), else compute and save it."""
     path = Path(path)
     if path.exists():
         return np.load(path)
-    table = teacher_logits_table(teachers, data, **options)
+    table = teacher_logits_table(teachers, data, split, **options)
     tmp = path.with_name(path.stem + ".tmp.npy")
     np.save(tmp, table)
     tmp.replace(path)

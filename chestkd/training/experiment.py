@@ -57,12 +57,13 @@ def image_options(data: Dataset, config: dict) -> dict:
                 mean_std=config.get("mean_std"), cache_dir=config.get("cache_dir"))
 
 
-def pipelines(data: Dataset, config: dict, teacher_logits=None):
-    """Training (shuffled, flipped) and validation datasets for a run."""
+def pipelines(data: Dataset, config: dict, teacher_logits=None, val_teacher_logits=None):
+    """Training (shuffled, flipped) and validation datasets for a run (with cached teacher
+    tables for distillation)."""
     common = dict(batch_size=int(config["batch_size"]), **image_options(data, config))
     train = make_dataset(data, "train", training=True, seed=int(config["seed"]),
                          teacher_logits=teacher_logits, **common)
-    val = make_dataset(data, "val", training=False, **common)
+    val = make_dataset(data, "val", training=False, teacher_logits=val_teacher_logits, **common)
     return train, val
 
 

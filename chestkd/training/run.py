@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -71,12 +72,26 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def save_model_atomic(model, path) -> None:
-    """Save a Keras model so that a crash never leaves a half-written file at ``path``."""
+def save_model_atomically(model, path):
+    """``model.save(path)`` through a temporary file in the same folder and ``os.replace``.
+
+    A crash mid-save leaves the previous file intact, never a truncated one.
+    """
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    if path.suffix != ".keras":
+        raise ConfigError(f"model path {str(path)!r} must end in '.keras'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras",
+                                         dir=path.parent)
+    os.close(handle)
+    try:
+        model.save(temporary, overwrite=True)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
 
 
 def write_json(payload: dict, path) -> None:

@@ -11,13 +11,15 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from chestkd.errors import ConfigError
-from chestkd.training.run import save_model_atomic
+from chestkd.training.run import save_model_atomically, write_json
 
 MONITOR = "val_auc"
 
@@ -33,33 +35,63 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Saves ``model_to_save`` to ``path`` whenever ``monitor`` improves (higher is better).
+class StudentCheckpoint(keras.callbacks.Callback):
+    """Save the student of a :class:`Distiller` (or a plain model) when ``monitor`` improves.
 
-    Unlike ``keras.callbacks.ModelCheckpoint`` it saves a given model (the student inside a
-    Distiller) and keeps the best value in ``path``'s sibling ``best.json`` so that a resumed
-    run does not overwrite a better checkpoint with a worse one.
+    Unlike ``keras.callbacks.ModelCheckpoint`` on the Distiller, it writes only the student,
+    a plain ``keras.Model`` loadable with ``keras.models.load_model``, and writes it
+    atomically. ``filepath`` may hold ``{epoch}`` and log keys, e.g. ``"s-{epoch:02d}.keras"``.
+
+    Args:
+        state_path: optional JSON file keeping the best value across a resume.
+        monitor: log key to watch, e.g. ``"val_loss"`` or ``"val_auc"``.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (max for AUC/accuracy keys, else min).
+        save_best_only: False saves every epoch.
     """
 
-    def __init__(self, model_to_save, path, monitor=MONITOR):
+    def __init__(self, filepath, monitor="val_loss", mode="auto", save_best_only=True,
+                 verbose=0, state_path=None):
         super().__init__()
-        self.model_to_save, self.path, self.monitor = model_to_save, Path(path), monitor
-        self.state_path = self.path.with_name("best.json")
-        self.best = -math.inf
-        if self.state_path.exists():
+        if mode not in ("auto", "min", "max"):
+            raise ConfigError(f"StudentCheckpoint: unknown option 'mode'={mode!r}; choose "
+                              f"'auto', 'min' or 'max'")
+        if mode == "auto":
+            mode = "max" if monitor.endswith(("auc", "accuracy", "acc")) else "min"
+        self.filepath = str(filepath)
+        self.monitor = monitor
+        self.mode = mode
+        self.save_best_only = save_best_only
+        self.verbose = verbose
+        self.best = -np.inf if mode == "max" else np.inf
+        # The best value so far survives an interruption, so a resumed run never replaces a
+        # better checkpoint with a worse one.
+        self.state_path = None if state_path is None else Path(state_path)
+        if self.state_path is not None and self.state_path.exists():
             self.best = json.loads(self.state_path.read_text())["value"]
 
+    def _improved(self, value):
+        return value > self.best if self.mode == "max" else value < self.best
+
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or math.isnan(value):
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if value is None:
+            warnings.warn(f"StudentCheckpoint: {self.monitor!r} is not in the logs "
+                          f"(have {sorted(logs)}); nothing saved at epoch {epoch + 1}",
+                          stacklevel=2)
             return
-        if value > self.best:
-            self.best = float(value)
-            save_model_atomic(self.model_to_save, self.path)
-            tmp = self.state_path.with_name("best.json.tmp")
-            tmp.write_text(json.dumps({"monitor": self.monitor, "value": self.best,
-                                       "epoch": epoch + 1}))
-            os.replace(tmp, self.state_path)
+        value = float(value)
+        if self.save_best_only and not self._improved(value):
+            return
+        if self._improved(value):
+            self.best = value
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        save_model_atomically(getattr(self.model, "student", self.model), path)
+        if self.state_path is not None:
+            write_json({"monitor": self.monitor, "value": value, "epoch": epoch + 1},
+                       self.state_path)
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: {self.monitor}={value:.5f}, student saved to {path}")
 
 
 def make_schedule(config: dict, steps_per_epoch: int):
@@ -105,18 +137,19 @@ def distribution_strategy(config: dict):
     return tf.distribute.get_strategy()
 
 
-def fit(model, train_ds, val_ds, config: dict, run_dir, *, student=None, epochs=None,
+def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None,
         verbose="auto"):
     """Train ``model`` with the run's callbacks; returns the Keras History.
 
-    ``student`` is the model checkpointed as ``model.keras`` (default: ``model`` itself).
+    ``model.keras`` receives ``model.student`` for a Distiller, else ``model`` itself.
     """
     run_dir = Path(run_dir)
     epochs = int(config["epochs"] if epochs is None else epochs)
     callbacks = [
         EpochTimer(),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        BestModelCheckpoint(student or model, run_dir / "model.keras"),
+        StudentCheckpoint(run_dir / "model.keras", monitor=MONITOR, mode="max",
+                          state_path=run_dir / "best.json"),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
         keras.callbacks.TerminateOnNaN(),

@@ -1,0 +1,291 @@
+"""The Distiller: trains a student on labels and on one or more frozen teachers.
+
+Why not ``keras.distillation.Distiller`` (Keras >= 3.12)? It runs exactly one live teacher
+model on every batch and weighs ``student_loss_weight * hard + (1 - w) * distillation``
+with Keras losses. This project needs three things it cannot do:
+
+* cached teachers: the pipeline can precompute teacher logits once (a big teacher is the
+  slowest part of a step) and hand them in the batch as ``x["teacher_logits"]``;
+* several teachers whose logits are combined with fixed or per-step random convex weights
+  (RoS-KD samples them);
+* the papers' losses (:mod:`chestkd.distill.losses`), the hard loss with unknown (-1) labels
+  masked out, and separate ``hard_loss`` / ``soft_loss`` reports.
+
+So, like the keras-io knowledge-distillation example, it overrides ``train_step`` and
+``test_step``. Teachers are frozen in exactly one place, the constructor, and always run with
+``training=False`` outside the gradient tape: their weights, BatchNorm moving statistics
+included, are bitwise unchanged by ``fit``, and gradients reach the student only.
+
+``distiller.student`` is what gets saved, evaluated and exported, never the wrapper (which
+holds the teachers): use :meth:`Distiller.save_student` or the
+:class:`chestkd.training.trainer.StudentCheckpoint` callback.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+from keras.src.losses.loss import scale_loss_for_distribution
+
+from chestkd.distill.losses import KDLoss
+from chestkd.errors import ConfigError
+from chestkd.training.losses import MaskedAUC
+from chestkd.training.run import save_model_atomically
+
+TEACHER_SAMPLING = ("fixed", "random")
+
+
+class Distiller(keras.Model):
+    """A student trained with a :class:`KDLoss` against frozen teachers.
+
+    Args:
+        student: the ``keras.Model`` to train; it outputs float32 logits (B, C).
+        teachers: a ``keras.Model``, a list of them (all output (B, C) logits), or None when
+            every batch carries cached ``teacher_logits``. Frozen here (``trainable=False``).
+        loss: the :class:`KDLoss` (formulation, temperature, alpha).
+        multi_label: True for independent findings (the ``auc`` metric ranks by sigmoid),
+            False for exclusive classes (ranks by softmax, one-vs-rest).
+        teacher_weights: (K,) non-negative weights of the K teachers' logits,
+            :math:`z_t = \\sum_k w_k z_t^{(k)} / \\sum_k w_k`; default the uniform mean.
+        teacher_sampling: ``"fixed"`` uses ``teacher_weights``; ``"random"`` draws new convex
+            weights :math:`w \\sim \\mathrm{Dirichlet}(1, \\dots, 1)` at every training step
+            (RoS-KD). Evaluation always uses the uniform mean so validation losses compare.
+        seed: seed of the random teacher weights (a stateless draw keyed by (seed, step), so a
+            run is reproducible and every replica draws the same weights).
+
+    Batches are ``(x, y)`` or ``(x, y, sample_weight)`` with ``x`` either the images (the
+    teachers run on them) or a dict ``{"image": images, "teacher_logits": t}`` with ``t``
+    (B, C) or (B, K, C) precomputed teacher logits (used instead of running the teachers).
+    ``y`` is (B, C), -1 marking unknown labels.
+
+    Metrics: ``loss`` (the optimised total, plus any student regularisation), ``hard_loss``,
+    ``soft_loss`` (the unweighted terms of :class:`KDLoss`), ``auc`` (mean AUC of the
+    student, :class:`MaskedAUC`) and whatever ``compile(metrics=...)`` adds.
+    """
+
+    def __init__(self, student, teachers=None, *, loss: KDLoss, multi_label=True,
+                 teacher_weights=None, teacher_sampling="fixed", seed=0, name="distiller",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not isinstance(student, keras.Model):
+            raise ConfigError(f"Distiller: 'student' must be a keras.Model, got {type(student)}")
+        if not isinstance(loss, KDLoss):
+            raise ConfigError(f"Distiller: 'loss' must be a chestkd.distill.KDLoss, got {loss!r}")
+        if teacher_sampling not in TEACHER_SAMPLING:
+            raise ConfigError(f"Distiller: unknown option 'teacher_sampling'={teacher_sampling!r};"
+                              f" choose one of {list(TEACHER_SAMPLING)}")
+        if teachers is None:
+            teachers = []
+        elif isinstance(teachers, keras.Model):
+            teachers = [teachers]
+        teachers = list(teachers)
+        self.num_classes = int(student.outputs[0].shape[-1]) if getattr(
+            student, "outputs", None) else int(student.compute_output_shape(
+                (None, *student.input_shape[1:]))[-1])
+        for index, teacher in enumerate(teachers):
+            if not isinstance(teacher, keras.Model):
+                raise ConfigError(f"Distiller: teacher {index} must be a keras.Model, "
+                                  f"got {type(teacher)}")
+            outputs = getattr(teacher, "outputs", None)
+            if outputs and outputs[0].shape[-1] != self.num_classes:
+                raise ConfigError(
+                    f"Distiller: teacher {index} ({teacher.name}) outputs "
+                    f"{outputs[0].shape[-1]} classes, the student {self.num_classes}")
+            # The one place teachers are frozen: before compile, so Keras never tracks
+            # their weights as trainable.
+            teacher.trainable = False
+        if teacher_sampling == "random" and teacher_weights is not None:
+            raise ConfigError("Distiller: 'teacher_weights' cannot be combined with "
+                              "teacher_sampling='random' (the weights are drawn each step)")
+        self.student = student
+        self.teachers = teachers
+        self.kd_loss = loss
+        self.multi_label = bool(multi_label)
+        self.teacher_sampling = teacher_sampling
+        self.seed = int(seed)
+        self.teacher_weights = self._normalised_weights(teacher_weights, len(teachers) or None)
+
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
+        self.soft_loss_tracker = keras.metrics.Mean(name="soft_loss")
+        self.auc_metric = MaskedAUC(num_labels=self.num_classes, softmax=not self.multi_label,
+                                    name="auc")
+        # The student and teachers are built models: the wrapper owns no variable of its own,
+        # so it is built too (BackupAndRestore requires a built model before fit).
+        self.built = True
+
+    # ----------------------------------------------------------------------------- setup
+    @staticmethod
+    def _normalised_weights(weights, expected_count):
+        if weights is None:
+            return None
+        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if expected_count is not None and len(weights) != expected_count:
+            raise ConfigError(f"Distiller: 'teacher_weights' has {len(weights)} values for "
+                              f"{expected_count} teachers")
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ConfigError(f"Distiller: 'teacher_weights' must be non-negative with a "
+                              f"positive sum, got {weights.tolist()}")
+        return (weights / weights.sum()).astype(np.float32)
+
+    def compile(self, optimizer="adam", metrics=None, **kwargs):
+        """Configure training of the student.
+
+        The loss is the constructor's :class:`KDLoss`; passing ``loss`` is an error. Under a
+        ``mixed_float16`` student the optimizer is wrapped in a ``LossScaleOptimizer`` so small
+        float16 gradients do not flush to zero (``train_step`` scales the loss with
+        ``optimizer.scale_loss``; the wrapper unscales the gradients and skips steps whose
+        gradients are not finite).
+        """
+        if kwargs.get("loss") is not None:
+            raise ConfigError("Distiller.compile: do not pass 'loss'; the distillation loss is "
+                              "the KDLoss given to Distiller(loss=...)")
+        kwargs.pop("loss", None)
+        optimizer = keras.optimizers.get(optimizer)
+        if (self.student.dtype_policy.name == "mixed_float16"
+                and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    @property
+    def metrics(self):
+        metrics = [self.loss_tracker, self.hard_loss_tracker, self.soft_loss_tracker,
+                   self.auc_metric]
+        if getattr(self, "_compile_metrics", None) is not None:
+            metrics.append(self._compile_metrics)
+        return metrics
+
+    # --------------------------------------------------------------------------- forward
+    @staticmethod
+    def _split_inputs(x):
+        """(images, cached teacher logits or None) from a batch's ``x``."""
+        if isinstance(x, dict):
+            if "image" not in x:
+                raise ConfigError(f"Distiller: a dict batch needs an 'image' entry, got keys "
+                                  f"{sorted(x)}")
+            return x["image"], x.get("teacher_logits")
+        return x, None
+
+    def call(self, inputs, training=False):
+        """Student logits: ``predict`` and ``evaluate`` see the student only."""
+        images, _ = self._split_inputs(inputs)
+        return self.student(images, training=training)
+
+    def teacher_mixing_weights(self, num_teachers, training):
+        """(K,) convex weights of the teachers' logits for this step."""
+        if self.teacher_sampling == "random" and training:
+            step = ops.cast(self.optimizer.iterations, "int64")
+            seed = tf.stack([tf.constant(self.seed, tf.int64), step])
+            uniform = tf.random.stateless_uniform((num_teachers,), seed=seed, minval=1e-12,
+                                                  maxval=1.0)
+            # -log(U) are Exp(1) draws; normalised they are Dirichlet(1, ..., 1).
+            exponential = -ops.log(uniform)
+            return exponential / ops.sum(exponential)
+        if self.teacher_weights is None:
+            return ops.full((num_teachers,), 1.0 / num_teachers, dtype="float32")
+        if len(self.teacher_weights) != num_teachers:
+            raise ConfigError(f"Distiller: 'teacher_weights' has {len(self.teacher_weights)} "
+                              f"values, the batch has logits of {num_teachers} teachers")
+        return ops.convert_to_tensor(self.teacher_weights, dtype="float32")
+
+    def teacher_targets(self, x, training=False):
+        """(images, combined teacher logits (B, C)) for a batch ``x``, gradient-free.
+
+        Cached logits in ``x["teacher_logits"]`` take precedence over running the teachers.
+        """
+        images, cached = self._split_inputs(x)
+        if cached is not None:
+            stacked = ops.cast(cached, "float32")
+            if len(stacked.shape) == 2:
+                stacked = stacked[:, None, :]
+            elif len(stacked.shape) != 3:
+                raise ConfigError(f"Distiller: 'teacher_logits' must be (B, C) or (B, K, C), "
+                                  f"got shape {tuple(stacked.shape)}")
+        elif self.teachers:
+            stacked = ops.stack(
+                [ops.cast(teacher(images, training=False), "float32") for teacher in self.teachers],
+                axis=1)
+        else:
+            raise ConfigError("Distiller: no teachers were given, so every batch must carry "
+                              "x = {'image': ..., 'teacher_logits': ...}")
+        if stacked.shape[-1] not in (None, self.num_classes):
+            raise ConfigError(f"Distiller: teacher logits have {stacked.shape[-1]} classes, the "
+                              f"student {self.num_classes}")
+        if stacked.shape[1] is None:
+            raise ConfigError("Distiller: the number of teachers in 'teacher_logits' (axis 1) "
+                              "must be known when the step is traced")
+        weights = self.teacher_mixing_weights(stacked.shape[1], training)
+        combined = ops.sum(stacked * weights[None, :, None], axis=1)
+        return images, ops.stop_gradient(combined)
+
+    def compute_kd_losses(self, y, student_logits, teacher_logits, sample_weight=None):
+        """Batch-reduced ``{"loss", "hard_loss", "soft_loss"}`` of one replica's batch.
+
+        Reduction as Keras' ``sum_over_batch_size``: :math:`\\frac{1}{B}\\sum_i w_i L_i`.
+        ``loss`` also holds the student's regularisation losses, as in ``Model.compute_loss``.
+        """
+        hard, soft, total = self.kd_loss.per_sample(y, student_logits, teacher_logits)
+        batch_size = ops.cast(ops.shape(total)[0], "float32")
+
+        def reduce(values):
+            if sample_weight is not None:
+                values = values * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+            return ops.divide_no_nan(ops.sum(values), batch_size)
+
+        loss = reduce(total)
+        if self.student.losses:
+            loss = loss + ops.sum([ops.cast(extra, "float32") for extra in self.student.losses])
+        return {"loss": loss, "hard_loss": reduce(hard), "soft_loss": reduce(soft)}
+
+    # ------------------------------------------------------------------- train / evaluate
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        # 1. Soft targets from the frozen teachers (or the cached table), outside the tape.
+        images, teacher_logits = self.teacher_targets(x, training=True)
+        # 2. Student forward pass and the distillation loss, taped for the student only.
+        with tf.GradientTape() as tape:
+            student_logits = self.student(images, training=True)
+            losses = self.compute_kd_losses(y, student_logits, teacher_logits, sample_weight)
+            # tf.distribute SUMS the replicas' gradients, so each replica's loss is divided by
+            # the number of replicas; mixed precision then multiplies it by the loss scale.
+            scaled_loss = self.optimizer.scale_loss(scale_loss_for_distribution(losses["loss"]))
+        # 3. Gradient step on the student's weights (a LossScaleOptimizer unscales them).
+        student_weights = self.student.trainable_weights
+        gradients = tape.gradient(scaled_loss, student_weights)
+        self.optimizer.apply_gradients(zip(gradients, student_weights))
+        # 4. Report loss, hard_loss, soft_loss, auc and the compiled metrics.
+        return self._update_metrics(images, y, student_logits, losses, sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        images, teacher_logits = self.teacher_targets(x, training=False)
+        student_logits = self.student(images, training=False)
+        losses = self.compute_kd_losses(y, student_logits, teacher_logits, sample_weight)
+        return self._update_metrics(images, y, student_logits, losses, sample_weight)
+
+    def _update_metrics(self, images, y, student_logits, losses, sample_weight):
+        # Each replica adds (its mean loss, its batch size); the Mean's sum-on-read variables
+        # then give the mean over the global batch, the same as with one replica.
+        batch_size = ops.shape(images)[0]
+        self.loss_tracker.update_state(losses["loss"], sample_weight=batch_size)
+        self.hard_loss_tracker.update_state(losses["hard_loss"], sample_weight=batch_size)
+        self.soft_loss_tracker.update_state(losses["soft_loss"], sample_weight=batch_size)
+        self.auc_metric.update_state(y, student_logits, sample_weight=sample_weight)
+        if getattr(self, "_compile_metrics", None) is not None:
+            self._compile_metrics.update_state(y, student_logits, sample_weight)
+        return self.get_metrics_result()
+
+    # ------------------------------------------------------------------------- saving
+    def save_student(self, path):
+        """Save the student (never the wrapper) as a ``.keras`` file, atomically."""
+        save_model_atomically(self.student, path)
+
+    def get_config(self):
+        # The wrapper is not meant to be serialised (save the student); the config records
+        # what it was for logs and reports.
+        return {"name": self.name, "loss": self.kd_loss.get_config(),
+                "multi_label": self.multi_label, "teacher_sampling": self.teacher_sampling,
+                "num_teachers": len(self.teachers), "seed": self.seed,
+                "teacher_weights": None if self.teacher_weights is None
+                else self.teacher_weights.tolist()}
