@@ -157,5 +157,6 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None,
     if config.get("schedule") == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(MONITOR, mode="max", factor=0.1,
                                                            patience=5))
+    # shuffle=False: the tf.data pipeline already shuffles, seeded.
     return model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-                     verbose=verbose)
+                     verbose=verbose, shuffle=False)
