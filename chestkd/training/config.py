@@ -175,5 +175,44 @@ def dataset_options(config: dict) -> dict:
     raise ConfigError(f"--dataset {name!r}: unknown; choose chestxray14, chexpert, folder or phantom")
 
 
+_CHOICES = {
+    "dataset": ("chestxray14", "chexpert", "folder", "phantom"),
+    "normalization": ("minus_one_one", "zero_one", "imagenet", "mean_std"),
+    "optimizer": ("sgd", "adam", "adamw"),
+    "schedule": ("constant", "step", "cosine", "plateau"),
+    "distribute": ("auto", "none", "mirrored"),
+    "teacher_outputs": ("cached", "online"),
+    "kd_loss": ("hinton", "ho2020_eq5", "ho2020_eq8", "sigmoid"),
+    "uncertainty": ("ones", "zeros", "ignore"),
+}
+
+
+def check_config(config: dict) -> None:
+    """Fail fast, before any data is read or any folder made, on a value that cannot work."""
+    for key, choices in _CHOICES.items():
+        if key in config and config[key] not in choices:
+            raise ConfigError(f"--{key.replace('_', '-')} {config[key]!r}: choose one of "
+                              f"{', '.join(choices)}")
+    for key in ("epochs", "batch_size", "image_size"):
+        if not isinstance(config.get(key), int) or config[key] < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} {config.get(key)!r}: must be a "
+                              "positive integer")
+    from chestkd.models import get_spec
+    for key in ("model", "teacher", "student"):
+        name = config.get(key)
+        if name is None:
+            continue
+        if str(name).endswith(".keras"):
+            if not Path(name).exists():
+                raise ConfigError(f"--{key} {name}: model file not found")
+        else:
+            try:
+                get_spec(name)
+            except ConfigError as error:
+                raise ConfigError(f"--{key} {name!r}: {error}") from None
+    if config.get("data_dir") is not None and not Path(config["data_dir"]).is_dir():
+        raise ConfigError(f"--data-dir {config['data_dir']}: no such folder")
+
+
 def save_config(config: dict, path) -> None:
     Path(path).write_text(yaml.safe_dump(config, sort_keys=False))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from chestkd.errors import ConfigError
-from chestkd.training.config import load_yaml, save_config
+from chestkd.training.config import check_config, load_yaml, save_config
 
 
 def new_run_dir(out, name: str) -> Path:
@@ -52,6 +52,7 @@ def start_run(config: dict, recipe: str) -> Path:
         config.clear()
         config.update(saved)
     else:
+        check_config(config)
         if config.get("recipe") not in (None, recipe):
             raise ConfigError(f"{config.get('config_file', 'the configuration')} is for the "
                               f"recipe {config['recipe']!r}, not {recipe!r}; run "

@@ -137,13 +137,14 @@ def distribution_strategy(config: dict):
     return tf.distribute.get_strategy()
 
 
-def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None,
-        verbose="auto"):
+def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose="auto",
+        extra_callbacks=()):
     """Train ``model`` with the run's callbacks; returns the Keras History.
 
     ``model.keras`` receives ``model.student`` for a Distiller, else ``model`` itself.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     epochs = int(config["epochs"] if epochs is None else epochs)
     callbacks = [
         EpochTimer(),
@@ -153,6 +154,7 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
         keras.callbacks.TerminateOnNaN(),
+        *extra_callbacks,
     ]
     if config.get("schedule") == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(MONITOR, mode="max", factor=0.1,
