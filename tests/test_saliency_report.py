@@ -1,0 +1,162 @@
+"""The saliency report and command on a model whose right answer is known.
+
+The model is linear: logit_c = sum(mask_c * x), with mask_0 on rows 2-9 x cols 3-10 and mask_1
+on rows 20-27 x cols 22-29 of a 32 x 32 input. Its gradient (vanilla, SmoothGrad) is exactly
+mask_c, so a box drawn on that region must score pointing 1, energy 1, IoU 1, while the
+centre baseline misses it.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import cv2  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from keras import layers  # noqa: E402
+
+from chestkd.data.dataset import Dataset  # noqa: E402
+from chestkd.errors import ConfigError  # noqa: E402
+from chestkd.saliency import __main__ as cli  # noqa: E402
+from chestkd.saliency.report import select_examples, write_saliency_report  # noqa: E402
+
+SIZE, DISK = 32, 64            # model input and on-disk image size
+REGIONS = [(2, 10, 3, 11), (20, 28, 22, 30)]        # rows [a, b), cols [c, d) per class
+DISK_BOXES = [(6, 4, 16, 16), (44, 40, 16, 16)]     # the same regions in 64 px: (x, y, w, h)
+
+
+@pytest.fixture(scope="module")
+def linear_model():
+    inputs = keras.Input((SIZE, SIZE, 3))
+    outputs = layers.Dense(2, name="logits")(layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+    kernel = np.zeros((SIZE, SIZE, 3, 2), np.float32)
+    for c, (r0, r1, c0, c1) in enumerate(REGIONS):
+        kernel[r0:r1, c0:c1, :, c] = 1.0
+    model.get_layer("logits").set_weights([kernel.reshape(-1, 2), np.array([0.5, -0.5], "f4")])
+    return model
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(3):
+        path = tmp_path / f"img{k}.png"
+        cv2.imwrite(str(path), rng.integers(30, 220, (DISK, DISK), dtype=np.uint8))
+        paths.append(str(path))
+    boxes = pd.DataFrame({"image": ["img0.png", "img1.png"], "path": paths[:2],
+                          "label": ["Mass", "Nodule"],
+                          "x": [b[0] for b in DISK_BOXES], "y": [b[1] for b in DISK_BOXES],
+                          "w": [b[2] for b in DISK_BOXES], "h": [b[3] for b in DISK_BOXES]})
+    return Dataset(name="tiny", class_names=["Mass", "Nodule"], multi_label=True,
+                   paths=np.array(paths), labels=np.array([[1, 0], [0, 1], [0, 0]]),
+                   patients=np.array(["a", "b", "c"]), split=np.array(["test"] * 3),
+                   boxes=boxes)
+
+
+def test_report_scores_known_regions_and_beats_centre(linear_model, dataset, tmp_path):
+    out = tmp_path / "saliency"
+    result = write_saliency_report(
+        linear_model, dataset, out, image_size=SIZE,
+        methods=("vanilla", "smoothgrad", "cam"), method_options={"smoothgrad": {"samples": 4}})
+    assert result["skipped_methods"].keys() == {"cam"}      # Flatten -> Dense: no CAM head
+    assert "GlobalAveragePooling2D" in result["skipped_methods"]["cam"]
+    assert [e["finding"] for e in result["examples"]] == ["Mass", "Nodule"]
+    # Title probabilities: sigmoid(sum(mask * x) + bias) of the image as the pipeline reads it.
+    from chestkd.data.images import read_image
+    image = read_image(dataset.paths[0], SIZE)
+    logit = image[2:10, 3:11].sum() + 0.5
+    assert result["examples"][0]["probability"] == pytest.approx(1 / (1 + np.exp(-logit)),
+                                                                 rel=1e-4)
+    scores = pd.DataFrame(result["scores"]).set_index(["method", "label"])
+    for method in ("vanilla", "smoothgrad"):
+        row = scores.loc[(method, "all")]
+        assert row["boxes"] == 2 and row["pointing"] == 1.0
+        assert row["energy"] == pytest.approx(1.0) and row["mean_iou"] == pytest.approx(1.0)
+        assert row["iou>0.7"] == 1.0 and row["mean_iobb"] == pytest.approx(1.0)
+    assert scores.loc[("centre", "all"), "pointing"] == 0.0
+    assert scores.loc[("centre", "all"), "energy"] < 0.2
+    for name in ("fig4", "fig5"):
+        figure = cv2.imread(result["figures"][name])
+        assert figure is not None and figure.shape[0] > 200 and figure.shape[1] > 300
+    assert (out / "localisation.md").read_text().count("| centre |") == 3
+    per_box = pd.read_csv(out / "localisation_per_box.csv")
+    assert set(per_box["method"]) == {"vanilla", "smoothgrad", "centre"}
+
+
+def test_examples_without_boxes_use_positive_labels_then_predictions(dataset):
+    no_boxes = Dataset(**{**dataset.__dict__, "boxes": None})
+    examples, boxes = select_examples(no_boxes, no_boxes.class_names, 5)
+    assert boxes is None
+    assert examples["label"].tolist() == ["Mass", "Nodule", ""]
+    assert examples["class_index"].tolist() == [0, 1, -1]
+    examples, _ = select_examples(no_boxes, no_boxes.class_names, 4, classes=["Nodule"])
+    assert examples["label"].tolist() == ["Nodule"] * 3
+    with pytest.raises(ConfigError, match=r"--classes \['Edema'\] not among"):
+        select_examples(no_boxes, no_boxes.class_names, 4, classes=["Edema"])
+
+
+def test_command_with_model_images_and_box_csv(linear_model, dataset, tmp_path, capsys):
+    model_path = tmp_path / "model.keras"
+    linear_model.save(model_path)
+    box_csv = tmp_path / "boxes.csv"
+    pd.DataFrame({"image": ["img1.png"], "label": ["Nodule"], "x": [44], "y": [40],
+                  "w": [16], "h": [16]}).to_csv(box_csv, index=False)
+    out = tmp_path / "cli"
+    code = cli.main(["--model", str(model_path), "--images", *dataset.paths[:2],
+                     "--boxes", str(box_csv), "--image-size", str(SIZE), "--class-names",
+                     "Mass", "Nodule", "--methods", "vanilla", "--out", str(out)])
+    assert code == 0
+    table = pd.read_csv(out / "localisation.csv").set_index(["method", "label"])
+    assert table.loc[("vanilla", "Nodule"), "pointing"] == 1.0
+    assert table.loc[("vanilla", "Nodule"), "mean_iou"] == pytest.approx(1.0)
+    assert (out / "fig4_saliency.png").exists()
+    assert (out / "fig5_cam_vs_smoothgrad_ig.png").exists()          # boxes drawn
+    assert "pointing" in capsys.readouterr().out
+
+
+def test_command_reads_a_chestxray14_box_list(linear_model, dataset, tmp_path):
+    """BBox_List_2017.csv coordinates are in 1024 x 1024 space, whatever the file size."""
+    model_path = tmp_path / "model.keras"
+    linear_model.save(model_path)
+    box_csv = tmp_path / "BBox_List_2017.csv"
+    box_csv.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                       "img0.png,Mass,96,64,256,256\n")      # = (6, 4, 16, 16) at 64 px
+    out = tmp_path / "cli"
+    assert cli.main(["--model", str(model_path), "--images", dataset.paths[0], "--boxes",
+                     str(box_csv), "--image-size", str(SIZE), "--class-names", "Mass",
+                     "Nodule", "--methods", "vanilla", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "localisation.csv").set_index(["method", "label"])
+    assert table.loc[("vanilla", "Mass"), "mean_iou"] == pytest.approx(1.0)
+
+
+def test_command_with_run_directory(linear_model, dataset, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    linear_model.save(run / "model.keras")
+    config = {"dataset": "phantom", "data_dir": None, "image_size": SIZE, "model": "linear",
+              "skip_bad_images": False, "views": None, "labels": None, "seed": 0,
+              "split": None, "phantom_images": 10, "phantom_size": 64,
+              "normalization": "minus_one_one"}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    calls = []
+
+    def fake_load_dataset(name, data_dir, **options):
+        calls.append((name, data_dir, options))
+        return dataset
+    monkeypatch.setattr("chestkd.data.load_dataset", fake_load_dataset)
+    assert cli.main(["--run", str(run), "--methods", "vanilla", "--max-images", "1"]) == 0
+    assert calls[0][0] == "phantom" and calls[0][2]["size"] == 64
+    table = pd.read_csv(run / "saliency" / "localisation.csv")
+    assert table[table.label == "all"]["boxes"].tolist() == [1, 1]
+
+
+def test_command_errors_are_reported_not_raised(tmp_path, capsys):
+    assert cli.main(["--model", str(tmp_path / "missing.keras"), "--images", "x.png",
+                     "--image-size", "32"]) == 2
+    assert "missing.keras not found" in capsys.readouterr().err
+    assert cli.main(["--run", str(tmp_path)]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
