@@ -104,12 +104,18 @@ def test_report_builds_the_papers_tables_from_the_runs(runs):
 
 
 def test_table_runner_lists_cells_and_skips_finished_ones(tmp_path, capsys):
+    finished = tmp_path / "standard_kd-mobilenet_v1-20260101-000000"
+    finished.mkdir()
+    (finished / "config.yaml").write_text(
+        "config_file: recipes/table1/standard_kd-resnet152-mobilenet_v1.yaml\n")
+    (finished / "metrics.json").write_text("{}")
     table1.main(["--recipes", "recipes/table1", "--only", "*resnet152-mobilenet_v1*",
-                 "--dry-run"])
+                 "--dry-run", f"out={tmp_path}"])
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in lines] == [
-        "standard_kd-resnet152-mobilenet_v1.yaml", "reversed_kd-resnet152-mobilenet_v1.yaml",
-        "defective_kd-resnet152-mobilenet_v1.yaml"]
+    assert [(line[:6], line[7:].split()[0]) for line in lines] == [
+        ("[done]", "standard_kd-resnet152-mobilenet_v1.yaml:"),
+        ("[run ]", "reversed_kd-resnet152-mobilenet_v1.yaml"),
+        ("[run ]", "defective_kd-resnet152-mobilenet_v1.yaml")]
 
 
 @pytest.mark.parametrize("argv, message", [

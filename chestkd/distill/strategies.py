@@ -32,7 +32,7 @@ from chestkd.training.config import dataset_options
 from chestkd.training.experiment import (best_model, build_model, image_options, load_model,
                                          load_run_data,
                                          pipelines, set_precision, train_classifier)
-from chestkd.training.run import save_config, start_run, write_json
+from chestkd.training.run import save_config, seed_everything, start_run, write_json
 from chestkd.training.trainer import distribution_strategy, fit, make_optimizer
 
 # Keys that change what a trained teacher is; a kept teacher is reused only if all match.
@@ -75,7 +75,8 @@ def obtain_teacher(config: dict, data: Dataset, name: str, epochs: int):
     save_config(teacher_config, folder / "config.yaml")
     print(f"training the teacher {name} for {epochs} epoch(s) in {folder}")
     teacher = train_classifier(teacher_config, folder, data, name, epochs=epochs)
-    evaluate_model(teacher, data, teacher_config, folder)  # writes metrics.json: marks it done
+    # metrics.json marks the teacher done
+    evaluate_model(teacher, data, teacher_config, folder, model_name=name)
     return teacher, folder
 
 
@@ -96,6 +97,7 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str, *,
         for split in tables:
             tables[split] = load_or_compute(run_dir / f"teacher_logits_{split}.npy", teacher,
                                             data, split, **image_options(data, config))
+    seed_everything(int(config["seed"]))  # the same initial student whatever ran before
     with distribution_strategy(config).scope():
         student = build_model(student_name, data, config)
         distiller = Distiller(student, teacher if online else None, loss=loss,
@@ -143,7 +145,7 @@ def kd_experiment(config: dict, strategy: str) -> dict:
                                      teacher_epochs(config, strategy))
     record_teacher(run_dir, source)
     student = distil(config, run_dir, data, teacher, student_name)
-    results = evaluate_model(student, data, {**config, "student": student_name}, run_dir)
+    results = evaluate_model(student, data, config, run_dir, model_name=student_name)
     results.update(strategy=strategy, teacher=str(teacher_name),
                    teacher_agreement=agreement(student, teacher, data, config))
     write_json(results, Path(run_dir) / "metrics.json")

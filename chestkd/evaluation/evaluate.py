@@ -32,7 +32,7 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
 
 
 def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str = "",
-                   title: str | None = None) -> dict:
+                   title: str | None = None, model_name: str | None = None) -> dict:
     """Score ``model`` on ``data``'s test split; results go to ``run_dir`` (names ``prefix``-ed)."""
     run_dir = Path(run_dir)
     test = make_dataset(data, "test", batch_size=int(config["batch_size"]),
@@ -41,7 +41,7 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
     scores = sigmoid(logits) if data.multi_label else softmax(logits)
     table = per_class_auc(y, scores, data.class_names)
     results = {
-        "dataset": data.name, "model": config.get("student") or config.get("model"),
+        "dataset": data.name, "model": model_name or config.get("model"),
         "test_images": int(len(y)), "mean_auc": mean_auc(table),
         "per_class_auc": dict(zip(table["class"], table["auc"])),
         "params": count_params(model),

@@ -130,7 +130,7 @@ def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
 
 def resolve_config(argv, defaults: dict, description: str = "") -> dict:
     """Merge defaults, the phantom profile, a YAML file, flags and key=value pairs."""
-    args = vars(build_parser(defaults, description).parse_args(argv))
+    args = vars(build_parser(defaults, description).parse_intermixed_args(argv))
     config_file = args.pop("config", None)
     overrides = args.pop("overrides", [])
     given = {}

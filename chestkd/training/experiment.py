@@ -18,6 +18,7 @@ from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epo
 from chestkd.errors import ChestKDError
 from chestkd.training.config import dataset_options
 from chestkd.training.losses import MaskedAUC, hard_loss_for
+from chestkd.training.run import seed_everything
 from chestkd.training.trainer import distribution_strategy, fit, make_optimizer
 
 
@@ -98,6 +99,7 @@ def compile_classifier(model, data: Dataset, config: dict):
 def train_classifier(config: dict, run_dir, data: Dataset, model_name: str, *, epochs=None):
     """Base training of ``model_name``; returns the best model (by validation mean AUC)."""
     set_precision(config)
+    seed_everything(int(config["seed"]))  # the same initial weights whatever ran before
     with distribution_strategy(config).scope():
         model = compile_classifier(build_model(model_name, data, config), data, config)
     train, val = pipelines(data, config)
