@@ -26,7 +26,7 @@ def test_phantom_profile_applies_only_to_unset_keys():
     assert config["dataset"] == "phantom"
     assert config["epochs"] == 1
     assert config["model"] == "resnet32" and config["student"] == "conv3_student"
-    assert config["image_size"] == 96
+    assert config["image_size"] == 128 and config["optimizer"] == "adam"
 
 
 @pytest.mark.parametrize("argv, match", [

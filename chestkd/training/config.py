@@ -64,12 +64,13 @@ BASE_DEFAULTS = {
 # in minutes on two CPU cores. Applies only to keys the user did not set.
 PHANTOM_PROFILE = {
     "model": "resnet32",
-    "image_size": 96,
+    "image_size": 128,             # the phantom's own size: no resizing
     "phantom_size": 128,
-    "phantom_images": 1200,
+    "phantom_images": 3000,
     "batch_size": 32,
-    "epochs": 8,
-    "learning_rate": 0.05,
+    "epochs": 15,
+    "optimizer": "adam",           # SGD 0.1 needs far more steps than a few minutes allow
+    "learning_rate": 0.001,
     "schedule": "cosine",
     "teacher": "resnet32",         # KD recipes: a deeper teacher ...
     "student": "conv3_student",    # ... and a small student
