@@ -39,7 +39,7 @@ from chestkd.data.phantom_labels import sample_findings
 from chestkd.errors import ConfigError, DataError
 
 BOX_SPACE = 1024
-VERSION = 1
+VERSION = 2  # bumped whenever the same parameters would give other files
 METADATA_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,"
                    "Patient Gender,View Position,OriginalImage[Width,Height],"
                    "OriginalImagePixelSpacing[x,y]")
@@ -48,19 +48,23 @@ BOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 
 def render(anatomy, findings, rng: np.random.Generator, size: int, view: str = "PA"):
     """One film: uint8 (size, size) image and {finding: normalised (x0, y0, x1, y1)}."""
-    # Every finding gets its own generator, drawn whether it is present or not, so a film
-    # with and one without a finding differ in that finding's signature alone.
-    finding_rngs = {name: np.random.default_rng(seed)
-                    for name, seed in zip(CHESTXRAY14_FINDINGS, rng.integers(2 ** 32, size=14))}
+    if view not in ("PA", "AP"):
+        raise ConfigError(f"view {view!r}: expected 'PA' or 'AP'")
+    unknown = set(findings) - set(CHESTXRAY14_FINDINGS)
+    if unknown:
+        raise ConfigError(f"unknown phantom finding(s) {sorted(unknown)}; expected some of "
+                          f"{list(CHESTXRAY14_FINDINGS)} (no finding: an empty set)")
+    # Every finding has its own generator, seeded by the patient: a patient's nodule stays in
+    # place from film to film, and a film with and one without a finding differ in that
+    # finding's signature alone.
+    finding_rngs = {name: np.random.default_rng([anatomy.seed, i])
+                    for i, name in enumerate(CHESTXRAY14_FINDINGS)}
     for name in CHESTXRAY14_FINDINGS:  # anatomy-level findings first
         if name in findings and name in ANATOMY_EDITS:
             anatomy = ANATOMY_EDITS[name](anatomy, finding_rngs[name])
     anatomy = adjust_for_view(anatomy, view, rng.uniform(-0.02, 0.02))
     scene = Scene(anatomy, size, view)
     boxes = {}
-    unknown = set(findings) - set(CHESTXRAY14_FINDINGS)
-    if unknown:
-        raise ConfigError(f"unknown phantom finding(s) {sorted(unknown)}")
     for name in CHESTXRAY14_FINDINGS:
         if name in findings:
             boxes[name] = SCENE_EDITS[name](scene, finding_rngs[name])
@@ -87,32 +91,114 @@ def render(anatomy, findings, rng: np.random.Generator, size: int, view: str = "
     return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8), boxes
 
 
-def generate_image(rng: np.random.Generator, size: int, findings):
-    """A film of a new random patient with ``findings``: (uint8 image, boxes)."""
-    return render(sample_anatomy(rng), set(findings), rng, size)
+def generate_image(rng: np.random.Generator, size: int, findings, view: str = "PA"):
+    """A film of a new random patient with ``findings`` (an empty set: no finding).
+
+    Returns the uint8 (size, size) image and ``{finding: (x, y, w, h)}``, the box of each
+    finding in the image's pixel coordinates.
+    """
+    image, boxes = render(sample_anatomy(rng), set(findings), rng, size, view)
+    return image, {name: (x0 * size, y0 * size, (x1 - x0) * size, (y1 - y0) * size)
+                   for name, (x0, y0, x1, y1) in boxes.items()}
+
+
+# Follow-up films per patient: P(k) ~ k^-1.9 (ChestX-ray14: 57 % of patients have one film,
+# a long tail has dozens; this gives ~63 % and a mean of ~3).
+FOLLOW_UP_EXPONENT = 1.9
+# A follow-up film repeats the previous film's findings with this probability, else its
+# findings are drawn afresh: a stationary chain, so prevalences are unchanged, but a patient's
+# films are alike - which is why splits must be patient-wise.
+PERSISTENCE = 0.5
+TEST_FRACTION = 0.2
+# Each official split holds every finding at least min(3, images in split // 30) times.
+MIN_PER_SPLIT, IMAGES_PER_REQUIRED = 3, 30
+# (width, height, pixel spacing) of the original films, the release's most common ones.
+ORIGINAL_FORMATS = ((2500, 2048, 0.168), (2992, 2991, 0.143), (3056, 2544, 0.139),
+                    (2048, 2500, 0.171), (2021, 2021, 0.194311))
+ORIGINAL_FORMAT_WEIGHTS = (0.40, 0.26, 0.17, 0.10, 0.07)
+
+
+def _films_per_patient(rng, images: int, patients: int | None) -> np.ndarray:
+    if patients is not None:
+        if not 2 <= patients <= images:
+            raise ConfigError(f"patients={patients}: must lie between 2 and images={images}")
+        # One film each; the rest go to patients with heavy-tailed (Pareto) propensities.
+        weights = rng.pareto(1.2, patients) + 1e-3
+        return 1 + rng.multinomial(images - patients, weights / weights.sum())
+    longest = max(2, min(40, images // 20))
+    k = np.arange(1, longest + 1)
+    p = k ** -FOLLOW_UP_EXPONENT
+    counts = []
+    while sum(counts) < images or len(counts) < 2:
+        counts.append(int(rng.choice(k, p=p / p.sum())))
+    counts = np.array(counts)
+    counts[-1] -= counts.sum() - images
+    if counts[-1] <= 0:                      # the last patient was one film too many
+        counts = counts[:-1]
+        counts[-1] += images - counts.sum()
+    return counts
+
+
+def _test_patients(rng, counts: np.ndarray) -> np.ndarray:
+    """Patients (0-based) in the test list: shuffled, added until ~20 % of the films."""
+    order = rng.permutation(len(counts))
+    taken, chosen = 0, []
+    for patient in order[:-1]:               # leave at least one patient for train_val
+        if taken >= TEST_FRACTION * counts.sum():
+            break
+        chosen.append(patient)
+        taken += counts[patient]
+    return np.array(sorted(chosen))
+
+
+def _top_up(rng, findings: list[set], in_split: np.ndarray) -> None:
+    """Add rare findings to random films of a split until each appears often enough."""
+    rows = np.flatnonzero(in_split)
+    need = min(MIN_PER_SPLIT, len(rows) // IMAGES_PER_REQUIRED)
+    for name in CHESTXRAY14_FINDINGS:
+        have = sum(name in findings[i] for i in rows)
+        candidates = [i for i in rows if name not in findings[i]]
+        # Prefer abnormal films, so the share of "No Finding" barely moves.
+        candidates.sort(key=lambda i: (not findings[i], rng.random()))
+        for i in candidates[:max(0, need - have)]:
+            findings[i].add(name)
 
 
 def plan(images: int, seed: int, patients: int | None = None) -> pd.DataFrame:
-    """Who is filmed when: patient, follow-up, age, sex, view and findings of each image."""
+    """Who is filmed when: patient, follow-up, age, view, split and findings of each image."""
     if images < 10:
         raise ConfigError(f"--images {images}: the phantom needs at least 10 images")
     rng = np.random.default_rng([seed, 1])
-    patients = patients or max(3, images // 3)
-    # Each patient has at least one film; the rest go to random patients (follow-ups).
-    owner = np.concatenate([np.arange(patients),
-                            rng.integers(0, patients, max(0, images - patients))])[:images]
-    owner = np.sort(owner)
-    rows = []
-    for index, patient in enumerate(owner):
-        follow_up = int((owner[:index] == patient).sum())
-        image_rng = np.random.default_rng([seed, 2, index])
-        findings = sample_findings(image_rng)
-        rows.append({"index": index, "patient": int(patient) + 1, "follow_up": follow_up,
-                     "view": "AP" if image_rng.random() < 0.4 else "PA",
-                     "findings": "|".join(f for f in CHESTXRAY14_FINDINGS if f in findings)})
+    counts = _films_per_patient(rng, images, patients)
+    test = set(_test_patients(rng, counts))
+    findings, rows = [], []
+    for patient, films in enumerate(counts):
+        # Ages like the release's (mean 47, sd 17); follow-ups span a few years.
+        age = float(np.clip(rng.normal(47, 16.6), 1, 90))
+        years_per_film = rng.uniform(0.0, 0.6)
+        for follow_up in range(films):
+            if follow_up and rng.random() < PERSISTENCE:
+                findings.append(set(findings[-1]))
+            else:
+                findings.append(sample_findings(rng))
+            original = ORIGINAL_FORMATS[rng.choice(len(ORIGINAL_FORMATS), p=ORIGINAL_FORMAT_WEIGHTS)]
+            rows.append({"index": len(rows), "patient": patient + 1, "follow_up": follow_up,
+                         "age": int(min(95, age + follow_up * years_per_film)),
+                         "view_draw": rng.random(),
+                         "width": original[0], "height": original[1], "spacing": original[2],
+                         "split": "test" if patient in test else "train_val"})
     frame = pd.DataFrame(rows)
+    top_up_rng = np.random.default_rng([seed, 7])
+    for split in ("train_val", "test"):
+        _top_up(top_up_rng, findings, (frame.split == split).to_numpy())
+    # Sicker patients are more often filmed AP (bedside): 30 % of normal, 50 % of abnormal
+    # films, ~40 % overall as in the release.
+    frame["view"] = np.where(frame.view_draw < np.where([bool(f) for f in findings], 0.5, 0.3),
+                             "AP", "PA")
+    frame["findings"] = ["|".join(f for f in CHESTXRAY14_FINDINGS if f in found)
+                         for found in findings]
     frame["name"] = [f"{p:08d}_{f:03d}.png" for p, f in zip(frame.patient, frame.follow_up)]
-    return frame
+    return frame.drop(columns="view_draw")
 
 
 def _render_row(args):
@@ -145,8 +231,7 @@ def write_phantom(out, images: int = 1000, size: int = 256, seed: int = 0,
     if size < 32:
         raise ConfigError(f"--size {size}: the phantom needs at least 32 pixels")
     if out.exists() and any(out.iterdir()):
-        marker = out / "phantom.json"
-        if marker.exists() and json.loads(marker.read_text()) == parameters:
+        if _stored_parameters(out) == parameters:
             return out
         raise DataError(f"{out}: the folder is not empty and holds no phantom with these "
                         f"parameters ({parameters}); choose another --out")
@@ -162,38 +247,49 @@ def write_phantom(out, images: int = 1000, size: int = 256, seed: int = 0,
         # TensorFlow (forking one is unsafe; spawning needs an importable __main__).
         with ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(_render_row, jobs))
-        _write_tables(staging, rows, results, seed)
+        _write_tables(staging, rows, results)
         (staging / "phantom.json").write_text(json.dumps(parameters))
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(staging, out)
+        try:
+            os.replace(staging, out)  # replaces an empty folder, fails on a non-empty one
+        except OSError:
+            # Another process finished the same phantom first: use theirs.
+            if _stored_parameters(out) != parameters:
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
 
 
-def _write_tables(folder: Path, rows: pd.DataFrame, results, seed: int) -> None:
-    rng = np.random.default_rng([seed, 5])
-    ages = {p: int(rng.integers(18, 86)) for p in rows.patient.unique()}
+def _stored_parameters(folder: Path) -> dict | None:
+    """The parameters in ``folder/phantom.json`` (written last: the phantom is complete)."""
+    try:
+        return json.loads((folder / "phantom.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_tables(folder: Path, rows: pd.DataFrame, results) -> None:
     lines = [METADATA_HEADER]
     boxes = [BOX_HEADER]
     for row, (name, female, finding_boxes) in zip(rows.itertuples(), results):
         labels = row.findings or "No Finding"
-        age = min(ages[row.patient] + row.follow_up // 4, 95)
-        lines.append(f"{name},{labels},{row.follow_up},{row.patient},{age},"
-                     f"{'F' if female else 'M'},{row.view},{BOX_SPACE},{BOX_SPACE},0.168,0.168")
+        lines.append(f"{name},{labels},{row.follow_up},{row.patient},{row.age},"
+                     f"{'F' if female else 'M'},{row.view},{row.width},{row.height},"
+                     f"{row.spacing},{row.spacing}")
         for finding, (x0, y0, x1, y1) in finding_boxes.items():
             label = "Infiltrate" if finding == "Infiltration" else finding
             boxes.append(f"{name},{label},{x0 * BOX_SPACE:.3f},{y0 * BOX_SPACE:.3f},"
                          f"{(x1 - x0) * BOX_SPACE:.3f},{(y1 - y0) * BOX_SPACE:.3f}")
-    (folder / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
-    (folder / "BBox_List_2017.csv").write_text("\n".join(boxes) + "\n")
-    patients = rows.patient.unique()
-    test = set(np.random.default_rng([seed, 6]).permutation(patients)[:max(1, len(patients) // 5)])
-    in_test = rows.patient.isin(test)
-    (folder / "test_list.txt").write_text("\n".join(rows.name[in_test]) + "\n")
-    (folder / "train_val_list.txt").write_text("\n".join(rows.name[~in_test]) + "\n")
+    _write_text(folder / "Data_Entry_2017.csv", lines)
+    _write_text(folder / "BBox_List_2017.csv", boxes)
+    _write_text(folder / "test_list.txt", rows.name[rows.split == "test"])
+    _write_text(folder / "train_val_list.txt", rows.name[rows.split == "train_val"])
+
+
+def _write_text(path: Path, lines) -> None:
+    path.write_text("\n".join(lines) + "\n")
 
 
 def default_folder(images: int, size: int, seed: int) -> Path:
@@ -211,7 +307,13 @@ def load_phantom(data_dir=None, *, images: int = 1000, size: int = 256, phantom_
     from chestkd.data.chestxray14 import load_chestxray14
     if data_dir is None:
         data_dir = default_folder(images, size, phantom_seed)
-        if not (data_dir / "phantom.json").exists():
+        stored = _stored_parameters(data_dir)
+        if stored is not None and stored.get("version") != VERSION:
+            # Our own cache, written by an older chestkd: regenerate it.
+            print(f"replacing the phantom in {data_dir} (written by an older version)")
+            shutil.rmtree(data_dir)
+            stored = None
+        if stored is None:
             print(f"writing the phantom dataset ({images} images, {size} px) to {data_dir}")
         write_phantom(data_dir, images=images, size=size, seed=phantom_seed)
     data = load_chestxray14(data_dir, split=split, **options)

@@ -7,20 +7,20 @@ emphysema) act on the :class:`Anatomy` before the scene is built (see ``ANATOMY_
 
 | finding | signature |
 |---|---|
-| Atelectasis | plate-like band of opacity in a lower zone, obliquely oriented |
+| Atelectasis | plate-like oblique band in a lower zone, or a wedge pointing at the hilum |
 | Cardiomegaly | enlarged cardiac silhouette (cardiothoracic ratio > 0.5) |
-| Effusion | fluid at a costophrenic angle: blunting with a meniscus rising laterally |
+| Effusion | fluid at one or both costophrenic angles: blunting, meniscus rising laterally |
 | Infiltration | hazy, ill-defined patchy opacity in a mid/lower zone |
 | Mass | round opacity, 3-6 % of the image wide, lobulated |
 | Nodule | small round opacity, 1-2 % of the image wide, well defined |
-| Pneumonia | lobar dense opacity with dark branching air bronchograms |
+| Pneumonia | lobar opacity, sharp along a fissure, with dark branching air bronchograms |
 | Pneumothorax | apical/lateral lucent rim without vessel markings, thin pleural line |
 | Consolidation | dense homogeneous opacity with fairly sharp borders, no bronchograms |
 | Edema | bilateral perihilar haze ("bat wing") and Kerley B lines at the bases |
-| Emphysema | hyperlucent lungs, sparse markings, low flat diaphragm |
-| Fibrosis | reticular lines at the bases and periphery |
-| Pleural_Thickening | smooth pleural rim along the upper lateral chest wall |
-| Hernia | retrocardiac rounded soft tissue with a gas bubble above the diaphragm |
+| Emphysema | hyperlucent lungs, sparse markings, low flat diaphragm, apical bullae |
+| Fibrosis | reticular lines and honeycomb rings at the bases and periphery |
+| Pleural_Thickening | smooth pleural rim along the lateral chest wall, or an apical cap |
+| Hernia | retrocardiac soft tissue above the diaphragm, often gas with an air-fluid level |
 """
 from __future__ import annotations
 
@@ -55,15 +55,17 @@ def _add(scene: Scene, mask: np.ndarray, strength: float) -> Box:
 
 # ---------------------------------------------------------------- anatomy-level findings
 def enlarge_heart(anatomy: Anatomy, rng) -> Anatomy:
-    factor = rng.uniform(1.3, 1.6)
+    factor = rng.uniform(1.25, 1.6)
+    # The left ventricle grows to the patient's left (image right) more than to the right.
     return replace(anatomy, heart_w=anatomy.heart_w * factor,
-                   heart_h=anatomy.heart_h * (1 + 0.5 * (factor - 1)))
+                   heart_h=anatomy.heart_h * (1 + 0.5 * (factor - 1)),
+                   heart_x=anatomy.heart_x + rng.uniform(0.0, 0.025))
 
 
 def hyperinflate(anatomy: Anatomy, rng) -> Anatomy:
     return replace(anatomy, dome=anatomy.dome * rng.uniform(0.3, 0.55),
                    cp_y=min(anatomy.cp_y + rng.uniform(0.03, 0.06), 0.9),
-                   air=anatomy.air * rng.uniform(1.12, 1.25))
+                   air=anatomy.air * rng.uniform(1.05, 1.15))
 
 
 ANATOMY_EDITS = {"Cardiomegaly": enlarge_heart, "Emphysema": hyperinflate}
@@ -76,30 +78,52 @@ def cardiomegaly(scene: Scene, rng) -> Box:
 
 def emphysema(scene: Scene, rng) -> Box:
     lung = scene.lung()
-    scene.air_gain *= 1.0 + rng.uniform(0.15, 0.3) * lung
-    scene.marking_gain *= 1.0 - rng.uniform(0.4, 0.7) * lung
+    scene.air_gain *= 1.0 + rng.uniform(0.06, 0.2) * lung
+    scene.marking_gain *= 1.0 - rng.uniform(0.3, 0.7) * lung
+    for _ in range(int(rng.integers(0, 3))):  # apical bullae: lucent, with a thin wall
+        centre = scene.lung_point(rng, _side(rng), rel_y=(0.05, 0.35), margin=0.03)
+        radius = rng.uniform(0.015, 0.03)
+        inside = soft_ellipse(scene.size, centre, (radius, radius), 0.0, 0.05)
+        wall = soft_ellipse(scene.size, centre, (radius * 1.15, radius * 1.15), 0.0, 0.03)
+        scene.marking_gain *= 1.0 - inside
+        scene.opacity += (0.12 * (wall - inside) - 0.06 * inside) * lung
     return _mask_box(lung, 0.5)
 
 
 def atelectasis(scene: Scene, rng) -> Box:
     side = _side(rng)
-    cx, cy = scene.lung_point(rng, side, rel_x=(0.25, 0.7), rel_y=(0.55, 0.85))
-    length, width = rng.uniform(0.06, 0.11), rng.uniform(0.008, 0.02)
-    band = soft_ellipse(scene.size, (cx, cy), (length, width), rng.uniform(-25, 25), 0.2)
-    return _add(scene, band * scene.lungs[side], rng.uniform(0.25, 0.45))
+    if rng.random() < 0.6:   # plate-like (discoid) band, obliquely oriented
+        cx, cy = scene.lung_point(rng, side, rel_x=(0.25, 0.7), rel_y=(0.55, 0.85))
+        length, width = rng.uniform(0.06, 0.11), rng.uniform(0.008, 0.02)
+        band = soft_ellipse(scene.size, (cx, cy), (length, width), rng.uniform(-25, 25), 0.2)
+        return _add(scene, band * scene.lungs[side], rng.uniform(0.25, 0.45))
+    # Wedge: base on the pleura, apex pointing at the hilum (a collapsed segment).
+    base = np.array(scene.to_frame(side, rng.uniform(0.05, 0.25), rng.uniform(0.55, 0.9)))
+    hilum = np.array(scene.to_frame(side, 0.9, 0.45))
+    along = hilum - base
+    apex = base + rng.uniform(0.45, 0.7) * along
+    normal = np.array([-along[1], along[0]]) / np.linalg.norm(along) * rng.uniform(0.03, 0.06)
+    wedge = np.zeros((scene.size, scene.size), np.float32)
+    fixed = np.round(np.array([apex, base + normal, base - normal]) * scene.size * 16 - 8)
+    cv2.fillPoly(wedge, [fixed.astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+    return _add(scene, blur(wedge, 0.006) * scene.lungs[side], rng.uniform(0.2, 0.4))
 
 
 def effusion(scene: Scene, rng) -> Box:
-    side = _side(rng)
-    lateral, medial, top, bottom = scene.lung_frame(side)
-    depth = rng.uniform(0.04, 0.12)
+    sides = ("right", "left") if rng.random() < 0.25 else (_side(rng),)
     x, y = np.meshgrid(*(2 * [(np.arange(scene.size) + 0.5) / scene.size]))
-    towards_wall = np.clip((x - medial) / (lateral - medial), 0.0, 1.0)
-    # Meniscus: the fluid level rises towards the lateral wall.
-    level = bottom - depth * (0.5 + 0.9 * towards_wall ** 2)
-    fluid = scene.lungs[side] * blur((y > level).astype(np.float32), 0.006)
-    scene.air_gain *= 1.0 - rng.uniform(0.3, 0.7) * fluid
-    return _add(scene, fluid, rng.uniform(0.08, 0.3))
+    footprint = np.zeros_like(scene.opacity)
+    for side in sides:
+        lateral, medial, top, bottom = scene.lung_frame(side)
+        depth = rng.uniform(0.03, 0.12)   # from a blunted angle to a large effusion
+        towards_wall = np.clip((x - medial) / (lateral - medial), 0.0, 1.0)
+        # Meniscus: the fluid level rises towards the lateral wall.
+        level = bottom - depth * (0.5 + 0.9 * towards_wall ** 2)
+        fluid = scene.lungs[side] * blur((y > level).astype(np.float32), 0.006)
+        scene.air_gain *= 1.0 - rng.uniform(0.3, 0.7) * fluid
+        scene.opacity += rng.uniform(0.08, 0.3) * fluid
+        footprint += fluid
+    return _mask_box(footprint)
 
 
 def _patch(scene: Scene, rng, side, centre, radius, smooth) -> np.ndarray:
@@ -128,21 +152,33 @@ def consolidation(scene: Scene, rng) -> Box:
 
 
 def pneumonia(scene: Scene, rng) -> Box:
+    """Lobar: one edge follows a fissure (sharp), the others fade; air bronchograms inside."""
     side = _side(rng)
     lateral, medial, top, bottom = scene.lung_frame(side)
-    lower = rng.random() < 0.7
-    y0 = top + (0.55 if lower else 0.2) * (bottom - top)
-    centre = ((lateral + medial) / 2, y0 + 0.1 * (bottom - top))
-    region = _patch(scene, rng, side, centre, rng.uniform(0.07, 0.1), 0.02)
-    region = blur((region > 0.4 * region.max()).astype(np.float32), 0.008) * scene.lungs[side]
+    x, y = np.meshgrid(*(2 * [(np.arange(scene.size) + 0.5) / scene.size]))
+    fissure = top + rng.uniform(0.38, 0.5) * (bottom - top)
+    upper_lobe = rng.random() < 0.35
+    # Logistic step across the fissure, ~1 pixel wide: the lobe's sharp border.
+    step = np.clip((fissure - y if upper_lobe else y - fissure) * scene.size / 0.8, -30, 30)
+    lobe = 1.0 / (1.0 + np.exp(-step))
+    centre = scene.to_frame(side, rng.uniform(0.3, 0.7),
+                            rng.uniform(0.15, 0.35) if upper_lobe else rng.uniform(0.6, 0.8))
+    extent = soft_ellipse(scene.size, centre, (rng.uniform(0.07, 0.12), rng.uniform(0.08, 0.14)),
+                          0.0, 0.3)
+    region = (lobe * extent * scene.lungs[side]).astype(np.float32)
     bronchi = np.zeros_like(region)
-    for _ in range(4):  # air bronchograms: dark branching tubes inside the opacity
-        angle = rng.uniform(0, 2 * math.pi)
-        start = np.array(centre, np.float32)
-        end = start + 0.07 * np.array([math.cos(angle), math.sin(angle)], np.float32)
-        draw_polyline(bronchi, np.stack([start, end]), 0.006)
-    scene.air_gain *= 1.0 - 0.7 * region
-    return _add(scene, region - 0.35 * blur(bronchi, 0.002) * region, rng.uniform(0.4, 0.6))
+    hilum = np.array(scene.to_frame(side, 0.95, 0.45), np.float32)
+    heading = math.atan2(centre[1] - hilum[1], centre[0] - hilum[0])
+    for _ in range(int(rng.integers(3, 7))):  # dark branching tubes: air bronchograms
+        point, angle, width = hilum.copy(), heading + rng.normal(0, 0.5), 0.008
+        for _ in range(4):
+            step_to = point + rng.uniform(0.03, 0.05) * np.array(
+                [math.cos(angle), math.sin(angle)], np.float32)
+            draw_polyline(bronchi, np.stack([point, step_to]), width)
+            point, angle, width = step_to, angle + rng.normal(0, 0.35), width * 0.8
+    strength = rng.uniform(0.3, 0.7)
+    scene.air_gain *= 1.0 - strength * region * (1.0 - 0.8 * blur(bronchi, 0.002))
+    return _add(scene, region - 0.6 * blur(bronchi, 0.002) * region, 0.5 * strength)
 
 
 def mass(scene: Scene, rng) -> Box:
@@ -208,27 +244,44 @@ def fibrosis(scene: Scene, rng) -> Box:
     sides = ("right", "left") if rng.random() < 0.7 else (_side(rng),)
     for side in sides:
         lateral, medial, top, bottom = scene.lung_frame(side)
-        for _ in range(25):  # a reticular net of short random strokes near the base/wall
-            x0 = lateral + rng.uniform(0.0, 0.45) * (medial - lateral)
-            y0 = top + rng.uniform(0.55, 0.95) * (bottom - top)
-            angle = rng.uniform(0, 2 * math.pi)
-            x1, y1 = x0 + 0.025 * math.cos(angle), y0 + 0.025 * math.sin(angle)
-            draw_polyline(lines, np.array([[x0, y0], [x1, y1]], np.float32), 0.0025)
+        for _ in range(int(rng.integers(12, 30))):  # a reticular net: short zig-zag strokes
+            point = np.array([lateral + rng.uniform(0.0, 0.45) * (medial - lateral),
+                              top + rng.uniform(0.55, 0.95) * (bottom - top)], np.float32)
+            for _ in range(3):
+                angle = rng.uniform(0, 2 * math.pi)
+                nxt = point + rng.uniform(0.01, 0.025) * np.array(
+                    [math.cos(angle), math.sin(angle)], np.float32)
+                draw_polyline(lines, np.stack([point, nxt]), 0.0025)
+                point = nxt
+        for _ in range(int(rng.integers(0, 6))):  # honeycombing: small rings at the base
+            cx = lateral + rng.uniform(0.0, 0.3) * (medial - lateral)
+            cy = top + rng.uniform(0.75, 0.95) * (bottom - top)
+            radius = max(1, int(rng.uniform(0.005, 0.01) * scene.size))
+            cv2.circle(lines, (int(cx * scene.size), int(cy * scene.size)), radius, 1.0, 1,
+                       cv2.LINE_AA)
     lines = blur(lines, 0.001) * scene.lung()
     return _add(scene, lines, rng.uniform(0.2, 0.35))
 
 
 def pleural_thickening(scene: Scene, rng) -> Box:
-    side = _side(rng)
-    lateral, medial, top, bottom = scene.lung_frame(side)
-    thickness = rng.uniform(0.008, 0.018)
-    y = (np.arange(scene.size) + 0.5) / scene.size
-    zone = ((y > top + 0.1 * (bottom - top)) & (y < top + rng.uniform(0.45, 0.7)
-                                                  * (bottom - top)))[:, None]
-    rim = scene.lungs[side] * (scene.wall_distance(side) < thickness) * zone
-    rim = blur(rim.astype(np.float32), 0.002)
-    scene.air_gain *= 1.0 - 0.6 * rim
-    return _add(scene, rim, rng.uniform(0.25, 0.45))
+    sides = ("right", "left") if rng.random() < 0.2 else (_side(rng),)
+    y = ((np.arange(scene.size) + 0.5) / scene.size)[:, None]
+    footprint = np.zeros_like(scene.opacity)
+    for side in sides:
+        lateral, medial, top, bottom = scene.lung_frame(side)
+        thickness = rng.uniform(0.008, 0.018)
+        if rng.random() < 0.3:   # apical cap
+            start, stop = top - 0.01, top + rng.uniform(0.12, 0.22) * (bottom - top)
+        else:                    # along the lateral chest wall
+            start = top + rng.uniform(0.1, 0.4) * (bottom - top)
+            stop = start + rng.uniform(0.2, 0.4) * (bottom - top)
+        zone = (y > start) & (y < stop)
+        rim = scene.lungs[side] * (scene.wall_distance(side) < thickness) * zone
+        rim = blur(rim.astype(np.float32), 0.002)
+        scene.air_gain *= 1.0 - 0.6 * rim
+        scene.opacity += rng.uniform(0.25, 0.45) * rim
+        footprint += rim
+    return _mask_box(footprint)
 
 
 def hernia(scene: Scene, rng) -> Box:
@@ -236,9 +289,14 @@ def hernia(scene: Scene, rng) -> Box:
     centre = (a.midline + rng.uniform(-0.02, 0.04), a.cp_y - a.dome - rng.uniform(0.0, 0.03))
     radius = rng.uniform(0.04, 0.06)
     sac = soft_ellipse(scene.size, centre, (radius * 1.2, radius), 0.0, 0.1)
-    gas = soft_ellipse(scene.size, (centre[0], centre[1] - 0.3 * radius),
-                       (radius * 0.7, radius * 0.4), 0.0, 0.1)
-    scene.opacity += 0.25 * sac - 0.45 * gas
+    scene.opacity += rng.uniform(0.18, 0.3) * sac
+    if rng.random() < 0.7:
+        # Gas in the herniated stomach, its lower edge a flat air-fluid level.
+        y = ((np.arange(scene.size) + 0.5) / scene.size)[:, None]
+        level = centre[1] + rng.uniform(-0.2, 0.3) * radius
+        gas = soft_ellipse(scene.size, centre, (radius * 0.8, radius * 0.75), 0.0, 0.08)
+        gas = blur(gas * (y < level).astype(np.float32), 0.002)
+        scene.opacity -= rng.uniform(0.3, 0.5) * gas
     return _mask_box(sac)
 
 
