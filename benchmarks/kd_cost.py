@@ -1,7 +1,7 @@
 """What distillation costs: wall seconds per epoch of KD vs. base training, same student.
 
     python benchmarks/kd_cost.py [--teacher resnet50] [--student conv3_student] [--images 800]
-        [--image-size 96] [--epochs 3]
+        [--image-size 128] [--epochs 3]
 
 Times base training of the student, KD with the teacher run online in every step, and KD with
 cached teacher outputs (computed once for both flips of every training image; that one-off pass
@@ -40,7 +40,7 @@ def main():
     parser.add_argument("--teacher", default="resnet50")
     parser.add_argument("--student", default="conv3_student")
     parser.add_argument("--images", type=int, default=800)
-    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """Softmax (the paper's) vs. sigmoid distillation losses on the multi-label phantom.
 
     python benchmarks/kd_formulations.py [--teacher resnet32] [--student conv3_student]
-        [--images 1200] [--image-size 96] [--epochs 8]
+        [--images 1200] [--image-size 128] [--epochs 8]
 
 Trains the teacher once, then the same student (same seed) on labels alone and with each
 formulation (hinton, ho2020_eq5, ho2020_eq8, sigmoid), and reports test mean AUC and the

@@ -129,3 +129,25 @@ def test_user_mistakes_exit_2_with_a_named_error(tmp_path, capsys, argv, message
         base_training.main([*argv, "--out", str(tmp_path), "--epochs", "1"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_skipped_bad_images_are_listed_in_the_run_report(tmp_path):
+    import cv2
+    rng = np.random.default_rng(0)
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(12):
+            image = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+            cv2.imwrite(str(tmp_path / "data" / label / f"p{i}_{label}.png"), image)
+    bad = tmp_path / "data" / "PNEUMONIA" / "p3_PNEUMONIA.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    argv = ["--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--model",
+            "conv3_student", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
+            "--out", str(tmp_path / "runs"), "latency_images=2"]
+    with pytest.raises(SystemExit):
+        base_training.main(argv)  # without the option: a clear error, no training
+    result = base_training.main([*argv, "--skip-bad-images", "true"])
+    assert [Path(r["path"]).name for r in result["skipped_images"]] == [bad.name]
+    assert "truncated" in result["skipped_images"][0]["reason"]
+    run = _run_dirs(tmp_path / "runs", "base_training")[0]
+    assert bad.name in (run / "skipped.csv").read_text()

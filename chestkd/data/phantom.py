@@ -9,11 +9,15 @@
     train_val_list.txt, test_list.txt   a patient-wise 80/20 split
     phantom.json                  the parameters (written last: marks the phantom complete)
 
-so the real loader reads it unchanged. Anatomy (:mod:`chestkd.data.phantom_anatomy`) is
-drawn once per patient and shared by the patient's follow-up films; labels follow
-ChestX-ray14's prevalences and co-occurrences (:mod:`chestkd.data.phantom_labels`); each
-finding has its own signature (:mod:`chestkd.data.phantom_findings`). Films vary in view
-(PA/AP), inspiration, exposure, contrast, position, rotation and noise.
+so the real loader reads it unchanged. Anatomy (:mod:`chestkd.data.phantom_anatomy`) and
+the placement of each lesion are drawn once per patient and shared by the patient's
+follow-up films, and a follow-up repeats the previous film's findings half the time, so a
+patient's films look alike and splits must be patient-wise. Labels follow ChestX-ray14's
+prevalences and co-occurrences (:mod:`chestkd.data.phantom_labels`), with each official
+list holding every finding at least ``min(3, films // 30)`` times; each finding has its own
+signature (:mod:`chestkd.data.phantom_findings`). Films vary in view (PA/AP, AP more often
+for abnormal films), inspiration, exposure, contrast, position, rotation and noise; ages,
+sexes and original film formats resemble the release's.
 
 ``load_phantom()`` with no folder writes the phantom into ``$CHESTKD_HOME`` (default
 ``~/.cache/chestkd``) once and loads it with the ChestX-ray14 loader.
@@ -181,7 +185,8 @@ def plan(images: int, seed: int, patients: int | None = None) -> pd.DataFrame:
                 findings.append(set(findings[-1]))
             else:
                 findings.append(sample_findings(rng))
-            original = ORIGINAL_FORMATS[rng.choice(len(ORIGINAL_FORMATS), p=ORIGINAL_FORMAT_WEIGHTS)]
+            original = ORIGINAL_FORMATS[rng.choice(len(ORIGINAL_FORMATS),
+                                                   p=ORIGINAL_FORMAT_WEIGHTS)]
             rows.append({"index": len(rows), "patient": patient + 1, "follow_up": follow_up,
                          "age": int(min(95, age + follow_up * years_per_film)),
                          "view_draw": rng.random(),

@@ -137,8 +137,10 @@ def soft_ellipse(size: int, center, axes, angle_deg: float = 0.0,
     """
     x, y = pixel_grid(size)
     reach = max(axes) * (1.0 + 6.0 * softness) + 1.5 / size
-    cols = slice(max(0, int((center[0] - reach) * size)), min(size, int((center[0] + reach) * size) + 1))
-    rows = slice(max(0, int((center[1] - reach) * size)), min(size, int((center[1] + reach) * size) + 1))
+    cols = slice(max(0, int((center[0] - reach) * size)),
+                 min(size, int((center[0] + reach) * size) + 1))
+    rows = slice(max(0, int((center[1] - reach) * size)),
+                 min(size, int((center[1] + reach) * size) + 1))
     mask = np.zeros((size, size), np.float32)
     if cols.start >= cols.stop or rows.start >= rows.stop:
         return mask

@@ -55,7 +55,7 @@ def _add(scene: Scene, mask: np.ndarray, strength: float) -> Box:
 
 # ---------------------------------------------------------------- anatomy-level findings
 def enlarge_heart(anatomy: Anatomy, rng) -> Anatomy:
-    factor = rng.uniform(1.25, 1.6)
+    factor = rng.uniform(1.15, 1.5)
     # The left ventricle grows to the patient's left (image right) more than to the right.
     return replace(anatomy, heart_w=anatomy.heart_w * factor,
                    heart_h=anatomy.heart_h * (1 + 0.5 * (factor - 1)),
@@ -63,9 +63,11 @@ def enlarge_heart(anatomy: Anatomy, rng) -> Anatomy:
 
 
 def hyperinflate(anatomy: Anatomy, rng) -> Anatomy:
-    return replace(anatomy, dome=anatomy.dome * rng.uniform(0.3, 0.55),
-                   cp_y=min(anatomy.cp_y + rng.uniform(0.03, 0.06), 0.9),
-                   air=anatomy.air * rng.uniform(1.05, 1.15))
+    # Overlaps the normal range (dome 0.06-0.11, costophrenic angle 0.74-0.81): mild
+    # emphysema is hard to tell from a deep breath.
+    return replace(anatomy, dome=anatomy.dome * rng.uniform(0.3, 0.75),
+                   cp_y=min(anatomy.cp_y + rng.uniform(0.01, 0.05), 0.9),
+                   air=anatomy.air * rng.uniform(1.0, 1.1))
 
 
 ANATOMY_EDITS = {"Cardiomegaly": enlarge_heart, "Emphysema": hyperinflate}
@@ -78,7 +80,7 @@ def cardiomegaly(scene: Scene, rng) -> Box:
 
 def emphysema(scene: Scene, rng) -> Box:
     lung = scene.lung()
-    scene.air_gain *= 1.0 + rng.uniform(0.06, 0.2) * lung
+    scene.air_gain *= 1.0 + rng.uniform(0.03, 0.15) * lung
     scene.marking_gain *= 1.0 - rng.uniform(0.3, 0.7) * lung
     for _ in range(int(rng.integers(0, 3))):  # apical bullae: lucent, with a thin wall
         centre = scene.lung_point(rng, _side(rng), rel_y=(0.05, 0.35), margin=0.03)
@@ -223,20 +225,23 @@ def pneumothorax(scene: Scene, rng) -> Box:
 def edema(scene: Scene, rng) -> Box:
     a = scene.anatomy
     haze = np.zeros((scene.size, scene.size), np.float32)
+    spread = rng.uniform(0.8, 1.2)   # from a mild perihilar cuff to wide bat wings
     for sign in (-1.0, 1.0):
-        haze += soft_ellipse(scene.size, (a.midline + sign * 0.12, a.heart_y - 0.1),
-                             (0.1, 0.14), sign * 20.0, 0.35)
+        centre = (a.midline + sign * rng.uniform(0.1, 0.15), a.heart_y - rng.uniform(0.06, 0.14))
+        haze += soft_ellipse(scene.size, centre, (0.09 * spread, 0.13 * spread),
+                             sign * rng.uniform(5, 30), 0.35)
     haze = np.clip(haze, 0, 1) * scene.lung()
     lines = np.zeros_like(haze)
     for side in ("right", "left"):
         lateral, _, top, bottom = scene.lung_frame(side)
         inwards = 1.0 if side == "right" else -1.0
-        for k in range(int(rng.integers(3, 7))):  # Kerley B: short horizontal lines
-            yk = bottom - 0.03 - 0.02 * k
-            draw_polyline(lines, np.array([[lateral, yk], [lateral + inwards * 0.03, yk]],
+        for _ in range(int(rng.integers(0, 6))):  # Kerley B: short horizontal lines
+            yk = bottom - rng.uniform(0.02, 0.12)
+            length = rng.uniform(0.015, 0.035)
+            draw_polyline(lines, np.array([[lateral, yk], [lateral + inwards * length, yk]],
                                           np.float32), 0.003)
     lines *= scene.lung()
-    return _add(scene, blur(haze, 0.01) + 0.6 * blur(lines, 0.001), rng.uniform(0.15, 0.25))
+    return _add(scene, blur(haze, 0.01) + 0.6 * blur(lines, 0.001), rng.uniform(0.04, 0.18))
 
 
 def fibrosis(scene: Scene, rng) -> Box:

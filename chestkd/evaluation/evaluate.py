@@ -59,6 +59,8 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
         single["per_class"].to_csv(run_dir / f"{prefix}per_class_scores.csv", index=False)
         plots.plot_confusion_matrix(single["confusion_matrix"], data.class_names,
                                     run_dir / f"{prefix}confusion_matrix.png")
+    if len(data.skipped):  # --skip-bad-images: the report says what was left out, and why
+        results["skipped_images"] = data.skipped.to_dict("records")
     history_path = run_dir / "history.csv"
     if history_path.exists():
         history = pd.read_csv(history_path)
