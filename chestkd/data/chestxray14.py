@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from chestkd.data import CHESTXRAY14_FINDINGS
-from chestkd.data.dataset import Dataset
+from chestkd.data.dataset import Dataset, choose_labels
 from chestkd.data.images import image_size_of, resolve_dir, screen_images
 from chestkd.data.splits import check_fractions, check_no_leakage, patient_split
 from chestkd.errors import ConfigError, DataError
@@ -140,17 +140,8 @@ def load_chestxray14(data_dir, *, split: str = "official", seed: int = 0,
 # ---------------------------------------------------------------------------- options
 
 def _class_names(labels) -> tuple[str, ...]:
-    if labels is None:
-        return CHESTXRAY14_FINDINGS
-    names = [labels] if isinstance(labels, str) else list(labels)
-    names = [LABEL_ALIASES.get(name, name) for name in names]
-    unknown = [name for name in names if name not in CHESTXRAY14_FINDINGS]
-    if unknown or not names:
-        raise ConfigError(f"chestxray14: labels option has unknown finding(s) {unknown}; "
-                          f"choose from {list(CHESTXRAY14_FINDINGS)}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"chestxray14: labels option repeats a finding: {names}")
-    return tuple(names)
+    return tuple(choose_labels(labels, CHESTXRAY14_FINDINGS, dataset="chestxray14",
+                               aliases=LABEL_ALIASES))
 
 
 def _views(views):

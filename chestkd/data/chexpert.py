@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from chestkd.data.chestxray14 import read_csv_text
-from chestkd.data.dataset import Dataset
+from chestkd.data.dataset import Dataset, choose_labels
 from chestkd.data.images import resolve_dir, screen_images
 from chestkd.data.splits import check_no_leakage, patient_split
 from chestkd.errors import ConfigError, DataError
@@ -132,16 +132,8 @@ def read_chexpert_csv(path: Path) -> pd.DataFrame:
 
 
 def _class_names(labels, observations, path) -> list[str]:
-    if labels is None:
-        return observations
-    names = [labels] if isinstance(labels, str) else list(labels)
-    unknown = [name for name in names if name not in observations]
-    if unknown or not names:
-        raise ConfigError(f"chexpert: labels option has unknown observation(s) {unknown}; "
-                          f"{path} has {observations}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"chexpert: labels option repeats an observation: {names}")
-    return names
+    return choose_labels(labels, observations, dataset="chexpert", kind="observation",
+                         where=f"{path} has")
 
 
 def parse_observations(frame: pd.DataFrame, class_names, path: Path) -> np.ndarray:

@@ -12,9 +12,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chestkd.errors import DataError
+from chestkd.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
+
+
+def choose_labels(labels, available, *, dataset: str, kind: str = "finding",
+                  where: str = "", aliases=None) -> list[str]:
+    """The label subset a user asked for (all of ``available`` when ``labels`` is None).
+
+    An unknown, repeated or empty choice is a ConfigError naming the dataset and the option.
+    """
+    if labels is None:
+        return list(available)
+    names = [labels] if isinstance(labels, str) else list(labels)
+    names = [(aliases or {}).get(name, name) for name in names]
+    unknown = [name for name in names if name not in available]
+    if unknown or not names:
+        raise ConfigError(f"{dataset}: labels option has unknown {kind}(s) {unknown}; "
+                          f"{where or 'choose from'} {list(available)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{dataset}: labels option repeats a {kind}: {names}")
+    return names
 
 
 @dataclass

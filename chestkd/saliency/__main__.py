@@ -61,10 +61,6 @@ def load_model(path):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"model file {path} not found")
-    try:
-        import chestkd.models  # noqa: F401  (registers chestkd's serialisable layers)
-    except ImportError:
-        pass
     return keras.saving.load_model(path, compile=False)
 
 

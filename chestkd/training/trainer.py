@@ -8,8 +8,6 @@ stopped (``--resume RUN_DIR``).
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 import warnings
 from pathlib import Path
