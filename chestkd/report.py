@@ -55,7 +55,7 @@ def find_runs(root) -> pd.DataFrame:
 
 
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
-    frame = runs.assign(column=[s if t is None or s in ("base_training", "self_training")
+    frame = runs.assign(column=[s if pd.isna(t) or s in ("base_training", "self_training")
                                 else f"{s} (teacher {t})"
                                 for s, t in zip(runs.strategy, runs.teacher)])
     return frame.pivot_table(index="model", columns="column", values="mean_auc",
@@ -74,9 +74,10 @@ def table3(runs: pd.DataFrame, published=PUBLISHED) -> pd.DataFrame:
         pub = pd.read_csv(published, comment="#")
         table = table.merge(pub, on="finding", how="left")
     for _, run in runs.iterrows():
-        label = f"{run.model} {run.strategy}" + (f" ({run.teacher})" if run.teacher and
-                                                   run.strategy not in ("self_training",) else "")
-        table[f"this run: {label}"] = [run.per_class_auc.get(f) for f in findings]
+        teacher = (f", teacher {run.teacher}" if pd.notna(run.teacher)
+                   and run.strategy != "self_training" else "")
+        label = f"{run.model} {run.strategy}{teacher} [{run.dataset}]"
+        table[f"this report: {label}"] = [run.per_class_auc.get(f) for f in findings]
     mean = {c: (table[c].mean() if c != "finding" else "**mean**") for c in table.columns}
     return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
 
