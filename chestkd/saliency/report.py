@@ -36,8 +36,9 @@ FIG5_METHODS = ("cam", "gradcam", "smoothgrad_ig")
 DEFAULT_METHODS = ("guided_backprop", "smoothgrad", "smoothgrad_ig", "cam")
 # Noise of 2 % of the image range, not SmoothGrad's usual 10-20 %: radiographs' findings are
 # subtle, and on a trained ResNet-32 of the phantom stronger noise moves the maps off the
-# findings (pointing game of SmoothGrad-IG: 0.74 at 2 %, 0.60 at 5 %, 0.34 at 15 %; a centre
-# Gaussian scores 0.54 — see benchmarks/RESULTS.md, "Saliency localisation").
+# findings (pointing game of SmoothGrad-IG: 0.67 at 2 %, 0.62 at 5 %, 0.49 at 15 %, SmoothGrad
+# 0.55 / 0.43 / 0.23; a centre Gaussian scores 0.54 — benchmarks/RESULTS.md, "Saliency
+# localisation").
 DEFAULT_OPTIONS = {
     "smoothgrad": {"samples": 16, "noise_level": 0.02},
     "integrated_gradients": {"steps": 32},
