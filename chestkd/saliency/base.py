@@ -9,6 +9,7 @@ Scores are always the class *logit* ``z_c(x)`` (see :func:`chestkd.saliency.grap
 """
 from __future__ import annotations
 
+import abc
 import inspect
 
 import numpy as np
@@ -159,7 +160,7 @@ class GradientEngine:
         return total
 
 
-class SaliencyMethod:
+class SaliencyMethod(abc.ABC):
     """Base class: one saliency method bound to one model.
 
     Subclasses implement :meth:`attribute`, returning either a signed per-channel
@@ -211,9 +212,9 @@ class SaliencyMethod:
         """Keyword options of a call (``raw``, ``reduce``, and e.g. ``noise``, ``upsample``)."""
         return cls._keyword_options("__call__", "attribute")
 
+    @abc.abstractmethod
     def attribute(self, images: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        """The method itself: attribution of ``classes[i]`` for ``images[i]`` (abstract)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement attribute()")
+        """The method itself: attribution of ``classes[i]`` for ``images[i]``."""
 
     def __call__(self, images, class_index, *, raw: bool = False, reduce: str | None = None,
                  **options) -> np.ndarray:

@@ -13,6 +13,8 @@ keep the positive evidence ``relu(M_c)`` and rescale it to [0, 1].
 """
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 import tensorflow as tf
 
@@ -43,8 +45,9 @@ class MapMethod(SaliencyMethod):
             for s in range(0, len(images), self.batch_size)])
         return upsample_maps(maps, images.shape[1:3]) if upsample else maps
 
+    @abc.abstractmethod
     def feature_maps(self, images, classes) -> np.ndarray:
-        raise NotImplementedError
+        """(N, h, w) class activation maps of ``classes[i]`` for ``images[i]``."""
 
 
 class CAM(MapMethod):
