@@ -166,3 +166,23 @@ def test_thread_pool_gives_same_answer_as_one_worker(bad_images):
     pd.testing.assert_frame_equal(bad1, bad4)
     with pytest.raises(ConfigError, match="workers"):
         verify_images(paths, workers=0)
+
+
+def test_progress_bar_only_for_more_than_a_trivial_amount_of_work(monkeypatch):
+    import chestkd.data.images as images
+    assert images.progress_bar(10 ** 6, verbose=0) is None
+    assert images.progress_bar(images.PROGRESS_MIN_ITEMS - 1) is None
+    assert images.progress_bar(images.PROGRESS_MIN_ITEMS) is not None
+    monkeypatch.setattr(images, "PROGRESS_MIN_ITEMS", 5)
+    assert images.progress_bar(5) is not None
+
+
+def test_verify_images_shows_progress_unless_quiet(tmp_path, capsys):
+    from chestkd.data.images import PROGRESS_MIN_ITEMS
+    paths = [tmp_path / f"missing{i}.png" for i in range(PROGRESS_MIN_ITEMS)]
+    ok, bad = verify_images(paths, skip=True, workers=2, verbose=0)
+    assert not ok.any() and len(bad) == len(paths) and capsys.readouterr().out == ""
+    verify_images(paths, skip=True, workers=2)
+    assert f"{PROGRESS_MIN_ITEMS}/{PROGRESS_MIN_ITEMS}" in capsys.readouterr().out
+    verify_images(paths[:10], skip=True, workers=2)          # a trivial amount: no bar
+    assert capsys.readouterr().out == ""

@@ -171,3 +171,27 @@ def test_mean_std_normalization_standardises_pixels(tmp_path):
         mean_std=(mean, std))])
     assert images.mean() == pytest.approx(0.0, abs=1e-4)
     assert images.std() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_prepare_and_teacher_tables_show_progress_only_when_asked(tmp_path, capsys,
+                                                                 monkeypatch):
+    import keras
+
+    import chestkd.data.images as images
+    from chestkd.distill.teacher_cache import load_or_compute, teacher_logits_table
+    data, _ = _dataset(tmp_path)
+    monkeypatch.setattr(images, "PROGRESS_MIN_ITEMS", 4)   # 8 training images count as "long"
+    prepare(data, tmp_path / "quiet", size=SIZE, verbose=0)
+    assert capsys.readouterr().out == ""
+    prepare(data, tmp_path / "loud", size=SIZE, shard_size=4)
+    assert "10/10" in capsys.readouterr().out              # images written, not 3 full shards
+    teacher = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(),
+                                keras.layers.Dense(3)])
+    table = teacher_logits_table(teacher, data, image_size=SIZE, batch_size=4, verbose=0)
+    assert table.shape == (8, 2, 3) and capsys.readouterr().out == ""
+    path = tmp_path / "teacher_logits_train.npy"
+    np.testing.assert_allclose(load_or_compute(path, teacher, data, image_size=SIZE,
+                                               batch_size=4), table, atol=1e-5)
+    assert "8/8" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".npy") == [path.name]
+    np.testing.assert_allclose(np.load(path), table, atol=1e-5)

@@ -29,10 +29,15 @@ import numpy as np
 import pandas as pd
 
 from chestkd.data.dataset import Dataset
-from chestkd.data.images import check_image_file, decode_image, read_bytes, to_unit_rgb
+from chestkd.data.images import (check_image_file, decode_image, progress_bar, read_bytes,
+                                 to_unit_rgb)
 from chestkd.errors import DataError
+from chestkd.io import atomic_save_npy, atomic_write, atomic_write_json
 
 SHARD_SIZE = 1024
+# Loaders that take ``cache_dir=`` and then list or open no image file (the folder loader must
+# list its class folders: the files are its dataset).
+CACHE_AWARE_LOADERS = frozenset({"chestxray14", "phantom", "chexpert"})
 
 
 def cache_key(data: Dataset, path: str) -> str:
@@ -64,20 +69,20 @@ def _checksum(array: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def prepare(data: Dataset, out, *, size: int = 224, workers: int | None = None,
             skip_bad_images: bool = False, shard_size: int = SHARD_SIZE,
-            progress: bool = True) -> Path:
+            verbose: int = 1, progress: bool | None = None) -> Path:
     """Write (or finish writing) the cache of every image in ``data`` into ``out``.
 
     Resumable: shards already complete are kept. Verified: each shard is read back and its
     checksum compared before it is marked done. Returns the cache folder.
+
+    ``verbose=1`` shows a progress bar (images) when more than ``images.PROGRESS_MIN_ITEMS`` images
+    are left to write; ``verbose=0`` is quiet. ``progress`` is the older spelling
+    (``progress=False`` is ``verbose=0``).
     """
+    if progress is not None:
+        verbose = int(bool(progress))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = [cache_key(data, p) for p in data.paths]
@@ -94,17 +99,14 @@ def prepare(data: Dataset, out, *, size: int = 224, workers: int | None = None,
             raise DataError(f"{out}: holds a cache of other images or settings ({old}); "
                             "choose a new --out folder")
     else:
-        index.to_csv(out / "index.csv.tmp", index=False)
-        os.replace(out / "index.csv.tmp", out / "index.csv")
-        _atomic_write_text(meta_path, json.dumps(meta, indent=1))
+        atomic_write(out / "index.csv", lambda tmp: index.to_csv(tmp, index=False))
+        atomic_write_json(meta_path, meta)
 
     workers = workers or os.cpu_count() or 1
     skipped = []
     todo = [s for s in range(n_shards) if not (out / f"shard-{s:05d}.json").exists()]
-    bar = None
-    if progress and todo:
-        import keras
-        bar = keras.utils.Progbar(len(todo) * shard_size, unit_name="image")
+    left = sum(min(shard_size, len(keys) - s * shard_size) for s in todo)
+    bar = progress_bar(left, verbose, unit_name="image")
 
     def load(path):
         try:
@@ -121,20 +123,18 @@ def prepare(data: Dataset, out, *, size: int = 224, workers: int | None = None,
             shard = np.stack([image for image, _ in results])
             bad_rows = [i for i, (_, error) in enumerate(results) if error]
             skipped += [(paths[i], results[i][1]) for i in bad_rows]
-            tmp = out / f"shard-{s:05d}.tmp.npy"
-            np.save(tmp, shard)
-            os.replace(tmp, out / f"shard-{s:05d}.npy")
+            atomic_save_npy(out / f"shard-{s:05d}.npy", shard)
             if _checksum(np.load(out / f"shard-{s:05d}.npy")) != _checksum(shard):
                 raise DataError(f"{out / f'shard-{s:05d}.npy'}: verification failed after write")
-            _atomic_write_text(out / f"shard-{s:05d}.json", json.dumps(
-                {"rows": len(shard), "sha1": _checksum(shard), "bad_rows": bad_rows}))
+            atomic_write_json(out / f"shard-{s:05d}.json", {
+                "rows": len(shard), "sha1": _checksum(shard), "bad_rows": bad_rows}, indent=None)
             if bar is not None:
                 bar.add(len(shard))
     if skipped:
         previous = (pd.read_csv(out / "skipped.csv") if (out / "skipped.csv").exists()
                     else pd.DataFrame(columns=["path", "reason"]))
-        pd.concat([previous, pd.DataFrame(skipped, columns=["path", "reason"])]).to_csv(
-            out / "skipped.csv", index=False)
+        table = pd.concat([previous, pd.DataFrame(skipped, columns=["path", "reason"])])
+        atomic_write(out / "skipped.csv", lambda tmp: table.to_csv(tmp, index=False))
     PreparedCache(out).verify()
     return out
 
@@ -147,7 +147,7 @@ class PreparedCache:
         meta_path = self.folder / "cache.json"
         if not meta_path.exists():
             raise DataError(f"{self.folder}: not a prepared cache (no cache.json); run "
-                            "`python -m chestkd.data prepare ... --out {self.folder}` first")
+                            f"`python -m chestkd.data prepare ... --out {self.folder}` first")
         self.meta = json.loads(meta_path.read_text())
         self.size = int(self.meta["size"])
         self.index = pd.read_csv(self.folder / "index.csv", keep_default_na=False)
@@ -177,18 +177,55 @@ class PreparedCache:
 
     def rows_for(self, data: Dataset) -> np.ndarray:
         """Global cache rows of ``data``'s images, in order. Missing ones are an error."""
-        position = dict(zip(self.index["key"], range(len(self.index))))
+        rows = self._rows_or_missing(data)
         keys = [cache_key(data, p) for p in data.paths]
-        missing = [k for k in keys if k not in position]
-        if missing:
-            raise DataError(f"{self.folder}: {len(missing)} image(s) are not in the cache, e.g. "
-                            f"{missing[0]!r}; prepare the cache from the same dataset")
-        rows = np.array([position[k] for k in keys], np.int64)
         bad = [keys[i] for i, r in enumerate(rows) if r in self.bad_rows]
         if bad:
             raise DataError(f"{self.folder}: image {bad[0]!r} was skipped when the cache was "
                             "prepared (unreadable); load the dataset with skip_bad_images")
         return rows
+
+    def _rows_or_missing(self, data: Dataset) -> np.ndarray:
+        position = dict(zip(self.index["key"].astype(str), range(len(self.index))))
+        keys = [cache_key(data, p) for p in data.paths]
+        missing = [k for k in keys if k not in position]
+        if missing:
+            raise DataError(f"{self.folder}: {len(missing)} of the {len(keys)} image(s) of "
+                            f"{data.name} are not in the cache, e.g. {missing[0]!r}; prepare "
+                            f"the cache from the same dataset (python -m chestkd.data prepare)")
+        return np.array([position[k] for k in keys], np.int64)
+
+    def screen(self, data: Dataset, *, skip_bad_images: bool = False) -> Dataset:
+        """The cache's image check of ``data``, in place of decoding the original files.
+
+        ``prepare`` decoded and verified every image, so a run on the cache opens none: every
+        image of ``data`` must be in the cache (a DataError naming this folder and an example
+        image otherwise), and images ``prepare`` could not read (``--skip-bad-images``) are an
+        error, or with ``skip_bad_images`` are dropped into ``Dataset.skipped`` with the reason
+        recorded then.
+        """
+        rows = self._rows_or_missing(data)
+        bad = np.isin(rows, list(self.bad_rows))
+        if not bad.any():
+            return data
+        if not skip_bad_images:
+            self.rows_for(data)   # raises, naming the first skipped image
+        reasons = self.skipped_reasons()
+        dropped = pd.DataFrame({"path": data.paths[bad], "reason": [
+            reasons.get(path, "unreadable when the cache was prepared")
+            for path in data.paths[bad]]})
+        kept = data.select(~bad)
+        kept.skipped = pd.concat([frame for frame in (data.skipped, dropped) if len(frame)],
+                                 ignore_index=True)[["path", "reason"]]
+        return kept
+
+    def skipped_reasons(self) -> dict[str, str]:
+        """{image path: reason} of the images ``prepare`` skipped (``skipped.csv``)."""
+        path = self.folder / "skipped.csv"
+        if not path.exists():
+            return {}
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return dict(zip(table["path"], table["reason"]))
 
     def _shard(self, s: int) -> np.ndarray:
         if s not in self._shards:

@@ -16,6 +16,12 @@ Files read from ``data_dir``:
 
 Only the metadata is needed: images that are not on disk are counted in ``meta["on_disk"]``
 (``python -m chestkd.data describe`` reports them), unless ``check_images=True``.
+
+With ``cache_dir`` (a folder written by ``python -m chestkd.data prepare`` from this dataset)
+no image file is touched: the image folders are not listed (112,120 entries, slow on a network
+drive) but each image's path is rebuilt from the cache's index, ``meta["on_disk"]`` says whether
+the cache holds the image, and boxes stay in the release's 1024 x 1024 space (their ``width`` and
+``height`` columns say so, which is all the saliency code needs).
 """
 from __future__ import annotations
 
@@ -60,7 +66,7 @@ def load_chestxray14(data_dir, *, split: str = "official", seed: int = 0,
                      metadata: str = METADATA_FILE, train_val_list: str = TRAIN_VAL_LIST,
                      test_list: str = TEST_LIST, image_dirs=None,
                      skip_bad_images: bool = False, check_images: bool = False,
-                     workers: int | None = None) -> Dataset:
+                     workers: int | None = None, cache_dir=None) -> Dataset:
     """Load ChestX-ray14 as a multi-label :class:`Dataset`.
 
     Args:
@@ -84,6 +90,8 @@ def load_chestxray14(data_dir, *, split: str = "official", seed: int = 0,
         skip_bad_images: verify the images, drop bad ones into ``Dataset.skipped``.
         check_images: verify the images; the first bad one is a DataError.
         workers: threads for the image check.
+        cache_dir: a prepared cache of this dataset: paths come from its index and no image
+            file is listed or opened (see the module doc).
 
     Labels are multi-hot in ``CHESTXRAY14_FINDINGS`` order; "No Finding" is all zeros.
     """
@@ -127,9 +135,14 @@ def load_chestxray14(data_dir, *, split: str = "official", seed: int = 0,
     else:
         split_names = patient_split(patients, check_fractions(fractions), seed)
 
-    paths, on_disk = locate_images(root, frame["image"], image_dirs)
+    if cache_dir is None:
+        paths, on_disk = locate_images(root, frame["image"], image_dirs)
+        readable = on_disk
+    else:
+        paths, on_disk = cached_locations(root, frame["image"], cache_dir)
+        readable = np.zeros(len(paths), dtype=bool)     # boxes: no file is opened for its size
     meta = _meta(frame, on_disk)
-    boxes = read_boxes_for(root, frame["image"], paths, on_disk, class_names)
+    boxes = read_boxes_for(root, frame["image"], paths, readable, class_names)
     data = Dataset(name="chestxray14", class_names=list(class_names), multi_label=True,
                    paths=paths, labels=multi_hot, patients=patients, split=split_names,
                    meta=meta, boxes=boxes, root=root)
@@ -361,6 +374,24 @@ def locate_images(root: Path, names: pd.Series, image_dirs=None):
     paths = np.where(on_disk, located.to_numpy(dtype=object),
                      (default + names).to_numpy(dtype=object)).astype(str)
     return paths, on_disk
+
+
+def cached_locations(root: Path, names: pd.Series, cache_dir):
+    """(paths, in_cache) like :func:`locate_images`, from a prepared cache's index.
+
+    The index keys are paths relative to the dataset root (``images_001/images/x.png``), so
+    ``root / key`` is where the image was when the cache was prepared; no folder is listed.
+    Images the cache lacks get their path under ``images/`` and ``in_cache=False``.
+    """
+    from chestkd.data.cache import PreparedCache   # cache imports the dataset layer
+    keys = PreparedCache(cache_dir).index["key"].astype(str)
+    by_name = dict(zip(keys.map(os.path.basename), keys))
+    located = names.map(by_name)
+    in_cache = located.notna().to_numpy()
+    keys = np.where(in_cache, located.to_numpy(dtype=object),
+                    ("images" + os.sep + names).to_numpy(dtype=object))
+    paths = np.array([os.path.normpath(os.path.join(root, key)) for key in keys], dtype=str)
+    return paths, in_cache
 
 
 def _meta(frame: pd.DataFrame, on_disk: np.ndarray) -> pd.DataFrame:

@@ -58,6 +58,10 @@ class Dataset:
         root: dataset folder.
         skipped: rows dropped because of bad input (with an explicit skip option), as a table
             with columns ``path`` and ``reason``; reported by every run.
+        clean_labels: (N, C) float32 true labels when the dataset knows them and ``labels``
+            may be wrong (the phantom with ``label_noise``, see :mod:`chestkd.data.phantom`);
+            None for real data, whose truth nobody knows. ``labels`` is always what training
+            sees; ``clean_labels`` is for measuring what the noise did.
     """
 
     name: str
@@ -73,6 +77,7 @@ class Dataset:
     root: Path | None = None
     skipped: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+    clean_labels: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.paths)
@@ -86,6 +91,11 @@ class Dataset:
         for name in ("patients", "split", "mask"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"Dataset.{name} has {len(getattr(self, name))} rows, paths has {n}")
+        if self.clean_labels is not None:
+            self.clean_labels = np.asarray(self.clean_labels, dtype=np.float32)
+            if self.clean_labels.shape != self.labels.shape:
+                raise ValueError(f"Dataset.clean_labels has shape {self.clean_labels.shape}, "
+                                 f"labels has {self.labels.shape}")
         if self.meta is not None:
             self.meta = self.meta.reset_index(drop=True)
         bad = sorted(set(self.split) - set(SPLITS))
@@ -112,7 +122,8 @@ class Dataset:
             paths=self.paths[rows], labels=self.labels[rows], mask=self.mask[rows],
             patients=self.patients[rows], split=self.split[rows],
             meta=None if self.meta is None else self.meta.iloc[rows].reset_index(drop=True),
-            boxes=boxes)
+            boxes=boxes,
+            clean_labels=None if self.clean_labels is None else self.clean_labels[rows])
 
     def subset(self, split: str) -> "Dataset":
         """The images of one split. An empty split is an error naming the split."""

@@ -107,11 +107,31 @@ def describe(data: Dataset, options=None) -> dict:
     unknown = (data.mask == 0).sum(0)
     if unknown.any():
         report["unknown_labels"] = {name: int(n) for name, n in zip(data.class_names, unknown)}
+    if data.clean_labels is not None:
+        report["label_noise"] = label_noise_summary(data)
     if data.boxes is not None:
         report["boxes"] = {"total": int(len(data.boxes)),
                            **{str(k): int(v) for k, v in
                               data.boxes["label"].value_counts().items()}}
     return report
+
+
+def label_noise_summary(data: Dataset) -> dict:
+    """Wrong labels of a dataset that knows its truth (the phantom with ``label_noise``).
+
+    False negatives: true positives reported negative; false positives: true negatives
+    reported positive; ``wrong_share_of_positives`` = false positives / reported positives
+    (~``label_noise``: the labeller's 1 - precision).
+    """
+    known = data.mask > 0
+    truth, reported = data.clean_labels > 0.5, data.labels > 0.5
+    false_negatives = int((truth & ~reported & known).sum())
+    false_positives = int((~truth & reported & known).sum())
+    positives = int((reported & known).sum())
+    return {"false_negatives": false_negatives, "false_positives": false_positives,
+            "true_positives": int((truth & known).sum()), "reported_positives": positives,
+            "wrong_share_of_positives": round(false_positives / positives, 4) if positives
+            else 0.0}
 
 
 def _jsonable(value):
@@ -160,6 +180,13 @@ def format_report(report: dict) -> str:
         total = boxes.pop("total")
         lines.append(f"boxes: {total:,}" + (" (" + ", ".join(f"{k} {v:,}" for k, v in
                                                             boxes.items()) + ")" if boxes else ""))
+    if "label_noise" in report and (report["label_noise"]["false_negatives"]
+                                    or report["label_noise"]["false_positives"]):
+        noise = report["label_noise"]
+        lines.append(f"label noise (true labels known): {noise['false_negatives']:,} false "
+                     f"negatives, {noise['false_positives']:,} false positives; "
+                     f"{noise['wrong_share_of_positives']:.1%} of the reported positives "
+                     f"are wrong")
     lines.append(f"skipped bad images: {report['skipped']:,}")
     return "\n".join(lines)
 

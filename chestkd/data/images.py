@@ -13,7 +13,8 @@ One preprocessing for every consumer (tf.data pipeline, cache, saliency overlays
    ``imagenet`` gives ``(u - mean) / std`` per RGB channel.
 
 :func:`verify_images` finds missing, empty, truncated and undecodable files before a run
-starts, so a long training does not die on image 80,000.
+starts, so a long training does not die on image 80,000. Long steps outside ``fit`` (this
+check, ``prepare``, teacher tables) show a ``keras.utils.Progbar`` (:func:`progress_bar`).
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ JPEG_END_MARKER = b"\xff\xd9"
 # An end marker must lie in the last bytes of the file; a few bytes of padding after it are
 # tolerated because some encoders write them.
 END_MARKER_WINDOW = 64
+
+# Below this many items a step is quick and shows no progress bar.
+PROGRESS_MIN_ITEMS = 1000
 
 SKIP_HINT = "use skip_bad_images=True (--skip-bad-images) to leave bad images out and list them"
 
@@ -186,12 +190,29 @@ def default_workers() -> int:
     return min(16, 2 * (os.cpu_count() or 1))
 
 
-def verify_images(paths, *, skip: bool = False, workers: int | None = None):
+def progress_bar(total: int, verbose: int = 1, *, unit_name: str = "image",
+                 minimum: int | None = None):
+    """A ``keras.utils.Progbar`` over ``total`` items, or None when quiet or quick.
+
+    None when ``verbose`` is 0 or ``total < minimum`` (default ``PROGRESS_MIN_ITEMS``): a
+    progress bar for a few hundred items is noise. Keras is imported only when a bar is shown
+    (it imports TensorFlow).
+    """
+    if not verbose or total < (PROGRESS_MIN_ITEMS if minimum is None else minimum):
+        return None
+    import keras
+    return keras.utils.Progbar(total, verbose=1 if verbose is True else int(verbose),
+                               unit_name=unit_name)
+
+
+def verify_images(paths, *, skip: bool = False, workers: int | None = None,
+                  verbose: int = 1):
     """Check every image file; returns ``(ok_mask, bad)``.
 
     ``ok_mask`` is a bool array (one per path) and ``bad`` a DataFrame with columns
     ``path`` and ``reason``. With ``skip=False`` the first bad image (in ``paths`` order)
-    raises DataError naming the file and the reason instead.
+    raises DataError naming the file and the reason instead. ``verbose=1`` shows a progress
+    bar for more than ``PROGRESS_MIN_ITEMS`` images (112,120 on Drive take a while); 0: quiet.
     """
     paths = [str(p) for p in paths]
     ok = np.ones(len(paths), dtype=bool)
@@ -199,9 +220,12 @@ def verify_images(paths, *, skip: bool = False, workers: int | None = None):
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    bar = progress_bar(len(paths), verbose)
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
         for index, reason in enumerate(pool.map(check_image_file, paths)):
+            if bar is not None and ((index + 1) % 100 == 0 or index + 1 == len(paths)):
+                bar.update(index + 1)   # every 100 images: the bar's own cost stays negligible
             if reason is None:
                 continue
             if not skip:
@@ -215,7 +239,7 @@ def verify_images(paths, *, skip: bool = False, workers: int | None = None):
 
 
 def screen_images(data, *, check_images: bool = False, skip_bad_images: bool = False,
-                  workers: int | None = None):
+                  workers: int | None = None, verbose: int = 1):
     """Apply a loader's image options to a :class:`~chestkd.data.dataset.Dataset`.
 
     ``check_images=True``: every file is verified and the first bad one raises DataError.
@@ -225,7 +249,8 @@ def screen_images(data, *, check_images: bool = False, skip_bad_images: bool = F
     """
     if not (check_images or skip_bad_images):
         return data
-    ok, bad = verify_images(data.paths, skip=skip_bad_images, workers=workers)
+    ok, bad = verify_images(data.paths, skip=skip_bad_images, workers=workers,
+                            verbose=verbose)
     if ok.all():
         return data
     kept = data.select(ok)

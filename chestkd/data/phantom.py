@@ -21,6 +21,24 @@ sexes and original film formats resemble the release's.
 
 ``load_phantom()`` with no folder writes the phantom into ``$CHESTKD_HOME`` (default
 ``~/.cache/chestkd``) once and loads it with the ChestX-ray14 loader.
+
+Label noise (``load_phantom(label_noise=p)``, :mod:`chestkd.data.phantom_noise`): the files
+always hold the true findings (one phantom serves every noise level); the loaded Dataset's
+``labels`` are corrupted the way an NLP labeller reading the reports would, and
+``clean_labels`` keeps the truth, for every split. For each finding ``c`` with prevalence
+``pi_c`` in the phantom:
+
+* false negatives: a true positive is reported negative with probability ``p``;
+* false positives: a true negative is reported positive with probability
+  ``q_c = p * pi_c / (1 - pi_c)``;
+
+so the expected positive count is unchanged and about a share ``p`` of the reported positives
+are wrong (precision and recall both ~``1 - p``; ChestX-ray14 quotes > 90 %, i.e. ``p`` ~0.1).
+``p`` lies in ``[0, 0.5)``. The noise is seeded by the phantom's seed, not the training seed: a
+fixed property of the data. It is drawn on the whole phantom (all images, all 14 findings) and
+then restricted to the loaded rows and labels, so an image's reported labels do not depend on
+the loader's filters (``views``, ``labels``, ``drop_other_findings``, which select on the true
+findings).
 """
 from __future__ import annotations
 
@@ -30,6 +48,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -40,6 +59,7 @@ from chestkd.data import CHESTXRAY14_FINDINGS
 from chestkd.data.phantom_anatomy import Scene, adjust_for_view, sample_anatomy
 from chestkd.data.phantom_findings import ANATOMY_EDITS, SCENE_EDITS, transform_box, warp
 from chestkd.data.phantom_labels import sample_findings
+from chestkd.data.phantom_noise import check_label_noise, corrupt_labels
 from chestkd.errors import ConfigError, DataError
 
 BOX_SPACE = 1024
@@ -303,13 +323,17 @@ def default_folder(images: int, size: int, seed: int) -> Path:
 
 
 def load_phantom(data_dir=None, *, images: int = 1000, size: int = 256, phantom_seed: int = 0,
-                 split: str = "official", **options):
+                 split: str = "official", label_noise: float = 0.0, **options):
     """The phantom as a :class:`~chestkd.data.dataset.Dataset` named ``"phantom"``.
 
     With no ``data_dir`` it is written (once) into the default cache folder; ``options`` go
-    to :func:`chestkd.data.chestxray14.load_chestxray14` (``seed``, ``views``, ``labels``...).
+    to :func:`chestkd.data.chestxray14.load_chestxray14` (``seed``, ``views``, ``labels``,
+    ``cache_dir``...). ``label_noise=p`` in ``[0, 0.5)`` corrupts the loaded ``labels`` (the
+    module doc gives the rates); ``clean_labels`` always holds the true labels (equal to
+    ``labels`` when ``p = 0``: the phantom knows its truth at every noise level).
     """
     from chestkd.data.chestxray14 import load_chestxray14
+    label_noise = check_label_noise(label_noise)
     if data_dir is None:
         data_dir = default_folder(images, size, phantom_seed)
         stored = _stored_parameters(data_dir)
@@ -323,4 +347,27 @@ def load_phantom(data_dir=None, *, images: int = 1000, size: int = 256, phantom_
         write_phantom(data_dir, images=images, size=size, seed=phantom_seed)
     data = load_chestxray14(data_dir, split=split, **options)
     data.name = "phantom"
-    return data
+    # The phantom's own seed (phantom.json) when a folder is given, so the noise belongs to it.
+    seed = (_stored_parameters(Path(data.root)) or {}).get("seed", phantom_seed)
+    return with_label_noise(data, label_noise, int(seed),
+                            options.get("metadata", "Data_Entry_2017.csv"))
+
+
+def with_label_noise(data, p: float, seed: int, metadata: str = "Data_Entry_2017.csv"):
+    """``data`` with noisy ``labels`` at level ``p`` and the truth in ``clean_labels``.
+
+    The noise is drawn on the full table of ``data.root``'s metadata file (every image, all
+    14 findings, the prevalences ``pi_c`` measured there) and then picked out by image name
+    and label column, so it does not depend on which rows or labels were loaded.
+    """
+    from chestkd.data.chestxray14 import find_metadata, parse_findings, read_metadata
+    clean = data.labels.copy()
+    if p == 0.0:
+        return replace(data, clean_labels=clean)
+    path = find_metadata(Path(data.root), metadata)
+    frame = read_metadata(path)
+    noisy = corrupt_labels(parse_findings(frame, path), p, seed)
+    position = pd.Series(np.arange(len(frame)), index=frame["image"].to_numpy())
+    rows = position.loc[data.meta["image"].to_numpy()].to_numpy()
+    columns = [CHESTXRAY14_FINDINGS.index(name) for name in data.class_names]
+    return replace(data, labels=noisy[np.ix_(rows, columns)], clean_labels=clean)

@@ -15,17 +15,20 @@ import numpy as np
 import tensorflow as tf
 
 from chestkd.data.dataset import Dataset
+from chestkd.data.images import progress_bar
 from chestkd.data.pipeline import make_dataset
+from chestkd.io import atomic_save_npy
 
 
 def teacher_logits_table(teachers, data: Dataset, split: str = "train", *, image_size: int,
                          batch_size: int = 64,
                          normalization: str = "minus_one_one", mean_std=None,
-                         cache_dir=None) -> np.ndarray:
+                         cache_dir=None, verbose: int = 1) -> np.ndarray:
     """Logits of each teacher for the original and flipped view of every image of ``split``.
 
     The validation split gets a table too, so validation losses of a cached run are the
-    ones an online run reports.
+    ones an online run reports. ``verbose=1`` shows a progress bar (images) when the split
+    has more than ``chestkd.data.images.PROGRESS_MIN_ITEMS`` images; 0: quiet.
 
     Returns float32 (N, 2, C) for one teacher, (N, 2, K, C) for a list of K teachers.
     """
@@ -42,7 +45,13 @@ def teacher_logits_table(teachers, data: Dataset, split: str = "train", *, image
         original, flipped = tf.split(logits, 2, axis=0)
         return tf.stack([original, flipped], axis=1)  # (B, 2, K, C)
 
-    table = np.concatenate([both_views(x).numpy() for x, _ in images])
+    bar = progress_bar(int((data.split == split).sum()), verbose)
+    parts = []
+    for x, _ in images:
+        parts.append(both_views(x).numpy())
+        if bar is not None:
+            bar.add(len(parts[-1]))
+    table = np.concatenate(parts)
     return table[:, :, 0] if single else table
 
 
@@ -53,7 +62,5 @@ def load_or_compute(path, teachers, data: Dataset, split: str = "train",
     if path.exists():
         return np.load(path)
     table = teacher_logits_table(teachers, data, split, **options)
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, table)
-    tmp.replace(path)
+    atomic_save_npy(path, table)
     return table
