@@ -66,8 +66,8 @@ def test_report_scores_known_regions_and_beats_centre(linear_model, dataset, tmp
     assert "GlobalAveragePooling2D" in result["skipped_methods"]["cam"]
     assert [e["finding"] for e in result["examples"]] == ["Mass", "Nodule"]
     # Title probabilities: sigmoid(sum(mask * x) + bias) of the image as the pipeline reads it.
-    from chestkd.data.images import read_image
-    image = read_image(dataset.paths[0], SIZE)
+    from chestkd.data.pipeline import make_dataset
+    image = next(iter(make_dataset(dataset.select([0]), image_size=SIZE)))[0].numpy()[0]
     logit = image[2:10, 3:11].sum() + 0.5
     assert result["examples"][0]["probability"] == pytest.approx(1 / (1 + np.exp(-logit)),
                                                                  rel=1e-4)
@@ -157,6 +157,6 @@ def test_command_with_run_directory(linear_model, dataset, tmp_path, monkeypatch
 def test_command_errors_are_reported_not_raised(tmp_path, capsys):
     assert cli.main(["--model", str(tmp_path / "missing.keras"), "--images", "x.png",
                      "--image-size", "32"]) == 2
-    assert "missing.keras not found" in capsys.readouterr().err
+    assert "missing.keras: model file not found" in capsys.readouterr().err
     assert cli.main(["--run", str(tmp_path)]) == 2
     assert "no config.yaml" in capsys.readouterr().err

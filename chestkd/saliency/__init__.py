@@ -11,6 +11,8 @@
 ``smoothgrad_ig``         IG averaged over noisy copies (batched)
 ``cam``                   final feature maps weighted by the classifier weights
 ``gradcam``               Grad-CAM, default layer = the feature map the classifier pools
+``gradcam_plus_plus``     Grad-CAM++ (via tf-keras-vis GradcamPlusPlus), same layer default
+``scorecam``              Score-CAM (via tf-keras-vis Scorecam), same layer default; slow
 ========================  ==============================================================
 
 Scores are always logits: a final sigmoid/softmax is stripped. For repeated use build the
@@ -26,15 +28,19 @@ from chestkd.errors import ConfigError
 from chestkd.saliency.base import REDUCTIONS, SaliencyMethod, normalise_maps, reduce_channels
 from chestkd.saliency.cam import CAM
 from chestkd.saliency.gradcam import GradCAM
+from chestkd.saliency.gradcam_plus_plus import GradCAMPlusPlus
 from chestkd.saliency.guided_backprop import GuidedBackprop
 from chestkd.saliency.integrated_gradients import IntegratedGradients, SmoothGradIG
+from chestkd.saliency.scorecam import ScoreCAM
 from chestkd.saliency.smoothgrad import SmoothGrad
 from chestkd.saliency.vanilla import Vanilla
 
 METHODS: dict[str, type[SaliencyMethod]] = {
     cls.name: cls for cls in (Vanilla, GuidedBackprop, IntegratedGradients, SmoothGrad,
-                              SmoothGradIG, CAM, GradCAM)
+                              SmoothGradIG, CAM, GradCAM, GradCAMPlusPlus, ScoreCAM)
 }
+
+
 def _method_class(method: str) -> type[SaliencyMethod]:
     if method not in METHODS:
         raise ConfigError(f"unknown saliency method {method!r}; choose one of {list(METHODS)}")
@@ -64,12 +70,13 @@ def saliency_map(model, images, class_index, method: str = "smoothgrad_ig",
         **options: ``raw`` (bool), ``reduce`` (channel reduction, see
             :data:`~chestkd.saliency.base.REDUCTIONS`), ``batch_size``, and per method:
             ``samples``, ``noise_level``, ``seed``, ``noise`` (SmoothGrad, SmoothGrad-IG);
-            ``steps``, ``baseline`` (IG, SmoothGrad-IG); ``layer`` (Grad-CAM); ``upsample``
-            (CAM, Grad-CAM).
+            ``steps``, ``baseline`` (IG, SmoothGrad-IG); ``layer`` (Grad-CAM, Grad-CAM++,
+            Score-CAM); ``probability``, ``max_maps`` (Score-CAM); ``upsample`` (CAM-like
+            methods); ``progress`` (a callback ``fn(images_done)``).
 
     Returns:
         (N, H, W) float32 maps in [0, 1]; with ``raw=True`` the signed per-channel attribution
-        (N, H, W, C), or for CAM / Grad-CAM the unnormalised class activation (N, H, W).
+        (N, H, W, C), or for the CAM-like methods the unnormalised class activation (N, H, W).
     """
     cls = _method_class(method)
     call_options = {k: v for k, v in options.items() if k in cls.call_options()}
@@ -83,4 +90,5 @@ def saliency_map(model, images, class_index, method: str = "smoothgrad_ig",
 
 __all__ = ["METHODS", "REDUCTIONS", "SaliencyMethod", "saliency_map", "saliency_method",
            "normalise_maps", "reduce_channels", "Vanilla", "GuidedBackprop",
-           "IntegratedGradients", "SmoothGrad", "SmoothGradIG", "CAM", "GradCAM"]
+           "IntegratedGradients", "SmoothGrad", "SmoothGradIG", "CAM", "GradCAM",
+           "GradCAMPlusPlus", "ScoreCAM"]

@@ -5,7 +5,10 @@
                                [--image-size S] [--class-names A B ...] [--out DIR]
 
 ``--run`` reads ``RUN_DIR/config.yaml`` and ``RUN_DIR/model.keras``, loads the run's dataset
-and explains test images that have ground-truth boxes (default ``--out RUN_DIR/saliency``).
+and explains test images that have ground-truth boxes (default ``--out RUN_DIR/saliency``),
+preprocessed with the run's ``normalization`` (and ``mean_std``; when the run estimated it,
+it is estimated again the same way, on the same seeded training images).
+``--model`` images are normalised with ``--normalization`` (default ``minus_one_one``).
 ``--model`` explains the given image files; ``--boxes`` is either ChestX-ray14's
 ``BBox_List_2017.csv`` (1024 x 1024 coordinates) or a CSV with columns
 ``image,label,x,y,w,h`` in the pixels of the image files (``image`` = file name).
@@ -21,9 +24,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from chestkd.data.pipeline import NORMALIZATIONS
 from chestkd.errors import ChestKDError, ConfigError, DataError
 from chestkd.saliency import METHODS
 from chestkd.saliency.report import DEFAULT_METHODS, write_saliency_report
+# The project's one model loader (saliency may import training; training never imports saliency).
+from chestkd.training.experiment import image_options, load_model
 
 SIMPLE_BOX_COLUMNS = ("image", "label", "x", "y", "w", "h")
 CHESTXRAY14_BOX_SPACE = 1024
@@ -51,17 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--single-label", action="store_true",
                         help="with --model: softmax probabilities instead of sigmoid")
+    parser.add_argument("--normalization", choices=NORMALIZATIONS, default="minus_one_one",
+                        help="with --model: the training normalisation (default minus_one_one)")
+    parser.add_argument("--mean-std", nargs=2, type=float, metavar=("MEAN", "STD"),
+                        help="with --model --normalization mean_std: the training mean and std")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
-
-
-def load_model(path):
-    """A saved keras model (chestkd's custom layers registered first)."""
-    import keras
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"model file {path} not found")
-    return keras.saving.load_model(path, compile=False)
 
 
 def read_box_csv(path, image_paths) -> pd.DataFrame:
@@ -138,6 +139,22 @@ def images_dataset(image_paths, class_names, boxes):
                    split=np.array(["test"] * len(paths)), boxes=boxes)
 
 
+def run_normalization(config: dict, data) -> tuple[str, list | None]:
+    """``(normalization, mean_std)`` of a run's configuration.
+
+    A ``mean_std`` run whose config.yaml has no values estimated them at training time
+    (:func:`chestkd.training.experiment.image_options`); the same call, seed and images
+    give the same values again.
+    """
+    normalization = config.get("normalization", "minus_one_one")
+    if normalization == "mean_std" and not config.get("mean_std"):
+        options = image_options(data, {"seed": 0, **config})
+        print(f"mean_std estimated on the training split as at training time: "
+              f"{options['mean_std']}")
+        return normalization, options["mean_std"]
+    return normalization, config.get("mean_std")
+
+
 def run_from_directory(args) -> dict:
     from chestkd.data import load_dataset
     from chestkd.training.config import dataset_options
@@ -154,11 +171,13 @@ def run_from_directory(args) -> dict:
     data = load_dataset(config["dataset"], config.get("data_dir"), **dataset_options(config))
     test = data.subset("test")
     args.classes = class_names_of(args.classes, data.class_names)
+    normalization, mean_std = run_normalization(config, data)
     return write_saliency_report(
         model, test, Path(args.out) if args.out else run_dir / "saliency",
         image_size=args.image_size or int(config["image_size"]), class_names=data.class_names,
         methods=args.methods, max_images=args.max_images, classes=args.classes,
-        batch_size=args.batch_size, normalization=config.get("normalization", "minus_one_one"))
+        batch_size=args.batch_size, normalization=normalization, mean_std=mean_std,
+        verbose=0 if args.quiet else 1)
 
 
 def run_from_model(args) -> dict:
@@ -178,7 +197,9 @@ def run_from_model(args) -> dict:
     return write_saliency_report(
         model, data, Path(args.out or "saliency"), image_size=args.image_size,
         class_names=class_names, methods=args.methods, max_images=args.max_images,
-        classes=args.classes, batch_size=args.batch_size, multi_label=not args.single_label)
+        classes=args.classes, batch_size=args.batch_size, multi_label=not args.single_label,
+        normalization=args.normalization, mean_std=args.mean_std,
+        verbose=0 if args.quiet else 1)
 
 
 def main(argv=None) -> int:

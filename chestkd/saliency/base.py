@@ -121,7 +121,8 @@ class GradientEngine:
             scores.append(s.numpy()[:self.batch_size - pad])
         return np.concatenate(grads), np.concatenate(scores)
 
-    def accumulate(self, pieces, n_images: int, image_shape, classes: np.ndarray) -> np.ndarray:
+    def accumulate(self, pieces, n_images: int, image_shape, classes: np.ndarray,
+                   progress=None) -> np.ndarray:
         """Sum weighted gradients over many points per image, batching across pieces.
 
         Args:
@@ -133,6 +134,7 @@ class GradientEngine:
             n_images: number of images.
             image_shape: ``(H, W, C)``.
             classes: class index per image.
+            progress: optional ``fn(images_done)``, called after each gradient batch.
 
         Returns:
             float64 ``(n_images, H, W, C)`` sums.
@@ -155,8 +157,13 @@ class GradientEngine:
                 rows.append((image, multiplier, weight))
                 if len(rows) == self.batch_size:
                     flush()
+                    # Pieces come image by image, so every image before this one is done.
+                    if progress is not None:
+                        progress(image)
         if rows:
             flush()
+        if progress is not None:
+            progress(n_images)
         return total
 
 
@@ -175,6 +182,7 @@ class SaliencyMethod(abc.ABC):
 
     name = "base"
     per_channel = True
+    _progress = None    # the current call's ``progress`` callback (see :meth:`advance`)
 
     def __init__(self, model, *, batch_size: int = 32, reduce: str = "max_abs"):
         if reduce not in REDUCTIONS:
@@ -217,8 +225,11 @@ class SaliencyMethod(abc.ABC):
         """The method itself: attribution of ``classes[i]`` for ``images[i]``."""
 
     def __call__(self, images, class_index, *, raw: bool = False, reduce: str | None = None,
-                 **options) -> np.ndarray:
+                 progress=None, **options) -> np.ndarray:
         """Saliency of ``class_index`` (int or one per image) for ``images`` (N, H, W, C).
+
+        ``progress``: optional ``fn(images_done)`` called as the images are processed
+        (e.g. to advance a ``keras.utils.Progbar``); it ends with ``fn(N)``.
 
         Returns:
             ``raw=True``: the signed, unnormalised attribution ``(N, H, W, C)`` (CAM-like
@@ -231,12 +242,24 @@ class SaliencyMethod(abc.ABC):
                               f"options: {sorted(self.call_options())}")
         images = as_images(images, self.input_shape)
         classes = as_class_indices(class_index, len(images), self.num_classes)
-        attribution = np.asarray(self.attribute(images, classes, **options), np.float32)
+        # Subclasses report through self.advance, so attribute() signatures stay unchanged.
+        self._progress = progress
+        try:
+            attribution = np.asarray(self.attribute(images, classes, **options), np.float32)
+        finally:
+            self._progress = None
+        if progress is not None:
+            progress(len(images))
         if raw:
             return attribution
         maps = reduce_channels(attribution, reduce or self.reduce) if self.per_channel \
             else self.display(attribution)
         return normalise_maps(maps)
+
+    def advance(self, images_done: int) -> None:
+        """Tell the current call's ``progress`` callback (if any) how many images are done."""
+        if self._progress is not None:
+            self._progress(int(images_done))
 
     def display(self, maps: np.ndarray) -> np.ndarray:
         """Map-valued methods: the map shown before [0, 1] rescaling."""

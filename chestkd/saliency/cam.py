@@ -39,10 +39,17 @@ class MapMethod(SaliencyMethod):
     def display(self, maps: np.ndarray) -> np.ndarray:
         return np.maximum(maps, 0.0)
 
+    # Images per feature_maps call; Score-CAM sets 1 (each image is already many batches).
+    images_per_call: int | None = None
+
     def attribute(self, images, classes, *, upsample: bool = True) -> np.ndarray:
-        maps = np.concatenate([
-            self.feature_maps(images[s:s + self.batch_size], classes[s:s + self.batch_size])
-            for s in range(0, len(images), self.batch_size)])
+        step = self.images_per_call or self.batch_size
+        chunks = []
+        for start in range(0, len(images), step):
+            chunks.append(self.feature_maps(images[start:start + step],
+                                            classes[start:start + step]))
+            self.advance(min(start + step, len(images)))
+        maps = np.concatenate(chunks)
         return upsample_maps(maps, images.shape[1:3]) if upsample else maps
 
     @abc.abstractmethod

@@ -5,23 +5,23 @@
 * The same function with ``boxes`` draws the ground-truth box on every panel: CAM vs.
   SmoothGrad-IG with boxes is the layout of Fig. 5.
 
-Everything is drawn with matplotlib's Agg backend (no display needed).
+Figures are built with matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`),
+never pyplot: no display is needed, the caller's backend (a notebook's inline backend, say) is
+left as it is, and no figure stays open in pyplot's global state.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 METHOD_TITLES = {
     "vanilla": "Gradient", "guided_backprop": "Guided backprop", "smoothgrad": "SmoothGrad",
     "integrated_gradients": "Integrated gradients", "smoothgrad_ig": "SmoothGrad-IG",
-    "cam": "CAM", "gradcam": "Grad-CAM", "centre": "Centre baseline",
+    "cam": "CAM", "gradcam": "Grad-CAM", "gradcam_plus_plus": "Grad-CAM++",
+    "scorecam": "Score-CAM", "centre": "Centre baseline",
 }
 HEAT_ALPHA = 0.5
 HEAT_CMAP = "jet"
@@ -58,8 +58,8 @@ def plot_saliency_grid(images, maps: dict, path, *, row_titles=None, boxes=None,
     names = list(maps)
     rows, cols = len(images), 1 + len(names)
     # Constrained layout keeps square panels packed with room for titles and the colour bar.
-    figure, axes = plt.subplots(rows, cols, figsize=(2.4 * cols + 0.9, 2.7 * rows + 0.5),
-                                squeeze=False, layout="constrained")
+    figure = Figure(figsize=(2.4 * cols + 0.9, 2.7 * rows + 0.5), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False)
     heat = None
     for r in range(rows):
         grey = display_image(images[r])
@@ -82,6 +82,5 @@ def plot_saliency_grid(images, maps: dict, path, *, row_titles=None, boxes=None,
         figure.suptitle(title, fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    figure.savefig(path, dpi=110)   # Figure picks the Agg canvas for PNG itself
     return str(path)

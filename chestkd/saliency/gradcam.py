@@ -18,9 +18,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from chestkd.errors import ConfigError
 from chestkd.saliency.cam import MapMethod
-from chestkd.saliency.graph import default_feature_layer
+from chestkd.saliency.graph import feature_map
 
 
 class GradCAM(MapMethod):
@@ -34,11 +33,7 @@ class GradCAM(MapMethod):
 
     def __init__(self, model, *, layer: str | None = None, **kwargs):
         super().__init__(model, **kwargs)
-        self.layer = layer or default_feature_layer(self.graph)
-        features = self.graph.find(self.layer).output
-        if len(getattr(features, "shape", ())) != 4:
-            raise ConfigError(f"Grad-CAM layer {self.layer!r} has output shape "
-                              f"{getattr(features, 'shape', None)}; it needs a 4-D feature map")
+        self.layer, features = feature_map(self.graph, layer, "Grad-CAM")
         self.feature_model = self.graph.model([features, self.graph.output])
         self._maps = tf.function(self._gradcam, reduce_retracing=True)
 

@@ -246,3 +246,18 @@ def default_feature_layer(graph: FlatGraph) -> str:
         if _rank(call.output) == 4:
             return call.path
     raise ConfigError("Grad-CAM needs a 4-D feature map, and this model has none")
+
+
+def feature_map(graph: FlatGraph, layer: str | None = None,
+                method: str = "Grad-CAM") -> tuple[str, object]:
+    """``(path, symbolic output)`` of the CAM layer ``layer`` (None: :func:`default_feature_layer`).
+
+    The layer is found by name or nesting path in the flat graph, and must output a 4-D
+    ``(N, h, w, F)`` feature map; ``method`` names the caller in the error.
+    """
+    path = layer or default_feature_layer(graph)
+    features = graph.find(path).output
+    if _rank(features) != 4:
+        raise ConfigError(f"{method} layer {path!r} has output shape "
+                          f"{getattr(features, 'shape', None)}; it needs a 4-D feature map")
+    return path, features

@@ -75,7 +75,8 @@ class IntegratedGradients(SaliencyMethod):
         weight = 1.0 / self.steps
         pieces = (path_pieces(i, images[i], baselines[i], alphas, weight)
                   for i in range(len(images)))
-        return self.engine.accumulate(pieces, len(images), images.shape[1:], classes)
+        return self.engine.accumulate(pieces, len(images), images.shape[1:], classes,
+                                      progress=self.advance)
 
 
 class SmoothGradIG(SaliencyMethod):
@@ -113,4 +114,5 @@ class SmoothGradIG(SaliencyMethod):
                 for sample in eps:
                     yield path_pieces(i, images[i] + sample, baselines[i], alphas, weight)
 
-        return self.engine.accumulate(pieces(), len(images), images.shape[1:], classes)
+        return self.engine.accumulate(pieces(), len(images), images.shape[1:], classes,
+                                      progress=self.advance)

@@ -2,8 +2,9 @@
 
 :func:`write_saliency_report` picks test images (those with ground-truth boxes first, one
 finding after another so every boxed finding is shown), reads them with the training
-pipeline's preprocessing (:func:`chestkd.data.images.read_image`), computes the saliency maps
-of each image's finding and writes
+input pipeline (:func:`chestkd.data.pipeline.make_dataset`, so with the run's own
+normalisation: the maps explain the input values the model saw), computes the saliency maps
+of each image's finding (one progress bar for all methods x images) and writes
 
 * ``fig4_saliency.png`` — original, guided backprop, SmoothGrad, SmoothGrad-IG, each row
   titled with the finding and the model's predicted probability (Ho & Gwak 2020, Fig. 4);
@@ -21,9 +22,11 @@ import copy
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 
+from chestkd.data.pipeline import NORMALIZATIONS, make_dataset
 from chestkd.errors import ChestKDError, ConfigError
 from chestkd.saliency import METHODS, saliency_method
 from chestkd.saliency.figures import plot_saliency_grid
@@ -44,8 +47,8 @@ DEFAULT_OPTIONS = {
     "integrated_gradients": {"steps": 32},
     "smoothgrad_ig": {"samples": 16, "steps": 16, "noise_level": 0.02},
 }
-# Maps of methods that do not look at gradients (CAM-like) are not in Fig. 4.
-MAP_METHODS = ("cam", "gradcam")
+# Maps of the CAM-like methods (feature-map resolution) are not in Fig. 4.
+MAP_METHODS = ("cam", "gradcam", "gradcam_plus_plus", "scorecam")
 
 
 def _round_robin(groups: list[list]) -> list:
@@ -105,6 +108,76 @@ def select_examples(dataset, class_names, max_images: int, classes=None):
     return examples[["path", "image", "label", "class_index"]], chosen_boxes
 
 
+def check_normalization(normalization: str, mean_std=None) -> None:
+    """ConfigError unless ``normalization`` (and for ``mean_std`` its values) can be applied."""
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {normalization!r}; choose one of "
+                          f"{NORMALIZATIONS}")
+    if normalization != "mean_std":
+        return
+    if mean_std is None:
+        raise ConfigError(
+            "normalization='mean_std' needs mean_std=(mean, std), the pixel mean and std the "
+            "model was trained with (a run's config.yaml 'mean_std', or "
+            "chestkd.data.pipeline.estimate_mean_std on its training split)")
+    try:
+        values = np.asarray(mean_std, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        values = np.array([])
+    if values.size != 2 or not np.all(np.isfinite(values)) or values[1] <= 0:
+        raise ConfigError(f"mean_std must be two numbers (mean, std) with std > 0, "
+                          f"got {mean_std!r}")
+
+
+def read_inputs(dataset, paths, image_size: int, normalization: str = "minus_one_one",
+                mean_std=None, batch_size: int = 32) -> np.ndarray:
+    """The model inputs ``(N, S, S, 3)`` of ``paths`` (images of ``dataset``, repeats allowed).
+
+    Read by the evaluation pipeline itself (:func:`chestkd.data.pipeline.make_dataset`,
+    no shuffle, no flip), so decoding, resizing and normalisation are exactly the model's.
+    """
+    check_normalization(normalization, mean_std)
+    first_row = {}
+    for row, path in enumerate(dataset.paths):
+        first_row.setdefault(path, row)
+    rows = [first_row[str(path)] for path in paths]
+    batches = make_dataset(dataset.select(rows), image_size=int(image_size),
+                           batch_size=int(batch_size), training=False,
+                           normalization=normalization, mean_std=mean_std)
+    return np.concatenate([np.asarray(x) for x, _ in batches])
+
+
+def compute_maps(model, images, classes, methods, options: dict, *, batch_size: int = 32,
+                 verbose: int = 1):
+    """``(maps, skipped)``: method -> (N, H, W) maps in [0, 1], and method -> why it failed.
+
+    One ``keras.utils.Progbar`` counts (method, image) maps; ``verbose=0`` keeps it quiet.
+    """
+    maps, skipped = {}, {}
+    n = len(images)
+    bar = keras.utils.Progbar(len(methods) * n, verbose=verbose, unit_name="map")
+    shown = [0]
+
+    def advance(count):
+        # Progbar prints its final line on every update at the target: advance only.
+        if count > shown[0]:
+            shown[0] = count
+            bar.update(count)
+
+    for position, name in enumerate(methods):
+        def progress(done, offset=position * n):
+            advance(offset + done)
+        try:
+            method = saliency_method(model, name, batch_size=batch_size, **options.get(name, {}))
+            maps[name] = method(images, classes, progress=progress)
+        except Exception as error:  # noqa: BLE001  a figure must not end a finished run
+            # e.g. ConfigError for CAM on a model without a pooled head: listed, not raised.
+            skipped[name] = (str(error) if isinstance(error, ChestKDError)
+                             else f"{type(error).__name__}: {error}")
+        advance((position + 1) * n)
+    return maps, skipped
+
+
 def predict_probabilities(model, images: np.ndarray, multi_label: bool) -> np.ndarray:
     """Class probabilities: sigmoid (multi-label) or softmax of the model's logits."""
     graph = logits_graph(model)
@@ -128,8 +201,9 @@ def _json_safe(value):
 def write_saliency_report(model, dataset, out_dir, *, image_size, class_names=None,
                           methods=DEFAULT_METHODS, max_images: int = 6, classes=None,
                           method_options: dict | None = None, batch_size: int = 32,
-                          normalization: str = "minus_one_one", multi_label: bool | None = None,
-                          map_threshold: float = 0.5) -> dict:
+                          normalization: str = "minus_one_one", mean_std=None,
+                          multi_label: bool | None = None, map_threshold: float = 0.5,
+                          verbose: int = 1) -> dict:
     """Write saliency figures (and localisation scores when boxes exist) into ``out_dir``.
 
     Args:
@@ -143,20 +217,22 @@ def write_saliency_report(model, dataset, out_dir, *, image_size, class_names=No
         classes: restrict to these findings (names).
         method_options: per-method options overriding :data:`DEFAULT_OPTIONS`.
         batch_size: gradient batch size.
-        normalization: the training normalisation (chestkd default ``minus_one_one``).
+        normalization: the training normalisation, one of
+            :data:`chestkd.data.pipeline.NORMALIZATIONS` (chestkd default ``minus_one_one``).
+        mean_std: ``(mean, std)`` of the ``mean_std`` normalisation (required with it).
         multi_label: sigmoid (True) or softmax (False) probabilities in the titles
             (default: the dataset's ``multi_label``).
         map_threshold: region threshold for IoU / IoBB (fraction of the map maximum).
+        verbose: 1 shows a progress bar over methods x images, 0 is quiet (Keras' meaning).
 
     Returns:
         JSON-ready dict: ``figures`` (name -> path), ``localisation`` (paths), ``scores``
         (summary rows), ``examples`` (image, finding, probability), ``skipped_methods``.
     """
-    from chestkd.data.images import read_image
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown saliency method(s) {unknown}; choose from {list(METHODS)}")
+    check_normalization(normalization, mean_std)   # before any image is read
     class_names = list(class_names or dataset.class_names)
     multi_label = dataset.multi_label if multi_label is None else bool(multi_label)
     out_dir = Path(out_dir)
@@ -166,7 +242,8 @@ def write_saliency_report(model, dataset, out_dir, *, image_size, class_names=No
               "skipped_methods": {}}
     if not len(examples):
         return result
-    images = np.stack([read_image(p, image_size, normalization) for p in examples["path"]])
+    images = read_inputs(dataset, examples["path"], image_size, normalization, mean_std,
+                         batch_size)
     probabilities = predict_probabilities(model, images, multi_label)
     top = probabilities.argmax(axis=1)
     examples["class_index"] = np.where(examples["class_index"] < 0, top, examples["class_index"])
@@ -175,18 +252,13 @@ def write_saliency_report(model, dataset, out_dir, *, image_size, class_names=No
     classes_per_image = examples["class_index"].to_numpy()
 
     options = copy.deepcopy(DEFAULT_OPTIONS)
+    # Score-CAM weighs maps by a class probability: the same kind as the titles'.
+    options["scorecam"] = {"probability": "sigmoid" if multi_label else "softmax"}
     for name, extra in (method_options or {}).items():
         options.setdefault(name, {}).update(extra)
-    maps = {}
-    for name in methods:
-        try:
-            method = saliency_method(model, name, batch_size=batch_size,
-                                     **options.get(name, {}))
-            maps[name] = method(images, classes_per_image)
-        except Exception as error:  # noqa: BLE001  a figure must not end a finished run
-            # e.g. ConfigError for CAM on a model without a pooled head: listed, not raised.
-            result["skipped_methods"][name] = (str(error) if isinstance(error, ChestKDError)
-                                               else f"{type(error).__name__}: {error}")
+    maps, result["skipped_methods"] = compute_maps(
+        model, images, classes_per_image, methods, options, batch_size=batch_size,
+        verbose=verbose)
 
     titles = [f"{row.label}, p = {row.probability:.2f}\n{row.image}"
               for row in examples.itertuples()]

@@ -80,4 +80,5 @@ class SmoothGrad(SaliencyMethod):
         weight = 1.0 / self.samples
         pieces = ((i, images[i] + eps, None, weight) for i, eps in enumerate(
             smoothgrad_noise(images, self.samples, self.noise_level, self.seed, noise)))
-        return self.engine.accumulate(pieces, len(images), images.shape[1:], classes)
+        return self.engine.accumulate(pieces, len(images), images.shape[1:], classes,
+                                      progress=self.advance)

@@ -36,4 +36,5 @@ class Vanilla(SaliencyMethod):
             chunks.append(np.asarray(self._saliency(
                 logit_score(classes[start:stop]), images[start:stop], gradient_modifier=None,
                 keepdims=True, normalize_map=False)))
+            self.advance(min(stop, len(images)))
         return np.concatenate(chunks)
