@@ -1,10 +1,19 @@
 """Evaluate a trained model on the test split and write the run's results.
 
-Writes ``metrics.json`` (mean and per-class AUC, single-label scores, parameters, latency,
-training time), ``per_class_auc.csv``, ``per_class_auc.md``, and the plots, and prints the table.
+Writes ``metrics.json`` (mean and per-class AUC with patient-bootstrap intervals, calibration,
+single-label scores, parameters, latency, training time), ``per_class_auc.csv`` and ``.md``
+(with ``ci_lo`` / ``ci_hi``), ``test_predictions.npz`` (so two finished runs can be compared
+with ``statistics.compare_predictions`` without re-running models), and the plots (ROC curves,
+reliability diagram, training curves, confusion matrix), and prints the table.
+
+Labels: a dataset with ``clean_labels`` (the phantom with label noise) is scored against the
+clean labels (``mean_auc``, ``per_class_auc``, ``calibration``, ...; ``"labels": "clean"``) and
+also against the noisy labels training saw (the same keys prefixed ``noisy_``). Otherwise the
+labels as given are used (``"labels": "as given"``).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +21,8 @@ import pandas as pd
 
 from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import make_dataset
-from chestkd.evaluation import plots
+from chestkd.errors import DataError
+from chestkd.evaluation import plots, statistics
 from chestkd.evaluation.metrics import (count_params, latency_per_image, mean_auc, per_class_auc,
                                         predict_logits, sigmoid, single_label_metrics, softmax)
 from chestkd.training.experiment import image_options
@@ -31,29 +41,121 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     return "\n".join([header, rule, *rows])
 
 
+def _clean_test_labels(data: Dataset, test: Dataset, y: np.ndarray) -> np.ndarray | None:
+    """The test split's clean labels (N, C), in the pipeline's (unshuffled) order, or None."""
+    clean = getattr(test, "clean_labels", None)
+    if clean is None and getattr(data, "clean_labels", None) is not None:
+        clean = np.asarray(data.clean_labels)[data.split == "test"]  # not kept by subset
+    if clean is None:
+        return None
+    clean = np.asarray(clean, np.float32)
+    if clean.shape != y.shape:
+        raise DataError(f"{data.name}: clean_labels of the test split have shape {clean.shape}; "
+                        f"the test labels have shape {y.shape}")
+    return clean
+
+
+def _auc_entries(labels, scores, class_names, groups, n_boot, seed, verbose):
+    """(table, results entries) of per-class and mean AUC, with intervals when n_boot > 0."""
+    table = per_class_auc(labels, scores, class_names)
+    entries = {"mean_auc": mean_auc(table),
+               "per_class_auc": dict(zip(table["class"], table["auc"]))}
+    table["ci_lo"] = table["ci_hi"] = np.nan
+    if n_boot > 0:
+        boot = statistics.bootstrap_auc(labels, scores, groups, n_boot=n_boot, seed=seed,
+                                        verbose=verbose)
+        table[["ci_lo", "ci_hi"]] = np.asarray(boot["per_class_ci"], np.float64)
+        entries["mean_auc_ci"] = boot["mean_ci"]
+        entries["per_class_auc_ci"] = dict(zip(table["class"], boot["per_class_ci"]))
+    return table, entries
+
+
+def write_predictions(path, *, logits, labels, clean_labels, test: Dataset, class_names,
+                      multi_label: bool, model_name=None, dataset=None) -> Path:
+    """``test_predictions.npz``: logits, labels (-1 unknown), clean labels (if any), patients,
+    paths and class names of the test split, written atomically (a reader never sees half a
+    file: it is written under a temporary name and renamed)."""
+    path = Path(path)
+    arrays = {"logits": np.asarray(logits, np.float64), "labels": np.asarray(labels, np.float32),
+              "patients": np.asarray(test.patients, str), "paths": np.asarray(test.paths, str),
+              "class_names": np.asarray(list(class_names), str),
+              "multi_label": np.asarray(bool(multi_label)),
+              "model": np.asarray(str(model_name or "")), "dataset": np.asarray(str(dataset))}
+    if clean_labels is not None:
+        arrays["clean_labels"] = np.asarray(clean_labels, np.float32)
+    tmp = path.with_name(path.stem + ".tmp.npz")  # ends in .npz, so numpy keeps the name
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
 def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str = "",
                    title: str | None = None, model_name: str | None = None) -> dict:
-    """Score ``model`` on ``data``'s test split; results go to ``run_dir`` (names ``prefix``-ed)."""
+    """Score ``model`` on ``data``'s test split; results go to ``run_dir`` (names ``prefix``-ed).
+
+    ``config["bootstrap"]`` (default 1000; 0 disables) patient resamples give the 95%
+    percentile intervals ``mean_auc_ci`` and ``per_class_auc_ci``, seeded by ``config["seed"]``.
+    """
     run_dir = Path(run_dir)
+    test_data = data.subset("test")
     test = make_dataset(data, "test", batch_size=int(config["batch_size"]),
                         **image_options(data, config))
-    logits, y = predict_logits(model, test)
+    logits, y = predict_logits(model, test,
+                               jit_compile=bool(config.get("_jit_compile_resolved", False)))
     scores = sigmoid(logits) if data.multi_label else softmax(logits)
-    table = per_class_auc(y, scores, data.class_names)
+    groups = test_data.patients
+    if len(groups) != len(y):
+        raise DataError(f"{data.name}: the test pipeline gave {len(y)} images, the test split "
+                        f"has {len(groups)}")
+    clean = _clean_test_labels(data, test_data, y)
+    truth = y if clean is None else clean  # what the headline numbers are scored against
+    n_boot, seed = int(config.get("bootstrap", 1000)), int(config.get("seed", 0))
+    verbose = n_boot * data.num_classes * len(y) > statistics.PROGRESS_THRESHOLD
+    table, auc = _auc_entries(truth, scores, data.class_names, groups, n_boot, seed, verbose)
     results = {
         "dataset": data.name, "model": model_name or config.get("model"),
-        "test_images": int(len(y)), "mean_auc": mean_auc(table),
-        "per_class_auc": dict(zip(table["class"], table["auc"])),
+        "test_images": int(len(y)), "test_patients": int(len(np.unique(groups))),
+        "labels": "as given" if clean is None else "clean", **auc,
+    }
+    if n_boot > 0:
+        results["bootstrap"] = {"resamples": n_boot, "seed": seed, "confidence": 0.95,
+                                "unit": "patient", "interval": "percentile"}
+    bins = 15
+    results["calibration"] = statistics.calibration_summary(
+        truth, scores, data.class_names, multi_label=data.multi_label, bins=bins)
+    curves = {("clean labels" if clean is not None else ""): {
+        **statistics.reliability_curve(truth, scores, bins, multi_label=data.multi_label),
+        "ece": results["calibration"]["ece"]}}
+    if clean is not None:
+        noisy_table, noisy = _auc_entries(y, scores, data.class_names, groups, n_boot, seed,
+                                          verbose)
+        results.update({f"noisy_{key}": value for key, value in noisy.items()})
+        results["noisy_calibration"] = statistics.calibration_summary(
+            y, scores, data.class_names, multi_label=data.multi_label, bins=bins)
+        curves["noisy labels"] = {
+            **statistics.reliability_curve(y, scores, bins, multi_label=data.multi_label),
+            "ece": results["noisy_calibration"]["ece"]}
+        for column in ("auc", "ci_lo", "ci_hi"):
+            table[f"noisy_{column}"] = noisy_table[column].to_numpy()
+    results.update({
         "params": count_params(model),
         "latency": latency_per_image(model, model.input_shape[1:],
                                      repeats=int(config.get("latency_images", 32))),
-    }
+    })
+    write_predictions(run_dir / f"{prefix}test_predictions.npz", logits=logits, labels=y,
+                      clean_labels=clean, test=test_data, class_names=data.class_names,
+                      multi_label=data.multi_label, model_name=results["model"],
+                      dataset=data.name)
     table.to_csv(run_dir / f"{prefix}per_class_auc.csv", index=False)
     (run_dir / f"{prefix}per_class_auc.md").write_text(markdown_table(table) + "\n")
-    plots.plot_roc_curves(y, scores, data.class_names, run_dir / f"{prefix}roc_curves.png",
+    plots.plot_roc_curves(truth, scores, data.class_names, run_dir / f"{prefix}roc_curves.png",
                           title=title or "ROC curves (test split)")
+    plots.plot_reliability(curves, run_dir / f"{prefix}reliability.png",
+                           title="Reliability diagram (test split, "
+                                 + ("all findings pooled)" if data.multi_label
+                                    else "top label)"))
     if not data.multi_label:
-        single = single_label_metrics(y, scores, data.class_names)
+        single = single_label_metrics(truth, scores, data.class_names)
         results.update({k: single[k] for k in ("accuracy", "precision", "recall", "f1")})
         results["confusion_matrix"] = single["confusion_matrix"]
         single["per_class"].to_csv(run_dir / f"{prefix}per_class_scores.csv", index=False)
@@ -73,14 +175,40 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
     return results
 
 
+def _with_ci(value, ci=None, digits: int = 3) -> str:
+    """``0.8123 [0.781, 0.843]``; ``n/a`` for a missing value; no bracket without an interval."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    if ci is None or not np.all(np.isfinite(ci)):
+        return f"{value:.4f}"
+    return f"{value:.4f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
 def print_results(results: dict, title: str = "Test split") -> None:
+    """The per-class table (AUC with its 95% interval) and the headline numbers of a run."""
+    intervals = results.get("per_class_auc_ci", {})
     table = pd.DataFrame({"class": list(results["per_class_auc"]),
-                          "auc": list(results["per_class_auc"].values())})
+                          "auc [95% CI]": [_with_ci(v, intervals.get(k)) for k, v in
+                                           results["per_class_auc"].items()]})
+    if "noisy_per_class_auc" in results:
+        noisy_ci = results.get("noisy_per_class_auc_ci", {})
+        table["noisy-label auc [95% CI]"] = [
+            _with_ci(results["noisy_per_class_auc"].get(k), noisy_ci.get(k))
+            for k in results["per_class_auc"]]
+    labels = " (clean labels)" if results.get("labels") == "clean" else ""
     print(f"\n{title}: {results['model']} on {results['dataset']} "
-          f"({results['test_images']} images)")
+          f"({results['test_images']} images{labels})")
     print(markdown_table(table))
-    print(f"mean AUC {results['mean_auc']:.4f} | parameters {results['params']['total']:,} | "
+    print(f"mean AUC {_with_ci(results['mean_auc'], results.get('mean_auc_ci'))} | "
+          f"parameters {results['params']['total']:,} | "
           f"latency {results['latency']['median_ms']:.2f} ms/image")
+    if "noisy_mean_auc" in results:
+        print(f"mean AUC on the noisy labels "
+              f"{_with_ci(results['noisy_mean_auc'], results.get('noisy_mean_auc_ci'))}")
+    if "calibration" in results:
+        calibration = results["calibration"]
+        print(f"calibration: ECE {calibration['ece']:.4f} ({calibration['bins']} bins), "
+              f"Brier {calibration['brier']:.4f}")
     for key in ("accuracy", "precision", "recall", "f1"):
         if key in results:
             print(f"{key} {results[key]:.4f}")

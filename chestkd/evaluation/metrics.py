@@ -1,8 +1,9 @@
 """Test-split metrics: per-class AUC, single-label scores, parameters and latency.
 
-AUCs come from scikit-learn on the full test split (not the batch-averaged Keras metric). A class
-whose test labels are all one value has no AUC; it is reported as missing (NaN) and left out of
-the mean, and the table says how many positives each class had so the reader can judge.
+AUCs come from scikit-learn on the full test split (not the batch-averaged Keras metric); their
+bootstrap intervals, paired tests and calibration are in ``chestkd.evaluation.statistics``. A
+class whose test labels are all one value has no AUC; it is reported as missing (NaN) and left
+out of the mean, and the table says how many positives each class had so the reader can judge.
 """
 from __future__ import annotations
 
@@ -23,12 +24,21 @@ def softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_logits(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels for every batch of ``dataset`` (images, y), in order."""
+def predict_logits(model, dataset, jit_compile: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels for every batch of ``dataset`` (images, y), in order.
+
+    The model runs through one ``tf.function`` (traced once per batch shape; ``reduce_retracing``
+    lets the smaller last batch share a trace) instead of eagerly per batch, optionally
+    XLA-compiled with ``jit_compile``.
+    """
+    import tensorflow as tf
+
+    infer = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile,
+                        reduce_retracing=True)
     logits, labels = [], []
     for x, y in dataset:
         images = x["image"] if isinstance(x, dict) else x
-        logits.append(np.asarray(model(images, training=False), np.float64))
+        logits.append(np.asarray(infer(images), np.float64))
         labels.append(np.asarray(y))
     return np.concatenate(logits), np.concatenate(labels)
 

@@ -1,0 +1,670 @@
+"""Uncertainty and calibration of test-split results, in float64 NumPy / SciPy.
+
+A test split of a few hundred images gives AUCs that move by 0.02-0.03 between seeds, so a
+number without an interval says little. This module gives:
+
+* :func:`exact_auc`: the exact ROC AUC (the Mann-Whitney statistic, ties counted one half,
+  equal to ``sklearn.metrics.roc_auc_score``), vectorised over classes and over many sets of
+  per-image integer weights, so a bootstrap resample is scored from its counts without
+  materialising it;
+* :func:`bootstrap_auc`: percentile intervals of per-class and mean AUC from a cluster
+  bootstrap over patients;
+* :func:`paired_bootstrap`: the difference in mean AUC of two models scored on the same images,
+  both models on the same patient resamples, with an interval and a two-sided p-value;
+* :func:`delong_test`: DeLong's test of two correlated ROC AUCs (the fast algorithm of
+  Sun & Xu 2014);
+* :func:`expected_calibration_error`, :func:`brier_score`, :func:`reliability_curve`;
+* :func:`compare_predictions`: all of the above for two finished runs' saved test predictions.
+
+Label conventions (as ``chestkd.data.pipeline``): labels are 1 (positive), 0 (negative) or -1
+(unknown); an unknown label is left out of its class. A class with no positive or no negative
+has no AUC: it is NaN and left out of the mean over classes, as ``metrics.per_class_auc`` does.
+
+No TensorFlow here: ``keras.utils.Progbar`` is imported only when a progress bar is asked for.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from chestkd.errors import ConfigError, DataError
+
+# A bootstrap scores its resamples in chunks of about this many (resample, image) weights, so
+# memory stays bounded for a test split of tens of thousands of images.
+_CHUNK_ELEMENTS = 2_000_000
+# evaluate_model shows a progress bar above this many (resample x class x image) operations.
+PROGRESS_THRESHOLD = 50_000_000
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _as_2d(y_true, scores, what: str = "scores") -> tuple[np.ndarray, np.ndarray, bool]:
+    """float64 (N, C) labels and scores; ``True`` when the input was one class, 1-D."""
+    y = np.asarray(y_true, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    one = y.ndim == 1
+    if one:
+        y, s = y[:, None], (s[:, None] if s.ndim == 1 else s)
+    if y.ndim != 2 or s.shape != y.shape:
+        raise DataError(f"labels have shape {np.shape(y_true)} but {what} have shape "
+                        f"{np.shape(scores)}; expected the same (N,) or (N, C)")
+    bad = ~np.isin(y, (-1.0, 0.0, 1.0))
+    if bad.any():
+        raise DataError(f"labels must be 1, 0 or -1 (unknown); found {np.unique(y[bad])[:5]}")
+    if not np.isfinite(s).all():
+        raise DataError(f"{what} contain {int((~np.isfinite(s)).sum())} non-finite value(s)")
+    return y, s, one
+
+
+def _patient_index(groups, n: int) -> tuple[np.ndarray, int]:
+    """Each image's patient as 0..P-1, numbered in order of first appearance."""
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise DataError(f"groups (patient per image) has shape {groups.shape}; expected ({n},)")
+    _, first, inverse = np.unique(groups.astype(str), return_index=True, return_inverse=True)
+    # np.unique numbers groups in sorted order; renumber by first appearance, so with one image
+    # per patient, patient k is image k and the cluster bootstrap is the plain one exactly.
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.reshape(-1)], len(first)
+
+
+def _interval(samples: np.ndarray, confidence: float) -> list[float]:
+    """Percentile interval [q(a/2), q(1 - a/2)], a = 1 - confidence, over finite samples."""
+    samples = np.asarray(samples, np.float64)
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return [float("nan"), float("nan")]
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
+    return [float(lo), float(hi)]
+
+
+def _check_confidence(confidence: float, n_boot: int) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence must lie in (0, 1); got {confidence}")
+    if int(n_boot) < 1:
+        raise ConfigError(f"n_boot must be a positive number of resamples; got {n_boot}")
+
+
+# --------------------------------------------------------------------------- exact AUC
+
+
+def _class_auc(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted Mann-Whitney AUC of one class for each row of ``weights`` (B, n).
+
+    With w_i the weight (count) of image i, P and N the positive and negative images::
+
+        AUC = sum_{i in P, j in N} w_i w_j ([s_i > s_j] + 1/2 [s_i = s_j]) / (W_P W_N)
+
+    Computed in O(B n) after one sort: scores are grouped into runs of equal value; for each
+    run g, the positive weight times (the negative weight of all lower runs + half the negative
+    weight of run g) is summed.
+    """
+    known = y >= 0
+    y, s, weights = y[known], s[known], weights[:, known]
+    order = np.argsort(s, kind="mergesort")
+    s_sorted = s[order]
+    positive = (y[order] == 1).astype(np.float64)
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    w = weights[:, order]
+    if w.shape[1] == 0:
+        return np.full(len(weights), np.nan)
+    pos = np.add.reduceat(w * positive, starts, axis=1)
+    neg = np.add.reduceat(w * (1.0 - positive), starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # negative weight strictly below each run
+    numerator = (pos * (below + 0.5 * neg)).sum(axis=1)
+    denominator = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1),
+                        np.nan)
+
+
+def exact_auc(y_true, scores, weights=None) -> np.ndarray | float:
+    """Exact ROC AUC per class, optionally with integer per-image weights.
+
+    Args:
+        y_true: (N,) or (N, C) labels 1 / 0 / -1 (unknown, left out of that class).
+        scores: the same shape; any real numbers (logits or probabilities).
+        weights: None, (N,) or (B, N) non-negative weights. A weight k counts an image k times,
+            so a bootstrap resample's AUC comes from its counts (equal to scoring the repeated
+            rows with ``roc_auc_score``).
+
+    Returns:
+        (C,) or, for (B, N) weights, (B, C); a 1-D ``y_true`` drops the class axis (a float for
+        no weights). NaN where a class has no positive or no negative (of positive weight).
+    """
+    y, s, one = _as_2d(y_true, scores)
+    n = len(y)
+    batched = weights is not None and np.ndim(weights) == 2
+    w = np.atleast_2d(np.ones(n) if weights is None else np.asarray(weights, np.float64))
+    if w.shape[1] != n or (w < 0).any():
+        raise DataError(f"weights have shape {np.shape(weights)}; expected non-negative "
+                        f"({n},) or (B, {n})")
+    out = np.stack([_class_auc(y[:, c], s[:, c], w) for c in range(y.shape[1])], axis=1)
+    if not batched:
+        out = out[0]
+    if one:
+        out = out[..., 0]
+        return float(out) if out.ndim == 0 else out
+    return out
+
+
+def mean_over_classes(aucs: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Mean AUC over classes (last axis), NaN classes left out; ``valid`` restricts the classes
+    (those defined on the full test split) so a resample's mean averages the same findings."""
+    aucs = np.asarray(aucs, np.float64)
+    if valid is not None:
+        aucs = aucs[..., np.asarray(valid, bool)]
+    finite = np.isfinite(aucs)
+    count = finite.sum(axis=-1)
+    total = np.where(finite, aucs, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def _resample_weights(patient: np.ndarray, n_patients: int, n_boot: int, seed: int):
+    """Yield (b, n) image weights, chunk by chunk, for ``n_boot`` patient resamples.
+
+    Resample b draws n_patients patients uniformly with replacement (``rng.integers``, one call
+    per resample so the stream does not depend on the chunk size); an image's weight is how
+    often its patient was drawn (a cluster bootstrap: a patient's images stay together).
+    """
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_ELEMENTS // max(len(patient), n_patients, 1))
+    done = 0
+    while done < n_boot:
+        size = min(chunk, n_boot - done)
+        draws = np.stack([rng.integers(0, n_patients, n_patients) for _ in range(size)])
+        offsets = draws + n_patients * np.arange(size)[:, None]
+        counts = np.bincount(offsets.ravel(), minlength=size * n_patients)
+        yield counts.reshape(size, n_patients)[:, patient].astype(np.float64)
+        done += size
+
+
+def _bootstrap_samples(y, score_sets, groups, n_boot: int, seed: int, verbose: bool = False):
+    """(B, C) AUCs of every resample, one array per score set, all on the same resamples."""
+    patient, n_patients = _patient_index(groups, len(y))
+    samples = [[] for _ in score_sets]
+    progress = None
+    if verbose:
+        from keras.utils import Progbar  # imported only here: it brings TensorFlow in
+        progress = Progbar(n_boot, unit_name="resample")
+    done = 0
+    for weights in _resample_weights(patient, n_patients, n_boot, seed):
+        for out, s in zip(samples, score_sets):
+            out.append(exact_auc(y, s, weights))
+        done += len(weights)
+        if progress is not None:
+            progress.update(done)
+    return [np.concatenate(out, axis=0) for out in samples], n_patients
+
+
+def bootstrap_auc(y_true, scores, groups, *, n_boot: int = 1000, confidence: float = 0.95,
+                  seed: int = 0, verbose: bool = False) -> dict:
+    """Per-class and mean AUC with percentile intervals from a patient (cluster) bootstrap.
+
+    Each of ``n_boot`` resamples draws as many patients as the test split has, with
+    replacement, and takes all images of each drawn patient (images of one patient are
+    correlated, so resampling images would understate the spread). The interval is the
+    percentile interval [q(a/2), q(1-a/2)], a = 1 - confidence, of the resampled AUCs.
+
+    NaN safety: a class without a positive or a negative on the full split has a NaN AUC and a
+    [NaN, NaN] interval and is left out of every mean. A resample in which a class loses all its
+    positives (or negatives) gives that class no value for that resample (its interval uses
+    the others) and that resample's mean averages the remaining classes.
+
+    Args:
+        y_true: (N, C) or (N,) labels 1 / 0 / -1 (unknown).
+        scores: the same shape.
+        groups: (N,) patient id of each image.
+        verbose: show a ``keras.utils.Progbar``.
+
+    Returns:
+        dict with ``per_class_auc`` (C floats), ``mean_auc``, ``per_class_ci`` ([lo, hi] per
+        class), ``mean_ci`` [lo, hi], ``per_class_valid_resamples``, ``n_boot``,
+        ``confidence``, ``seed``, ``patients`` and ``images``.
+    """
+    _check_confidence(confidence, n_boot)
+    y, s, _ = _as_2d(y_true, scores)
+    point = exact_auc(y, s)
+    valid = np.isfinite(point)
+    (boot,), n_patients = _bootstrap_samples(y, [s], groups, int(n_boot), seed, verbose)
+    boot[:, ~valid] = np.nan
+    return {
+        "per_class_auc": [float(v) for v in point],
+        "mean_auc": float(mean_over_classes(point)),
+        "per_class_ci": [_interval(boot[:, c], confidence) for c in range(y.shape[1])],
+        "mean_ci": _interval(mean_over_classes(boot, valid), confidence),
+        "per_class_valid_resamples": [int(v) for v in np.isfinite(boot).sum(0)],
+        "n_boot": int(n_boot), "confidence": float(confidence), "seed": int(seed),
+        "patients": int(n_patients), "images": int(len(y)),
+    }
+
+
+def bootstrap_p_value(differences) -> float:
+    """Two-sided percentile-bootstrap p-value of H0: difference = 0.
+
+    With B finite resampled differences d*::
+
+        p = min(1, 2 * min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (B + 1))
+
+    i.e. twice the smaller tail at 0, with the +1 correction (the observed sample counts as one
+    of the resamples, so p is never 0). It inverts the percentile interval: 0 lies outside the
+    (1 - alpha) percentile interval of d* roughly when p < alpha. Identical models (every
+    d* = 0) give p = 1.
+    """
+    d = np.asarray(differences, np.float64)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan")
+    tail = min(1 + int((d <= 0).sum()), 1 + int((d >= 0).sum()))
+    return float(min(1.0, 2.0 * tail / (d.size + 1)))
+
+
+def paired_bootstrap(y_true, scores_a, scores_b, groups, *, n_boot: int = 1000,
+                     confidence: float = 0.95, seed: int = 0, verbose: bool = False) -> dict:
+    """Paired patient bootstrap of the difference in mean AUC, model B minus model A.
+
+    Both models are scored on the same patient resamples (see :func:`bootstrap_auc`), so the
+    spread is that of the difference, not of two independent AUCs. The mean on each resample
+    averages the classes defined on the full split. ``p_value`` is
+    :func:`bootstrap_p_value` of the resampled differences (two-sided, +1 corrected).
+
+    Returns:
+        dict with ``mean_auc_a``, ``mean_auc_b``, ``difference`` (b - a), ``difference_ci``,
+        ``difference_sd`` (bootstrap standard deviation), ``p_value``, per class
+        ``per_class_auc_a``, ``per_class_auc_b``, ``per_class_difference``,
+        ``per_class_difference_ci``, ``per_class_p_value``, and ``n_boot``, ``confidence``,
+        ``seed``, ``patients``, ``images``.
+    """
+    _check_confidence(confidence, n_boot)
+    y, a, _ = _as_2d(y_true, scores_a, "scores_a")
+    _, b, _ = _as_2d(y_true, scores_b, "scores_b")
+    point_a, point_b = exact_auc(y, a), exact_auc(y, b)
+    valid = np.isfinite(point_a) & np.isfinite(point_b)
+    (boot_a, boot_b), n_patients = _bootstrap_samples(y, [a, b], groups, int(n_boot), seed,
+                                                      verbose)
+    d_class = boot_b - boot_a
+    d_class[:, ~valid] = np.nan
+    d_mean = mean_over_classes(boot_b, valid) - mean_over_classes(boot_a, valid)
+    mean_a = float(mean_over_classes(point_a, valid))
+    mean_b = float(mean_over_classes(point_b, valid))
+    finite = d_mean[np.isfinite(d_mean)]
+    return {
+        "mean_auc_a": mean_a, "mean_auc_b": mean_b, "difference": mean_b - mean_a,
+        "difference_ci": _interval(d_mean, confidence),
+        "difference_sd": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
+        "p_value": bootstrap_p_value(d_mean),
+        "per_class_auc_a": [float(v) for v in point_a],
+        "per_class_auc_b": [float(v) for v in point_b],
+        "per_class_difference": [float(v) for v in point_b - point_a],
+        "per_class_difference_ci": [_interval(d_class[:, c], confidence)
+                                    for c in range(y.shape[1])],
+        "per_class_p_value": [bootstrap_p_value(d_class[:, c]) if valid[c] else float("nan")
+                              for c in range(y.shape[1])],
+        "n_boot": int(n_boot), "confidence": float(confidence), "seed": int(seed),
+        "patients": int(n_patients), "images": int(len(y)),
+    }
+
+
+# --------------------------------------------------------------------------- DeLong
+
+
+def delong_covariance(y, scores) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of k models on one class and DeLong's (k, k) covariance of them (Sun & Xu 2014).
+
+    With m positives X and n negatives Y, psi(x, y) = [x > y] + 1/2 [x = y], DeLong's structural
+    components of model r are V10_i = (1/n) sum_j psi(X_i, Y_j) and V01_j = (1/m) sum_i psi(X_i,
+    Y_j); AUC_r = mean_i V10_i, and
+
+        Cov = S10 / m + S01 / n,
+
+    S10, S01 the sample covariances (ddof 1) of the V10 and V01 across models. Sun & Xu get the
+    components from midranks in O((m + n) log(m + n)): with T_Z the midrank of a score among all
+    m + n, T_X among the positives and T_Y among the negatives,
+    V10_i = (T_Z(X_i) - T_X(X_i)) / n and V01_j = 1 - (T_Z(Y_j) - T_Y(Y_j)) / m.
+
+    Args:
+        y: (N,) labels 1 / 0 / -1 (unknown, left out).
+        scores: (N,) or (k, N).
+
+    Returns:
+        (aucs (k,), covariance (k, k)); NaN where the class lacks a positive or a negative, and
+        NaN covariance with fewer than two of either.
+    """
+    y = np.asarray(y, np.float64)
+    scores = np.atleast_2d(np.asarray(scores, np.float64))
+    if y.ndim != 1 or scores.shape[1] != len(y):
+        raise DataError(f"delong: labels have shape {y.shape} and scores {scores.shape}; "
+                        "expected (N,) and (N,) or (k, N)")
+    _as_2d(y, scores[0])  # the same label and finiteness checks as everywhere else
+    if not np.isfinite(scores).all():
+        raise DataError("delong: scores contain non-finite values")
+    positives, negatives = scores[:, y == 1], scores[:, y == 0]
+    m, n, k = positives.shape[1], negatives.shape[1], len(scores)
+    if m == 0 or n == 0:
+        return np.full(k, np.nan), np.full((k, k), np.nan)
+    tx = stats.rankdata(positives, axis=1)
+    ty = stats.rankdata(negatives, axis=1)
+    tz = stats.rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
+    v10 = (tz[:, :m] - tx) / n
+    v01 = 1.0 - (tz[:, m:] - ty) / m
+    aucs = v10.mean(axis=1)
+    if m < 2 or n < 2:
+        return aucs, np.full((k, k), np.nan)
+    cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    return aucs, cov
+
+
+def delong_test(y, scores_a, scores_b) -> tuple[float, float, float, float]:
+    """DeLong's test of two correlated ROC AUCs on the same images (one class).
+
+    z = (AUC_b - AUC_a) / sqrt(Var_a + Var_b - 2 Cov_ab) from :func:`delong_covariance`, and the
+    two-sided p = 2 (1 - Phi(|z|)). Two models with identical AUCs and zero variance of the
+    difference (e.g. the same scores) give z = 0, p = 1.
+
+    Returns:
+        (auc_a, auc_b, z, p_value); all NaN where the class has no positive or no negative.
+    """
+    aucs, cov = delong_covariance(y, np.stack([np.asarray(scores_a, np.float64),
+                                               np.asarray(scores_b, np.float64)]))
+    auc_a, auc_b = float(aucs[0]), float(aucs[1])
+    variance = cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]
+    difference = auc_b - auc_a
+    if not np.isfinite(variance) or not np.isfinite(difference):
+        return auc_a, auc_b, float("nan"), float("nan")
+    if variance <= 1e-300:  # no spread: equal AUCs are no evidence; different ones are
+        z = 0.0 if abs(difference) < 1e-12 else float(np.copysign(np.inf, difference))
+    else:
+        z = difference / np.sqrt(variance)
+    return auc_a, auc_b, float(z), float(2.0 * stats.norm.sf(abs(z)))
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _bin_index(p: np.ndarray, bins: int) -> np.ndarray:
+    """Equal-width bins on [0, 1]: [0, 1/bins), [1/bins, 2/bins), ..., [1 - 1/bins, 1]."""
+    if int(bins) < 1:
+        raise ConfigError(f"bins must be a positive integer; got {bins}")
+    return np.minimum((np.clip(p, 0.0, 1.0) * bins).astype(np.int64), bins - 1)
+
+
+def _binary_ece(outcome: np.ndarray, confidence: np.ndarray, bins: int) -> float:
+    """sum over bins b of (n_b / n) |mean outcome in b - mean confidence in b|."""
+    if outcome.size == 0:
+        return float("nan")
+    index = _bin_index(confidence, bins)
+    count = np.bincount(index, minlength=bins)
+    observed = np.bincount(index, weights=outcome, minlength=bins)
+    predicted = np.bincount(index, weights=confidence, minlength=bins)
+    # |sum outcome - sum confidence| / n per bin == (n_b / n) |mean outcome - mean confidence|
+    return float(np.abs(observed - predicted).sum() / outcome.size)
+
+
+def _check_probabilities(y_true, probabilities):
+    y, p, one = _as_2d(y_true, probabilities, "probabilities")
+    if (p < 0).any() or (p > 1).any():
+        raise DataError("probabilities must lie in [0, 1] (apply sigmoid or softmax first)")
+    return y, p, one
+
+
+def _top_label(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Single-label: (1 if the arg-max class is the true class else 0, the max probability)."""
+    return (p.argmax(1) == y.argmax(1)).astype(np.float64), p.max(1)
+
+
+def expected_calibration_error(y_true, probabilities, bins: int = 15, *,
+                               multi_label: bool = True) -> dict:
+    """Expected calibration error with ``bins`` equal-width bins on [0, 1].
+
+    ECE = sum_b (n_b / n) |acc_b - conf_b| over the bins b (bin b = [b/bins, (b+1)/bins), the
+    last one closed).
+
+    * multi-label (independent sigmoids): per class, the binary problem of that class: conf is
+      the predicted probability of a positive and acc the fraction of positives in the bin,
+      over the images whose label is known. ``ece`` pools every known (image, class) pair into
+      one binary problem.
+    * single-label (softmax; ``multi_label=False``): ``ece`` is the usual top-label ECE (conf =
+      the largest probability, acc = whether that class is the true one); ``per_class`` is the
+      one-vs-rest binary ECE of each class's probability column.
+
+    Returns:
+        {"ece": float, "per_class": (C,) array, "bins": bins}; NaN for a class with no known
+        label.
+    """
+    y, p, _ = _check_probabilities(y_true, probabilities)
+    per_class = np.array([_binary_ece(y[y[:, c] >= 0, c], p[y[:, c] >= 0, c], bins)
+                          for c in range(y.shape[1])])
+    if multi_label:
+        known = y >= 0
+        overall = _binary_ece(y[known], p[known], bins)
+    else:
+        overall = _binary_ece(*_top_label(y, p), bins)
+    return {"ece": overall, "per_class": per_class, "bins": int(bins)}
+
+
+def brier_score(y_true, probabilities, *, multi_label: bool = True) -> dict:
+    """Brier score: mean squared error of the predicted probabilities.
+
+    * multi-label: per class, mean over known images of (p_ic - y_ic)^2; ``brier`` is the mean
+      over all known (image, class) pairs pooled.
+    * single-label (``multi_label=False``): ``brier`` is the multi-class Brier score,
+      mean over images of sum_k (p_ik - y_ik)^2 (0 perfect, 2 worst); ``per_class`` is the mean
+      over images of (p_ik - y_ik)^2, so the per-class values sum to ``brier``.
+
+    Returns:
+        {"brier": float, "per_class": (C,) array}.
+    """
+    y, p, _ = _check_probabilities(y_true, probabilities)
+    known = y >= 0
+    squared = np.where(known, (p - y) ** 2, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = squared.sum(0) / known.sum(0)
+    if multi_label:
+        overall = float(squared.sum() / known.sum()) if known.any() else float("nan")
+    else:
+        overall = float(squared.sum(1).mean())
+    return {"brier": overall, "per_class": per_class}
+
+
+def reliability_curve(y_true, probabilities, bins: int = 15, *, multi_label: bool = True) -> dict:
+    """Per-bin mean predicted probability, observed frequency and count (the reliability
+    diagram), with the same bins and the same pooling as :func:`expected_calibration_error`:
+    multi-label pools every known (image, class) pair; single-label uses the top label.
+
+    Returns:
+        {"edges": (bins + 1,), "mean_predicted": (bins,), "observed": (bins,), "count":
+        (bins,)}; empty bins are NaN (count 0).
+    """
+    y, p, _ = _check_probabilities(y_true, probabilities)
+    if multi_label:
+        known = y >= 0
+        outcome, confidence = y[known], p[known]
+    else:
+        outcome, confidence = _top_label(y, p)
+    index = _bin_index(confidence, bins)
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_predicted = np.bincount(index, weights=confidence, minlength=bins) / count
+        observed = np.bincount(index, weights=outcome, minlength=bins) / count
+    return {"edges": np.linspace(0.0, 1.0, bins + 1), "mean_predicted": mean_predicted,
+            "observed": observed, "count": count.astype(np.int64)}
+
+
+def calibration_summary(y_true, probabilities, class_names, *, multi_label: bool = True,
+                        bins: int = 15) -> dict:
+    """The JSON-ready calibration entry of a run: overall and per-class ECE and Brier."""
+    ece = expected_calibration_error(y_true, probabilities, bins, multi_label=multi_label)
+    brier = brier_score(y_true, probabilities, multi_label=multi_label)
+    return {"ece": ece["ece"], "brier": brier["brier"], "bins": int(bins),
+            "per_class": {str(name): {"ece": float(ece["per_class"][c]),
+                                      "brier": float(brier["per_class"][c])}
+                          for c, name in enumerate(class_names)}}
+
+
+# --------------------------------------------------------------------------- two runs
+
+PREDICTION_KEYS = ("logits", "labels", "patients", "paths", "class_names")
+
+
+def probabilities_from_logits(logits, multi_label: bool) -> np.ndarray:
+    """Sigmoid (multi-label) or softmax (single-label) of logits, in float64."""
+    z = np.asarray(logits, np.float64)
+    if multi_label:
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def load_predictions(source) -> dict:
+    """A run's ``test_predictions.npz`` (a path, an open ``np.load`` result or a dict) as a dict
+    of arrays; missing keys are a DataError naming the file."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"{path}: no such test predictions file")
+        with np.load(path, allow_pickle=False) as npz:
+            pred = {key: npz[key] for key in npz.files}
+        where = str(path)
+    else:
+        pred = {key: source[key] for key in (source.files if hasattr(source, "files")
+                                             else source)}
+        where = "test predictions"
+    missing = [key for key in PREDICTION_KEYS if key not in pred]
+    if missing:
+        raise DataError(f"{where}: missing {missing}; expected the keys {list(PREDICTION_KEYS)}")
+    return pred
+
+
+def _is_multi_label(pred: dict) -> bool:
+    if "multi_label" in pred:
+        return bool(np.asarray(pred["multi_label"]))
+    # Older files: single-label data has exactly one positive per image and no unknown labels.
+    labels = np.asarray(pred["labels"])
+    return not ((labels >= 0).all() and (labels.sum(1) == 1).all())
+
+
+def _same_test_images(pred_a: dict, pred_b: dict) -> None:
+    paths_a, paths_b = (np.asarray(p["paths"]).astype(str) for p in (pred_a, pred_b))
+    if paths_a.shape != paths_b.shape or (paths_a != paths_b).any():
+        differ = (len(paths_a) if paths_a.shape != paths_b.shape
+                  else int((paths_a != paths_b).sum()))
+        raise ConfigError(
+            f"the two runs' test predictions are not on the same images in the same order "
+            f"({len(paths_a)} vs {len(paths_b)} images, {differ} differ); compare runs of the "
+            "same dataset, split and seed")
+    names_a, names_b = (list(np.asarray(p["class_names"]).astype(str)) for p in (pred_a, pred_b))
+    if names_a != names_b:
+        raise ConfigError(f"the two runs have different classes: {names_a} vs {names_b}")
+    for key in ("labels", "clean_labels"):
+        if (key in pred_a) != (key in pred_b) or (
+                key in pred_a and not np.array_equal(pred_a[key], pred_b[key])):
+            raise ConfigError(f"the two runs' test {key.replace('_', ' ')} differ; compare runs "
+                              "of the same data")
+
+
+def _compare_on(labels, prob_a, prob_b, groups, class_names, multi_label, n_boot, seed,
+                bins) -> dict:
+    """Per-class DeLong, paired bootstrap of the mean and both calibrations on one label set."""
+    labels = np.asarray(labels, np.float64)
+    per_class = {}
+    for c, name in enumerate(class_names):
+        # Single-label data: each class one-vs-rest (its probability column against the rest).
+        auc_a, auc_b, z, p = delong_test(labels[:, c], prob_a[:, c], prob_b[:, c])
+        per_class[str(name)] = {"auc_a": auc_a, "auc_b": auc_b, "difference": auc_b - auc_a,
+                                "difference_ci": [float("nan")] * 2, "delong_z": z,
+                                "delong_p": p}
+    if n_boot > 0:
+        paired = paired_bootstrap(labels, prob_a, prob_b, groups, n_boot=n_boot, seed=seed)
+        mean = {k: paired[k] for k in ("mean_auc_a", "mean_auc_b", "difference",
+                                       "difference_ci", "difference_sd", "p_value")}
+        for c, name in enumerate(class_names):
+            per_class[str(name)]["difference_ci"] = paired["per_class_difference_ci"][c]
+    else:
+        point_a, point_b = exact_auc(labels, prob_a), exact_auc(labels, prob_b)
+        valid = np.isfinite(point_a) & np.isfinite(point_b)
+        a, b = (float(mean_over_classes(v, valid)) for v in (point_a, point_b))
+        mean = {"mean_auc_a": a, "mean_auc_b": b, "difference": b - a,
+                "difference_ci": [float("nan")] * 2, "difference_sd": float("nan"),
+                "p_value": float("nan")}
+    return {**mean, "per_class": per_class,
+            "calibration_a": calibration_summary(labels, prob_a, class_names,
+                                                 multi_label=multi_label, bins=bins),
+            "calibration_b": calibration_summary(labels, prob_b, class_names,
+                                                 multi_label=multi_label, bins=bins)}
+
+
+def comparison_table(comparison: dict, name_a: str = "A", name_b: str = "B") -> pd.DataFrame:
+    """A Markdown-ready table of one comparison: per-class AUC of both models with DeLong's p,
+    the mean with the paired-bootstrap interval and p, then ECE and Brier (lower is better)."""
+    rows = [{"": name, name_a: v["auc_a"], name_b: v["auc_b"], f"{name_b} - {name_a}":
+             v["difference"], "p": v["delong_p"], "test": "DeLong"}
+            for name, v in comparison["per_class"].items()]
+    lo, hi = comparison["difference_ci"]
+    rows.append({"": "**mean AUC**", name_a: comparison["mean_auc_a"],
+                 name_b: comparison["mean_auc_b"],
+                 f"{name_b} - {name_a}": comparison["difference"], "p": comparison["p_value"],
+                 "test": f"paired bootstrap, 95% CI [{lo:.3f}, {hi:.3f}]"
+                 if np.isfinite(lo) else "paired bootstrap (off)"})
+    for key, label in (("ece", "ECE"), ("brier", "Brier")):
+        a, b = comparison["calibration_a"][key], comparison["calibration_b"][key]
+        rows.append({"": label, name_a: a, name_b: b, f"{name_b} - {name_a}": b - a,
+                     "p": float("nan"), "test": ""})
+    return pd.DataFrame(rows)
+
+
+def compare_predictions(pred_a, pred_b, *, n_boot: int = 1000, seed: int = 0,
+                        bins: int = 15) -> tuple[dict, pd.DataFrame]:
+    """Paired comparison of two finished runs from their saved test predictions.
+
+    Args:
+        pred_a, pred_b: ``{prefix}test_predictions.npz`` of two runs (paths, ``np.load``
+            results or dicts) on the same test images in the same order; otherwise a
+            ConfigError says so.
+        n_boot: patient resamples of the paired bootstrap (0: no interval and no p of the
+            mean).
+
+    Returns:
+        (summary, table). ``summary`` is JSON-ready: ``model_a``, ``model_b``, ``labels``
+        ("clean" or "as given"), ``test_images``, ``patients``, ``n_boot``, ``seed``, and
+        ``comparison`` on the clean labels when the runs have them (else the labels as given):
+        ``mean_auc_a``, ``mean_auc_b``, ``difference`` (b - a), ``difference_ci``,
+        ``difference_sd``, ``p_value`` (paired bootstrap), ``per_class`` {class: ``auc_a``,
+        ``auc_b``, ``difference``, ``difference_ci``, ``delong_z``, ``delong_p``},
+        ``calibration_a`` and ``calibration_b``; with clean labels also ``noisy_comparison``,
+        the same against the noisy labels. ``table`` is :func:`comparison_table` of
+        ``comparison``.
+    """
+    pred_a, pred_b = load_predictions(pred_a), load_predictions(pred_b)
+    _same_test_images(pred_a, pred_b)
+    class_names = [str(c) for c in np.asarray(pred_a["class_names"])]
+    multi_label = _is_multi_label(pred_a)
+    prob_a = probabilities_from_logits(pred_a["logits"], multi_label)
+    prob_b = probabilities_from_logits(pred_b["logits"], multi_label)
+    groups = np.asarray(pred_a["patients"]).astype(str)
+    name_a = str(pred_a.get("model", "")) or "A"
+    name_b = str(pred_b.get("model", "")) or "B"
+    if name_a == name_b:
+        name_a, name_b = f"A: {name_a}", f"B: {name_b}"
+    clean = pred_a.get("clean_labels")
+    common = dict(groups=groups, class_names=class_names, multi_label=multi_label,
+                  n_boot=int(n_boot), seed=int(seed), bins=int(bins))
+    summary = {"model_a": name_a, "model_b": name_b,
+               "labels": "clean" if clean is not None else "as given",
+               "test_images": int(len(groups)), "patients": int(len(np.unique(groups))),
+               "n_boot": int(n_boot), "seed": int(seed), "multi_label": multi_label}
+    summary["comparison"] = _compare_on(clean if clean is not None else pred_a["labels"],
+                                        prob_a, prob_b, **common)
+    if clean is not None:
+        summary["noisy_comparison"] = _compare_on(pred_a["labels"], prob_a, prob_b, **common)
+    return summary, comparison_table(summary["comparison"], name_a, name_b)

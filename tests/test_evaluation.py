@@ -1,0 +1,190 @@
+"""evaluate_model end to end on a tiny dataset: intervals, clean and noisy labels, calibration,
+saved test predictions and their comparison; predict_logits; plots without pyplot."""
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from chestkd.data.dataset import Dataset
+from chestkd.data.pipeline import make_dataset
+from chestkd.errors import ConfigError
+from chestkd.evaluation import evaluate_model, print_results, statistics
+from chestkd.evaluation.metrics import per_class_auc, predict_logits, sigmoid
+
+SIZE = 16
+CLASSES = ["a", "b", "c"]
+CONFIG = {"batch_size": 8, "image_size": SIZE, "normalization": "zero_one", "seed": 0,
+          "bootstrap": 200, "latency_images": 2, "model": "tiny"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """60 images (40 test, two per patient) whose brightness per quadrant carries the labels."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    n = 60
+    labels = (rng.random((n, 3)) < 0.4).astype(np.float32)
+    paths = []
+    for i in range(n):
+        image = rng.integers(0, 120, (SIZE, SIZE), dtype=np.uint8)
+        for c in range(3):
+            if labels[i, c]:
+                image[(c // 2) * 8:(c // 2) * 8 + 8, (c % 2) * 8:(c % 2) * 8 + 8] += 100
+        path = folder / f"img{i:03d}.png"
+        cv2.imwrite(str(path), image)
+        paths.append(str(path))
+    split = np.array(["train"] * 20 + ["test"] * 40)
+    patients = np.array([f"p{i // 2}" for i in range(n)])
+    return Dataset("toy", CLASSES, True, np.array(paths), labels, patients, split, root=folder)
+
+
+def _model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 8, strides=8),
+                             keras.layers.Flatten(), keras.layers.Dense(3)])
+
+
+def _with_clean_labels(data, flip=0.25):
+    """A copy of ``data`` whose labels are noisy and whose ``clean_labels`` are the truth."""
+    rng = np.random.default_rng(1)
+    noisy = np.where(rng.random(data.labels.shape) < flip, 1 - data.labels, data.labels)
+    copy = data.select(np.arange(len(data)))
+    copy.labels = noisy.astype(np.float32)
+    copy.clean_labels = data.labels.copy()  # (set as an attribute: not a field yet)
+    return copy
+
+
+def test_predict_logits_runs_one_tf_function_equal_to_the_eager_model(data):
+    model = _model()
+    test = make_dataset(data, "test", batch_size=16, image_size=SIZE, normalization="zero_one")
+    logits, y = predict_logits(model, test)  # batches of 16, 16, 8: the last one retraces
+    images = np.concatenate([x.numpy() for x, _ in test])
+    np.testing.assert_allclose(logits, model(images, training=False).numpy(), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_array_equal(y, data.subset("test").labels)
+    compiled, _ = predict_logits(model, test, jit_compile=True)
+    np.testing.assert_allclose(compiled, logits, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_model_reports_intervals_calibration_and_predictions(data, tmp_path, capsys):
+    model = _model()
+    results = evaluate_model(model, data, dict(CONFIG), tmp_path)
+    assert results["labels"] == "as given" and not any(k.startswith("noisy_") for k in results)
+    assert results["test_images"] == 40 and results["test_patients"] == 20
+    lo, hi = results["mean_auc_ci"]
+    assert lo <= results["mean_auc"] <= hi
+    assert set(results["per_class_auc_ci"]) == set(CLASSES)
+    assert results["bootstrap"]["resamples"] == 200 and results["bootstrap"]["unit"] == "patient"
+    # the same numbers as the statistics module on the pipeline's outputs
+    test = data.subset("test")
+    boot = statistics.bootstrap_auc(test.labels, sigmoid(predict_logits(model, make_dataset(
+        data, "test", batch_size=8, image_size=SIZE, normalization="zero_one"))[0]),
+        test.patients, n_boot=200, seed=0)
+    assert results["mean_auc_ci"] == pytest.approx(boot["mean_ci"])
+    calibration = results["calibration"]
+    assert calibration["bins"] == 15 and set(calibration["per_class"]) == set(CLASSES)
+    assert 0 <= calibration["ece"] <= 1 and 0 <= calibration["brier"] <= 1
+
+    table = pd.read_csv(tmp_path / "per_class_auc.csv")
+    assert {"ci_lo", "ci_hi"} <= set(table.columns)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["mean_auc"] == pytest.approx(table["auc"].mean(skipna=True))
+    np.testing.assert_allclose(table[["ci_lo", "ci_hi"]].to_numpy(),
+                               [metrics["per_class_auc_ci"][c] for c in CLASSES])
+    assert "ci_lo" in (tmp_path / "per_class_auc.md").read_text()
+    for name in ("reliability.png", "roc_curves.png", "test_predictions.npz"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically, nothing left behind
+
+    with np.load(tmp_path / "test_predictions.npz", allow_pickle=False) as npz:
+        assert {"logits", "labels", "patients", "paths", "class_names"} <= set(npz.files)
+        assert "clean_labels" not in npz.files
+        np.testing.assert_array_equal(npz["paths"], test.paths)
+        np.testing.assert_array_equal(npz["patients"], test.patients)
+        assert list(npz["class_names"]) == CLASSES
+        assert per_class_auc(npz["labels"], sigmoid(npz["logits"]), CLASSES)["auc"].tolist() \
+            == pytest.approx(list(results["per_class_auc"].values()))
+
+    print_results(results)
+    out = capsys.readouterr().out
+    assert f"mean AUC {results['mean_auc']:.4f} [{lo:.3f}, {hi:.3f}]" in out
+    assert "ECE" in out and "Brier" in out
+
+
+def test_clean_labels_are_the_headline_and_noisy_ones_are_reported_beside(data, tmp_path,
+                                                                        capsys):
+    noisy_data = _with_clean_labels(data)
+    model = _model()
+    results = evaluate_model(model, noisy_data, dict(CONFIG), tmp_path, prefix="x_")
+    assert results["labels"] == "clean"
+    plain = evaluate_model(model, data, {**CONFIG, "bootstrap": 0}, tmp_path, prefix="plain_")
+    # headline numbers against the clean labels == the same model on the clean dataset
+    assert results["mean_auc"] == pytest.approx(plain["mean_auc"])
+    assert results["calibration"]["ece"] == pytest.approx(plain["calibration"]["ece"])
+    for key in ("noisy_mean_auc", "noisy_mean_auc_ci", "noisy_per_class_auc",
+                "noisy_per_class_auc_ci", "noisy_calibration"):
+        assert key in results, key
+    assert results["noisy_mean_auc"] != pytest.approx(results["mean_auc"])
+    table = pd.read_csv(tmp_path / "x_per_class_auc.csv")
+    assert {"noisy_auc", "noisy_ci_lo", "noisy_ci_hi"} <= set(table.columns)
+    with np.load(tmp_path / "x_test_predictions.npz", allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["clean_labels"], data.subset("test").labels)
+        np.testing.assert_array_equal(npz["labels"], noisy_data.subset("test").labels)
+    print_results(results)
+    assert "noisy labels" in capsys.readouterr().out
+    # bootstrap=0: no intervals, and the table says n/a
+    assert "mean_auc_ci" not in plain and "bootstrap" not in plain
+
+
+def test_two_finished_runs_are_compared_from_their_predictions(data, tmp_path):
+    noisy_data = _with_clean_labels(data)
+    for seed in (0, 1):
+        evaluate_model(_model(seed), noisy_data, dict(CONFIG), tmp_path, prefix=f"m{seed}_",
+                       model_name=f"model{seed}")
+    summary, table = statistics.compare_predictions(tmp_path / "m0_test_predictions.npz",
+                                                    tmp_path / "m1_test_predictions.npz",
+                                                    n_boot=100, seed=0)
+    assert summary["labels"] == "clean" and summary["model_a"] == "model0"
+    first = json.loads((tmp_path / "m0_metrics.json").read_text())
+    assert summary["comparison"]["mean_auc_a"] == pytest.approx(first["mean_auc"])
+    assert summary["noisy_comparison"]["mean_auc_a"] == pytest.approx(first["noisy_mean_auc"])
+    assert summary["comparison"]["calibration_a"]["ece"] == pytest.approx(
+        first["calibration"]["ece"])
+    assert 0 <= summary["comparison"]["p_value"] <= 1
+    assert "DeLong" in set(table["test"])
+    # a run on other test images is refused
+    other = data.select(np.r_[np.arange(20), np.arange(21, 60), 20])
+    evaluate_model(_model(), other, {**CONFIG, "bootstrap": 0}, tmp_path, prefix="o_")
+    with pytest.raises(ConfigError, match="same images"):
+        statistics.compare_predictions(tmp_path / "m0_test_predictions.npz",
+                                       tmp_path / "o_test_predictions.npz", n_boot=10, seed=0)
+
+
+def test_plot_reliability_writes_a_png(tmp_path):
+    from chestkd.evaluation.plots import plot_reliability
+    rng = np.random.default_rng(0)
+    p = rng.random((200, 2))
+    y = (rng.random((200, 2)) < p).astype(float)
+    curve = statistics.reliability_curve(y, p)
+    path = plot_reliability({"clean": {**curve, "ece": 0.01}, "noisy": curve},
+                            tmp_path / "r.png")
+    assert path.stat().st_size > 1000
+    assert plot_reliability(curve, tmp_path / "one.png").exists()
+
+
+def test_importing_plots_leaves_the_matplotlib_backend_alone():
+    # A notebook's inline backend; the old module called matplotlib.use("Agg") at import.
+    code = ("import matplotlib, sys; before = matplotlib.rcParams['backend']; "
+            "import chestkd.evaluation.plots; "
+            "print(before == matplotlib.rcParams['backend'], 'matplotlib.pyplot' in sys.modules)")
+    env = {**os.environ, "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          check=True)
+    assert done.stdout.split()[-2:] == ["True", "False"], done.stdout + done.stderr

@@ -1,0 +1,398 @@
+"""Statistics of test-split results: exact AUC, patient bootstrap, paired tests, DeLong,
+calibration, and the comparison of two runs' saved predictions, each against a reference."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import roc_auc_score
+
+from chestkd.errors import ConfigError, DataError
+from chestkd.evaluation import statistics as st
+
+
+def _sklearn_auc(y, s):
+    """Per-class sklearn AUC over known labels, NaN for a one-valued class."""
+    out = []
+    for c in range(y.shape[1]):
+        known = y[:, c] >= 0
+        yc, sc = y[known, c], s[known, c]
+        out.append(roc_auc_score(yc, sc) if 0 < yc.sum() < len(yc) else np.nan)
+    return np.array(out)
+
+
+def _problem(n=300, classes=5, seed=0, signal=1.0, ties=True, unknown=0.05):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, classes)) < 0.3).astype(np.float64)
+    s = rng.normal(size=(n, classes)) + signal * y
+    if ties:
+        s = np.round(s, 1)  # many tied scores
+    y[rng.random((n, classes)) < unknown] = -1
+    return y, s
+
+
+# ------------------------------------------------------------------ exact AUC
+
+
+def test_exact_auc_equals_sklearn_with_ties_and_unknown_labels():
+    y, s = _problem()
+    np.testing.assert_allclose(st.exact_auc(y, s), _sklearn_auc(y, s), rtol=0, atol=1e-12)
+    # one class, 1-D input: a float
+    assert st.exact_auc(y[:, 0], s[:, 0]) == pytest.approx(_sklearn_auc(y, s)[0], abs=1e-12)
+    # all scores tied: 0.5
+    assert st.exact_auc(np.array([0, 1, 0, 1.0]), np.zeros(4)) == 0.5
+
+
+def test_exact_auc_weights_equal_repeated_rows():
+    y, s = _problem(n=120, seed=1)
+    w = np.random.default_rng(2).integers(0, 4, len(y))
+    repeated = np.repeat(np.arange(len(y)), w)
+    np.testing.assert_allclose(st.exact_auc(y, s, w), _sklearn_auc(y[repeated], s[repeated]),
+                               atol=1e-12)
+    # a batch of weight rows gives the same as one row at a time
+    batch = np.random.default_rng(3).integers(0, 3, (6, len(y)))
+    np.testing.assert_allclose(st.exact_auc(y, s, batch),
+                               np.stack([st.exact_auc(y, s, row) for row in batch]), atol=1e-15)
+
+
+def test_one_valued_class_is_nan_and_left_out_of_the_mean():
+    y, s = _problem(n=50, classes=3, seed=4)
+    y[:, 1] = np.where(y[:, 1] >= 0, 0.0, -1.0)  # no positive
+    auc = st.exact_auc(y, s)
+    assert np.isnan(auc[1]) and np.isfinite(auc[[0, 2]]).all()
+    assert st.mean_over_classes(auc) == pytest.approx(np.mean(auc[[0, 2]]))
+
+
+def test_bad_inputs_are_data_errors():
+    with pytest.raises(DataError, match="1, 0 or -1"):
+        st.exact_auc(np.array([0, 0.5, 1]), np.array([0.1, 0.2, 0.3]))
+    with pytest.raises(DataError, match="shape"):
+        st.exact_auc(np.zeros((4, 2)), np.zeros((4, 3)))
+    with pytest.raises(DataError, match="non-finite"):
+        st.exact_auc(np.array([0, 1.0]), np.array([0.1, np.nan]))
+    with pytest.raises(DataError, match="groups"):
+        st.bootstrap_auc(np.array([0, 1.0]), np.array([0.1, 0.2]), ["a"], n_boot=5)
+    with pytest.raises(ConfigError, match="confidence"):
+        st.bootstrap_auc(np.array([0, 1.0]), np.array([0.1, 0.2]), ["a", "b"], confidence=95)
+
+
+def test_statistics_does_not_import_tensorflow():
+    code = ("import sys, chestkd.evaluation.statistics as s; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+# ------------------------------------------------------------------ bootstrap
+
+
+def _plain_bootstrap(y, s, n_boot, seed, confidence=0.95):
+    """Reference: resample images with replacement and score the materialised rows."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n_boot):
+        rows = rng.integers(0, len(y), len(y))
+        samples.append(_sklearn_auc(y[rows], s[rows]))
+    samples = np.array(samples)
+    a = (1 - confidence) / 2
+    per_class = [np.quantile(col[np.isfinite(col)], [a, 1 - a]) for col in samples.T]
+    return np.array(per_class), np.quantile(np.nanmean(samples, axis=1), [a, 1 - a])
+
+
+def test_bootstrap_with_one_image_per_patient_is_the_plain_bootstrap():
+    y, s = _problem(n=80, classes=3, seed=5, unknown=0.0)
+    groups = [f"patient-{i}" for i in range(len(y))][::-1]  # ids in any order
+    result = st.bootstrap_auc(y, s, groups, n_boot=150, seed=7)
+    per_class, mean = _plain_bootstrap(y, s, 150, 7)
+    np.testing.assert_allclose(result["per_class_ci"], per_class, atol=1e-12)
+    np.testing.assert_allclose(result["mean_ci"], mean, atol=1e-12)
+    np.testing.assert_allclose(result["per_class_auc"], _sklearn_auc(y, s), atol=1e-12)
+    assert result["patients"] == result["images"] == 80
+
+
+def test_cluster_bootstrap_keeps_a_patients_images_together():
+    y, s = _problem(n=100, classes=3, seed=6)
+    twice_y, twice_s = np.concatenate([y, y]), np.concatenate([s, s])
+    patients = np.tile(np.arange(100), 2)  # each patient has two identical films
+    clustered = st.bootstrap_auc(twice_y, twice_s, patients, n_boot=200, seed=1)
+    # doubling every patient's weight leaves each resample's AUC unchanged: the same intervals
+    # as one film per patient
+    single = st.bootstrap_auc(y, s, np.arange(100), n_boot=200, seed=1)
+    np.testing.assert_allclose(clustered["per_class_ci"], single["per_class_ci"], atol=1e-12)
+    np.testing.assert_allclose(clustered["mean_ci"], single["mean_ci"], atol=1e-12)
+    # resampling films as if independent understates the spread
+    naive = st.bootstrap_auc(twice_y, twice_s, np.arange(200), n_boot=200, seed=1)
+    assert np.diff(naive["mean_ci"])[0] < 0.85 * np.diff(clustered["mean_ci"])[0]
+
+
+def test_interval_contains_the_estimate_and_narrows_with_more_data():
+    widths = []
+    for n in (200, 2000):
+        y, s = _problem(n=n, classes=4, seed=8, ties=False)
+        result = st.bootstrap_auc(y, s, np.arange(n), n_boot=300, seed=0)
+        lo, hi = result["mean_ci"]
+        assert lo < result["mean_auc"] < hi
+        for (lo_c, hi_c), auc in zip(result["per_class_ci"], result["per_class_auc"]):
+            assert lo_c <= auc <= hi_c
+        widths.append(hi - lo)
+    assert widths[1] < 0.5 * widths[0]  # ~ 1 / sqrt(10)
+
+
+def test_bootstrap_is_nan_safe_and_reproducible():
+    y, s = _problem(n=60, classes=3, seed=9, unknown=0.0)
+    y[:, 1] = 0.0          # no positive at all: NaN estimate and interval
+    y[:, 2] = 0.0
+    y[:2, 2] = 1.0         # two positives: some resamples lose both
+    result = st.bootstrap_auc(y, s, np.arange(60), n_boot=300, seed=3)
+    assert np.isnan(result["per_class_auc"][1]) and np.isnan(result["per_class_ci"][1]).all()
+    assert np.isfinite(result["per_class_ci"][2]).all()
+    assert 0 < result["per_class_valid_resamples"][2] < 300
+    assert result["per_class_valid_resamples"][1] == 0
+    assert np.isfinite(result["mean_ci"]).all()
+    again = st.bootstrap_auc(y, s, np.arange(60), n_boot=300, seed=3)
+    assert json.dumps(result) == json.dumps(again)  # (NaN != NaN, so compare the JSON)
+
+
+def test_bootstrap_is_fast_enough_for_a_real_test_split():
+    y, s = _problem(n=600, classes=14, seed=10)
+    groups = np.arange(600) // 2
+    start = time.perf_counter()
+    st.bootstrap_auc(y, s, groups, n_boot=1000)
+    assert time.perf_counter() - start < 10.0  # ~0.3 s alone; the machine is shared
+
+
+# ------------------------------------------------------------------ paired bootstrap
+
+
+def test_identical_models_differ_by_zero_with_p_one():
+    y, s = _problem(n=150, classes=3, seed=11)
+    result = st.paired_bootstrap(y, s, s.copy(), np.arange(150) // 3, n_boot=200)
+    assert result["difference"] == 0.0 and result["difference_ci"] == [0.0, 0.0]
+    assert result["p_value"] == 1.0
+    assert result["mean_auc_a"] == result["mean_auc_b"]
+
+
+def test_clearly_different_models_have_a_tiny_p_value():
+    y, s = _problem(n=400, classes=3, seed=12, signal=2.0, unknown=0.0)
+    noise = np.random.default_rng(0).normal(size=s.shape)
+    weak = s + 3.0 * noise
+    result = st.paired_bootstrap(y, weak, s, np.arange(400), n_boot=500, seed=1)
+    assert result["difference"] > 0.1 and result["difference_ci"][0] > 0
+    assert result["p_value"] == pytest.approx(2 / 501)  # no resample reaches 0
+    assert all(p < 0.01 for p in result["per_class_p_value"])
+
+
+def test_bootstrap_p_value_formula():
+    assert st.bootstrap_p_value(np.zeros(9)) == 1.0
+    assert st.bootstrap_p_value(np.ones(9)) == pytest.approx(2 * 1 / 10)
+    # 3 of 9 at or below 0: 2 * (1 + 3) / 10
+    assert st.bootstrap_p_value([-1, -2, 0, 1, 2, 3, 4, 5, 6]) == pytest.approx(0.8)
+    assert st.bootstrap_p_value([-1, -2, -3, 1, 2, 3, 4, 5, 6, np.nan]) == pytest.approx(0.8)
+
+
+# ------------------------------------------------------------------ DeLong
+
+
+def _delong_reference(y, scores):
+    """Straightforward O(m n) DeLong structural components (DeLong et al. 1988), float64."""
+    x, yy = scores[:, y == 1], scores[:, y == 0]
+    m, n = x.shape[1], yy.shape[1]
+    psi = (x[:, :, None] > yy[:, None, :]) + 0.5 * (x[:, :, None] == yy[:, None, :])
+    v10 = psi.mean(axis=2)   # (k, m)
+    v01 = psi.mean(axis=1)   # (k, n)
+    aucs = psi.mean(axis=(1, 2))
+    s10 = (v10 - aucs[:, None]) @ (v10 - aucs[:, None]).T / (m - 1)
+    s01 = (v01 - aucs[:, None]) @ (v01 - aucs[:, None]).T / (n - 1)
+    return aucs, s10 / m + s01 / n
+
+
+def test_delong_matches_the_quadratic_reference():
+    rng = np.random.default_rng(13)
+    y = (rng.random(150) < 0.35).astype(float)
+    scores = np.round(np.stack([y + rng.normal(size=150), 0.5 * y + rng.normal(size=150),
+                                rng.normal(size=150)]), 1)
+    aucs, cov = st.delong_covariance(y, scores)
+    ref_aucs, ref_cov = _delong_reference(y, scores)
+    np.testing.assert_allclose(aucs, ref_aucs, atol=1e-13)
+    np.testing.assert_allclose(cov, ref_cov, rtol=1e-10, atol=1e-16)
+    auc_a, auc_b, z, p = st.delong_test(y, scores[0], scores[1])
+    var = ref_cov[0, 0] + ref_cov[1, 1] - 2 * ref_cov[0, 1]
+    assert z == pytest.approx((ref_aucs[1] - ref_aucs[0]) / np.sqrt(var), rel=1e-10)
+    assert p == pytest.approx(2 * sps.norm.sf(abs(z)), rel=1e-10)
+    assert (auc_a, auc_b) == pytest.approx(tuple(ref_aucs[:2]))
+    # unknown labels are left out
+    y_unknown = y.copy()
+    y_unknown[:10] = -1
+    assert st.delong_test(y_unknown, scores[0], scores[1])[:2] == pytest.approx(
+        tuple(_delong_reference(y[10:], scores[:, 10:])[0][:2]))
+
+
+def test_delong_variance_of_one_auc_matches_the_null_formula():
+    # Two identical continuous distributions: Var(AUC) = (m + n + 1) / (12 m n), the variance of
+    # the Mann-Whitney U / (m n); DeLong's estimate is unbiased for it to O(1/N).
+    rng = np.random.default_rng(14)
+    m, n = 40, 60
+    y = np.r_[np.ones(m), np.zeros(n)]
+    variances, aucs = [], []
+    for _ in range(600):
+        auc, cov = st.delong_covariance(y, rng.normal(size=m + n))
+        variances.append(cov[0, 0])
+        aucs.append(auc[0])
+    exact = (m + n + 1) / (12 * m * n)
+    assert np.mean(variances) == pytest.approx(exact, rel=0.05)
+    assert np.var(aucs, ddof=1) == pytest.approx(exact, rel=0.15)
+    # a hand example: positives [0.9, 0.4], negatives [0.5, 0.1]: V10 = [1, 0.5], V01 = [0.5, 1]
+    auc, cov = st.delong_covariance(np.array([1, 1, 0, 0.0]), np.array([0.9, 0.4, 0.5, 0.1]))
+    assert auc[0] == 0.75 and cov[0, 0] == pytest.approx(0.125 / 2 + 0.125 / 2)
+
+
+def test_delong_agrees_roughly_with_the_paired_bootstrap():
+    rng = np.random.default_rng(15)
+    n = 500
+    y = (rng.random(n) < 0.4).astype(float)
+    a = 0.8 * y + rng.normal(size=n)
+    b = a + 0.4 * y + 0.6 * rng.normal(size=n)
+    auc_a, auc_b, z, p = st.delong_test(y, a, b)
+    boot = st.paired_bootstrap(y, a, b, np.arange(n), n_boot=1000, seed=2)
+    sd_delong = (auc_b - auc_a) / z
+    assert boot["difference"] == pytest.approx(auc_b - auc_a, abs=1e-12)
+    assert boot["difference_sd"] == pytest.approx(sd_delong, rel=0.2)
+    assert p < 0.05 and boot["p_value"] < 0.05
+
+
+def test_delong_degenerate_cases():
+    y = np.array([0, 1, 0, 1, 1.0])
+    s = np.array([0.1, 0.7, 0.3, 0.2, 0.9])
+    assert st.delong_test(y, s, s.copy())[2:] == (0.0, 1.0)
+    assert all(np.isnan(st.delong_test(np.zeros(5), s, s)))
+
+
+# ------------------------------------------------------------------ calibration
+
+
+def test_ece_of_a_calibrated_model_is_near_zero_and_of_a_bad_one_is_not():
+    rng = np.random.default_rng(16)
+    p = rng.random((20000, 2))
+    y = (rng.random((20000, 2)) < p).astype(float)
+    result = st.expected_calibration_error(y, p, bins=10)
+    assert result["ece"] < 0.01 and (result["per_class"] < 0.015).all()
+    overconfident = np.clip((p - 0.5) * 3 + 0.5, 0, 1)
+    assert st.expected_calibration_error(y, overconfident, bins=10)["ece"] > 0.1
+
+
+def test_ece_brier_and_reliability_on_a_hand_example():
+    # two bins: [0, 0.5) and [0.5, 1]
+    y = np.array([0, 1, 1, 1, 0, -1.0])
+    p = np.array([0.2, 0.4, 0.6, 0.8, 1.0, 0.9])
+    # bin 0: conf (0.2 + 0.4) / 2 = 0.3, acc 0.5; bin 1: conf 0.8, acc 2/3 (the -1 is left out)
+    ece = 2 / 5 * abs(0.5 - 0.3) + 3 / 5 * abs(2 / 3 - 0.8)
+    assert st.expected_calibration_error(y, p, bins=2)["ece"] == pytest.approx(ece, abs=1e-15)
+    brier = (0.2 ** 2 + 0.6 ** 2 + 0.4 ** 2 + 0.2 ** 2 + 1.0) / 5
+    assert st.brier_score(y, p)["brier"] == pytest.approx(brier, abs=1e-15)
+    curve = st.reliability_curve(y, p, bins=4)
+    np.testing.assert_array_equal(curve["count"], [1, 1, 1, 2])
+    np.testing.assert_allclose(curve["mean_predicted"], [0.2, 0.4, 0.6, 0.9])
+    np.testing.assert_allclose(curve["observed"], [0, 1, 1, 0.5])
+    np.testing.assert_allclose(curve["edges"], [0, 0.25, 0.5, 0.75, 1])
+    assert np.isnan(st.reliability_curve(y, p, bins=10)["observed"][0])  # an empty bin
+
+
+def test_multi_label_calibration_pools_known_pairs():
+    y = np.array([[1, 0], [0, -1], [1, 1.0]])
+    p = np.array([[0.9, 0.2], [0.3, 0.5], [0.6, 0.7]])
+    result = st.expected_calibration_error(y, p, bins=1)  # one bin: |mean y - mean p|
+    assert result["ece"] == pytest.approx(abs(3 / 5 - (0.9 + 0.2 + 0.3 + 0.6 + 0.7) / 5))
+    np.testing.assert_allclose(result["per_class"], [abs(2 / 3 - 0.6), abs(0.5 - 0.45)])
+    brier = st.brier_score(y, p)
+    np.testing.assert_allclose(brier["per_class"], [(0.01 + 0.09 + 0.16) / 3,
+                                                    (0.04 + 0.09) / 2])
+    assert brier["brier"] == pytest.approx((0.01 + 0.09 + 0.16 + 0.04 + 0.09) / 5)
+
+
+def test_single_label_calibration_is_top_label_ece_and_multiclass_brier():
+    y = np.eye(3)[[0, 1, 2, 0]]
+    p = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8], [0.3, 0.6, 0.1]])
+    # top labels 0, 0, 2, 1: correct, wrong, correct, wrong; confidences 0.7, 0.5, 0.8, 0.6
+    result = st.expected_calibration_error(y, p, bins=1, multi_label=False)
+    assert result["ece"] == pytest.approx(abs(0.5 - (0.7 + 0.5 + 0.8 + 0.6) / 4))
+    brier = st.brier_score(y, p, multi_label=False)
+    expected = np.mean(((p - y) ** 2).sum(axis=1))
+    assert brier["brier"] == pytest.approx(expected)
+    assert brier["per_class"].sum() == pytest.approx(expected)
+    curve = st.reliability_curve(y, p, bins=2, multi_label=False)
+    np.testing.assert_array_equal(curve["count"], [0, 4])
+    with pytest.raises(DataError, match="probabilities"):
+        st.brier_score(y, p * 2)
+    with pytest.raises(ConfigError, match="bins"):
+        st.expected_calibration_error(y, p, bins=0)
+
+
+# ------------------------------------------------------------------ two runs
+
+
+def _predictions(seed, n=120, classes=("a", "b", "c"), *, clean=True, paths=None, shift=0.0):
+    rng = np.random.default_rng(100)  # the same images and labels for every run
+    truth = (rng.random((n, len(classes))) < 0.3).astype(np.float32)
+    noisy = np.where(rng.random(truth.shape) < 0.1, 1 - truth, truth).astype(np.float32)
+    model = np.random.default_rng(seed)
+    logits = (2 + shift) * truth + model.normal(size=truth.shape)
+    pred = {"logits": logits, "labels": noisy,
+            "patients": np.array([f"p{i // 2}" for i in range(n)]),
+            "paths": np.array(paths if paths is not None else [f"/x/{i}.png" for i in range(n)]),
+            "class_names": np.array(classes), "multi_label": np.array(True),
+            "model": np.array(f"model{seed}")}
+    if clean:
+        pred["clean_labels"] = truth
+    return pred
+
+
+def test_compare_predictions_on_clean_and_noisy_labels(tmp_path):
+    a, b = _predictions(1), _predictions(2, shift=1.0)
+    np.savez(tmp_path / "a.npz", **a)
+    summary, table = st.compare_predictions(tmp_path / "a.npz", b, n_boot=200, seed=0)
+    assert summary["labels"] == "clean" and "noisy_comparison" in summary
+    comparison = summary["comparison"]
+    prob_a, prob_b = (st.probabilities_from_logits(p["logits"], True) for p in (a, b))
+    for c, name in enumerate("abc"):
+        expected = st.delong_test(a["clean_labels"][:, c], prob_a[:, c], prob_b[:, c])
+        got = comparison["per_class"][name]
+        assert (got["auc_a"], got["auc_b"], got["delong_z"], got["delong_p"]) == \
+            pytest.approx(expected)
+    paired = st.paired_bootstrap(a["clean_labels"], prob_a, prob_b, a["patients"], n_boot=200)
+    assert comparison["difference"] == pytest.approx(paired["difference"])
+    assert comparison["p_value"] == paired["p_value"] and comparison["difference"] > 0
+    noisy = summary["noisy_comparison"]
+    assert noisy["mean_auc_a"] == pytest.approx(
+        st.mean_over_classes(st.exact_auc(a["labels"], prob_a)))
+    assert noisy["mean_auc_a"] < comparison["mean_auc_a"]  # label noise lowers measured AUC
+    assert set(comparison["calibration_a"]) == {"ece", "brier", "bins", "per_class"}
+    json.dumps(summary)  # JSON-ready
+    assert list(table.iloc[:, 0]) == ["a", "b", "c", "**mean AUC**", "ECE", "Brier"]
+    assert {"model1", "model2", "model2 - model1", "p"} <= set(table.columns)
+
+
+def test_compare_predictions_without_clean_labels_and_without_bootstrap():
+    summary, table = st.compare_predictions(_predictions(1, clean=False),
+                                            _predictions(2, clean=False), n_boot=0, seed=0)
+    assert summary["labels"] == "as given" and "noisy_comparison" not in summary
+    assert np.isnan(summary["comparison"]["p_value"])
+    assert np.isfinite(summary["comparison"]["per_class"]["a"]["delong_p"])
+
+
+def test_compare_predictions_refuses_different_test_images():
+    a = _predictions(1)
+    with pytest.raises(ConfigError, match="same images"):
+        st.compare_predictions(a, _predictions(2, paths=[f"/y/{i}.png" for i in range(120)]),
+                               n_boot=10, seed=0)
+    with pytest.raises(ConfigError, match="same images"):
+        st.compare_predictions(a, {k: v[:60] if np.ndim(v) else v
+                                   for k, v in _predictions(2).items()}, n_boot=10, seed=0)
+    with pytest.raises(ConfigError, match="classes"):
+        st.compare_predictions(a, {**_predictions(2), "class_names": np.array(["a", "b", "d"])},
+                               n_boot=10, seed=0)
+    with pytest.raises(DataError, match="missing"):
+        st.compare_predictions(a, {"logits": a["logits"]}, n_boot=10, seed=0)
