@@ -19,7 +19,7 @@ from results import write_section  # noqa: E402
 
 from chestkd.data import load_dataset  # noqa: E402
 from chestkd.distill.losses import FORMULATIONS  # noqa: E402
-from chestkd.distill.strategies import agreement, distil  # noqa: E402
+from chestkd.experiments.kd import agreement, distil  # noqa: E402
 from chestkd.evaluation import evaluate_model  # noqa: E402
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, PHANTOM_PROFILE  # noqa: E402
 from chestkd.training.experiment import train_classifier  # noqa: E402
@@ -54,8 +54,8 @@ def main():
         for formulation in FORMULATIONS:
             seed_everything(1)
             run_dir = new_run_dir(tmp, formulation)
-            student = distil(config, run_dir, data, teacher, args.student,
-                             formulation=formulation)
+            student = distil({**config, "kd_loss": formulation, "kd_loss_used": formulation},
+                             run_dir, data, teacher, args.student)
             rows.append((formulation, evaluate_model(student, data, config, run_dir)["mean_auc"],
                          agreement(student, teacher, data, config)))
     lines = [

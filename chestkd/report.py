@@ -4,15 +4,23 @@
 
 Writes Markdown, CSV and PNG into ``--out`` (default ``RUNS_DIR/report``):
 
-* ``table1``: mean test AUC per model x strategy (x teacher), Ho & Gwak (2020) Table 1;
-* ``table2``: training minutes per strategy (mean over runs, wall time of the run's epochs;
-  for KD the teacher's own training is listed separately since it is trained once and reused);
-* ``table3``: per-class AUC laid out like the paper's Table 3 — published columns (where the
-  bundled file ``published_auc.csv`` has them) beside this report's runs;
+* ``table1``: mean test AUC per model x strategy (x teacher, KD loss), Ho & Gwak (2020)
+  Table 1 — one table per *setting* (dataset and everything that shaped the training: data
+  options, label noise, image size, optimiser, schedule, epochs, ...), so runs of different
+  datasets or schedules are never averaged together. Runs that differ only in the seed are
+  averaged (mean +- std, n). The base column holds full-schedule base-training runs of that
+  setting only (a defective teacher is a checkpoint, never a base run), each counted once
+  however many recipes used it;
+* ``table2``: training minutes per strategy (each trained model counted once);
+* ``table3``: per-class AUC laid out like the paper's Table 3 — its published columns
+  (``published_auc.csv``, from the paper's own Table 3) beside this report's runs;
+* ``comparisons``: every KD or self-trained model against the base model of the same
+  setting, model and seed, on the same test images: mean-AUC difference with its 95 %
+  paired-bootstrap interval and p-value;
 * ``fig6-*.png``: training / validation loss and AUC per epoch, self-training vs. base.
 
-A run is a folder with ``config.yaml`` and ``metrics.json``; teachers kept under
-``teachers/`` are base-training runs.
+A run counts when it finished: ``metrics.json`` is written and, where the run records its
+stages, its evaluation stage is done.
 """
 from __future__ import annotations
 
@@ -20,46 +28,133 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
+from chestkd.cli import main_of
 from chestkd.errors import ChestKDError
 from chestkd.evaluation.evaluate import markdown_table
 from chestkd.evaluation.plots import plot_training_curves
+from chestkd.experiments.stages import Stages
+from chestkd.experiments.store import MODEL_KEYS
+from chestkd.training.config import config_id
 
 PUBLISHED = Path(__file__).with_name("evaluation") / "published_auc.csv"
+# What makes two runs comparable cells of one table: all model-shaping options but the
+# model and the seed.
+SETTING_KEYS = MODEL_KEYS - {"model", "seed"}
+STRATEGY_ORDER = ("base_training", "self_training", "standard_kd", "reversed_kd",
+                  "defective_kd")
+
+
+def _finished(folder: Path) -> bool:
+    stages = folder / "stages.json"
+    return (folder / "metrics.json").exists() and (
+        not stages.exists() or Stages(folder).done("evaluation"))
+
+
+def _strategy(config: dict) -> str:
+    recipe = config.get("recipe") or "base_training"
+    return f"{config.get('strategy', 'standard')}_kd" if recipe == "kd" else recipe
+
+
+def _setting(config: dict) -> str:
+    return config_id(config, keys=SETTING_KEYS)[:8]
 
 
 def find_runs(root) -> pd.DataFrame:
-    """One row per finished run under ``root``."""
+    """One row per finished run under ``root``; a base-training cell whose model lives in the
+    model store (``trained_in``) is the store entry's row, counted once."""
     rows = []
     for metrics_path in sorted(Path(root).rglob("metrics.json")):
         folder = metrics_path.parent
-        if not (folder / "config.yaml").exists():
+        if not (folder / "config.yaml").exists() or not _finished(folder):
             continue
         config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
         metrics = json.loads(metrics_path.read_text())
-        role_teacher = config.get("role") == "teacher"
-        strategy = "base_training" if role_teacher else (config.get("recipe") or "base_training")
+        strategy = _strategy(config)
         model = metrics.get("model") or config.get("model")
-        teacher = metrics.get("teacher") if strategy not in ("base_training",) else None
-        if strategy == "self_training":
-            teacher = model
-        rows.append({"run": str(folder), "strategy": strategy, "model": model,
-                     "teacher": teacher, "dataset": metrics.get("dataset"),
-                     "mean_auc": metrics.get("mean_auc"),
-                     "train_minutes": (metrics.get("train_seconds") or 0) / 60.0,
-                     "per_class_auc": metrics.get("per_class_auc", {}),
-                     "base_history": folder / "base_history.csv"})
-    return pd.DataFrame(rows)
+        teacher = None
+        if strategy.endswith("_kd"):
+            teacher = metrics.get("teacher")
+            if strategy == "defective_kd" and metrics.get("teacher_epochs"):
+                teacher = f"{teacher} @ epoch {metrics['teacher_epochs']}"
+        kd = ""
+        if strategy != "base_training":
+            kd = (f"{metrics.get('kd_loss') or config.get('kd_loss')}, "
+                  f"T={config.get('temperature')}, alpha={config.get('alpha')}")
+        rows.append({
+            "run": str(folder), "trained_in": metrics.get("trained_in"),
+            "strategy": strategy, "model": model, "teacher": teacher, "kd": kd,
+            "dataset": metrics.get("dataset"), "setting": _setting(config),
+            "seed": config.get("seed"), "epochs": config.get("epochs"),
+            "label_noise": config.get("label_noise") or 0.0,
+            "mean_auc": metrics.get("mean_auc"), "mean_auc_ci": metrics.get("mean_auc_ci"),
+            "labels": metrics.get("labels", "as given"),
+            "train_minutes": (metrics.get("train_seconds") or 0) / 60.0,
+            "per_class_auc": metrics.get("per_class_auc", {}),
+            "base_history": folder / "base_history.csv"})
+    runs = pd.DataFrame(rows)
+    if runs.empty:
+        return runs
+    # A base cell that only points at a store entry found here is that entry.
+    found = set(runs["run"])
+    duplicate = runs["trained_in"].apply(lambda t: isinstance(t, str) and t in found)
+    return runs[~duplicate].reset_index(drop=True)
+
+
+def describe_setting(runs: pd.DataFrame, setting: str, root) -> str:
+    run = runs[runs.setting == setting].iloc[0]
+    config = yaml.safe_load((Path(run.run) / "config.yaml").read_text()) or {}
+    parts = [f"dataset {config.get('dataset')}"]
+    if config.get("data_dir"):
+        parts.append(f"data_dir {config['data_dir']}")
+    for key in ("label_noise", "image_size", "optimizer", "learning_rate", "weight_decay",
+                "weight_decay_mode", "schedule", "epochs", "batch_size"):
+        if key in config:
+            parts.append(f"{key} {config[key]}")
+    return f"setting {setting}: " + ", ".join(parts)
+
+
+def _column(strategy: str, teacher, kd: str) -> str:
+    if strategy == "base_training":
+        return "base_training"
+    if strategy == "self_training":
+        return f"self_training ({kd})"
+    return f"{strategy} (teacher {teacher}; {kd})"
 
 
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
-    frame = runs.assign(column=[s if pd.isna(t) or s in ("base_training", "self_training")
-                                else f"{s} (teacher {t})"
-                                for s, t in zip(runs.strategy, runs.teacher)])
-    return frame.pivot_table(index="model", columns="column", values="mean_auc",
-                             aggfunc="mean").reset_index()
+    """Long table: setting, model, column, mean AUC over seeds, std, n, labels."""
+    frame = runs.assign(column=[_column(s, t, k) for s, t, k in
+                                zip(runs.strategy, runs.teacher, runs.kd)],
+                        order=[STRATEGY_ORDER.index(s) for s in runs.strategy])
+    grouped = frame.groupby(["setting", "dataset", "model", "order", "column", "labels"],
+                            dropna=False)["mean_auc"]
+    table = grouped.agg(["mean", "std", "count"]).reset_index()
+    table = table.rename(columns={"mean": "mean_auc", "std": "std", "count": "n"})
+    return table.sort_values(["setting", "model", "order", "column"]).drop(columns="order")
+
+
+def _cell(row) -> str:
+    text = f"{row.mean_auc:.3f}"
+    if row.n > 1:
+        text += f" ± {row.std:.3f} (n={int(row.n)})"
+    return text
+
+
+def table1_markdown(table: pd.DataFrame, runs: pd.DataFrame, root) -> str:
+    parts = []
+    for setting, part in table.groupby("setting", sort=False):
+        wide = part.assign(cell=[_cell(r) for r in part.itertuples()]).pivot_table(
+            index="model", columns="column", values="cell", aggfunc="first", sort=False)
+        wide = wide.reset_index().fillna("")
+        labels = ", ".join(sorted(set(part["labels"])))
+        parts += [f"### {describe_setting(runs, setting, root)}", "",
+                  f"Mean test AUC against {labels} labels; mean ± std over seeds where n > 1.",
+                  "", markdown_table(wide), ""]
+    return "\n".join(parts)
 
 
 def table2(runs: pd.DataFrame) -> pd.DataFrame:
@@ -74,12 +169,37 @@ def table3(runs: pd.DataFrame, published=PUBLISHED) -> pd.DataFrame:
         pub = pd.read_csv(published, comment="#")
         table = table.merge(pub, on="finding", how="left")
     for _, run in runs.iterrows():
-        teacher = (f", teacher {run.teacher}" if pd.notna(run.teacher)
-                   and run.strategy != "self_training" else "")
-        label = f"{run.model} {run.strategy}{teacher} [{run.dataset}]"
+        teacher = f", teacher {run.teacher}" if isinstance(run.teacher, str) else ""
+        label = (f"{run.model} {run.strategy}{teacher} [{run.dataset}, setting {run.setting}, "
+                 f"seed {run.seed}]")
         table[f"this report: {label}"] = [run.per_class_auc.get(f) for f in findings]
     mean = {c: (table[c].mean() if c != "finding" else "**mean**") for c in table.columns}
     return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
+
+
+def comparisons(runs: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
+    """Each distilled model against the base run of its setting, model and seed."""
+    from chestkd.evaluation.statistics import compare_predictions
+    rows = []
+    base = runs[runs.strategy == "base_training"]
+    for _, run in runs[runs.strategy != "base_training"].iterrows():
+        match = base[(base.setting == run.setting) & (base.model == run.model)
+                     & (base.seed == run.seed)]
+        if match.empty:
+            continue
+        a, b = (Path(folder) / "test_predictions.npz" for folder in (match.iloc[0].run, run.run))
+        if not (a.exists() and b.exists()):
+            continue
+        summary, _ = compare_predictions(a, b, n_boot=n_boot, seed=int(run.seed or 0))
+        values = summary["comparison"]
+        rows.append({"setting": run.setting, "model": run.model, "seed": run.seed,
+                     "strategy": _column(run.strategy, run.teacher, run.kd),
+                     "labels": summary["labels"],
+                     "base": values["mean_auc_a"], "distilled": values["mean_auc_b"],
+                     "difference": values["difference"],
+                     "difference_ci": values["difference_ci"], "p_value": values["p_value"],
+                     "run": run.run})
+    return pd.DataFrame(rows)
 
 
 def write_report(root, out=None) -> dict:
@@ -93,8 +213,14 @@ def write_report(root, out=None) -> dict:
     out = Path(out or root / "report")
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, table in (("table1", table1(runs)), ("table2", table2(runs)),
-                        ("table3", table3(runs))):
+    t1 = table1(runs)
+    t1.to_csv(out / "table1.csv", index=False)
+    (out / "table1.md").write_text(table1_markdown(t1, runs, root) + "\n")
+    written["table1"] = out / "table1.md"
+    for name, table in (("table2", table2(runs)), ("table3", table3(runs)),
+                        ("comparisons", comparisons(runs))):
+        if table.empty:
+            continue
         table.to_csv(out / f"{name}.csv", index=False)
         (out / f"{name}.md").write_text(markdown_table(table, ".3f") + "\n")
         written[name] = out / f"{name}.md"
@@ -109,16 +235,13 @@ def write_report(root, out=None) -> dict:
     return written
 
 
-def main(argv=None):
+def run(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs_dir")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
-    try:
-        written = write_report(args.runs_dir, args.out)
-    except ChestKDError as error:
-        parser.exit(2, f"error: {error}\n")
+    written = write_report(args.runs_dir, args.out)
     for name, path in written.items():
         print(f"{name}: {path}")
         if path.suffix == ".md":
@@ -126,5 +249,7 @@ def main(argv=None):
     return written
 
 
+main = main_of(run)
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -65,3 +65,49 @@ def test_a_yaml_for_another_recipe_is_refused(tmp_path):
     config = resolve_config(["--config", str(path)], BASE_DEFAULTS)
     with pytest.raises(ConfigError, match="standard_kd"):
         start_run(config, "base_training")
+
+
+def test_boolean_options_work_bare_negated_and_with_a_value():
+    assert resolve_config(["--skip-bad-images"], BASE_DEFAULTS)["skip_bad_images"] is True
+    assert resolve_config(["--no-saliency"], BASE_DEFAULTS)["saliency"] is False
+    assert resolve_config(["--saliency", "false"], BASE_DEFAULTS)["saliency"] is False
+    assert resolve_config(["saliency=false"], BASE_DEFAULTS)["saliency"] is False
+    # a bare boolean before a key=value pair does not swallow it
+    config = resolve_config(["--skip-bad-images", "epochs=3"], BASE_DEFAULTS)
+    assert config["skip_bad_images"] is True and config["epochs"] == 3
+    with pytest.raises(SystemExit):
+        resolve_config(["--saliency=maybe"], BASE_DEFAULTS)
+    with pytest.raises(ConfigError, match="maybe"):
+        resolve_config(["--saliency", "maybe"], BASE_DEFAULTS)
+
+
+def test_yaml_files_inherit_a_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("epochs: 7\nbatch_size: 8\nseed: 1\n")
+    (tmp_path / "cells").mkdir()
+    cell = tmp_path / "cells" / "cell.yaml"
+    cell.write_text("defaults: ../base.yaml\nepochs: 3\n")
+    config = resolve_config(["--config", str(cell)], BASE_DEFAULTS)
+    assert (config["epochs"], config["batch_size"], config["seed"]) == (3, 8, 1)
+    (tmp_path / "loop.yaml").write_text("defaults: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        resolve_config(["--config", str(tmp_path / "loop.yaml")], BASE_DEFAULTS)
+
+
+def test_the_papers_cells_share_one_base_file():
+    from pathlib import Path
+    from chestkd.training.config import load_yaml
+    cells = sorted(Path("recipes/table1").glob("*.yaml"))
+    assert len(cells) == 42
+    for cell in cells:
+        config = load_yaml(cell)
+        assert config["weight_decay"] == 0.0005 and config["epochs"] == 200, cell
+        assert config["weight_decay_mode"] == "coupled" and config["learning_rate"] == 0.1
+        assert len(cell.read_text().splitlines()) <= 8, cell  # no copied settings
+
+
+def test_config_id_ignores_bookkeeping_but_not_what_shapes_a_run():
+    from chestkd.training.config import config_id
+    config = resolve_config([], BASE_DEFAULTS)
+    assert config_id(config) == config_id({**config, "out": "elsewhere", "run_name": "x"})
+    assert config_id(config) != config_id({**config, "epochs": 2})
+    assert config_id(config) != config_id({**config, "label_noise": 0.2})

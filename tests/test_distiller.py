@@ -334,6 +334,64 @@ def test_mixed_precision_trains_without_nan():
     assert history.history["loss"][-1] < history.history["loss"][0]
 
 
+# ---------------------------------------------------------------------------- XLA
+class NotXLACompilable(Distiller):
+    """A Distiller whose step holds a Python callback, an op XLA has no kernel for."""
+
+    def compute_kd_losses(self, *args, **kwargs):
+        losses = super().compute_kd_losses(*args, **kwargs)
+        reported = tf.numpy_function(lambda v: v, [losses["hard_loss"]], tf.float32)
+        reported.set_shape(())
+        return {**losses, "hard_loss": reported}  # a report, off the gradient's path
+
+
+def test_jit_compile_true_xla_compiles_the_train_step_with_the_same_losses():
+    from chestkd.training.trainer import resolve_jit_compile
+    x, y = data(seed=9)
+    results = {}
+    for jit in (False, True):
+        distiller = Distiller(tiny_model("student", seed=70), tiny_model("teacher", seed=71),
+                              loss=KDLoss("sigmoid", 2.0, 0.5))
+        distiller.compile(keras.optimizers.SGD(0.3), jit_compile=jit)
+        assert distiller.jit_compile is jit
+        history = distiller.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False,
+                                validation_data=(x, y))
+        results[jit] = history.history, weights_of(distiller.student)
+    for key, values in results[False][0].items():
+        np.testing.assert_allclose(results[True][0][key], values, rtol=1e-4, err_msg=key)
+    for a, b in zip(results[True][1], results[False][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    config = {"jit_compile": "auto"}
+    assert resolve_jit_compile(config, distiller) is True  # the student and the teacher
+    # The step really goes through XLA: one op without an XLA kernel makes it fail there.
+    failing = NotXLACompilable(tiny_model("student", seed=70), tiny_model("teacher", seed=71),
+                               loss=KDLoss("sigmoid", 2.0, 0.5))
+    failing.compile(keras.optimizers.SGD(0.3), jit_compile=False)
+    failing.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    failing.compile(keras.optimizers.SGD(0.3), jit_compile=True)
+    with pytest.raises(Exception, match="PyFunc"):
+        failing.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+
+def test_mixed_precision_trains_under_xla():
+    from chestkd.training.trainer import resolve_jit_compile
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        distiller = Distiller(tiny_model("student", seed=72), tiny_model("teacher", seed=73),
+                              loss=KDLoss("sigmoid", 2.0, 0.5))
+        jit = resolve_jit_compile({"jit_compile": "auto"}, distiller)
+        distiller.compile(keras.optimizers.SGD(0.5), jit_compile=jit)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert jit is True and isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer)
+    x, y = data(seed=10)
+    history = distiller.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    for key in ("loss", "hard_loss", "soft_loss"):
+        assert np.all(np.isfinite(history.history[key]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
 # ------------------------------------------------------------- MirroredStrategy
 MIRRORED_SCRIPT = textwrap.dedent("""
     import json, os, sys

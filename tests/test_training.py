@@ -1,5 +1,6 @@
 """The fit loop: checkpoints of the best model, wall time, and resume after an interruption."""
 import json
+import sys
 
 import keras
 import numpy as np
@@ -7,9 +8,10 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from chestkd.errors import ConfigError
 from chestkd.training.config import BASE_DEFAULTS
 from chestkd.training.losses import MaskedAUC, MaskedBinaryCrossentropy
-from chestkd.training.trainer import fit, make_optimizer
+from chestkd.training.trainer import fit, make_optimizer, resolve_jit_compile, resolve_verbose
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -70,3 +72,104 @@ def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
     schedule = optimizer._learning_rate  # the LearningRateSchedule object
     values = [float(schedule(step)) for step in (0, 19, 21, 29, 31, 39)]
     np.testing.assert_allclose(values, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- XLA
+class PyFuncLayer(keras.layers.Layer):
+    """An op XLA cannot compile (a Python callback)."""
+
+    def call(self, x):
+        y = tf.numpy_function(lambda a: a, [x], tf.float32)
+        y.set_shape(x.shape)
+        return y
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+def _conv_model(extra_layer=None):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    if extra_layer is not None:
+        h = extra_layer(h)
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Dropout(0.2)(h))
+    return keras.Model(inputs, keras.layers.Dense(2)(h), name="probe_me")
+
+
+def test_jit_compile_auto_uses_xla_on_cpu_when_the_model_compiles(capsys):
+    model = _conv_model()
+    state = [np.array(v.numpy()) for v in model.non_trainable_variables]
+    config = {"jit_compile": "auto"}
+    assert resolve_jit_compile(config, model) is True
+    assert config["_jit_compile_resolved"] is True
+    assert capsys.readouterr().out == ""
+    # The probe moved no BatchNorm statistic and no dropout seed.
+    for before, variable in zip(state, model.non_trainable_variables):
+        np.testing.assert_array_equal(before, variable.numpy())
+    for given, expected in ((True, True), (False, False), ("true", True), ("False", False)):
+        config = {"jit_compile": given}
+        assert resolve_jit_compile(config, model) is expected
+        assert config["_jit_compile_resolved"] is expected
+    with pytest.raises(ConfigError, match="jit-compile"):
+        resolve_jit_compile({"jit_compile": "sometimes"}, model)
+
+
+def test_jit_compile_auto_falls_back_with_one_line_saying_why(capsys):
+    config = {"jit_compile": "auto"}
+    assert resolve_jit_compile(config, _conv_model(PyFuncLayer())) is False
+    assert config["_jit_compile_resolved"] is False
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "probe_me" in printed[0] and "PyFunc" in printed[0]
+
+
+def test_compile_classifier_compiles_with_the_resolved_jit(monkeypatch):
+    from types import SimpleNamespace
+
+    from chestkd.training import experiment
+    monkeypatch.setattr(experiment, "steps_per_epoch", lambda *args, **kwargs: 3)
+    data = SimpleNamespace(multi_label=True, num_classes=2)
+    for option, expected in ((False, False), ("auto", True)):
+        config = {**BASE_DEFAULTS, "jit_compile": option}
+        model = experiment.compile_classifier(_conv_model(), data, config)
+        assert model.jit_compile is expected and config["_jit_compile_resolved"] is expected
+    train, _ = _data()
+    history = model.fit(train, epochs=1, verbose=0, shuffle=False)  # under XLA
+    assert np.isfinite(history.history["loss"][0])
+
+
+# --------------------------------------------------------------------- fit options
+def test_verbose_auto_is_one_line_per_epoch_unless_on_a_terminal(monkeypatch):
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+        def write(self, text):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Stream(False))
+    assert resolve_verbose("auto") == 2
+    monkeypatch.setattr(sys, "stdout", Stream(True))
+    assert resolve_verbose("auto") == 1
+    assert resolve_verbose(0) == 0
+
+
+def test_keep_backup_lets_a_finished_run_continue_later(tmp_path):
+    """A teacher kept at epoch 2 of a 4-epoch schedule continues to epoch 4 later."""
+    config = {**BASE_DEFAULTS, "epochs": 4, "learning_rate": 0.05, "schedule": "step"}
+    train, val = _data()
+    fit(_model(config), train, val, config, tmp_path, epochs=2, verbose=0, keep_backup=True)
+    assert (tmp_path / "backup").exists()
+    continued = _model(config)
+    fit(continued, train, val, config, tmp_path, verbose=0)
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [0, 1, 2, 3]
+    assert int(continued.optimizer.iterations.numpy()) == 4 * 3
+    assert not (tmp_path / "backup").exists()  # the default removes it at the end
+    reference = _model(config)
+    fit(reference, train, val, config, tmp_path / "reference", verbose=0)
+    for a, b in zip(continued.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

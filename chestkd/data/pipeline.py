@@ -196,12 +196,13 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
 
 
 def estimate_mean_std(data: Dataset, split: str = "train", *, image_size: int = 224,
-                      images: int = 512, seed: int = 0) -> tuple[float, float]:
-    """Mean and std of pixel values in [0, 1] over a seeded sample of ``split``'s images."""
+                      images: int = 512, seed: int = 0, cache_dir=None) -> tuple[float, float]:
+    """Mean and std of pixel values in [0, 1] over a seeded sample of ``split``'s images
+    (read from the prepared cache when ``cache_dir`` is given)."""
     part = data.subset(split)
     rows = np.random.default_rng(seed).permutation(len(part))[:images]
     ds = make_dataset(part.select(rows), image_size=image_size, batch_size=64,
-                      normalization="zero_one")
+                      normalization="zero_one", cache_dir=cache_dir)
     pixels = np.concatenate([x.numpy()[..., 0].ravel() for x, _ in ds])
     return float(pixels.mean()), float(pixels.std())
 

@@ -26,7 +26,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
-from keras.src.losses.loss import scale_loss_for_distribution
 
 from chestkd.distill.losses import KDLoss
 from chestkd.errors import ConfigError
@@ -129,7 +128,7 @@ class Distiller(keras.Model):
                               f"positive sum, got {weights.tolist()}")
         return (weights / weights.sum()).astype(np.float32)
 
-    def compile(self, optimizer="adam", metrics=None, **kwargs):
+    def compile(self, optimizer="adam", metrics=None, jit_compile="auto", **kwargs):
         """Configure training of the student.
 
         The loss is the constructor's :class:`KDLoss`; passing ``loss`` is an error. Under a
@@ -137,6 +136,11 @@ class Distiller(keras.Model):
         float16 gradients do not flush to zero (``train_step`` scales the loss with
         ``optimizer.scale_loss``; the wrapper unscales the gradients and skips steps whose
         gradients are not finite).
+
+        ``jit_compile`` is Keras': True XLA-compiles this class's ``train_step`` and
+        ``test_step`` as a whole; pass
+        :func:`chestkd.training.trainer.resolve_jit_compile`'s answer (Keras' ``"auto"``
+        never uses XLA on a CPU-only machine).
         """
         if kwargs.get("loss") is not None:
             raise ConfigError("Distiller.compile: do not pass 'loss'; the distillation loss is "
@@ -146,7 +150,7 @@ class Distiller(keras.Model):
         if (self.student.dtype_policy.name == "mixed_float16"
                 and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+        super().compile(optimizer=optimizer, metrics=metrics, jit_compile=jit_compile, **kwargs)
 
     @property
     def metrics(self):
@@ -247,15 +251,25 @@ class Distiller(keras.Model):
         with tf.GradientTape() as tape:
             student_logits = self.student(images, training=True)
             losses = self.compute_kd_losses(y, student_logits, teacher_logits, sample_weight)
-            # tf.distribute SUMS the replicas' gradients, so each replica's loss is divided by
-            # the number of replicas; mixed precision then multiplies it by the loss scale.
-            scaled_loss = self.optimizer.scale_loss(scale_loss_for_distribution(losses["loss"]))
+            scaled_loss = self.optimizer.scale_loss(self._per_replica_share(losses["loss"]))
         # 3. Gradient step on the student's weights (a LossScaleOptimizer unscales them).
         student_weights = self.student.trainable_weights
         gradients = tape.gradient(scaled_loss, student_weights)
         self.optimizer.apply_gradients(zip(gradients, student_weights))
         # 4. Report loss, hard_loss, soft_loss, auc and the compiled metrics.
         return self._update_metrics(images, y, student_logits, losses, sample_weight)
+
+    @staticmethod
+    def _per_replica_share(loss):
+        """:math:`L / R` with R the replicas in sync (1 outside tf.distribute).
+
+        tf.distribute SUMS the replicas' gradients, so each replica's mean loss is divided by
+        the number of replicas for the sum to be the gradient of the global-batch mean (what
+        Keras' own ``compute_loss`` does). Mixed precision then multiplies it by the loss
+        scale. Inside ``strategy.run`` ``get_strategy()`` is the running strategy.
+        """
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return loss if replicas == 1 else loss / ops.cast(replicas, loss.dtype)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

@@ -2,28 +2,48 @@
 
     python -m chestkd.recipes.base_training [--config recipes/X.yaml] [--dataset NAME]
         [--data-dir DIR] [--model NAME] [--epochs N] [--batch-size N] [--image-size N]
-        [--out DIR] [key=value ...]
+        [--out DIR] [--seeds 0,1,2] [key=value ...]
 
-With no data given it trains on the built-in phantom. Results (metrics.json, per-class AUC
-tables, ROC and training curves) go into a new run directory under ``--out``.
+With no data given it trains on the built-in phantom. The model comes from the model store
+(``teachers_dir``): a model trained before with the same configuration, e.g. as a KD teacher,
+is reused, never trained twice. The run directory gets its results (metrics.json with 95 %
+confidence intervals, per-class AUC tables, ROC, calibration and training curves) and
+``trained_in``, the store entry that holds the model.
 """
+from pathlib import Path
+
+from chestkd.cli import main_of
 from chestkd.evaluation import evaluate_model, print_results
+from chestkd.experiments.repeat import over_seeds
+from chestkd.experiments.store import copy_results, obtain_model
 from chestkd.training.config import BASE_DEFAULTS, resolve_config
-from chestkd.training.experiment import cli_errors, load_run_data, train_classifier
-from chestkd.training.run import start_run
+from chestkd.training.experiment import load_run_data
+from chestkd.training.run import start_run, write_json
+
+DEFAULTS = BASE_DEFAULTS
 
 
-def main(argv=None) -> dict:
-    with cli_errors():
-        config = resolve_config(argv, BASE_DEFAULTS, __doc__)
-        run_dir = start_run(config, "base_training")
-        print(f"run directory: {run_dir}")
-        data = load_run_data(config, run_dir)
-        model = train_classifier(config, run_dir, data, config["model"])
+def run_once(config: dict) -> dict:
+    run_dir = start_run(config, "base_training")
+    print(f"run directory: {run_dir}")
+    data = load_run_data(config, run_dir)
+    model, source = obtain_model(config, data, config["model"])
+    if Path(source).is_dir():  # trained (now or before) in the model store
+        results = copy_results(source, run_dir)
+        results["trained_in"] = str(source)
+        write_json(results, Path(run_dir) / "metrics.json")
+    else:                      # --model FILE.keras: a given model, scored as it is
         results = evaluate_model(model, data, config, run_dir)
-        print_results(results)
-        return results
+    print_results(results)
+    return results
 
+
+def run(argv=None) -> dict:
+    config = resolve_config(argv, DEFAULTS, __doc__)
+    return over_seeds(run_once, config) if config.get("seeds") else run_once(config)
+
+
+main = main_of(run)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

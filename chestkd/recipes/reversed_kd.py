@@ -1,19 +1,12 @@
-"""Reversed KD: the student model teaches the deeper teacher model (the roles swap).
+"""Reversed KD: ``python -m chestkd.recipes.kd --strategy reversed`` (same options; see that recipe)."""
+from functools import partial
 
-    python -m chestkd.recipes.reversed_kd [--config recipes/X.yaml] [--teacher NAME|FILE.keras]
-        [--student NAME] [--kd-loss hinton|ho2020_eq5|ho2020_eq8|sigmoid] [--temperature T]
-        [--alpha A] [--teacher-outputs cached|online] [base-training options] [key=value ...]
-"""
-from chestkd.distill.strategies import kd_experiment
-from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, resolve_config
-from chestkd.training.experiment import cli_errors
+from chestkd.cli import main_of
+from chestkd.recipes import kd
 
-
-def main(argv=None) -> dict:
-    with cli_errors():
-        config = resolve_config(argv, {**BASE_DEFAULTS, **KD_DEFAULTS}, __doc__)
-        return kd_experiment(config, "reversed_kd")
-
+DEFAULTS = {**kd.DEFAULTS, "strategy": "reversed"}
+run = partial(kd.run, strategy="reversed")
+main = main_of(run)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -31,7 +34,8 @@ BASE_DEFAULTS = {
     "patient_regex": None,         # folder: regex reading a patient id from the file name
     "balance": None,               # folder: undersample | oversample
     "skip_bad_images": False,      # skip and report unreadable images instead of stopping
-    "check_images": True,          # decode every image once before training
+    "check_images": True,          # decode every image once before training (not with cache_dir)
+    "label_noise": 0.0,            # phantom: fraction of wrong labels (clean labels kept)
     "phantom_images": 1000,
     "phantom_size": 256,
     "cache_dir": None,             # a folder written by `python -m chestkd.data prepare`
@@ -47,15 +51,22 @@ BASE_DEFAULTS = {
     "optimizer": "sgd",            # sgd | adam | adamw
     "learning_rate": 0.1,
     "momentum": 0.9,
-    "weight_decay": 5e-4,          # Keras applies it decoupled and scaled by the learning rate
+    "weight_decay": 5e-4,
+    # coupled: PyTorch's L2 added to the gradient before momentum (the papers' 5e-4);
+    # decoupled: Keras' own weight_decay, scaled by the learning rate (~10x weaker at 0.9)
+    "weight_decay_mode": "coupled",
     "schedule": "step",            # constant | step | cosine | plateau
     "epochs": 200,
     "mixed_precision": False,
-    "distribute": "auto",          # auto (all GPUs) | none | mirrored
+    "jit_compile": "auto",         # auto (XLA when the model allows it, CPU too) | true | false
+    "distribute": "auto",          # auto (all GPUs) | none | mirrored | multi_worker (TF_CONFIG)
     # run bookkeeping
     "out": "runs",
     "run_name": None,
     "resume": None,                # a run directory to continue after an interruption
+    "seeds": None,                 # e.g. 0,1,2: run once per seed, then mean +- std
+    "teachers_dir": None,          # the model store: trained models kept and reused (out/teachers)
+    "bootstrap": 1000,             # patient-wise bootstrap resamples for the 95% CIs (0: none)
     "latency_images": 32,
     "saliency": True,              # write saliency figures when the run has boxes
 }
@@ -74,19 +85,27 @@ PHANTOM_PROFILE = {
     "schedule": "cosine",
     "teacher": "resnet32",         # KD recipes: a deeper teacher ...
     "student": "conv3_student",    # ... and a small student
+    "weight_decay_mode": "decoupled",  # as measured with this profile (Adam, Keras' decay)
+    "label_noise": 0.1,            # like ChestX-ray14's NLP-mined labels (>90 % accurate)
 }
 
 KD_DEFAULTS = {
+    "strategy": "standard",        # standard | reversed | defective (the KD recipe)
     "teacher": "resnet152",        # a model name or a .keras checkpoint
     "student": "mobilenet_v2",
-    "kd_loss": "sigmoid",          # hinton | ho2020_eq5 | ho2020_eq8 | sigmoid
+    # hinton | ho2020_eq5 | ho2020_eq8 | sigmoid; None: follows the data (sigmoid for
+    # multi-label findings, hinton for exclusive classes)
+    "kd_loss": None,
     "temperature": 4.0,
     "alpha": 0.9,
     "teacher_outputs": "cached",   # cached | online
-    "teacher_epochs": None,        # None: as many as the student (defective KD: a fraction)
-    "defective_fraction": 0.25,    # defective KD: 50 of 200 epochs in the paper
-    "teachers_dir": None,          # where trained teachers are kept and reused (default: out/teachers)
+    "teacher_epochs": None,        # None: the student's schedule
+    # defective KD: the teacher's checkpoint at this fraction of its full schedule (the
+    # paper's "first 50 epochs" of 200 is 0.25)
+    "defective_fraction": 0.25,
 }
+
+STRATEGIES = ("standard", "reversed", "defective")
 
 
 def _parse_value(text: str):
@@ -97,8 +116,14 @@ def _parse_value(text: str):
         return text
 
 
-def load_yaml(path) -> dict:
-    path = Path(path)
+def _parse_bool(text: str) -> bool:
+    value = _parse_value(text)
+    if not isinstance(value, bool):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+def _read_yaml_mapping(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"--config {path}: file not found")
     try:
@@ -110,6 +135,24 @@ def load_yaml(path) -> dict:
     return loaded
 
 
+def load_yaml(path, _seen=()) -> dict:
+    """A YAML file of options; ``defaults: BASE.yaml`` (relative to the file, or a list of
+    files) is read first and the file's own keys override it, so shared settings live once."""
+    path = Path(path)
+    loaded = _read_yaml_mapping(path)
+    bases = loaded.pop("defaults", None)
+    if bases is None:
+        return loaded
+    merged = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        base_path = (path.parent / base).resolve()
+        if base_path in _seen:
+            raise ConfigError(f"--config {path}: 'defaults: {base}' includes itself")
+        merged.update(load_yaml(base_path, (*_seen, path.resolve())))
+    merged.update(loaded)
+    return merged
+
+
 def _check_keys(values: dict, known: dict, where: str) -> None:
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -118,23 +161,52 @@ def _check_keys(values: dict, known: dict, where: str) -> None:
 
 
 def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of options (any option below)")
-    for key in defaults:
-        parser.add_argument("--" + key.replace("_", "-"), dest=key, type=_parse_value,
-                            default=argparse.SUPPRESS,
-                            help=f"(default: {defaults[key]!r})")
+    for key, default in defaults.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(default, bool):
+            # A boolean works bare (--skip-bad-images), negated (--no-saliency) or with a
+            # value (--saliency false); key=value works too.
+            parser.add_argument(flag, dest=key, nargs="?", const=True, type=_parse_bool,
+                                default=argparse.SUPPRESS, help=f"(default: {default!r})")
+            parser.add_argument("--no-" + key.replace("_", "-"), dest=key,
+                                action="store_false", default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(flag, dest=key, type=_parse_value, default=argparse.SUPPRESS,
+                                help=f"(default: {default!r})")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="further options as key=value")
     return parser
 
 
+def _bare_booleans(argv: list, defaults: dict) -> list:
+    """``--flag`` not followed by a true/false value becomes ``--flag=true``, so a bare boolean
+    never swallows the next argument (``--skip-bad-images epochs=3``)."""
+    flags = {"--" + k.replace("_", "-") for k, v in defaults.items() if isinstance(v, bool)}
+    out = []
+    for i, token in enumerate(argv):
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if token in flags and not isinstance(
+                _parse_value(following) if following is not None else None, bool):
+            token += "=true"
+        out.append(token)
+    return out
+
+
 def resolve_config(argv, defaults: dict, description: str = "") -> dict:
-    """Merge defaults, the phantom profile, a YAML file, flags and key=value pairs."""
+    """Merge defaults, the phantom profile, a YAML file, flags and key=value pairs.
+
+    ``config["_given"]`` lists the keys set on the command line (keys starting with ``_``
+    are runtime-only and never saved).
+    """
+    argv = _bare_booleans(list(sys.argv[1:] if argv is None else argv), defaults)
     args = vars(build_parser(defaults, description).parse_intermixed_args(argv))
     config_file = args.pop("config", None)
     overrides = args.pop("overrides", [])
-    given = {}
+    given, on_command_line = {}, dict(args)
     if config_file:
         from_file = load_yaml(config_file)
         _check_keys(from_file, defaults, f"--config {config_file}")
@@ -146,13 +218,14 @@ def resolve_config(argv, defaults: dict, description: str = "") -> dict:
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
         _check_keys({key: None}, defaults, f"override {item!r}")
-        given[key] = _parse_value(value)
+        given[key] = on_command_line[key] = _parse_value(value)
     config = copy.deepcopy(defaults)
     if given.get("dataset", config["dataset"]) == "phantom":
         config.update({k: v for k, v in PHANTOM_PROFILE.items() if k in config})
     config.update(given)
     if config_file:
         config["config_file"] = str(config_file)
+    config["_given"] = sorted(on_command_line)
     return config
 
 
@@ -165,7 +238,8 @@ def dataset_options(config: dict) -> dict:
         if config["split"]:
             options["split"] = config["split"]
         if name == "phantom":
-            options.update(images=config["phantom_images"], size=config["phantom_size"])
+            options.update(images=config["phantom_images"], size=config["phantom_size"],
+                           label_noise=float(config.get("label_noise") or 0.0))
         return {**common, **options}
     if name == "chexpert":
         return {**common, "uncertainty": config["uncertainty"],
@@ -178,22 +252,69 @@ def dataset_options(config: dict) -> dict:
 
 _CHOICES = {
     "dataset": ("chestxray14", "chexpert", "folder", "phantom"),
-    "normalization": ("minus_one_one", "zero_one", "imagenet", "mean_std"),
     "optimizer": ("sgd", "adam", "adamw"),
+    "weight_decay_mode": ("coupled", "decoupled"),
     "schedule": ("constant", "step", "cosine", "plateau"),
-    "distribute": ("auto", "none", "mirrored"),
+    "jit_compile": ("auto", True, False),
+    "distribute": ("auto", "none", "mirrored", "multi_worker"),
+    "strategy": STRATEGIES,
+    "student_init": ("fresh", "teacher"),
     "teacher_outputs": ("cached", "online"),
-    "kd_loss": ("hinton", "ho2020_eq5", "ho2020_eq8", "sigmoid"),
+    "kd_loss": (None, "hinton", "ho2020_eq5", "ho2020_eq8", "sigmoid"),
     "uncertainty": ("ones", "zeros", "ignore"),
 }
+
+# Keys that say where and how a run is kept or shown, not what it computes: two runs that
+# differ only in these are the same experiment (``config_id``).
+BOOKKEEPING_KEYS = frozenset({
+    "out", "run_name", "resume", "run_dir", "config_file", "seeds", "teachers_dir",
+    "latency_images", "saliency", "bootstrap", "check_images", "jit_compile", "distribute",
+    "config_id",
+})
+
+
+def config_id(config: dict, keys=None) -> str:
+    """A short digest of everything in ``config`` that shapes a result (``keys``: only these).
+
+    Bookkeeping keys (:data:`BOOKKEEPING_KEYS`) and runtime-only ``_`` keys are left out, so
+    a run started from another YAML file or into another folder is still the same run.
+    """
+    chosen = {k: v for k, v in config.items()
+              if not k.startswith("_") and k not in BOOKKEEPING_KEYS
+              and (keys is None or k in keys)}
+    text = json.dumps(chosen, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def seed_list(value) -> list[int] | None:
+    """``--seeds 0,1,2`` (or a YAML list) as a list of ints."""
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        seeds = [int(str(item).strip()) for item in items if str(item).strip() != ""]
+    except ValueError:
+        raise ConfigError(f"--seeds {value!r}: expected integers such as 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {value!r}: expected distinct integers such as 0,1,2")
+    return seeds
 
 
 def check_config(config: dict) -> None:
     """Fail fast, before any data is read or any folder made, on a value that cannot work."""
-    for key, choices in _CHOICES.items():
+    from chestkd.data.pipeline import NORMALIZATIONS
+    for key, choices in {**_CHOICES, "normalization": NORMALIZATIONS}.items():
         if key in config and config[key] not in choices:
+            shown = ", ".join("null" if c is None else str(c).lower() for c in choices)
             raise ConfigError(f"--{key.replace('_', '-')} {config[key]!r}: choose one of "
-                              f"{', '.join(choices)}")
+                              f"{shown}")
+    noise = config.get("label_noise") or 0.0
+    if not isinstance(noise, (int, float)) or not 0.0 <= noise < 0.5:
+        raise ConfigError(f"--label-noise {noise!r}: a fraction in [0, 0.5)")
+    if noise and config.get("dataset") != "phantom":
+        raise ConfigError(f"--label-noise {noise}: only the phantom can add label noise (a real "
+                          f"dataset's labels are as they are); got --dataset {config['dataset']}")
+    seed_list(config.get("seeds"))
     for key in ("epochs", "batch_size", "image_size"):
         if not isinstance(config.get(key), int) or config[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} {config.get(key)!r}: must be a "
@@ -216,4 +337,7 @@ def check_config(config: dict) -> None:
 
 
 def save_config(config: dict, path) -> None:
-    Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
+    """Write the resolved configuration (runtime-only ``_`` keys left out), atomically."""
+    from chestkd.io import atomic_write_text
+    saved = {k: v for k, v in config.items() if not k.startswith("_")}
+    atomic_write_text(path, yaml.safe_dump(saved, sort_keys=False))

@@ -4,8 +4,6 @@ Recipes compose these; each step is a plain function so a notebook can call them
 """
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 
 import keras
@@ -16,28 +14,34 @@ from chestkd.data import load_dataset
 from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epoch
 from chestkd.errors import ChestKDError
-from chestkd.training.config import dataset_options
+from chestkd.training.config import dataset_options, save_config
 from chestkd.training.losses import MaskedAUC, hard_loss_for
 from chestkd.training.run import seed_everything
 from chestkd.training.trainer import distribution_strategy, fit, make_optimizer
 
 
-@contextlib.contextmanager
-def cli_errors():
-    """Turn a user mistake (ChestKDError) into one line on stderr and exit status 2."""
-    try:
-        yield
-    except ChestKDError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def load_run_data(config: dict, run_dir) -> Dataset:
-    """Load the configured dataset; report skipped images into the run directory."""
+    """Load the configured dataset; report skipped images into the run directory.
+
+    With ``cache_dir`` the run reads the prepared cache only: no original image is opened
+    (``prepare`` verified them all when it decoded them, and on Colab a check would read
+    112,120 PNGs from Drive before every run). Instead every image must be in the cache, and
+    the images ``prepare`` skipped are an error or, with ``skip_bad_images``, skipped here.
+    """
     options = dataset_options(config)
-    if config["dataset"] != "phantom" or config.get("data_dir"):
-        options["check_images"] = bool(config.get("check_images", True))
-    data = load_dataset(config["dataset"], config.get("data_dir"), **options)
+    cache_dir = config.get("cache_dir")
+    if cache_dir:
+        from chestkd.data.cache import CACHE_AWARE_LOADERS, PreparedCache
+        cache = PreparedCache(cache_dir)
+        skip_bad = bool(options.pop("skip_bad_images", False))
+        if config["dataset"] in CACHE_AWARE_LOADERS:
+            options["cache_dir"] = cache_dir
+        data = cache.screen(load_dataset(config["dataset"], config.get("data_dir"), **options),
+                            skip_bad_images=skip_bad)
+    else:
+        if config["dataset"] != "phantom" or config.get("data_dir"):
+            options["check_images"] = bool(config.get("check_images", True))
+        data = load_dataset(config["dataset"], config.get("data_dir"), **options)
     for split in ("train", "val", "test"):
         data.subset(split)  # an empty split is an error naming it, before any training
     data.check_patient_leakage()
@@ -45,6 +49,9 @@ def load_run_data(config: dict, run_dir) -> Dataset:
         data.skipped.to_csv(Path(run_dir) / "skipped.csv", index=False)
         print(f"skipped {len(data.skipped)} unreadable image(s); listed in "
               f"{Path(run_dir) / 'skipped.csv'}")
+    if config["normalization"] == "mean_std" and not config.get("mean_std"):
+        image_options(data, config)  # estimated once, on the training split ...
+        save_config(config, Path(run_dir) / "config.yaml")  # ... and recorded with the run
     return data
 
 
@@ -53,7 +60,8 @@ def image_options(data: Dataset, config: dict) -> dict:
     the training split once and recorded in the configuration."""
     if config["normalization"] == "mean_std" and not config.get("mean_std"):
         config["mean_std"] = list(estimate_mean_std(data, image_size=int(config["image_size"]),
-                                                    seed=int(config["seed"])))
+                                                    seed=int(config["seed"]),
+                                                    cache_dir=config.get("cache_dir")))
     return dict(image_size=int(config["image_size"]), normalization=config["normalization"],
                 mean_std=config.get("mean_std"), cache_dir=config.get("cache_dir"))
 
@@ -89,21 +97,34 @@ def load_model(path):
 
 
 def compile_classifier(model, data: Dataset, config: dict):
+    """Compile ``model`` for base training: the run's optimizer, the hard-label loss, the
+    approximate ``auc`` metric, and XLA as :func:`~chestkd.training.trainer.resolve_jit_compile`
+    decides (``config["jit_compile"]``)."""
+    from chestkd.training.trainer import resolve_jit_compile
+
     steps = steps_per_epoch(data, "train", int(config["batch_size"]))
     model.compile(optimizer=make_optimizer(config, steps), loss=hard_loss_for(data.multi_label),
                   metrics=[MaskedAUC(num_labels=data.num_classes,
-                                              softmax=not data.multi_label, name="auc")])
+                                     softmax=not data.multi_label, name="auc")],
+                  jit_compile=resolve_jit_compile(config, model))
+    # Keras still turns XLA off for a model with a layer that does not support it (with a
+    # warning): record what will actually run.
+    config["_jit_compile_resolved"] = bool(model.jit_compile)
     return model
 
 
-def train_classifier(config: dict, run_dir, data: Dataset, model_name: str, *, epochs=None):
-    """Base training of ``model_name``; returns the best model (by validation mean AUC)."""
+def train_classifier(config: dict, run_dir, data: Dataset, model_name: str, *,
+                     stop_epoch=None, **fit_options):
+    """Base training of ``model_name`` on the schedule of ``config["epochs"]`` (stopping after
+    ``stop_epoch`` when given); returns the best model (by validation mean AUC).
+    ``fit_options`` go to :func:`chestkd.training.trainer.fit`."""
     set_precision(config)
     seed_everything(int(config["seed"]))  # the same initial weights whatever ran before
     with distribution_strategy(config).scope():
         model = compile_classifier(build_model(model_name, data, config), data, config)
     train, val = pipelines(data, config)
-    fit(model, train, val, config, run_dir, epochs=epochs)
+    fit(model, train, val, config, run_dir, epochs=stop_epoch, multi_label=data.multi_label,
+        **fit_options)
     return best_model(run_dir, model)
 
 

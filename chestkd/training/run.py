@@ -6,23 +6,23 @@ A run directory holds::
     model.keras        the best model by validation mean AUC (written atomically)
     history.csv        per-epoch losses, metrics and wall seconds
     logs/              TensorBoard
-    backup/            BackupAndRestore state while training (removed when training ends)
+    backup/            BackupAndRestore state while training
+    stages.json        the finished stages (training, evaluation, figures): a resumed run
+                       continues after the last one
     metrics.json       test-split results; per_class_auc.csv; plots (*.png)
     skipped.csv        images skipped with --skip-bad-images, if any
 """
 from __future__ import annotations
 
 import datetime
-import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from chestkd.errors import ConfigError
-from chestkd.training.config import check_config, load_yaml, save_config
+from chestkd.io import atomic_write, atomic_write_json
+from chestkd.training.config import check_config, config_id, load_yaml, save_config
 
 
 def new_run_dir(out, name: str) -> Path:
@@ -42,12 +42,30 @@ def new_run_dir(out, name: str) -> Path:
 
 
 def start_run(config: dict, recipe: str) -> Path:
-    """A fresh run directory for ``config`` (or the one named by ``resume``), config saved."""
+    """A fresh run directory for ``config`` (or the one named by ``resume``), config saved.
+
+    ``--resume RUN_DIR`` continues that run with its saved configuration: a run of another
+    recipe is refused, and options given beside ``--resume`` are named as ignored.
+    ``config["config_id"]`` identifies the experiment (:func:`config_id`): a finished run
+    with the same id is the same result.
+    """
+    if config.get("distribute") == "multi_worker":
+        # MultiWorkerMirroredStrategy must exist before TensorFlow runs any operation.
+        from chestkd.training.distribute import distribution_strategy
+        distribution_strategy(config)
     if config.get("resume"):
         run_dir = Path(config["resume"])
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
         saved = load_yaml(run_dir / "config.yaml")
+        if saved.get("recipe") != recipe:
+            raise ConfigError(f"--resume {run_dir}: that run is a {saved.get('recipe')!r} run, "
+                              f"not {recipe!r}; resume it with python -m "
+                              f"chestkd.recipes.{saved.get('recipe')} --resume {run_dir}")
+        ignored = sorted(k for k in config.get("_given", ()) if k != "resume")
+        if ignored:
+            print(f"--resume {run_dir}: the run's saved configuration is used; ignoring "
+                  + ", ".join("--" + k.replace("_", "-") for k in ignored))
         saved["resume"] = str(run_dir)
         config.clear()
         config.update(saved)
@@ -57,13 +75,21 @@ def start_run(config: dict, recipe: str) -> Path:
             raise ConfigError(f"{config.get('config_file', 'the configuration')} is for the "
                               f"recipe {config['recipe']!r}, not {recipe!r}; run "
                               f"python -m chestkd.recipes.{config['recipe']}")
-        name = config.get("run_name") or f"{recipe}-{config.get('student') or config['model']}"
-        run_dir = new_run_dir(config["out"], name)
+        name = config.get("run_name") or run_label(config, recipe)
         config["recipe"] = recipe
+        config["config_id"] = config_id({k: v for k, v in config.items() if k != "config_id"})
+        run_dir = new_run_dir(config["out"], name)
         config["run_dir"] = str(run_dir)
         save_config(config, run_dir / "config.yaml")
     seed_everything(int(config["seed"]))
     return run_dir
+
+
+def run_label(config: dict, recipe: str) -> str:
+    """The default name of a run folder: what ran, on which model."""
+    if recipe == "kd":
+        return f"{config['strategy']}_kd-{config['student']}"
+    return f"{recipe}-{config['model']}"
 
 
 def seed_everything(seed: int) -> None:
@@ -81,34 +107,8 @@ def save_model_atomically(model, path):
     path = Path(path)
     if path.suffix != ".keras":
         raise ConfigError(f"model path {str(path)!r} must end in '.keras'")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras",
-                                         dir=path.parent)
-    os.close(handle)
-    try:
-        model.save(temporary, overwrite=True)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
+    atomic_write(path, lambda tmp: model.save(tmp, overwrite=True))
 
 
 def write_json(payload: dict, path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
+    atomic_write_json(path, payload)

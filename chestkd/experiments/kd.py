@@ -1,0 +1,173 @@
+"""Distillation experiments: obtain a teacher, distil it into a student, evaluate, record.
+
+Every strategy of Ho & Gwak (2020) is this one sequence; they differ in which teacher and
+which student, never in the training loop (the one :class:`chestkd.distill.Distiller`):
+
+* ``standard``: a deeper teacher teaches a smaller student;
+* ``reversed``: the roles swap, the smaller model teaches the deeper one;
+* ``defective``: the teacher is the checkpoint at ``defective_fraction`` of its full schedule
+  (the paper's "first 50 epochs" of 200), not a full schedule squeezed into fewer epochs;
+* self-training (``chestkd.recipes.self_training``): a model teaches a fresh copy of itself.
+
+Teachers come from the model store (:mod:`chestkd.experiments.store`).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from chestkd.data.dataset import Dataset
+from chestkd.data.pipeline import make_dataset, steps_per_epoch
+from chestkd.distill.distiller import Distiller
+from chestkd.distill.losses import KDLoss
+from chestkd.distill.teacher_cache import load_or_compute
+from chestkd.errors import ConfigError
+from chestkd.evaluation import evaluate_model, print_results
+from chestkd.evaluation.metrics import predict_logits, sigmoid, softmax
+from chestkd.experiments.stages import Stages
+from chestkd.experiments.store import obtain_model, snapshot_epoch
+from chestkd.training.experiment import (best_model, build_model, image_options,
+                                         load_run_data, pipelines, set_precision)
+from chestkd.training.run import seed_everything, start_run, write_json
+from chestkd.training.trainer import (distribution_strategy, fit, make_optimizer,
+                                      resolve_jit_compile)
+
+SOFTMAX_FORMS = ("hinton", "ho2020_eq5", "ho2020_eq8")
+
+
+def resolve_kd_loss(config: dict, data: Dataset) -> str:
+    """The KD formulation for this data: ``kd_loss`` as given, or the one the labels call for.
+
+    ``sigmoid`` treats every class as an independent finding (multi-label data); the softmax
+    forms treat the classes as exclusive. With ``kd_loss`` unset the data decides; ``sigmoid``
+    on exclusive classes is refused (a softmax-trained teacher's logits carry no per-class
+    probability to match); a softmax form on multi-label data is the papers' setting and is
+    allowed with a warning. The choice is recorded in ``config["kd_loss_used"]``.
+    """
+    chosen = config.get("kd_loss")
+    if chosen is None:
+        chosen = "sigmoid" if data.multi_label else "hinton"
+    elif chosen == "sigmoid" and not data.multi_label:
+        raise ConfigError(
+            f"--kd-loss sigmoid: {data.name} has mutually exclusive classes "
+            f"({', '.join(data.class_names)}), trained with a softmax; sigmoid KD would apply "
+            "sigma to a softmax teacher's logits. Use --kd-loss hinton (or leave it unset)")
+    elif chosen in SOFTMAX_FORMS and data.multi_label:
+        warnings.warn(f"--kd-loss {chosen}: a softmax across the {data.num_classes} "
+                      f"non-exclusive findings of {data.name} makes them compete for one unit "
+                      "of probability; --kd-loss sigmoid is the multi-label form", stacklevel=2)
+    config["kd_loss_used"] = chosen
+    return chosen
+
+
+def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str, *,
+           seed: int | None = None, init_from=None):
+    """Train ``student_name`` from ``teacher`` (one model or a list); returns the best
+    student by validation mean AUC. A run whose training stage finished returns its model.
+
+    Args:
+        seed: the student's initialisation and data order (default ``config["seed"]``).
+        init_from: a model whose weights start the student (self-training ``teacher`` init).
+    """
+    run_dir = Path(run_dir)
+    stages = Stages(run_dir)
+    if stages.done("training"):
+        print(f"training finished earlier in {run_dir}: using its model.keras")
+        return best_model(run_dir, None)
+    set_precision(config)
+    seed = int(config["seed"] if seed is None else seed)
+    loss = KDLoss(config.get("kd_loss_used") or resolve_kd_loss(config, data),
+                  float(config["temperature"]), float(config["alpha"]))
+    online = config["teacher_outputs"] == "online"
+    tables = {"train": None, "val": None}
+    if not online:
+        for split in tables:
+            tables[split] = load_or_compute(run_dir / f"teacher_logits_{split}.npy", teacher,
+                                            data, split, **image_options(data, config))
+    seed_everything(seed)  # the same initial student whatever ran before
+    with distribution_strategy(config).scope():
+        student = build_model(student_name, data, config)
+        if init_from is not None:
+            student.set_weights(init_from.get_weights())
+        distiller = Distiller(student, teacher if online else None, loss=loss,
+                              multi_label=data.multi_label, seed=seed)
+        distiller.compile(optimizer=make_optimizer(
+            config, steps_per_epoch(data, "train", int(config["batch_size"]))),
+            jit_compile=resolve_jit_compile(config, student))
+    train, val = pipelines(data, {**config, "seed": seed}, teacher_logits=tables["train"],
+                           val_teacher_logits=tables["val"])
+    fit(distiller, train, val, config, run_dir, multi_label=data.multi_label)
+    stages.mark("training", epochs=int(config["epochs"]))
+    return best_model(run_dir, student)
+
+
+def agreement(student, teacher, data: Dataset, config: dict) -> float:
+    """Mean |p(student) - p(teacher)| on the test split (lower: closer); p is the sigmoid
+    for multi-label data, the softmax for exclusive classes."""
+    test = make_dataset(data, "test", batch_size=int(config["batch_size"]),
+                        **image_options(data, config))
+    probability = sigmoid if data.multi_label else softmax
+    s, _ = predict_logits(student, test)
+    t, _ = predict_logits(teacher, test)
+    return float(np.mean(np.abs(probability(s) - probability(t))))
+
+
+def record_teacher(run_dir, teacher_source) -> None:
+    """``teacher.json``: where the teacher came from and, for a store entry, its results."""
+    source = Path(teacher_source)
+    info = {"teacher": str(source)}
+    folder = source if source.is_dir() else source.parent.parent  # snapshots/epoch-N.keras
+    metrics = folder / "metrics.json"
+    if source.suffix == ".keras" and source.parent.name == "snapshots":
+        info["snapshot_of"] = str(folder)
+    elif metrics.exists():
+        info["teacher_metrics"] = json.loads(metrics.read_text())
+    write_json(info, Path(run_dir) / "teacher.json")
+
+
+def evaluate_once(model, data: Dataset, config: dict, run_dir, *, stage="evaluation",
+                  **options) -> dict:
+    """``evaluate_model`` unless this run's ``stage`` already finished (then its results)."""
+    stages = Stages(run_dir)
+    metrics = Path(run_dir) / f"{options.get('prefix', '')}metrics.json"
+    if stages.done(stage):
+        return json.loads(metrics.read_text())
+    results = evaluate_model(model, data, config, run_dir, **options)
+    stages.mark(stage)
+    return results
+
+
+def kd_experiment(config: dict) -> dict:
+    """Run one KD strategy end to end: teacher, distillation, test-split evaluation.
+
+    ``config["teacher"]`` and ``config["student"]`` name the cell of the paper's Table 1; for
+    ``reversed`` the roles swap: the student model is trained first and teaches the teacher
+    model, which is the model evaluated.
+    """
+    strategy = config["strategy"]
+    run_dir = start_run(config, "kd")
+    print(f"run directory: {run_dir}")
+    data = load_run_data(config, run_dir)
+    resolve_kd_loss(config, data)
+    teacher_name, student_name = config["teacher"], config["student"]
+    if strategy == "reversed":
+        teacher_name, student_name = student_name, teacher_name
+    epochs = int(config.get("teacher_epochs") or config["epochs"])
+    snapshot = (snapshot_epoch(epochs, config["defective_fraction"])
+                if strategy == "defective" and not str(teacher_name).endswith(".keras")
+                else None)
+    teacher, source = obtain_model(config, data, teacher_name, epochs=epochs, snapshot=snapshot)
+    record_teacher(run_dir, source)
+    student = distil(config, run_dir, data, teacher, student_name)
+    results = evaluate_once(student, data, config, run_dir, model_name=student_name)
+    results.update(strategy=f"{strategy}_kd", teacher=str(teacher_name),
+                   teacher_source=str(source), kd_loss=config["kd_loss_used"],
+                   teacher_agreement=agreement(student, teacher, data, config))
+    if snapshot is not None:
+        results["teacher_epochs"] = f"{snapshot} of {epochs}"
+    write_json(results, Path(run_dir) / "metrics.json")
+    print_results(results, title=f"{strategy} KD ({config['kd_loss_used']}): student")
+    return results

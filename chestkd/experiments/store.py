@@ -1,0 +1,132 @@
+"""The model store: every trained model of the base-training kind, kept once and reused.
+
+Base-training cells, KD teachers, the base model of self-training and defective teachers all
+come from here, so no model of a table is trained twice. An entry is a folder
+``teachers_dir/<model>-e<epochs>-<digest>`` keyed by everything that shapes a base-trained
+model (the model name and every base-training option except bookkeeping: dataset and its
+options, label noise, image size, normalisation, optimiser, weight decay and its mode,
+schedule, epochs, seed, ...). It is a complete base-training run (config.yaml, history.csv,
+model.keras, metrics.json, stages.json).
+
+Defective KD's teacher is the entry's checkpoint at a fraction of its schedule
+(``snapshots/epoch-NNNN.keras``, the weights at the end of that epoch of the full schedule,
+learning-rate schedule included). Every entry keeps the snapshot at ``defective_fraction``
+(0.25 by default: 50 of 200 epochs); a defective teacher asked before the full teacher trains
+the entry up to that epoch only and keeps its training state, so training the full teacher
+later continues from there instead of starting again.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from chestkd.data.dataset import Dataset
+from chestkd.errors import ConfigError
+from chestkd.evaluation import evaluate_model
+from chestkd.experiments.stages import Stages
+from chestkd.training.config import BASE_DEFAULTS, config_id, save_config
+from chestkd.training.experiment import load_model, train_classifier
+
+# The options of a base-trained model; KD options (teacher, alpha, ...) never shape one.
+MODEL_KEYS = frozenset(BASE_DEFAULTS) - {"recipe", "resume", "seeds", "model"}
+DEFAULT_SNAPSHOT_FRACTION = 0.25
+
+
+def store_root(config: dict) -> Path:
+    return Path(config.get("teachers_dir") or Path(config["out"]) / "teachers")
+
+
+def model_config(config: dict, name: str, epochs: int) -> dict:
+    """The base-training configuration of model ``name`` inside ``config``."""
+    shaping = {k: v for k, v in config.items() if k in MODEL_KEYS}
+    return {**shaping, "recipe": "base_training", "model": name, "epochs": int(epochs),
+            "role": "store"}
+
+
+def model_key(config: dict, name: str, epochs: int) -> str:
+    entry = model_config(config, name, epochs)
+    return f"{Path(str(name)).stem}-e{int(epochs)}-{config_id(entry)[:10]}"
+
+
+def snapshot_epoch(epochs: int, fraction: float) -> int:
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ConfigError(f"--defective-fraction {fraction!r}: a fraction in (0, 1]")
+    return max(1, round(int(epochs) * float(fraction)))
+
+
+def snapshot_path(folder, epoch: int) -> Path:
+    return Path(folder) / "snapshots" / f"epoch-{int(epoch):04d}.keras"
+
+
+def obtain_model(config: dict, data: Dataset, name: str, *, epochs: int | None = None,
+                 snapshot: int | None = None):
+    """A trained model ``name``: a ``.keras`` file as given, or the store's entry.
+
+    Args:
+        epochs: the full schedule (default ``config["epochs"]``).
+        snapshot: an epoch of that schedule: return the checkpoint at that epoch instead of
+            the best model (defective KD).
+
+    Returns:
+        (model, source): source is the ``.keras`` file, or the entry folder.
+    """
+    if str(name).endswith(".keras"):
+        return load_model(name), Path(name)
+    epochs = int(epochs or config["epochs"])
+    entry = model_config(config, name, epochs)
+    folder = store_root(config) / model_key(config, name, epochs)
+    stages = Stages(folder)
+    if snapshot is not None and snapshot_path(folder, snapshot).exists():
+        print(f"reusing the epoch-{snapshot} checkpoint of {folder}")
+        return load_model(snapshot_path(folder, snapshot)), snapshot_path(folder, snapshot)
+    if snapshot is not None and stages.done("training"):
+        # A finished entry without this checkpoint: train a copy that stops there.
+        folder = folder.with_name(f"{folder.name}-until{snapshot}")
+        stages = Stages(folder)
+    snapshots = {snapshot_epoch(epochs, config.get("defective_fraction",
+                                                    DEFAULT_SNAPSHOT_FRACTION))}
+    if snapshot is not None:
+        snapshots.add(int(snapshot))
+    if not stages.done("training"):
+        folder.mkdir(parents=True, exist_ok=True)  # an interrupted entry resumes here
+        if not (folder / "config.yaml").exists():
+            save_config({**entry, "run_dir": str(folder),
+                         "config_id": config_id(entry)}, folder / "config.yaml")
+        stop = snapshot if snapshot is not None else epochs
+        print(f"training {name} ({'epochs 1-' + str(stop) + ' of ' if stop < epochs else ''}"
+              f"{epochs} epoch(s)) in {folder}")
+        entry_run = {**config, **entry}
+        train_classifier(entry_run, folder, data, name, stop_epoch=stop,
+                         snapshot_epochs=sorted(e for e in snapshots if e <= stop),
+                         keep_backup=stop < epochs)
+        if stop < epochs:
+            return load_model(snapshot_path(folder, snapshot)), snapshot_path(folder, snapshot)
+        stages.mark("training", epochs=epochs)
+    if snapshot is not None:
+        return load_model(snapshot_path(folder, snapshot)), snapshot_path(folder, snapshot)
+    model = load_model(folder / "model.keras")
+    if not stages.done("evaluation"):
+        evaluate_model(model, data, {**config, **entry}, folder, model_name=name)
+        stages.mark("evaluation")
+    else:
+        print(f"reusing {name} trained in {folder}")
+    return model, folder
+
+
+# What a store entry's evaluation leaves; copied into the runs that use the entry so each run
+# folder is complete on its own.
+RESULT_FILES = ("metrics.json", "per_class_auc.csv", "per_class_auc.md", "roc_curves.png",
+                "training_curves.png", "reliability.png", "test_predictions.npz",
+                "history.csv", "model.keras")
+
+
+def copy_results(source, run_dir, *, prefix: str = "") -> dict:
+    """Copy a store entry's results into ``run_dir`` (names ``prefix``-ed); returns its
+    metrics. Nothing already in ``run_dir`` is overwritten."""
+    source, run_dir = Path(source), Path(run_dir)
+    for name in RESULT_FILES:
+        target = run_dir / f"{prefix}{name}"
+        if (source / name).exists() and not target.exists():
+            shutil.copy2(source / name, target)
+    return json.loads((source / "metrics.json").read_text())

@@ -1,0 +1,181 @@
+"""Checkpoints chosen on the EXACT validation AUC, and epoch snapshots."""
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+
+from chestkd.distill import Distiller, KDLoss
+from chestkd.errors import ConfigError
+from chestkd.training.callbacks import EpochSnapshot, ExactValidationAUC
+from chestkd.training.config import BASE_DEFAULTS
+from chestkd.training.losses import (MaskedAUC, MaskedBinaryCrossentropy, auc_scores,
+                                     exact_mean_auc, exact_per_class_auc)
+from chestkd.training.trainer import fit
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+# ---------------------------------------------------------------- the exact AUC itself
+def test_exact_mean_auc_leaves_out_unknown_labels_and_undefined_classes():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(40, 3))
+    y = (rng.random((40, 3)) < 0.3).astype(np.float32)
+    y[:7, 0] = -1.0               # unknown labels of class 0
+    y[:, 2] = 0.0                 # class 2 has no positive: undefined
+    known = y[:, 0] >= 0
+    expected = [roc_auc_score(y[known, 0], sigmoid(logits[known, 0])),
+                roc_auc_score(y[:, 1], sigmoid(logits[:, 1]))]
+    per_class = exact_per_class_auc(y, auc_scores(logits, multi_label=True))
+    np.testing.assert_allclose(per_class[:2], expected)
+    assert np.isnan(per_class[2])
+    assert exact_mean_auc(y, logits, multi_label=True) == pytest.approx(np.mean(expected))
+    assert exact_mean_auc(np.zeros((4, 2)), logits[:4, :2], True) == 0.0  # none defined
+    # Single-label: one-vs-rest on softmax scores, which logits alone do not rank.
+    one_hot = np.eye(3)[rng.integers(0, 3, 40)]
+    expected = np.mean([roc_auc_score(one_hot[:, c], softmax(logits)[:, c]) for c in range(3)])
+    assert exact_mean_auc(one_hot, logits, multi_label=False) == pytest.approx(expected)
+    # Ties count one half; float64 does not tie logits that float32's sigmoid would.
+    assert exact_mean_auc(np.array([[1.0], [0.0]]), np.array([[3.0], [3.0]]), True) == 0.5
+    assert exact_mean_auc(np.array([[1.0], [0.0]]), np.array([[19.0], [18.0]]), True) == 1.0
+
+
+# ------------------------------------------- the callback picks the right checkpoint
+N_VAL = 100
+
+
+def rare_finding_data():
+    """Validation set of a rare finding (4 positives in 100, 5 labels unknown) and an
+    always-negative class (undefined, left out). Feature ``a`` ranks it perfectly, feature
+    ``b`` only partly."""
+    rng = np.random.default_rng(1)
+    y = np.zeros((N_VAL, 2), np.float32)
+    y[rng.choice(N_VAL, 4, replace=False), 0] = 1.0
+    y[np.flatnonzero(y[:, 0] == 0)[:5], 0] = -1.0
+    a = np.where(y[:, 0] == 1, rng.uniform(0.6, 1.0, N_VAL), rng.uniform(0.0, 0.5, N_VAL))
+    b = np.clip(rng.uniform(0, 1, N_VAL) + 0.35 * (y[:, 0] == 1), 0, 1)
+    x = np.stack([a, b], axis=1).astype(np.float32)
+    return x, y
+
+
+# Epoch 1: logits 0.001 + 0.008 a, sigmoid scores all inside ONE of MaskedAUC's 200 buckets
+# (0.50025 .. 0.50225 between the thresholds 99/199 and 100/199), ranked perfectly.
+PACKED = [np.array([[0.008, 0.0], [0.0, 0.0]], np.float32), np.array([0.001, 0.0], np.float32)]
+# Epoch 2: logits 4 b - 2, spread over many buckets, ranked only partly right.
+SPREAD = [np.array([[0.0, 0.0], [4.0, 0.0]], np.float32), np.array([-2.0, 0.0], np.float32)]
+
+
+class SetWeights(keras.callbacks.Callback):
+    """Gives the model chosen weights for each epoch (training runs at learning rate 0)."""
+
+    def __init__(self, per_epoch):
+        super().__init__()
+        self.per_epoch = per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.get_layer("logits").set_weights(self.per_epoch[epoch])
+
+
+def test_checkpoint_is_chosen_on_the_exact_auc_not_the_200_threshold_one(tmp_path):
+    x, y = rare_finding_data()
+    scores = {name: x @ kernel + bias for name, (kernel, bias) in
+              (("packed", PACKED), ("spread", SPREAD))}
+    exact = {k: exact_mean_auc(y, v, multi_label=True) for k, v in scores.items()}
+    approx = {}
+    for name, logits in scores.items():
+        metric = MaskedAUC(num_labels=2)
+        metric.update_state(y, logits)
+        approx[name] = float(metric.result())
+    # The trap: the 200-threshold AUC ranks the two the wrong way round.
+    assert exact["packed"] == 1.0 and 0.6 < exact["spread"] < 0.95
+    assert approx["packed"] == pytest.approx(0.5) and approx["spread"] > 0.6
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(inputs))
+    model.compile(keras.optimizers.SGD(0.0), MaskedBinaryCrossentropy(),
+                  metrics=[MaskedAUC(num_labels=2, name="auc")])
+    val = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    config = {**BASE_DEFAULTS, "epochs": 2, "schedule": "constant"}
+    fit(model, val, val, config, tmp_path, verbose=0,
+        extra_callbacks=[SetWeights([PACKED, SPREAD])])
+
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["epoch"] == 1 and best["value"] == pytest.approx(1.0)
+    saved = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    for weight, expected in zip(saved.get_layer("logits").get_weights(), PACKED):
+        np.testing.assert_array_equal(weight, expected)
+    history = pd.read_csv(tmp_path / "history.csv")
+    np.testing.assert_allclose(history["val_auc"], [exact["packed"], exact["spread"]],
+                               rtol=1e-6)
+    np.testing.assert_allclose(history["val_auc_approx"], [approx["packed"], approx["spread"]],
+                               rtol=1e-5)
+
+
+def test_callback_predicts_with_the_student_of_a_distiller_on_dict_batches():
+    """Single-label (softmax) student of a Distiller, batches ``({"image", "teacher_logits"},
+    y, w)``: the exact AUC of the student's softmax scores; Keras' value kept as approx."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6, 6, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    student = keras.Model(inputs, keras.layers.Dense(3, name="logits")(features),
+                          name="student")
+    distiller = Distiller(student, None, loss=KDLoss("hinton", 2.0), multi_label=False)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (30, 6, 6, 3)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 30)]
+    y[:3] = -1.0
+    batches = tf.data.Dataset.from_tensor_slices(
+        ({"image": x, "teacher_logits": np.zeros((30, 3), np.float32)}, y,
+         np.ones(30, np.float32))).batch(8)
+    callback = ExactValidationAUC(batches, multi_label=False, jit_compile=True)
+    callback.set_model(distiller)
+    logs = {"val_auc": 0.25, "val_loss": 1.0}
+    callback.on_epoch_end(0, logs)
+    logits = student.predict(x, verbose=0)
+    expected = np.mean([roc_auc_score(y[3:, c], softmax(logits[3:])[:, c]) for c in range(3)])
+    assert logs["val_auc"] == pytest.approx(expected, rel=1e-6)
+    assert logs["val_auc_approx"] == 0.25 and logs["val_loss"] == 1.0
+
+
+# ----------------------------------------------------------------------- snapshots
+def test_epoch_snapshots_keep_the_student_at_the_listed_epochs(tmp_path):
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(inputs))
+    model.compile(keras.optimizers.SGD(0.5), MaskedBinaryCrossentropy(),
+                  metrics=[MaskedAUC(num_labels=2, name="auc")])
+    x, y = rare_finding_data()
+    y = np.abs(y)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(25)
+
+    class Weights(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.after = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.after.append(self.model.get_weights())
+
+    recorder = Weights()
+    config = {**BASE_DEFAULTS, "epochs": 3, "schedule": "constant"}
+    fit(model, data, data, config, tmp_path, verbose=0, snapshot_epochs=(1, 3),
+        extra_callbacks=[recorder])
+    folder = tmp_path / "snapshots"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-0001.keras", "epoch-0003.keras"]
+    for epoch in (1, 3):
+        snapshot = keras.models.load_model(folder / f"epoch-{epoch:04d}.keras", compile=False)
+        for a, b in zip(snapshot.get_weights(), recorder.after[epoch - 1]):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(recorder.after[0][0], recorder.after[2][0])  # it trained
+    with pytest.raises(ConfigError, match="snapshot_epochs"):
+        EpochSnapshot(folder, [0])

@@ -1,0 +1,89 @@
+"""Every installed console script: exit 0 on success, 2 on a user error (never 1 on success)."""
+import configparser
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+
+
+def _scripts():
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    lines = parser["options.entry_points"]["console_scripts"].strip().splitlines()
+    return [line.split("=")[0].strip() for line in lines]
+
+
+def _run(*argv, cwd=ROOT):
+    executable = shutil.which(argv[0])
+    if executable is None:
+        pytest.fail(f"{argv[0]} is not installed: run pip install -e . (setup.cfg lists it)")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([executable, *argv[1:]], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_every_python_m_command_has_a_console_script():
+    assert set(_scripts()) == {
+        "chestkd-data", "chestkd-train", "chestkd-kd", "chestkd-standard-kd",
+        "chestkd-reversed-kd", "chestkd-defective-kd", "chestkd-self-training",
+        "chestkd-table1", "chestkd-saliency", "chestkd-report"}
+
+
+def _entry_point(script):
+    from importlib.metadata import entry_points
+    found = [ep for ep in entry_points(group="console_scripts") if ep.name == script]
+    if not found:
+        pytest.fail(f"{script} is not installed: run pip install -e . (setup.cfg lists it)")
+    return found[0].load()
+
+
+@pytest.mark.parametrize("script", _scripts())
+def test_each_installed_script_runs_its_command(script, capsys):
+    main = _entry_point(script)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage" in capsys.readouterr().out.lower()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["chestkd-train", "epochz=3"], "epochz"),
+    (["chestkd-kd", "--strategy", "sideways"], "strategy"),
+    (["chestkd-self-training", "--kd-loss", "l2"], "kd-loss"),
+    (["chestkd-report", "/no/such/runs"], "/no/such/runs"),
+    (["chestkd-table1", "--recipes", "/no/such/folder"], "/no/such/folder"),
+    (["chestkd-data", "describe", "--dataset", "chestxray14", "--data-dir", "/no/such"],
+     "/no/such"),
+])
+def test_user_errors_exit_2(argv, message, capsys):
+    main = _entry_point(argv[0])
+    try:
+        code = main(argv[1:])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_successful_run_exits_0(tmp_path):
+    """The bug this guards: main() returned a dict, and sys.exit(dict) exits with status 1."""
+    from chestkd.data.phantom import write_phantom
+    data = write_phantom(tmp_path / "data", images=60, size=32, seed=2)
+    result = _run("chestkd-train", "--dataset", "chestxray14", "--data-dir", str(data),
+                  "--model", "conv3_student", "--image-size", "32", "--epochs", "1",
+                  "--batch-size", "16", "--out", str(tmp_path / "runs"), "split=patient",
+                  "latency_images=2", "bootstrap=10", "jit_compile=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    error = _run("chestkd-train", "--model", "resnet9000")
+    assert error.returncode == 2 and "resnet9000" in error.stderr
+    report = _run("chestkd-report", str(tmp_path / "runs"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "runs" / "report" / "table1.md").exists()
+    describe = _run("chestkd-data", "describe", "--dataset", "chestxray14", "--data-dir",
+                    str(DATA / "chestxray14"))
+    assert describe.returncode == 0, describe.stderr[-2000:]
