@@ -346,7 +346,7 @@ class NotXLACompilable(Distiller):
 
 
 def test_jit_compile_true_xla_compiles_the_train_step_with_the_same_losses():
-    from chestkd.training.trainer import resolve_jit_compile
+    from chestkd.training.trainer import resolve_jit_compile, xla_fallback_reason
     x, y = data(seed=9)
     results = {}
     for jit in (False, True):
@@ -361,8 +361,9 @@ def test_jit_compile_true_xla_compiles_the_train_step_with_the_same_losses():
         np.testing.assert_allclose(results[True][0][key], values, rtol=1e-4, err_msg=key)
     for a, b in zip(results[True][1], results[False][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    config = {"jit_compile": "auto"}
-    assert resolve_jit_compile(config, distiller) is True  # the student and the teacher
+    config = {"jit_compile": True}
+    assert resolve_jit_compile(config, distiller) is True
+    assert xla_fallback_reason(distiller) is None  # the student and the teacher lower to XLA
     # The step really goes through XLA: one op without an XLA kernel makes it fail there.
     failing = NotXLACompilable(tiny_model("student", seed=70), tiny_model("teacher", seed=71),
                                loss=KDLoss("sigmoid", 2.0, 0.5))
@@ -374,13 +375,14 @@ def test_jit_compile_true_xla_compiles_the_train_step_with_the_same_losses():
 
 
 def test_mixed_precision_trains_under_xla():
-    from chestkd.training.trainer import resolve_jit_compile
+    from chestkd.training.trainer import resolve_jit_compile, xla_fallback_reason
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         distiller = Distiller(tiny_model("student", seed=72), tiny_model("teacher", seed=73),
                               loss=KDLoss("sigmoid", 2.0, 0.5))
-        jit = resolve_jit_compile({"jit_compile": "auto"}, distiller)
+        assert xla_fallback_reason(distiller) is None
+        jit = resolve_jit_compile({"jit_compile": True}, distiller)
         distiller.compile(keras.optimizers.SGD(0.5), jit_compile=jit)
     finally:
         keras.mixed_precision.set_global_policy(previous)

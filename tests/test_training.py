@@ -98,7 +98,24 @@ def _conv_model(extra_layer=None):
     return keras.Model(inputs, keras.layers.Dense(2)(h), name="probe_me")
 
 
-def test_jit_compile_auto_uses_xla_on_cpu_when_the_model_compiles(capsys):
+@pytest.fixture
+def with_gpu(monkeypatch):
+    """``auto`` probes XLA only where an accelerator is present: pretend there is one."""
+    from chestkd.training import trainer
+    monkeypatch.setattr(trainer, "accelerator_present", lambda: True)
+
+
+def test_jit_compile_auto_is_off_on_a_cpu_only_machine(capsys, monkeypatch):
+    from chestkd.training import trainer
+    monkeypatch.setattr(trainer, "accelerator_present", lambda: False)
+    config = {"jit_compile": "auto"}
+    assert resolve_jit_compile(config, _conv_model()) is False
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "CPU only" in printed[0]
+    assert resolve_jit_compile({"jit_compile": True}, _conv_model()) is True
+
+
+def test_jit_compile_auto_uses_xla_when_the_model_compiles(capsys, with_gpu):
     model = _conv_model()
     state = [np.array(v.numpy()) for v in model.non_trainable_variables]
     config = {"jit_compile": "auto"}
@@ -116,7 +133,7 @@ def test_jit_compile_auto_uses_xla_on_cpu_when_the_model_compiles(capsys):
         resolve_jit_compile({"jit_compile": "sometimes"}, model)
 
 
-def test_jit_compile_auto_falls_back_with_one_line_saying_why(capsys):
+def test_jit_compile_auto_falls_back_with_one_line_saying_why(capsys, with_gpu):
     config = {"jit_compile": "auto"}
     assert resolve_jit_compile(config, _conv_model(PyFuncLayer())) is False
     assert config["_jit_compile_resolved"] is False
@@ -124,7 +141,7 @@ def test_jit_compile_auto_falls_back_with_one_line_saying_why(capsys):
     assert len(printed) == 1 and "probe_me" in printed[0] and "PyFunc" in printed[0]
 
 
-def test_compile_classifier_compiles_with_the_resolved_jit(monkeypatch):
+def test_compile_classifier_compiles_with_the_resolved_jit(monkeypatch, with_gpu):
     from types import SimpleNamespace
 
     from chestkd.training import experiment

@@ -58,7 +58,7 @@ BASE_DEFAULTS = {
     "schedule": "step",            # constant | step | cosine | plateau
     "epochs": 200,
     "mixed_precision": False,
-    "jit_compile": "auto",         # auto (XLA when the model allows it, CPU too) | true | false
+    "jit_compile": "auto",         # auto (XLA on a GPU when the model allows it) | true | false
     "distribute": "auto",          # auto (all GPUs) | none | mirrored | multi_worker (TF_CONFIG)
     # run bookkeeping
     "out": "runs",

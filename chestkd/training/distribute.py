@@ -231,7 +231,7 @@ def worker_run_dir(run_dir, strategy=None) -> Path:
 
     The chief (and any run without multi-worker training) writes ``run_dir`` itself. Any
     other worker gets a new temporary folder of its own
-    (``<tmp>/chestkd-<type><index>-<run name>-XXXX``); when ``run_dir`` already holds a
+    (``<tmp>/chestkd-<type><index>-<run name>-<random>``); when ``run_dir`` already holds a
     ``BackupAndRestore`` state (``backup/``, a resumed run on a file system the workers
     share) and the best-so-far record (``best.json``), they are copied in, so every worker
     resumes at the chief's epoch (a worker starting over while the others resume would

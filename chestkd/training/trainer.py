@@ -149,19 +149,28 @@ def xla_fallback_reason(model) -> str | None:
     return None
 
 
+def accelerator_present() -> bool:
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
 def resolve_jit_compile(config: dict, model) -> bool:
     """Whether to XLA-compile ``model``'s training step, from ``config["jit_compile"]``.
 
-    ``true`` / ``false`` are taken as given. ``auto`` (default) is True when the model (a
-    Distiller: its student and teachers) compiles and runs under XLA here, CPU included, and
-    otherwise False with one printed line saying why. (Keras' own ``"auto"`` turns XLA off on
-    CPU-only machines, yet XLA made a ResNet-32 128-px epoch 1.7x faster on a 2-core CPU.)
+    ``true`` / ``false`` are taken as given. ``auto`` (default), with a GPU: True when the
+    model (a Distiller: its student and teachers) lowers to XLA, else False with one printed
+    line saying why. On a CPU-only machine ``auto`` is False (one line says so): measured on
+    an idle 2-core CPU with oneDNN, XLA made a ResNet-32 128-px phantom epoch slower (12.0 ->
+    15.3 s, and 20 s more compiling; ``benchmarks/xla_cpu.py``, RESULTS.md), so it is opt-in
+    there (``jit_compile=true``).
 
     The result is also stored in ``config["_jit_compile_resolved"]`` for evaluation.
     """
     option = _jit_option(config)
     if option == "auto":
-        reason = xla_fallback_reason(model)
+        if not accelerator_present():
+            reason = "CPU only: XLA measured slower here; jit_compile=true to force it"
+        else:
+            reason = xla_fallback_reason(model)
         resolved = reason is None
         if not resolved:
             print(f"jit_compile auto: XLA off for {model.name} ({reason})")
@@ -198,7 +207,7 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
             stopped on purpose (a teacher kept at epoch 50 of a 200-epoch schedule) can be
             continued later by calling ``fit`` again with more epochs.
         snapshot_epochs: 1-based epochs after which the student is also saved as
-            ``run_dir/snapshots/epoch-XXXX.keras``.
+            ``run_dir/snapshots/epoch-NNNN.keras``.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
