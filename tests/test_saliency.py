@@ -9,6 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
+from saliency_models import flat_and_nested_models  # noqa: E402
 
 from chestkd.errors import ConfigError, DataError  # noqa: E402
 from chestkd.saliency import (CAM, METHODS, GradCAM, GuidedBackprop,  # noqa: E402
@@ -268,23 +269,6 @@ def test_cam_without_pooled_dense_head_is_a_config_error():
 
 
 # -------------------------------------------------------------------------------- Grad-CAM
-
-
-def flat_and_nested_models():
-    """The same layers as a flat model and as a backbone nested inside a classifier."""
-    keras.utils.set_random_seed(3)
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = layers.Conv2D(5, 3, padding="same", name="c1")(inputs)
-    x = layers.ReLU(name="r1")(x)
-    x = layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="c2")(x)
-    features = layers.BatchNormalization(name="bn")(x)
-    pool = layers.GlobalAveragePooling2D(name="features_pool")
-    dense = layers.Dense(3, name="logits")
-    flat = keras.Model(inputs, dense(pool(features)))
-    backbone = keras.Model(inputs, features, name="backbone")
-    outer = keras.Input((SIZE, SIZE, 3))
-    nested = keras.Model(outer, dense(pool(backbone(outer))))
-    return flat, nested
 
 
 def test_gradcam_on_nested_backbone_matches_tf_keras_vis_on_flat_model():
