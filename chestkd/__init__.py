@@ -9,9 +9,11 @@ The package reads as the method. Each layer imports only the layers above it in 
 4. ``training``: configuration, run directories, optimisers, callbacks, the fit loop;
 5. ``distill``: the Distiller, its loss terms, the teacher cache;
 6. ``evaluation``: AUC with confidence intervals, paired tests, calibration, plots;
-7. ``saliency``: one module per saliency method, figures, localisation scores;
+7. ``saliency``: one module per saliency method, figures, sanity checks, localisation scores;
+   ``robustness``: adversarial attacks (FGSM, PGD) and scores under attack;
 8. ``experiments``: the model store, distillation experiments, stages, seeds;
-9. ``recipes`` and ``report``: the commands that compose them.
+9. ``recipes``, ``report``, ``predict``, ``export`` and ``landscape``: the commands that compose
+   them.
 """
 
 __version__ = "0.1.0"

@@ -4,7 +4,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "chestkd"
 LAYERS = [{"errors", "io", "cli"}, {"data"}, {"models"}, {"training"}, {"distill"},
-          {"evaluation"}, {"saliency"}, {"experiments"}, {"recipes", "report"}]
+          {"evaluation"}, {"saliency", "robustness"}, {"experiments"},
+          {"recipes", "report", "predict", "export", "landscape"}]
 
 
 def _layer(name):
