@@ -1,10 +1,12 @@
 """Input-pipeline throughput: images/second from raw PNG files and from the prepared cache.
 
     python benchmarks/pipeline_throughput.py [--images 2000] [--source-size 1024] [--size 224]
+                                             [--augment flip|light|strong]
 
 Writes a phantom at ``--source-size`` (1024 like the real release), prepares a cache at
-``--size``, then times full passes of the training pipeline (shuffle, decode, resize, flip,
-normalise, batch) over each. Results go to benchmarks/RESULTS.md ("Input pipeline").
+``--size``, then times full passes of the training pipeline (shuffle, decode, resize,
+``--augment`` as in the runs, normalise, batch) over each. Results go to
+benchmarks/RESULTS.md ("Input pipeline").
 """
 import argparse
 import os
@@ -39,6 +41,7 @@ def main():
     parser.add_argument("--source-size", type=int, default=1024)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--augment", default="flip", choices=["flip", "light", "strong"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -52,16 +55,16 @@ def main():
         rows = []
         for source, cache_dir in (("raw PNG files", None), ("prepared cache", cache)):
             ds = make_dataset(train, image_size=args.size, batch_size=args.batch_size,
-                              training=True, cache_dir=cache_dir)
+                              training=True, cache_dir=cache_dir, augment=args.augment)
             rows.append((source, images_per_second(ds, len(train))))
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
         f"(Python {platform.python_version()}).",
         f"Command: `python benchmarks/pipeline_throughput.py --images {args.images} "
-        f"--source-size {args.source_size} --size {args.size}`",
+        f"--source-size {args.source_size} --size {args.size} --augment {args.augment}`",
         "",
-        f"Training pipeline (shuffle, decode, resize to {args.size}, flip, normalise, batch "
-        f"{args.batch_size}) over {len(train)} phantom images of {args.source_size}x"
+        f"Training pipeline (shuffle, decode, resize to {args.size}, augment={args.augment}, "
+        f"normalise, batch {args.batch_size}) over {len(train)} phantom images of {args.source_size}x"
         f"{args.source_size} 8-bit PNG:",
         "",
         "| source | images/second |",

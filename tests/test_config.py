@@ -111,3 +111,25 @@ def test_config_id_ignores_bookkeeping_but_not_what_shapes_a_run():
     assert config_id(config) == config_id({**config, "out": "elsewhere", "run_name": "x"})
     assert config_id(config) != config_id({**config, "epochs": 2})
     assert config_id(config) != config_id({**config, "label_noise": 0.2})
+
+
+def test_new_dataset_options_reach_their_loaders_and_bad_values_are_named(tmp_path):
+    from chestkd.training.config import check_config
+    csv = resolve_config(["--dataset", "csv", "--csv", "metadata.csv", "--label-column", "finding",
+                          "filters={view: [PA]}", "--balance", "undersample"], BASE_DEFAULTS)
+    options = dataset_options(csv)
+    assert options["csv"] == "metadata.csv" and options["filters"] == {"view": ["PA"]}
+    assert options["balance"] == "undersample" and options["seed"] == 0
+    folder = dataset_options(resolve_config(["--dataset", "folder", "--val-split", "official",
+                                             "patient_regex=kermany"], BASE_DEFAULTS))
+    assert folder["val_split"] == "official" and folder["patient_regex"] == "kermany"
+    phantom = dataset_options(resolve_config(["--dataset", "pneumonia_phantom"], BASE_DEFAULTS))
+    assert phantom["images"] == 3000 and phantom["size"] == 128   # the phantom profile
+    saved = start_run(resolve_config(["--dataset", "folder", "--out", str(tmp_path)],
+                                     BASE_DEFAULTS), "base_training")
+    assert yaml.safe_load((saved / "config.yaml").read_text())["augment"] == "light"  # resolved
+    for argv, match in ((["--balance", "undersample"], "needs single-label classes"),
+                        (["--dataset", "folder", "--val-split", "x"], "--val-split 'x'"),
+                        (["--dataset", "folder", "--balance", "smote"], "--balance 'smote'")):
+        with pytest.raises(ConfigError, match=match):
+            check_config(resolve_config(argv, BASE_DEFAULTS))

@@ -200,3 +200,55 @@ def test_bad_images_in_class_folders_are_checked_or_skipped(tmp_path):
     reasons = {Path(p).name: r for p, r in zip(data.skipped["path"], data.skipped["reason"])}
     assert reasons == {"2.png": "empty file",
                        "5.png": "cannot decode image (not a valid image file)"}
+
+
+# ------------------------------------------------------------------ Kermany layout
+
+def kermany_layout():
+    """chest_xray/{train,val,test}/{NORMAL,PNEUMONIA} with the set's own file names and a
+    validation folder far below 5 % of train + val (as the real 16 beside 5,216)."""
+    train_normal = [f"IM-{100 + i:04d}-000{j}.jpeg" for i in range(10) for j in (1, 2)]
+    train_normal += [f"NORMAL2-IM-{100 + i:04d}-0001.jpeg" for i in range(10)]
+    train_pneumonia = [f"person{i}_{kind}_{i * 10 + j}.jpeg" for i in range(1, 21)
+                       for kind, j in (("bacteria", 1), ("bacteria", 2), ("virus", 3))]
+    return {"train/NORMAL": train_normal, "train/PNEUMONIA": train_pneumonia,
+            "val/NORMAL": ["NORMAL2-IM-1427-0001.jpeg"],
+            "val/PNEUMONIA": ["person1946_bacteria_4874.jpeg"],
+            "test/NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(1, 7)],
+            "test/PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(500, 506)]}
+
+
+def test_kermany_validation_is_carved_patient_wise_from_train(tmp_path, capsys):
+    root = make_tree(tmp_path / "chest_xray", kermany_layout())
+    data = load_folder(root, seed=0)
+    assert "patient_regex=kermany" in capsys.readouterr().out      # recognised from the names
+    # Patient ids from the names: person<k>; IM-<k>; NORMAL2-IM-<k> kept apart from IM-<k>.
+    by_file = dict(zip(data.meta["image"], data.patients))
+    assert by_file["person3_virus_33.jpeg"] == by_file["person3_bacteria_31.jpeg"] == "person3"
+    assert by_file["IM-0105-0002.jpeg"] == "IM-0105"
+    assert by_file["NORMAL2-IM-0105-0001.jpeg"] == "NORMAL2-IM-0105"
+    # The two official val images went to train; validation is carved (~1/8) by patient.
+    official_val = data.meta["split_folder"].to_numpy() == "val"
+    assert official_val.sum() == 2 and set(data.split[official_val]) <= {"train", "val"}
+    not_test = data.meta["split_folder"].to_numpy() != "test"
+    assert set(data.paths[data.split == "val"]) <= set(data.paths[not_test])
+    assert 6 <= (data.split == "val").sum() <= 18
+    assert (data.subset("val").labels.sum(0) > 0).all()                # stratified
+    data.check_patient_leakage()
+    np.testing.assert_array_equal(data.split == "test", data.meta["split_folder"] == "test")
+    other = load_folder(root, seed=1)
+    assert set(other.subset("val").paths) != set(data.subset("val").paths)
+    kept = load_folder(root, val_split="official")
+    assert sorted(kept.subset("val").meta["image"]) == ["NORMAL2-IM-1427-0001.jpeg",
+                                                        "person1946_bacteria_4874.jpeg"]
+    with pytest.raises(ConfigError, match="unknown val_split 'small'"):
+        load_folder(root, val_split="small")
+
+
+def test_a_large_val_folder_is_kept_unless_carving_is_asked(tmp_path):
+    root = make_tree(tmp_path / "chest_xray", pediatric_layout())       # val: 6 of 42 images
+    assert (load_folder(root).meta["split_folder"] == "val").sum() == 6
+    np.testing.assert_array_equal(load_folder(root).split, load_folder(root).meta["split_folder"])
+    carved = load_folder(root, val_split="carve", patient_regex="kermany")
+    assert (carved.split[carved.meta["split_folder"].to_numpy() == "val"] != "val").any()
+    carved.check_patient_leakage()

@@ -1,12 +1,15 @@
 """Datasets: one :class:`Dataset` interface for every source, and the tf.data pipeline.
 
 ``load_dataset(name, data_dir, **options)`` returns a :class:`Dataset` for
-``chestxray14``, ``chexpert``, ``folder`` or ``phantom`` (the phantom is generated on demand
-when no ``data_dir`` is given).
+``chestxray14``, ``chexpert``, ``folder``, ``csv``, ``phantom`` or ``pneumonia_phantom``
+(the phantoms are generated on demand when no ``data_dir`` is given). ``balance=
+"undersample" | "oversample"`` balances the training split of any single-label dataset
+(:mod:`chestkd.data.balance`).
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from chestkd.data.dataset import SPLITS, Dataset
 from chestkd.errors import ConfigError, DataError
@@ -26,7 +29,9 @@ LOADERS = {
     "chestxray14": "chestkd.data.chestxray14:load_chestxray14",
     "chexpert": "chestkd.data.chexpert:load_chexpert",
     "folder": "chestkd.data.folder:load_folder",
+    "csv": "chestkd.data.csv_table:load_csv",
     "phantom": "chestkd.data.phantom:load_phantom",
+    "pneumonia_phantom": "chestkd.data.pneumonia_phantom:load_pneumonia_phantom",
 }
 
 
@@ -35,7 +40,13 @@ def load_dataset(name: str, data_dir=None, **options) -> Dataset:
     if name not in LOADERS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
     module, func = LOADERS[name].split(":")
-    return getattr(importlib.import_module(module), func)(data_dir, **options)
+    loader = getattr(importlib.import_module(module), func)
+    if "balance" in options and "balance" not in inspect.signature(loader).parameters:
+        # A loader without its own balancing: balance its result (single-label data only).
+        from chestkd.data.balance import balance_dataset
+        balance = options.pop("balance")
+        return balance_dataset(loader(data_dir, **options), balance, options.get("seed", 0))
+    return loader(data_dir, **options)
 
 
 __all__ = ["Dataset", "SPLITS", "DataError", "load_dataset", "CHESTXRAY14_FINDINGS",

@@ -4,7 +4,9 @@ Commands:
 
 * ``describe --dataset NAME --data-dir DIR [--split official|patient] [--json]
   [--option KEY=VALUE ...]``: images, labels, splits and the patient-leakage check;
-* ``phantom --out DIR [--images N] [--size S] [--seed K]``: write the synthetic phantom set;
+* ``phantom --out DIR [--images N] [--size S] [--seed K] [--kind chestxray14|pneumonia]
+  [--classes normal pneumonia covid19]``: write a synthetic phantom set (the 14-finding one
+  in the ChestX-ray14 layout, or the single-label one in class folders);
 * ``prepare --dataset NAME --data-dir DIR --size 224 --out CACHE [--workers N]
   [--skip-bad-images] [--option KEY=VALUE ...]``: decode and resize all images once into a cache.
 
@@ -57,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--images", type=int, default=None)
     phantom.add_argument("--size", type=int, default=None)
     phantom.add_argument("--seed", type=int, default=None)
+    phantom.add_argument("--kind", choices=["chestxray14", "pneumonia"], default="chestxray14",
+                         help="the 14-finding phantom or the single-label pneumonia one")
+    phantom.add_argument("--classes", nargs="+", default=None,
+                         help="pneumonia kind: two or three of normal, pneumonia, covid19")
 
     prepare = commands.add_parser("prepare", help="decode and resize images into a cache")
     prepare.add_argument("--dataset", required=True, choices=sorted(LOADERS))
@@ -77,10 +83,17 @@ def run_describe(args) -> None:
 
 
 def run_phantom(args) -> None:
-    from chestkd.data.phantom import write_phantom    # lazy: describe must not depend on it
     given = {key: getattr(args, key) for key in ("images", "size", "seed")
              if getattr(args, key) is not None}
-    result = write_phantom(args.out, **given)
+    if args.kind == "pneumonia":
+        from chestkd.data.pneumonia_phantom import write_pneumonia_phantom
+        result = write_pneumonia_phantom(args.out, classes=args.classes, **given)
+    else:
+        if args.classes is not None:
+            raise ConfigError("--classes: only for --kind pneumonia (the 14-finding phantom "
+                              "always has its 14 findings)")
+        from chestkd.data.phantom import write_phantom    # lazy: describe must not depend on it
+        result = write_phantom(args.out, **given)
     print(f"phantom dataset written to {args.out if result is None else result}")
 
 

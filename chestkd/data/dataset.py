@@ -58,6 +58,8 @@ class Dataset:
         root: dataset folder.
         skipped: rows dropped because of bad input (with an explicit skip option), as a table
             with columns ``path`` and ``reason``; reported by every run.
+        excluded: rows a loader left out on purpose, reason -> count (the csv loader's
+            filters and blank labels); unlike ``skipped`` these are not errors.
         clean_labels: (N, C) float32 true labels when the dataset knows them and ``labels``
             may be wrong (the phantom with ``label_noise``, see :mod:`chestkd.data.phantom`);
             None for real data, whose truth nobody knows. ``labels`` is always what training
@@ -78,6 +80,7 @@ class Dataset:
     skipped: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
     clean_labels: np.ndarray | None = None
+    excluded: dict = field(default_factory=dict)
 
     def __post_init__(self):
         n = len(self.paths)

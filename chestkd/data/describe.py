@@ -104,6 +104,8 @@ def describe(data: Dataset, options=None) -> dict:
                         if leaked else None)},
         "skipped": int(len(data.skipped)),
     }
+    if data.excluded:
+        report["excluded"] = {str(k): int(v) for k, v in data.excluded.items()}
     unknown = (data.mask == 0).sum(0)
     if unknown.any():
         report["unknown_labels"] = {name: int(n) for name, n in zip(data.class_names, unknown)}
@@ -187,6 +189,9 @@ def format_report(report: dict) -> str:
                      f"negatives, {noise['false_positives']:,} false positives; "
                      f"{noise['wrong_share_of_positives']:.1%} of the reported positives "
                      f"are wrong")
+    if "excluded" in report:
+        lines.append("rows left out on purpose: " + ", ".join(
+            f"{n:,} ({why})" for why, n in report["excluded"].items()))
     lines.append(f"skipped bad images: {report['skipped']:,}")
     return "\n".join(lines)
 

@@ -8,12 +8,26 @@ Two layouts are read:
       chest_xray/val/...               chest_xray/test/...
 
   (``train``, ``val`` or ``valid``/``validation``, ``test`` are detected; if there is no
-  validation folder, validation is carved out of ``train`` by ``fractions``);
+  validation folder, validation is carved out of ``train`` by ``fractions``). A validation
+  folder is used as given unless ``val_split`` says otherwise: ``"carve"`` puts its images
+  into ``train`` and carves validation from ``train`` patient-wise (stratified, seeded,
+  the share ``fractions[1] / (fractions[0] + fractions[1])``); ``"auto"`` (the default)
+  does so when the folder holds fewer than 5 % of the train and val images -- the
+  pediatric set's ``val`` has 16 images beside 5,216 in ``train``, too few to choose a
+  checkpoint or a threshold on; ``"official"`` always keeps it;
 * class folders only (``data_dir/<class>/...``): a seeded split by ``fractions``,
   stratified by class; with ``patient_regex`` it is patient-wise (no patient in two
   splits) and stratified by each patient's most frequent class.
 
 Images are found recursively inside each class folder by extension (case-insensitive).
+
+Patient ids: ``patient_regex`` (its group ``patient``, or its only group, of each file
+name). ``patient_regex="kermany"`` is :data:`KERMANY_PATIENT_REGEX`, which reads the
+pediatric set's names: ``person1_bacteria_1.jpeg`` and ``person1_virus_6.jpeg`` ->
+``person1``; ``IM-0115-0001.jpeg`` -> ``IM-0115``; ``NORMAL2-IM-1427-0001.jpeg`` ->
+``NORMAL2-IM-1427`` (the second batch of normal films numbers its patients anew, so its
+prefix is kept). With no ``patient_regex``, a folder whose every file name matches it is
+read with it (and says so); otherwise every image is its own patient.
 """
 from __future__ import annotations
 
@@ -24,20 +38,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chestkd.data.balance import BALANCE_MODES, balance_dataset, balance_rows, check_balance
 from chestkd.data.dataset import SPLITS, Dataset
 from chestkd.data.images import resolve_dir, screen_images
 from chestkd.data.splits import check_fractions, check_no_leakage, patient_split
 from chestkd.errors import ConfigError, DataError
 
+__all__ = ["load_folder", "split_folders", "find_images", "patient_ids", "balance_rows",
+           "BALANCE_MODES"]
+
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# The pediatric pneumonia set's file names (Kermany et al. 2018; module doc).
+KERMANY_PATIENT_REGEX = r"^(?P<patient>person\d+|(?:NORMAL2-)?IM-\d+)[_-]"
+VAL_SPLITS = ("auto", "official", "carve")
+AUTO_CARVE_SHARE = 0.05     # "auto": a val folder below 5 % of train + val is carved instead
 SPLIT_FOLDER_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"),
                       "test": ("test", "testing")}
-BALANCE_MODES = (None, "undersample", "oversample")
 
 
 def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1, 0.2),
                 seed: int = 0, patient_regex: str | None = None, balance: str | None = None,
-                extensions=EXTENSIONS, skip_bad_images: bool = False,
+                val_split: str = "auto", extensions=EXTENSIONS, skip_bad_images: bool = False,
                 check_images: bool = False, workers: int | None = None) -> Dataset:
     """Load class folders as a single-label (one-hot) :class:`Dataset`.
 
@@ -50,7 +71,10 @@ def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1,
         fractions: (train, val, test) shares when there are no split folders.
         seed: seed of the split and of balancing.
         patient_regex: regex applied to each file name; its group ``patient`` (or its only
-            group) is the patient id. Without it, every image is its own patient.
+            group) is the patient id; ``"kermany"`` for the pediatric set's names (module doc).
+            Without it, every image is its own patient (unless all names are Kermany's).
+        val_split: ``"auto"``, ``"official"`` or ``"carve"``: what a validation folder is
+            used for (module doc).
         balance: ``"undersample"`` (drop majority-class rows) or ``"oversample"``
             (repeat minority-class rows) in the train split only, seeded.
         extensions: file extensions counted as images.
@@ -59,11 +83,14 @@ def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1,
         workers: threads for the image check.
     """
     root = resolve_dir(data_dir, "folder")
-    if balance not in BALANCE_MODES:
-        raise ConfigError(f"folder: unknown balance {balance!r}; choose one of {BALANCE_MODES}")
+    check_balance(balance, "folder")
     fractions = check_fractions(fractions)
     if len(fractions) != 3:
         raise ConfigError(f"folder: fractions must be (train, val, test), got {tuple(fractions)}")
+    if val_split not in VAL_SPLITS:
+        raise ConfigError(f"folder: unknown val_split {val_split!r}; choose one of {VAL_SPLITS}")
+    if patient_regex == "kermany":
+        patient_regex = KERMANY_PATIENT_REGEX
     pattern = _patient_pattern(patient_regex)
     suffixes = tuple(str(ext).lower() if str(ext).startswith(".") else f".{str(ext).lower()}"
                      for ext in extensions)
@@ -86,6 +113,11 @@ def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1,
     table = pd.DataFrame(rows, columns=["path", "label", "split"])
     table = table.sort_values(["split", "label", "path"], kind="stable").reset_index(drop=True)
     files = table["path"].map(lambda p: os.path.basename(p))
+    if pattern is None and files.str.match(KERMANY_PATIENT_REGEX).all():
+        print(f"folder: the file names in {root} are the pediatric set's: patient ids read with "
+              f"patient_regex=kermany ({KERMANY_PATIENT_REGEX})")
+        patient_regex = KERMANY_PATIENT_REGEX
+        pattern = _patient_pattern(patient_regex)
     if pattern is not None:
         patients = patient_ids(files, table["path"], pattern, patient_regex)
     else:   # each image its own patient: the path relative to the data folder is unique
@@ -94,6 +126,9 @@ def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1,
 
     if folders:
         split = table["split"].to_numpy(dtype="<U5")
+        if "val" in folders and _carve_validation(val_split, split):
+            split[split == "val"] = "train"
+            folders = {name: folder for name, folder in folders.items() if name != "val"}
         check_no_leakage(patients, split, f"folder: split folders of {root} "
                                           f"(patient_regex={patient_regex!r})")
         if "val" not in folders:
@@ -110,14 +145,20 @@ def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1,
                    patients=patients, split=split,
                    meta=pd.DataFrame({"image": files.to_numpy(dtype=str),
                                       "class": np.asarray(class_names)[label_index],
+                                      "split_folder": table["split"].to_numpy(dtype=str),
                                       "on_disk": True}),
                    root=root)
     data = screen_images(data, check_images=check_images, skip_bad_images=skip_bad_images,
                          workers=workers)
-    if balance is not None:
-        data = data.select(balance_rows(data.labels.argmax(1), data.split == "train",
-                                        balance, seed))
-    return data
+    return balance_dataset(data, balance, seed)
+
+
+def _carve_validation(val_split: str, split: np.ndarray) -> bool:
+    """Whether the images of the validation folder go to train and validation is carved."""
+    if val_split != "auto":
+        return val_split == "carve"
+    in_val = int((split == "val").sum())
+    return in_val < AUTO_CARVE_SHARE * (in_val + int((split == "train").sum()))
 
 
 def split_folders(root: Path, split_dirs) -> dict[str, Path]:
@@ -208,30 +249,3 @@ def patient_ids(files: pd.Series, paths: pd.Series, pattern, patient_regex) -> n
                             f"{patient_regex!r}")
         ids.append(match.group(group))
     return np.asarray(ids, dtype=str)
-
-
-def balance_rows(label_index: np.ndarray, train: np.ndarray, mode: str, seed: int) -> np.ndarray:
-    """Row indices with the train rows balanced by class; other splits unchanged.
-
-    ``undersample``: every class keeps ``min_c n_c`` random train rows.
-    ``oversample``: every class reaches ``max_c n_c`` train rows: all its rows, repeated
-    whole as often as they fit, plus a random sample of them for the remainder.
-    """
-    rng = np.random.default_rng(seed)
-    train_rows = np.flatnonzero(train)
-    if len(train_rows) == 0:
-        return np.arange(len(label_index))
-    per_class = [train_rows[label_index[train_rows] == c]
-                 for c in np.unique(label_index[train_rows])]
-    sizes = [len(rows) for rows in per_class]
-    chosen = []
-    if mode == "undersample":
-        target = min(sizes)
-        chosen = [np.sort(rng.choice(rows, size=target, replace=False)) for rows in per_class]
-    else:
-        target = max(sizes)
-        for rows in per_class:
-            repeats, remainder = divmod(target, len(rows))
-            extra = np.sort(rng.choice(rows, size=remainder, replace=False))
-            chosen.append(np.concatenate([np.tile(rows, repeats), extra]))
-    return np.sort(np.concatenate(chosen + [np.flatnonzero(~train)]), kind="stable")

@@ -92,6 +92,16 @@ def render(anatomy, findings, rng: np.random.Generator, size: int, view: str = "
     for name in CHESTXRAY14_FINDINGS:
         if name in findings:
             boxes[name] = SCENE_EDITS[name](scene, finding_rngs[name])
+    return expose(scene, boxes, rng)
+
+
+def expose(scene: Scene, boxes: dict, rng: np.random.Generator):
+    """The film of an edited ``scene``: uint8 image and its boxes moved with the patient.
+
+    Beer-Lambert exposure, patient position (rotation, shift, scale), gamma, contrast,
+    detector noise and blur, drawn from ``rng``; ``boxes`` are normalised (x0, y0, x1, y1).
+    Shared by every phantom, so all of them look like the same radiographs.
+    """
     density = scene.density()
     # Beer-Lambert: transmitted fraction exp(-k D); the film shows attenuation as brightness.
     k = rng.uniform(1.4, 2.2)
@@ -142,7 +152,7 @@ ORIGINAL_FORMATS = ((2500, 2048, 0.168), (2992, 2991, 0.143), (3056, 2544, 0.139
 ORIGINAL_FORMAT_WEIGHTS = (0.40, 0.26, 0.17, 0.10, 0.07)
 
 
-def _films_per_patient(rng, images: int, patients: int | None) -> np.ndarray:
+def films_per_patient(rng, images: int, patients: int | None) -> np.ndarray:
     if patients is not None:
         if not 2 <= patients <= images:
             raise ConfigError(f"patients={patients}: must lie between 2 and images={images}")
@@ -163,7 +173,7 @@ def _films_per_patient(rng, images: int, patients: int | None) -> np.ndarray:
     return counts
 
 
-def _test_patients(rng, counts: np.ndarray) -> np.ndarray:
+def test_patients(rng, counts: np.ndarray) -> np.ndarray:
     """Patients (0-based) in the test list: shuffled, added until ~20 % of the films."""
     order = rng.permutation(len(counts))
     taken, chosen = 0, []
@@ -193,8 +203,8 @@ def plan(images: int, seed: int, patients: int | None = None) -> pd.DataFrame:
     if images < 10:
         raise ConfigError(f"--images {images}: the phantom needs at least 10 images")
     rng = np.random.default_rng([seed, 1])
-    counts = _films_per_patient(rng, images, patients)
-    test = set(_test_patients(rng, counts))
+    counts = films_per_patient(rng, images, patients)
+    test = set(test_patients(rng, counts))
     findings, rows = [], []
     for patient, films in enumerate(counts):
         # Ages like the release's (mean 47, sd 17); follow-ups span a few years.
@@ -251,34 +261,53 @@ def write_phantom(out, images: int = 1000, size: int = 256, seed: int = 0,
     is either complete or absent. A complete phantom with the same parameters is reused;
     any other non-empty ``out`` is refused, never overwritten.
     """
-    out = Path(out)
     parameters = _parameters(images, size, seed, patients)
     if size < 32:
         raise ConfigError(f"--size {size}: the phantom needs at least 32 pixels")
+
+    def build(staging: Path) -> None:
+        (staging / "images").mkdir()
+        rows = plan(images, seed, patients)
+        jobs = [(row, size, seed, str(staging / "images")) for row in rows.to_dict("records")]
+        _write_tables(staging, rows, render_all(_render_row, jobs, workers))
+
+    return write_once(out, parameters, build)
+
+
+def render_all(function, jobs, workers: int | None = None) -> list:
+    """``[function(job) for job in jobs]`` on a thread pool of ``workers`` (default: all cores).
+
+    Threads, not processes: OpenCV and NumPy's large-array operations release the GIL, and
+    threads work the same from a script, a notebook or a process that already runs TensorFlow
+    (forking one is unsafe; spawning needs an importable __main__).
+    """
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(function, jobs))
+
+
+def write_once(out, parameters: dict, build) -> Path:
+    """Make ``out`` by ``build(staging)`` in a temporary sibling folder, then ``phantom.json``
+    (``parameters``, written last: it marks the folder complete) and a rename into place.
+
+    A complete folder with the same ``parameters`` is reused; any other non-empty ``out`` is
+    refused, never overwritten. Shared by every phantom.
+    """
+    out = Path(out)
     if out.exists() and any(out.iterdir()):
-        if _stored_parameters(out) == parameters:
+        if stored_parameters(out) == parameters:
             return out
         raise DataError(f"{out}: the folder is not empty and holds no phantom with these "
                         f"parameters ({parameters}); choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        (staging / "images").mkdir()
-        rows = plan(images, seed, patients)
-        jobs = [(row, size, seed, str(staging / "images")) for row in rows.to_dict("records")]
-        workers = workers or os.cpu_count() or 1
-        # Threads, not processes: OpenCV and NumPy's large-array operations release the GIL,
-        # and threads work the same from a script, a notebook or a process that already runs
-        # TensorFlow (forking one is unsafe; spawning needs an importable __main__).
-        with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(_render_row, jobs))
-        _write_tables(staging, rows, results)
+        build(staging)
         (staging / "phantom.json").write_text(json.dumps(parameters))
         try:
             os.replace(staging, out)  # replaces an empty folder, fails on a non-empty one
         except OSError:
             # Another process finished the same phantom first: use theirs.
-            if _stored_parameters(out) != parameters:
+            if stored_parameters(out) != parameters:
                 raise
             shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
@@ -287,7 +316,7 @@ def write_phantom(out, images: int = 1000, size: int = 256, seed: int = 0,
     return out
 
 
-def _stored_parameters(folder: Path) -> dict | None:
+def stored_parameters(folder: Path) -> dict | None:
     """The parameters in ``folder/phantom.json`` (written last: the phantom is complete)."""
     try:
         return json.loads((folder / "phantom.json").read_text())
@@ -336,7 +365,7 @@ def load_phantom(data_dir=None, *, images: int = 1000, size: int = 256, phantom_
     label_noise = check_label_noise(label_noise)
     if data_dir is None:
         data_dir = default_folder(images, size, phantom_seed)
-        stored = _stored_parameters(data_dir)
+        stored = stored_parameters(data_dir)
         if stored is not None and stored.get("version") != VERSION:
             # Our own cache, written by an older chestkd: regenerate it.
             print(f"replacing the phantom in {data_dir} (written by an older version)")
@@ -348,7 +377,7 @@ def load_phantom(data_dir=None, *, images: int = 1000, size: int = 256, phantom_
     data = load_chestxray14(data_dir, split=split, **options)
     data.name = "phantom"
     # The phantom's own seed (phantom.json) when a folder is given, so the noise belongs to it.
-    seed = (_stored_parameters(Path(data.root)) or {}).get("seed", phantom_seed)
+    seed = (stored_parameters(Path(data.root)) or {}).get("seed", phantom_seed)
     return with_label_noise(data, label_noise, int(seed),
                             options.get("metadata", "Data_Entry_2017.csv"))
 

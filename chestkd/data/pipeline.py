@@ -9,13 +9,16 @@ prepared cache (``chestkd.data.cache``):
    chestkd model expects); ``zero_one`` keeps [0, 1]; ``imagenet`` uses ImageNet's channel
    mean and std; ``mean_std`` subtracts a dataset mean and divides by its std
    (``mean_std=(mean, std)``, e.g. from ``estimate_mean_std``),
-4. when training: a random horizontal flip (the papers' only augmentation),
+4. when training: ``augment`` -- ``flip``, a random horizontal flip (the papers' only
+   augmentation, the default), or ``light`` / ``strong``, the flip plus a random affine map and
+   brightness/contrast change on the batch (:mod:`chestkd.data.augment` gives the ranges),
 5. batch and prefetch with AUTOTUNE.
 
-Training order and flips come from ``seed``: two pipelines built with the same seed yield the same
-images in the same order with the same flips, every epoch. That is what lets a cached teacher
-(logits precomputed for the original and the flipped view of every training image) give exactly the
-losses an online teacher gives.
+Training order, flips and augmentation come from ``seed``: two pipelines built with the same seed
+yield the same images in the same order with the same flips and affine maps, every epoch. That is
+what lets a cached teacher (logits precomputed for the original and the flipped view of every
+training image) give exactly the losses an online teacher gives -- with ``augment="flip"`` only,
+so a cached table with ``light`` or ``strong`` is refused.
 
 Labels: ``y`` is float32 (B, C). Unknown labels (``Dataset.mask == 0``, CheXpert U-Ignore) are
 encoded as -1, which the losses and metrics in ``chestkd.training.losses`` leave out.
@@ -27,6 +30,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from chestkd.data.augment import (RANGES, augment_batch, check_augment, draw_parameters,
+                                  identity_parameters)
 from chestkd.data.dataset import Dataset
 from chestkd.errors import ConfigError, DataError
 
@@ -110,14 +115,17 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
                  batch_size: int = 32, training: bool = False, seed: int = 0,
                  normalization: str = "minus_one_one", mean_std=None, cache_dir=None,
                  teacher_logits: np.ndarray | None = None, flip: bool | None = None,
-                 drop_remainder: bool = False, shuffle: bool | None = None) -> tf.data.Dataset:
+                 drop_remainder: bool = False, shuffle: bool | None = None,
+                 augment: str | None = None) -> tf.data.Dataset:
     """Build the tf.data pipeline for ``data`` (or its ``split``).
 
     Args:
         data: a :class:`Dataset`; ``split`` selects ``"train"``, ``"val"`` or ``"test"`` first.
         image_size: output side length (224; 299 for InceptionV3).
-        training: shuffle and flip (unless ``shuffle`` / ``flip`` say otherwise).
-        seed: fixes the order and the flips.
+        training: shuffle and augment (unless ``shuffle`` / ``flip`` say otherwise).
+        seed: fixes the order, the flips and the augmentation.
+        augment: ``"flip"`` (None: the same), ``"light"`` or ``"strong"``; applied when
+            ``training`` only (the affine part) -- ``flip`` still switches the flip.
         cache_dir: a folder written by ``python -m chestkd.data prepare``; images are read from
             its uint8 shards instead of decoding the original files.
         teacher_logits: cached teacher outputs, shape (N, 2, C) or (N, 2, K, C) for the N images
@@ -136,6 +144,8 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
         raise ConfigError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
     shuffle = training if shuffle is None else shuffle
     flip = training if flip is None else flip
+    augment = check_augment("flip" if augment is None else augment)
+    ranges = RANGES.get(augment) if training else None
     labels = encode_labels(data)
     n = len(data)
     if teacher_logits is not None:
@@ -143,13 +153,23 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
         if teacher_logits.shape[0] != n or teacher_logits.shape[1] != 2:
             raise ConfigError(f"teacher_logits has shape {teacher_logits.shape}; expected "
                               f"({n}, 2, ...) for the {n} images of this split")
+        if ranges is not None:
+            raise ConfigError(f"augment={augment!r} cannot use cached teacher_logits: they hold "
+                              f"the original and the flipped view only (use the teacher "
+                              f"online, or augment='flip')")
 
     index = tf.data.Dataset.range(n)
     if shuffle:
         index = index.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     coin = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
-    elements = tf.data.Dataset.zip(index, coin).map(
-        lambda i, r: (i, tf.cast(r % 2, tf.int32) if flip else tf.constant(0, tf.int32)))
+    keys = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=True)
+
+    def element(i, r, key):
+        flips = tf.cast(r % 2, tf.int32) if flip else tf.constant(0, tf.int32)
+        params = identity_parameters() if ranges is None else draw_parameters(key, i, ranges)
+        return i, flips, params
+
+    elements = tf.data.Dataset.zip(index, coin, keys).map(element)
 
     labels_t = tf.constant(labels)
     teacher_t = None if teacher_logits is None else tf.constant(teacher_logits)
@@ -161,7 +181,7 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
         cache_size = cache.size
         batches = elements.batch(batch_size, drop_remainder=drop_remainder)
 
-        def load(i, flips):
+        def load(i, flips, params):
             images = tf.numpy_function(lambda r: cache.read_rows(r), [tf.gather(rows, i)],
                                        tf.uint8, stateful=False)
             images = tf.cast(images[..., None], tf.float32) / 255.0
@@ -170,7 +190,7 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
             if cache_size != image_size:
                 images = tf.image.resize(images, [image_size, image_size],
                                          method="area" if cache_size > image_size else "bilinear")
-            return i, flips, _flip(images, flips)
+            return i, flips, params, _flip(images, flips)
 
         ds = batches.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
@@ -178,13 +198,17 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
         tf_decodable = all(os.path.splitext(p)[1].lower() in _TF_DECODABLE for p in data.paths)
         decode = decode_file if tf_decodable else _decode_with_cv2
 
-        def load_one(i, f):
-            return i, f, _flip(decode(paths[i], image_size), f)
+        def load_one(i, f, params):
+            return i, f, params, _flip(decode(paths[i], image_size), f)
 
         ds = elements.map(load_one, num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
-    def finish(i, flips, images01):
+    if ranges is not None:
+        ds = ds.map(lambda i, f, p, x: (i, f, p, augment_batch(x, p)),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    def finish(i, flips, params, images01):
         images = normalize(images01, normalization, mean_std)
         y = tf.gather(labels_t, i)
         if teacher_t is None:

@@ -23,24 +23,43 @@ from chestkd.errors import ConfigError
 BASE_DEFAULTS = {
     "recipe": None,                # set by the recipe; a YAML file may name the one it is for
     # data
-    "dataset": "phantom",          # chestxray14 | chexpert | folder | phantom
-    "data_dir": None,              # None with the phantom: generated into ~/.cache/chestkd
+    # chestxray14 | chexpert | folder | csv | phantom | pneumonia_phantom
+    "dataset": "phantom",
+    "data_dir": None,              # None with a phantom: generated into ~/.cache/chestkd
     "split": None,                 # chestxray14: official | patient (None: the loader's default)
     "views": None,                 # chestxray14: e.g. [PA] or [PA, AP]
     "labels": None,                # a subset of findings, e.g. the 8 ChestX-ray8 ones
     "uncertainty": "ones",         # chexpert: ones | zeros | ignore
     "frontal_only": True,          # chexpert
-    "classes": None,               # folder: class folder names
-    "patient_regex": None,         # folder: regex reading a patient id from the file name
-    "balance": None,               # folder: undersample | oversample
-    "skip_bad_images": False,      # skip and report unreadable images instead of stopping
+    # folder: class folder names; csv: class names; pneumonia_phantom: [normal, pneumonia,
+    # covid19] (default) or two of them, e.g. [normal, pneumonia]
+    "classes": None,
+    "patient_regex": None,         # folder: regex reading a patient id from the file name (kermany)
+    # folder with a val folder: auto (carve from train when val holds < 5% of the images,
+    # as the pediatric set's 16) | official | carve
+    "val_split": "auto",
+    "balance": None,               # single-label data: undersample | oversample (train split)
+    # csv: a table of images (e.g. the COVID-19 image data collection's metadata.csv)
+    "csv": None,                   # the CSV file, relative to data_dir
+    "image_dir": None,             # folder of the images, relative to data_dir (None: data_dir)
+    "image_column": "filename",    # column with the image file name or relative path
+    "label_column": None,          # column with a class name or a |-separated list of them
+    "label_columns": None,         # or: one 0/1 column per class, e.g. [NORMAL, PNEUMONIA]
+    "patient_column": None,        # column with the patient id (None: each image its own)
+    "label_map": None,             # e.g. {Pneumonia/Viral/COVID-19: COVID-19}; map to null to drop
+    "filters": None,               # keep rows by column values, e.g. {view: [PA, AP]}
+    "split_column": None,          # column with train/val/test (None: a seeded patient split)
+    "skip_bad_images": False,      # skip and report unreadable images (and bad csv rows)
     "check_images": True,          # decode every image once before training (not with cache_dir)
     "label_noise": 0.0,            # phantom: fraction of wrong labels (clean labels kept)
-    "phantom_images": 1000,
+    "phantom_images": 1000,        # phantom and pneumonia_phantom: images written
     "phantom_size": 256,
     "cache_dir": None,             # a folder written by `python -m chestkd.data prepare`
     "image_size": 224,
     "normalization": "minus_one_one",  # minus_one_one | zero_one | imagenet | mean_std
+    # training-split augmentation: flip | light | strong (ranges in chestkd.data.augment);
+    # None: light for folder and csv data, flip (the papers') otherwise; resolved in the run
+    "augment": None,
     "mean_std": None,              # mean_std: (mean, std); None: estimated on the train split
     "batch_size": 32,
     "seed": 0,
@@ -72,7 +91,8 @@ BASE_DEFAULTS = {
 }
 
 # What runs when no data is given: a small phantom and a small model, so the whole job finishes
-# in minutes on two CPU cores. Applies only to keys the user did not set.
+# in minutes on two CPU cores. Applies only to keys the user did not set, to both phantoms
+# (label noise to the 14-finding one only: the single-label phantom has none).
 PHANTOM_PROFILE = {
     "model": "resnet32",
     "image_size": 128,             # the phantom's own size: no resizing
@@ -88,6 +108,13 @@ PHANTOM_PROFILE = {
     "weight_decay_mode": "decoupled",  # as measured with this profile (Adam, Keras' decay)
     "label_noise": 0.1,            # like ChestX-ray14's NLP-mined labels (>90 % accurate)
 }
+
+PHANTOM_DATASETS = ("phantom", "pneumonia_phantom")
+MULTI_LABEL_PHANTOM_ONLY = frozenset({"label_noise"})
+# Datasets of real images with no augmentation of their own in the papers: they overfit, so
+# `augment: None` means light augmentation for them (issue 10) and the papers' flip otherwise.
+LIGHT_AUGMENT_DATASETS = ("folder", "csv")
+AUGMENTATIONS = ("flip", "light", "strong")    # chestkd.data.augment has the ranges
 
 KD_DEFAULTS = {
     "strategy": "standard",        # standard | reversed | defective (the KD recipe)
@@ -220,12 +247,16 @@ def resolve_config(argv, defaults: dict, description: str = "") -> dict:
         _check_keys({key: None}, defaults, f"override {item!r}")
         given[key] = on_command_line[key] = _parse_value(value)
     config = copy.deepcopy(defaults)
-    if given.get("dataset", config["dataset"]) == "phantom":
-        config.update({k: v for k, v in PHANTOM_PROFILE.items() if k in config})
+    dataset = given.get("dataset", config["dataset"])
+    if dataset in PHANTOM_DATASETS:
+        config.update({k: v for k, v in PHANTOM_PROFILE.items() if k in config
+                       and (dataset == "phantom" or k not in MULTI_LABEL_PHANTOM_ONLY)})
     config.update(given)
     if config_file:
         config["config_file"] = str(config_file)
     config["_given"] = sorted(on_command_line)
+    if "augment" in config and "dataset" in config:
+        resolve_augment(config)   # recorded resolved, so the saved run says what ran
     return config
 
 
@@ -244,14 +275,45 @@ def dataset_options(config: dict) -> dict:
     if name == "chexpert":
         return {**common, "uncertainty": config["uncertainty"],
                 "frontal_only": config["frontal_only"], "labels": config["labels"]}
+    single_label = {"balance": config.get("balance"), "seed": config["seed"]}
     if name == "folder":
-        return {**common, "classes": config["classes"], "patient_regex": config["patient_regex"],
-                "balance": config["balance"], "seed": config["seed"]}
-    raise ConfigError(f"--dataset {name!r}: unknown; choose chestxray14, chexpert, folder or phantom")
+        return {**common, **single_label, "classes": config["classes"],
+                "patient_regex": config["patient_regex"],
+                "val_split": config.get("val_split", "auto")}
+    if name == "csv":
+        keys = ("csv", "image_dir", "image_column", "label_column", "label_columns",
+                "patient_column", "label_map", "filters", "split_column", "classes")
+        return {**common, **single_label, **{k: config.get(k) for k in keys}}
+    if name == "pneumonia_phantom":
+        return {**common, **single_label, "classes": config["classes"],
+                "images": config["phantom_images"], "size": config["phantom_size"]}
+    raise ConfigError(f"--dataset {name!r}: unknown; choose one of {', '.join(DATASETS)}")
 
+
+def resolve_augment(config: dict) -> str:
+    """The run's augmentation: ``config["augment"]``, or for None light on folder and csv
+    data and the papers' flip otherwise. Stored back into ``config`` (recorded with the run)."""
+    value = config.get("augment")
+    if value is None:
+        # A cached teacher table holds the original and the flipped view only, so KD with
+        # cached teacher outputs keeps the flip unless asked otherwise (then check_config
+        # names the conflict).
+        light = (config.get("dataset") in LIGHT_AUGMENT_DATASETS
+                 and config.get("teacher_outputs") != "cached")
+        value = "light" if light else "flip"
+    if value not in AUGMENTATIONS:
+        raise ConfigError(f"--augment {value!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    config["augment"] = value
+    return value
+
+
+DATASETS = ("chestxray14", "chexpert", "folder", "csv", "phantom", "pneumonia_phantom")
 
 _CHOICES = {
-    "dataset": ("chestxray14", "chexpert", "folder", "phantom"),
+    "dataset": DATASETS,
+    "augment": (None, *AUGMENTATIONS),
+    "val_split": ("auto", "official", "carve"),
+    "balance": (None, "undersample", "oversample"),
     "optimizer": ("sgd", "adam", "adamw"),
     "weight_decay_mode": ("coupled", "decoupled"),
     "schedule": ("constant", "step", "cosine", "plateau"),
@@ -314,6 +376,13 @@ def check_config(config: dict) -> None:
     if noise and config.get("dataset") != "phantom":
         raise ConfigError(f"--label-noise {noise}: only the phantom can add label noise (a real "
                           f"dataset's labels are as they are); got --dataset {config['dataset']}")
+    if config.get("balance") and config.get("dataset") in ("chestxray14", "chexpert", "phantom"):
+        raise ConfigError(f"--balance {config['balance']}: balancing needs single-label classes; "
+                          f"--dataset {config['dataset']} is multi-label")
+    if config.get("augment") in ("light", "strong") and config.get("teacher_outputs") == "cached":
+        raise ConfigError(f"--augment {config['augment']} with --teacher-outputs cached: the "
+                          f"cached teacher table holds the original and flipped view of each "
+                          f"image only; use --teacher-outputs online or --augment flip")
     seed_list(config.get("seeds"))
     for key in ("epochs", "batch_size", "image_size"):
         if not isinstance(config.get(key), int) or config[key] < 1:

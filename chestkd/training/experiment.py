@@ -14,7 +14,8 @@ from chestkd.data import load_dataset
 from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epoch
 from chestkd.errors import ChestKDError
-from chestkd.training.config import dataset_options, save_config
+from chestkd.training.config import (PHANTOM_DATASETS, dataset_options, resolve_augment,
+                                     save_config)
 from chestkd.training.losses import MaskedAUC, hard_loss_for
 from chestkd.training.run import seed_everything
 from chestkd.training.trainer import distribution_strategy, fit, make_optimizer
@@ -39,7 +40,7 @@ def load_run_data(config: dict, run_dir) -> Dataset:
         data = cache.screen(load_dataset(config["dataset"], config.get("data_dir"), **options),
                             skip_bad_images=skip_bad)
     else:
-        if config["dataset"] != "phantom" or config.get("data_dir"):
+        if config["dataset"] not in PHANTOM_DATASETS or config.get("data_dir"):
             options["check_images"] = bool(config.get("check_images", True))
         data = load_dataset(config["dataset"], config.get("data_dir"), **options)
     for split in ("train", "val", "test"):
@@ -67,11 +68,13 @@ def image_options(data: Dataset, config: dict) -> dict:
 
 
 def pipelines(data: Dataset, config: dict, teacher_logits=None, val_teacher_logits=None):
-    """Training (shuffled, flipped) and validation datasets for a run (with cached teacher
-    tables for distillation)."""
+    """Training (shuffled, augmented by ``config["augment"]``, resolved and recorded by
+    :func:`~chestkd.training.config.resolve_augment`) and validation datasets for a run (with
+    cached teacher tables for distillation)."""
     common = dict(batch_size=int(config["batch_size"]), **image_options(data, config))
     train = make_dataset(data, "train", training=True, seed=int(config["seed"]),
-                         teacher_logits=teacher_logits, **common)
+                         teacher_logits=teacher_logits, augment=resolve_augment(config),
+                         **common)
     val = make_dataset(data, "val", training=False, teacher_logits=val_teacher_logits, **common)
     return train, val
 

@@ -1,0 +1,143 @@
+"""The CSV loader on a table in the COVID-19 image data collection's metadata.csv layout."""
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from chestkd.data import load_dataset
+from chestkd.data.csv_table import load_csv
+from chestkd.errors import ConfigError, DataError
+from chestkd.training.config import BASE_DEFAULTS, dataset_options, resolve_config
+from chestkd.training.experiment import load_run_data
+
+FINDINGS = ["Pneumonia/Viral/COVID-19", "Pneumonia/Bacterial/Streptococcus", "No Finding"]
+LABEL_MAP = {"Pneumonia/Viral/COVID-19": "COVID-19", "No Finding": "normal",
+             "Pneumonia/Bacterial/Streptococcus": "pneumonia", "Pneumonia/Viral/SARS": None}
+OPTIONS = dict(csv="metadata.csv", image_column=["folder", "filename"], label_column="finding",
+               patient_column="patientid", label_map=LABEL_MAP, filters={"view": ["PA", "AP"]},
+               classes=["normal", "pneumonia", "COVID-19"])
+
+
+def write_collection(root, rows=None):
+    """metadata.csv in the collection's layout and a tiny PNG per row; returns the table."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    if rows is None:
+        rows = []
+        for patient in range(1, 19):            # 18 patients, 1-3 films each, PA or AP
+            for offset in range(1 + patient % 3):
+                rows.append({"patientid": str(patient), "offset": str(offset * 3),
+                             "sex": "MF"[patient % 2], "age": str(30 + patient),
+                             "finding": FINDINGS[patient % 3], "RT_PCR_positive": "Y",
+                             "view": "PA" if offset % 2 == 0 else "AP", "modality": "X-ray",
+                             "folder": "images", "filename": f"{patient}-{offset}.png"})
+        rows += [  # a lateral film (filtered), a blank finding, a SARS film (mapped to null)
+            {**rows[0], "view": "L", "filename": "lateral.png"},
+            {**rows[1], "finding": "", "filename": "blank.png"},
+            {**rows[2], "finding": "Pneumonia/Viral/SARS", "filename": "sars.png"}]
+    table = pd.DataFrame(rows)
+    rng = np.random.default_rng(0)
+    for name in table.filename:
+        cv2.imwrite(str(root / "images" / name), rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    table.to_csv(root / "metadata.csv", index=False)
+    return table
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("covid")
+    write_collection(root)
+    return root
+
+
+def test_reads_the_collection_with_map_filters_and_patient_wise_splits(collection):
+    data = load_csv(collection, **OPTIONS, seed=3)
+    assert data.class_names == ["normal", "pneumonia", "COVID-19"] and not data.multi_label
+    table = pd.read_csv(collection / "metadata.csv").fillna("")
+    kept = table[table.view.isin(["PA", "AP"]) & table.finding.isin(FINDINGS)]
+    assert len(data) == len(kept) == 36
+    assert data.excluded == {"filter view": 1, "blank label": 1, "label_map to null": 1}
+    np.testing.assert_array_equal(data.labels.sum(1), 1.0)
+    by_file = dict(zip(kept.filename, kept.finding.map(LABEL_MAP)))
+    names = np.asarray(data.class_names)[data.labels.argmax(1)]
+    assert all(by_file[m] == n for m, n in zip(data.meta["filename"], names))
+    assert set(data.split) == {"train", "val", "test"}
+    data.check_patient_leakage()
+    assert (data.meta["patientid"].to_numpy() == data.patients).all()
+    again = load_csv(collection, **OPTIONS, seed=3)
+    np.testing.assert_array_equal(again.split, data.split)
+    other = load_csv(collection, **OPTIONS, seed=4)
+    assert (other.split != data.split).any()
+    from chestkd.data.describe import run
+    report = run("csv", collection, options=OPTIONS)
+    assert "rows left out on purpose: 1 (filter view), 1 (blank label), 1 (label_map to null)" \
+        in report and "patient leakage check: PASS" in report
+
+
+def test_bad_rows_name_file_line_and_column_or_are_skipped(collection, tmp_path):
+    table = write_collection(tmp_path)
+    (tmp_path / "images" / table.filename[4]).unlink()
+    with pytest.raises(DataError, match=r"metadata\.csv, line 6: column \['folder', 'filename'\]"
+                                        r": image file .*not found"):
+        load_csv(tmp_path, **OPTIONS)
+    data = load_csv(tmp_path, **OPTIONS, skip_bad_images=True)
+    assert len(data) == 35 and list(data.skipped.path) == [str(tmp_path / "images" /
+                                                               table.filename[4])]
+    assert "line 6" in data.skipped.reason[0]
+    # An unknown label (not in classes, not mapped away), a missing column, a bad option.
+    with pytest.raises(DataError, match=r"line 2: column 'finding': unknown label\(s\) "
+                                        r"\['Pneumonia/Bacterial/Streptococcus'\]"):
+        load_csv(collection, **{**OPTIONS, "label_map": None, "filters": None})
+    with pytest.raises(DataError, match=r"column\(s\) \['patient'\] \(option patient_column\)"):
+        load_csv(collection, **{**OPTIONS, "patient_column": "patient"})
+    with pytest.raises(ConfigError, match="exactly one of label_column"):
+        load_csv(collection, csv="metadata.csv")
+
+
+def test_one_column_per_class_pipe_lists_and_a_split_column(tmp_path):
+    rows = [{"image": f"{i}.png", "NORMAL": str(int(i % 2 == 0)), "PNEUMONIA": str(i % 2),
+             "patient": str(i // 2), "findings": "a|b" if i % 3 == 0 else "a",
+             "fold": ["train", "train", "test", "valid"][(i // 2) % 4]} for i in range(16)]
+    (tmp_path / "images").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
+    for row in rows:
+        cv2.imwrite(str(tmp_path / "images" / row["image"]), np.zeros((16, 16), np.uint8))
+    data = load_csv(tmp_path, csv="table.csv", image_dir="images", image_column="image",
+                    label_columns=["NORMAL", "PNEUMONIA"], patient_column="patient",
+                    split_column="fold")
+    assert not data.multi_label and data.class_names == ["NORMAL", "PNEUMONIA"]
+    np.testing.assert_array_equal(data.labels[:, 1], [i % 2 for i in range(16)])
+    np.testing.assert_array_equal(data.split, [{"valid": "val"}.get(r["fold"], r["fold"])
+                                               for r in rows])
+    multi = load_csv(tmp_path, csv="table.csv", image_dir="images", image_column="image",
+                     label_column="findings")
+    assert multi.multi_label and multi.class_names == ["a", "b"]
+    np.testing.assert_array_equal(multi.labels[:, 1], [i % 3 == 0 for i in range(16)])
+    rows[2]["fold"] = "test"       # rows 2 and 3 are patient 1: now in train and test
+    pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
+    with pytest.raises(DataError, match="patient '1' appears in splits"):
+        load_csv(tmp_path, csv="table.csv", image_dir="images", image_column="image",
+                 label_columns=["NORMAL", "PNEUMONIA"], patient_column="patient",
+                 split_column="fold")
+
+
+def test_a_run_on_a_csv_lists_skipped_rows_and_augments_lightly(collection, tmp_path):
+    (tmp_path / "data").mkdir()
+    table = write_collection(tmp_path / "data")
+    (tmp_path / "data" / "images" / table.filename[0]).unlink()
+    argv = ["--dataset", "csv", "--data-dir", str(tmp_path / "data"), "--skip-bad-images",
+            "--balance", "oversample"] + [f"{k}={v}" for k, v in {
+                **OPTIONS, "image_column": "[folder, filename]",
+                "classes": "[normal, pneumonia, COVID-19]",
+                "filters": "{view: [PA, AP]}",
+                "label_map": "{Pneumonia/Viral/COVID-19: COVID-19, No Finding: normal, "
+                             "Pneumonia/Bacterial/Streptococcus: pneumonia, "
+                             "Pneumonia/Viral/SARS: null}"}.items()]
+    config = resolve_config(argv, BASE_DEFAULTS)
+    assert config["augment"] == "light"
+    data = load_run_data(config, tmp_path)
+    skipped = pd.read_csv(tmp_path / "skipped.csv")
+    assert len(skipped) == 1 and skipped.path[0].endswith(table.filename[0])
+    assert len(set(data.subset("train").labels.sum(0))) == 1          # oversampled
+    assert dataset_options(config)["label_map"]["Pneumonia/Viral/SARS"] is None
+    plain = load_dataset("csv", collection, **OPTIONS)
+    assert len(plain) == 36
