@@ -208,6 +208,102 @@ def test_random_teacher_sampling_draws_reproducible_dirichlet_weights():
     assert np.isfinite(history.history["loss"][0])
 
 
+def numpy_dirichlet_rows(seed, step, shape):
+    """float64 reference of the per-example draw: the same stateless uniforms, -log, normalise."""
+    uniform = tf.random.stateless_uniform(shape, seed=tf.constant([seed, step], tf.int64),
+                                          minval=1e-12, maxval=1.0).numpy().astype(np.float64)
+    exponential = -np.log(uniform)
+    return exponential / exponential.sum(axis=1, keepdims=True)
+
+
+def numpy_confidence_weights(stacked, multi_label, temperature):
+    z = stacked.astype(np.float64)
+    if multi_label:
+        confidence = np.abs(2.0 / (1.0 + np.exp(-z)) - 1.0).mean(-1)
+    else:
+        p = np.exp(z - z.max(-1, keepdims=True))
+        confidence = (p / p.sum(-1, keepdims=True)).max(-1)
+    scores = np.exp((confidence - confidence.max(1, keepdims=True)) / temperature)
+    return scores / scores.sum(1, keepdims=True)
+
+
+def test_random_per_example_sampling_draws_one_dirichlet_row_per_example():
+    teachers = [tiny_model(f"t{k}", seed=24 + k) for k in range(3)]
+    distiller = Distiller(tiny_model("student", seed=27), teachers, loss=KDLoss("sigmoid", 2.0),
+                          teacher_sampling="random_per_example", seed=11)
+    distiller.compile(keras.optimizers.SGD(0.1))
+    stacked = np.random.default_rng(0).normal(size=(400, 3, C)).astype(np.float32)
+    distiller.optimizer.iterations.assign(4)
+    weights = np.asarray(distiller.example_teacher_weights(stacked, training=True))
+    assert weights.shape == (400, 3) and np.all(weights >= 0)
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(weights, numpy_dirichlet_rows(11, 4, (400, 3)), rtol=1e-5)
+    assert np.unique(weights.round(6), axis=0).shape[0] == 400  # every example its own draw
+    np.testing.assert_allclose(weights.mean(0), 1 / 3, atol=0.04)  # Dirichlet(1,1,1) moments
+    np.testing.assert_allclose(weights.var(0), 1 / 18, rtol=0.25)
+    distiller.optimizer.iterations.assign(5)
+    assert not np.allclose(distiller.example_teacher_weights(stacked, training=True), weights)
+    np.testing.assert_allclose(distiller.example_teacher_weights(stacked, training=False),
+                               np.full((400, 3), 1 / 3), rtol=1e-6)
+    # Cached (B, K, C) logits and live teachers give the same per-example mixture.
+    x, _ = data(seed=12, n=8)
+    live = np.stack([t.predict(x, verbose=0) for t in teachers], axis=1)
+    distiller.optimizer.iterations.assign(4)
+    expected = (numpy_dirichlet_rows(11, 4, (8, 3))[:, :, None] * live).sum(1)
+    for inputs in (x, {"image": x, "teacher_logits": live}):
+        _, combined = distiller.teacher_targets(inputs, training=True)
+        np.testing.assert_allclose(combined, expected, rtol=1e-5, atol=1e-6)
+        _, evaluation = distiller.teacher_targets(inputs, training=False)
+        np.testing.assert_allclose(evaluation, live.mean(1), rtol=1e-5, atol=1e-6)
+    distiller.optimizer.iterations.assign(0)
+    history = distiller.fit({"image": x, "teacher_logits": live}, data(seed=12, n=8)[1],
+                            batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_confidence_sampling_weighs_teachers_by_the_documented_formula(multi_label):
+    teachers = [tiny_model(f"t{k}", seed=30 + k, logit_scale=2.0 + k) for k in range(3)]
+    distiller = Distiller(tiny_model("student", seed=33), teachers,
+                          loss=KDLoss("sigmoid" if multi_label else "hinton", 2.0),
+                          multi_label=multi_label, teacher_sampling="confidence",
+                          confidence_temperature=0.05)
+    stacked = np.random.default_rng(1).normal(scale=3.0, size=(64, 3, C)).astype(np.float32)
+    weights = np.asarray(distiller.example_teacher_weights(stacked, training=True))
+    np.testing.assert_allclose(weights, numpy_confidence_weights(stacked, multi_label, 0.05),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-6)
+    assert np.unique(weights.round(6), axis=0).shape[0] == 64
+    # The most confident teacher of each example gets the largest weight.
+    z = stacked.astype(np.float64)
+    sure = (np.abs(np.tanh(z / 2)).mean(-1) if multi_label
+            else (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).max(-1))
+    np.testing.assert_array_equal(weights.argmax(1), sure.argmax(1))
+    # A far larger temperature tends to the uniform mean; evaluation IS the uniform mean.
+    flat = Distiller(tiny_model("s", seed=33), teachers, loss=KDLoss(), multi_label=multi_label,
+                     teacher_sampling="confidence", confidence_temperature=1e4)
+    np.testing.assert_allclose(flat.example_teacher_weights(stacked, training=True), 1 / 3,
+                               atol=1e-4)
+    x, y = data(seed=13, n=8)
+    live = np.stack([t.predict(x, verbose=0) for t in teachers], axis=1)
+    expected = (numpy_confidence_weights(live, multi_label, 0.05)[:, :, None] * live).sum(1)
+    for inputs in (x, {"image": x, "teacher_logits": live}):
+        _, combined = distiller.teacher_targets(inputs, training=True)
+        np.testing.assert_allclose(combined, expected, rtol=1e-5, atol=1e-6)
+        _, evaluation = distiller.teacher_targets(inputs, training=False)
+        np.testing.assert_allclose(evaluation, live.mean(1), rtol=1e-5, atol=1e-6)
+    if not multi_label:
+        y = np.eye(C, dtype=np.float32)[np.arange(8) % C]
+    distiller.compile(keras.optimizers.SGD(0.1))
+    history = distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    with pytest.raises(ConfigError, match="confidence_temperature"):
+        Distiller(tiny_model("s", seed=33), teachers, loss=KDLoss(),
+                  teacher_sampling="confidence", confidence_temperature=0)
+    with pytest.raises(ConfigError, match="example_teacher_weights"):
+        distiller.teacher_mixing_weights(3, training=True)
+
+
 # ------------------------------------------------------------------------- callbacks
 class StopAfter(keras.callbacks.Callback):
     """Simulates a crash at the end of an epoch."""

@@ -4,11 +4,21 @@
 (``FORMULATIONS``: ``hinton``, ``ho2020_eq5``, ``ho2020_eq8``, ``sigmoid``);
 ``Distiller(student, teachers, loss=KDLoss(...))`` is the ``keras.Model`` that trains the
 student against frozen (or cached) teachers. Save ``distiller.student``, never the wrapper.
+``FeatureTerm`` adds a feature-map distance (``wasserstein``, ``feature_kl``, ``mse`` of
+:mod:`chestkd.distill.features`) between a student and a teacher layer.
 """
-from chestkd.distill.distiller import TEACHER_SAMPLING, Distiller
+from chestkd.distill.distiller import Distiller
+from chestkd.distill.feature_terms import FeatureTerm
+from chestkd.distill.features import feature_kl, mse, wasserstein
 from chestkd.distill.losses import FORMULATIONS, KDLoss, distillation_loss
+from chestkd.distill.teacher_mixing import (
+    TEACHER_SAMPLING,
+    confidence_weights,
+    teacher_confidence,
+)
 from chestkd.training.run import save_model_atomically
 from chestkd.training.trainer import StudentCheckpoint
 
-__all__ = ["Distiller", "KDLoss", "FORMULATIONS", "TEACHER_SAMPLING", "StudentCheckpoint",
-           "distillation_loss", "save_model_atomically"]
+__all__ = ["Distiller", "FeatureTerm", "KDLoss", "FORMULATIONS", "TEACHER_SAMPLING",
+           "StudentCheckpoint", "confidence_weights", "distillation_loss", "feature_kl", "mse",
+           "save_model_atomically", "teacher_confidence", "wasserstein"]

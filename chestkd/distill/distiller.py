@@ -6,8 +6,8 @@ with Keras losses. This project needs three things it cannot do:
 
 * cached teachers: the pipeline can precompute teacher logits once (a big teacher is the
   slowest part of a step) and hand them in the batch as ``x["teacher_logits"]``;
-* several teachers whose logits are combined with fixed or per-step random convex weights
-  (RoS-KD samples them);
+* several teachers whose logits are combined with fixed, per-step or per-example random, or
+  confidence-based convex weights (RoS-KD samples them; :mod:`chestkd.distill.teacher_mixing`);
 * the papers' losses (:mod:`chestkd.distill.losses`), the hard loss with unknown (-1) labels
   masked out, and separate ``hard_loss`` / ``soft_loss`` reports.
 
@@ -23,16 +23,20 @@ holds the teachers): use :meth:`Distiller.save_student` or the
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from chestkd.distill import teacher_mixing
+from chestkd.distill.feature_terms import FeatureTermSet
 from chestkd.distill.losses import KDLoss
+from chestkd.distill.teacher_mixing import (
+    DEFAULT_CONFIDENCE_TEMPERATURE,
+    PER_EXAMPLE_SAMPLING,
+    TEACHER_SAMPLING,
+)
 from chestkd.errors import ConfigError
 from chestkd.training.losses import MaskedAUC
 from chestkd.training.run import save_model_atomically
-
-TEACHER_SAMPLING = ("fixed", "random")
 
 
 class Distiller(keras.Model):
@@ -49,9 +53,19 @@ class Distiller(keras.Model):
             :math:`z_t = \\sum_k w_k z_t^{(k)} / \\sum_k w_k`; default the uniform mean.
         teacher_sampling: ``"fixed"`` uses ``teacher_weights``; ``"random"`` draws new convex
             weights :math:`w \\sim \\mathrm{Dirichlet}(1, \\dots, 1)` at every training step
-            (RoS-KD). Evaluation always uses the uniform mean so validation losses compare.
+            (RoS-KD); ``"random_per_example"`` draws them for every example;
+            ``"confidence"`` weighs each teacher per example by its confidence (a simple
+            substitute for RoS-KD's RL-learned Baseline IV, NOT that policy). The rules are in
+            :mod:`chestkd.distill.teacher_mixing`. Evaluation always uses the uniform mean so
+            validation losses compare.
         seed: seed of the random teacher weights (a stateless draw keyed by (seed, step), so a
-            run is reproducible and every replica draws the same weights).
+            run is reproducible; "random" gives every replica the same weights,
+            "random_per_example" folds the replica id in).
+        confidence_temperature: :math:`\\tau` of ``"confidence"`` (> 0).
+        feature_terms: :class:`chestkd.distill.feature_terms.FeatureTerm` objects, each adding
+            ``weight * distance(student layer, teacher layer)`` to the loss (and a metric of
+            its name). They need live teachers; their adapters train with the student and are
+            not part of ``distiller.student``.
 
     Batches are ``(x, y)`` or ``(x, y, sample_weight)`` with ``x`` either the images (the
     teachers run on them) or a dict ``{"image": images, "teacher_logits": t}`` with ``t``
@@ -59,13 +73,15 @@ class Distiller(keras.Model):
     ``y`` is (B, C), -1 marking unknown labels.
 
     Metrics: ``loss`` (the optimised total, plus any student regularisation), ``hard_loss``,
-    ``soft_loss`` (the unweighted terms of :class:`KDLoss`), ``auc`` (mean AUC of the
+    ``soft_loss`` (the unweighted terms of :class:`KDLoss`), one entry per feature term (its
+    unweighted batch-mean distance, under the term's name), ``auc`` (mean AUC of the
     student, :class:`MaskedAUC`) and whatever ``compile(metrics=...)`` adds.
     """
 
     def __init__(self, student, teachers=None, *, loss: KDLoss, multi_label=True,
-                 teacher_weights=None, teacher_sampling="fixed", seed=0, name="distiller",
-                 **kwargs):
+                 teacher_weights=None, teacher_sampling="fixed", seed=0,
+                 confidence_temperature=DEFAULT_CONFIDENCE_TEMPERATURE, feature_terms=(),
+                 name="distiller", **kwargs):
         super().__init__(name=name, **kwargs)
         if not isinstance(student, keras.Model):
             raise ConfigError(f"Distiller: 'student' must be a keras.Model, got {type(student)}")
@@ -94,40 +110,36 @@ class Distiller(keras.Model):
             # The one place teachers are frozen: before compile, so Keras never tracks
             # their weights as trainable.
             teacher.trainable = False
-        if teacher_sampling == "random" and teacher_weights is not None:
-            raise ConfigError("Distiller: 'teacher_weights' cannot be combined with "
-                              "teacher_sampling='random' (the weights are drawn each step)")
+        if teacher_sampling != "fixed" and teacher_weights is not None:
+            raise ConfigError(f"Distiller: 'teacher_weights' cannot be combined with "
+                              f"teacher_sampling={teacher_sampling!r} (the weights are drawn "
+                              f"or computed each step)")
+        self.confidence_temperature = teacher_mixing.check_temperature(confidence_temperature)
         self.student = student
         self.teachers = teachers
         self.kd_loss = loss
         self.multi_label = bool(multi_label)
         self.teacher_sampling = teacher_sampling
         self.seed = int(seed)
-        self.teacher_weights = self._normalised_weights(teacher_weights, len(teachers) or None)
+        self.teacher_weights = teacher_mixing.normalised_weights(teacher_weights,
+                                                                  len(teachers) or None)
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
         self.soft_loss_tracker = keras.metrics.Mean(name="soft_loss")
         self.auc_metric = MaskedAUC(num_labels=self.num_classes, softmax=not self.multi_label,
                                     name="auc")
+        self.feature_set = FeatureTermSet(feature_terms, student, teachers) if feature_terms \
+            else None
+        # Assigned to the model so Keras tracks the adapters' weights (trained, checkpointed).
+        self.feature_alignments = list(self.feature_set.alignments) if self.feature_set else []
+        self.feature_trackers = [keras.metrics.Mean(name=name) for name in
+                                 (self.feature_set.names if self.feature_set else [])]
         # The student and teachers are built models: the wrapper owns no variable of its own,
         # so it is built too (BackupAndRestore requires a built model before fit).
         self.built = True
 
     # ----------------------------------------------------------------------------- setup
-    @staticmethod
-    def _normalised_weights(weights, expected_count):
-        if weights is None:
-            return None
-        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if expected_count is not None and len(weights) != expected_count:
-            raise ConfigError(f"Distiller: 'teacher_weights' has {len(weights)} values for "
-                              f"{expected_count} teachers")
-        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
-            raise ConfigError(f"Distiller: 'teacher_weights' must be non-negative with a "
-                              f"positive sum, got {weights.tolist()}")
-        return (weights / weights.sum()).astype(np.float32)
-
     def compile(self, optimizer="adam", metrics=None, jit_compile="auto", **kwargs):
         """Configure training of the student.
 
@@ -155,7 +167,7 @@ class Distiller(keras.Model):
     @property
     def metrics(self):
         metrics = [self.loss_tracker, self.hard_loss_tracker, self.soft_loss_tracker,
-                   self.auc_metric]
+                   *self.feature_trackers, self.auc_metric]
         if getattr(self, "_compile_metrics", None) is not None:
             metrics.append(self._compile_metrics)
         return metrics
@@ -177,15 +189,17 @@ class Distiller(keras.Model):
         return self.student(images, training=training)
 
     def teacher_mixing_weights(self, num_teachers, training):
-        """(K,) convex weights of the teachers' logits for this step."""
+        """(K,) convex weights shared by the batch: ``"fixed"``, ``"random"``, or evaluation.
+
+        The per-example modes have no batch-wide weights while training: use
+        :meth:`example_teacher_weights`.
+        """
+        if training and self.teacher_sampling in PER_EXAMPLE_SAMPLING:
+            raise ConfigError(f"Distiller: teacher_sampling={self.teacher_sampling!r} weighs "
+                              f"each example; call example_teacher_weights(stacked_logits)")
         if self.teacher_sampling == "random" and training:
-            step = ops.cast(self.optimizer.iterations, "int64")
-            seed = tf.stack([tf.constant(self.seed, tf.int64), step])
-            uniform = tf.random.stateless_uniform((num_teachers,), seed=seed, minval=1e-12,
-                                                  maxval=1.0)
-            # -log(U) are Exp(1) draws; normalised they are Dirichlet(1, ..., 1).
-            exponential = -ops.log(uniform)
-            return exponential / ops.sum(exponential)
+            seed = teacher_mixing.step_seed(self.seed, self.optimizer.iterations)
+            return teacher_mixing.dirichlet_ones((num_teachers,), seed)
         if self.teacher_weights is None:
             return ops.full((num_teachers,), 1.0 / num_teachers, dtype="float32")
         if len(self.teacher_weights) != num_teachers:
@@ -193,12 +207,38 @@ class Distiller(keras.Model):
                               f"values, the batch has logits of {num_teachers} teachers")
         return ops.convert_to_tensor(self.teacher_weights, dtype="float32")
 
+    def example_teacher_weights(self, stacked_logits, training):
+        """(B, K) convex weights of the teachers for every example of (B, K, C) logits."""
+        num_teachers = stacked_logits.shape[1]
+        if training and self.teacher_sampling == "random_per_example":
+            seed = teacher_mixing.step_seed(self.seed, self.optimizer.iterations,
+                                            per_replica=True)
+            shape = (ops.shape(stacked_logits)[0], num_teachers)
+            return teacher_mixing.dirichlet_ones(shape, seed)
+        if training and self.teacher_sampling == "confidence":
+            return teacher_mixing.confidence_weights(stacked_logits, self.multi_label,
+                                                     self.confidence_temperature)
+        weights = self.teacher_mixing_weights(num_teachers, training)
+        return ops.ones_like(stacked_logits[:, :, 0]) * weights[None, :]
+
     def teacher_targets(self, x, training=False):
         """(images, combined teacher logits (B, C)) for a batch ``x``, gradient-free.
 
         Cached logits in ``x["teacher_logits"]`` take precedence over running the teachers.
         """
+        images, combined, _ = self.teacher_targets_and_maps(x, training)
+        return images, combined
+
+    def teacher_targets_and_maps(self, x, training=False):
+        """(images, combined teacher logits, {(teacher, layer): maps}) for a batch ``x``.
+
+        The maps are those the feature terms name ({} without terms), gradient-free.
+        """
         images, cached = self._split_inputs(x)
+        teacher_maps = {}
+        if cached is not None and self.feature_set is not None:
+            raise ConfigError("Distiller: feature terms need live teachers, but the batch "
+                              "carries cached 'teacher_logits' (logits only, no feature maps)")
         if cached is not None:
             stacked = ops.cast(cached, "float32")
             if len(stacked.shape) == 2:
@@ -206,6 +246,9 @@ class Distiller(keras.Model):
             elif len(stacked.shape) != 3:
                 raise ConfigError(f"Distiller: 'teacher_logits' must be (B, C) or (B, K, C), "
                                   f"got shape {tuple(stacked.shape)}")
+        elif self.feature_set is not None:
+            logits, teacher_maps = self.feature_set.run_teachers(self.teachers, images)
+            stacked = ops.stack([ops.cast(value, "float32") for value in logits], axis=1)
         elif self.teachers:
             stacked = ops.stack(
                 [ops.cast(teacher(images, training=False), "float32") for teacher in self.teachers],
@@ -219,15 +262,26 @@ class Distiller(keras.Model):
         if stacked.shape[1] is None:
             raise ConfigError("Distiller: the number of teachers in 'teacher_logits' (axis 1) "
                               "must be known when the step is traced")
-        weights = self.teacher_mixing_weights(stacked.shape[1], training)
-        combined = ops.sum(stacked * weights[None, :, None], axis=1)
-        return images, ops.stop_gradient(combined)
+        if training and self.teacher_sampling in PER_EXAMPLE_SAMPLING:
+            weights = self.example_teacher_weights(stacked, training)
+        else:
+            weights = self.teacher_mixing_weights(stacked.shape[1], training)
+        return images, ops.stop_gradient(teacher_mixing.mix(stacked, weights)), teacher_maps
 
-    def compute_kd_losses(self, y, student_logits, teacher_logits, sample_weight=None):
-        """Batch-reduced ``{"loss", "hard_loss", "soft_loss"}`` of one replica's batch.
+    def student_outputs(self, images, training):
+        """(student logits, {layer: maps}); the maps only when there are feature terms."""
+        if self.feature_set is None:
+            return self.student(images, training=training), {}
+        return self.feature_set.run_student(images, training)
+
+    def compute_kd_losses(self, y, student_logits, teacher_logits, sample_weight=None,
+                          student_maps=None, teacher_maps=None):
+        """Batch-reduced ``{"loss", "hard_loss", "soft_loss", <feature term names>}``.
 
         Reduction as Keras' ``sum_over_batch_size``: :math:`\\frac{1}{B}\\sum_i w_i L_i`.
-        ``loss`` also holds the student's regularisation losses, as in ``Model.compute_loss``.
+        ``loss`` = the KDLoss total + sum of ``weight * term`` over the feature terms + the
+        student's regularisation losses (as in ``Model.compute_loss``); the terms are reported
+        unweighted.
         """
         hard, soft, total = self.kd_loss.per_sample(y, student_logits, teacher_logits)
         batch_size = ops.cast(ops.shape(total)[0], "float32")
@@ -238,22 +292,35 @@ class Distiller(keras.Model):
             return ops.divide_no_nan(ops.sum(values), batch_size)
 
         loss = reduce(total)
-        if self.student.losses:
-            loss = loss + ops.sum([ops.cast(extra, "float32") for extra in self.student.losses])
-        return {"loss": loss, "hard_loss": reduce(hard), "soft_loss": reduce(soft)}
+        feature_losses = {}
+        if self.feature_set is not None:
+            distances = self.feature_set.distances(student_maps, teacher_maps)
+            for term, (name, values) in zip(self.feature_set.terms, distances.items()):
+                feature_losses[name] = reduce(values)
+                loss = loss + term.weight * feature_losses[name]
+        regularisation = list(self.student.losses) + [
+            extra for alignment in self.feature_alignments for extra in alignment.losses]
+        if regularisation:
+            loss = loss + ops.sum([ops.cast(extra, "float32") for extra in regularisation])
+        return {"loss": loss, "hard_loss": reduce(hard), "soft_loss": reduce(soft),
+                **feature_losses}
 
     # ------------------------------------------------------------------- train / evaluate
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         # 1. Soft targets from the frozen teachers (or the cached table), outside the tape.
-        images, teacher_logits = self.teacher_targets(x, training=True)
+        images, teacher_logits, teacher_maps = self.teacher_targets_and_maps(x, training=True)
         # 2. Student forward pass and the distillation loss, taped for the student only.
         with tf.GradientTape() as tape:
-            student_logits = self.student(images, training=True)
-            losses = self.compute_kd_losses(y, student_logits, teacher_logits, sample_weight)
+            student_logits, student_maps = self.student_outputs(images, training=True)
+            losses = self.compute_kd_losses(y, student_logits, teacher_logits, sample_weight,
+                                            student_maps, teacher_maps)
             scaled_loss = self.optimizer.scale_loss(self._per_replica_share(losses["loss"]))
-        # 3. Gradient step on the student's weights (a LossScaleOptimizer unscales them).
-        student_weights = self.student.trainable_weights
+        # 3. Gradient step on the student's weights and the feature adapters' (a
+        # LossScaleOptimizer unscales them).
+        student_weights = self.student.trainable_weights + [
+            weight for alignment in self.feature_alignments
+            for weight in alignment.trainable_weights]
         gradients = tape.gradient(scaled_loss, student_weights)
         self.optimizer.apply_gradients(zip(gradients, student_weights))
         # 4. Report loss, hard_loss, soft_loss, auc and the compiled metrics.
@@ -273,9 +340,10 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        images, teacher_logits = self.teacher_targets(x, training=False)
-        student_logits = self.student(images, training=False)
-        losses = self.compute_kd_losses(y, student_logits, teacher_logits, sample_weight)
+        images, teacher_logits, teacher_maps = self.teacher_targets_and_maps(x, training=False)
+        student_logits, student_maps = self.student_outputs(images, training=False)
+        losses = self.compute_kd_losses(y, student_logits, teacher_logits, sample_weight,
+                                        student_maps, teacher_maps)
         return self._update_metrics(images, y, student_logits, losses, sample_weight)
 
     def _update_metrics(self, images, y, student_logits, losses, sample_weight):
@@ -285,6 +353,8 @@ class Distiller(keras.Model):
         self.loss_tracker.update_state(losses["loss"], sample_weight=batch_size)
         self.hard_loss_tracker.update_state(losses["hard_loss"], sample_weight=batch_size)
         self.soft_loss_tracker.update_state(losses["soft_loss"], sample_weight=batch_size)
+        for tracker in self.feature_trackers:
+            tracker.update_state(losses[tracker.name], sample_weight=batch_size)
         self.auc_metric.update_state(y, student_logits, sample_weight=sample_weight)
         if getattr(self, "_compile_metrics", None) is not None:
             self._compile_metrics.update_state(y, student_logits, sample_weight)
@@ -300,6 +370,9 @@ class Distiller(keras.Model):
         # what it was for logs and reports.
         return {"name": self.name, "loss": self.kd_loss.get_config(),
                 "multi_label": self.multi_label, "teacher_sampling": self.teacher_sampling,
+                "confidence_temperature": self.confidence_temperature,
+                "feature_terms": [term.get_config() for term in
+                                  (self.feature_set.terms if self.feature_set else ())],
                 "num_teachers": len(self.teachers), "seed": self.seed,
                 "teacher_weights": None if self.teacher_weights is None
                 else self.teacher_weights.tolist()}

@@ -1,0 +1,168 @@
+"""A distillation chain: teacher -> assistant(s) -> student, each stage taught by the last.
+
+``chain = [teacher, assistant, ..., student]``; an entry that is a list is an ensemble whose
+averaged logits teach the next stage (and whose members' maps each feed the feature terms,
+their weight split evenly). Stage 0 is base-trained in the model store; stage k >= 1 is the
+one Distiller: KD loss against stage k-1's temperature soft labels plus
+``feature_weights[k-1] * distance`` over the layer pairs of ``feature_layers[k-1]``.
+
+Defaults (``chain_settings``), with the reasons:
+
+* distances: ``feature_kl`` for every stage but the last, ``wasserstein`` for the last (the
+  teacher-assistant paper: KL between assistant and teacher maps, Eq. 3; Wasserstein between
+  student and assistant maps, Eq. 4);
+* layer pairs: ``last`` for KL stages — the paper compares the assistant's "intermediate
+  feature maps" with the teacher's without naming them; the last feature map is the one
+  layer every backbone has and the one carrying the teacher's high-level features;
+  ``depth`` for the Wasserstein stage — the paper's "output of each convolutional layer of
+  the student" against "feature maps at different levels of the teacher", i.e. every stage
+  end of the student against the teacher's at the same relative depth
+  (:mod:`chestkd.distill.layer_pairs`);
+* weights: 0.1 for each. The paper gives no value. The aim is that each feature term, once
+  weighted, stays below the label term, so the features guide and the labels decide.
+  Measured in the test suite's tiny run (single-label phantom, 32 px, conv3_student at every
+  stage, first epoch): the assistant's feature KL (channel mode, T = 1, 1x1 adapter) 1.9
+  against a hard CE of 1.9; the student's three Wasserstein terms 0.11 + 0.60 + 2.74 = 3.4
+  against a hard CE of 2.2. Weighted by 0.1 they are 0.19 and 0.34. (Under Hinton's T^2 the
+  soft term's VALUE is far larger at T = 20-30, but its gradient is of the hard term's
+  order, which is what the T^2 is for.) Re-measure on real data before trusting 0.1;
+* KL options: channel mode (Shu et al. 2021), temperature 1; Wasserstein: p = 1, whole maps.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from chestkd.data.dataset import Dataset
+from chestkd.errors import ConfigError
+from chestkd.experiments.feature_kd import (averaged_model, distil_features,
+                                            feature_terms_for, member_names, obtain_teachers,
+                                            with_learning_rate)
+from chestkd.experiments.kd import evaluate_once
+from chestkd.experiments.store import copy_results
+from chestkd.training.experiment import build_model
+
+DEFAULT_FEATURE_WEIGHT = 0.1
+DEFAULT_OPTIONS = {"feature_kl": {"mode": "channel", "temperature": 1.0},
+                   "wasserstein": {"p": 1}}
+
+
+def _per_stage(config, key, stages, default):
+    value = config.get(key)
+    if value is None:
+        return [default(k) for k in range(stages)]
+    if not isinstance(value, (list, tuple)) or len(value) != stages:
+        raise ConfigError(f"--{key.replace('_', '-')} {value!r}: one entry per "
+                          f"{'stage' if key == 'learning_rates' else 'distillation stage'} "
+                          f"({stages})")
+    return [default(k) if item is None else item for k, item in enumerate(value)]
+
+
+def chain_settings(config: dict, chain) -> dict:
+    """Per-stage learning rates and per-distillation-stage distance, weight, layers, options."""
+    if not isinstance(chain, (list, tuple)) or len(chain) < 2:
+        raise ConfigError(f"--chain {chain!r}: a list of at least two stages (teacher, student)")
+    for index, entry in enumerate(chain):
+        names = member_names(entry)
+        if index and len(names) != 1:
+            raise ConfigError(f"--chain: only the first stage (the teacher) can be an "
+                              f"ensemble; stage {index} is {entry!r}")
+    steps = len(chain) - 1
+    distances = _per_stage(config, "feature_distances", steps,
+                           lambda k: "wasserstein" if k == steps - 1 else "feature_kl")
+    return {
+        "learning_rates": _per_stage(config, "learning_rates", len(chain),
+                                     lambda k: config["learning_rate"]),
+        "distances": distances,
+        "weights": _per_stage(config, "feature_weights", steps,
+                              lambda k: DEFAULT_FEATURE_WEIGHT),
+        "layers": _per_stage(config, "feature_layers", steps,
+                             lambda k: "depth" if distances[k] == "wasserstein" else "last"),
+        "options": _per_stage(config, "feature_options", steps,
+                              lambda k: DEFAULT_OPTIONS.get(distances[k], {})),
+    }
+
+
+def weights_digest(models) -> str:
+    """SHA-1 of every weight of ``models`` (to show a teacher is unchanged by a stage)."""
+    digest = hashlib.sha1()
+    for model in models:
+        for weight in model.weights:
+            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+# Files of an evaluation the store's copy_results leaves out, which the tables read.
+REPORT_FILES = ("classification_report.csv", "per_class_scores.csv", "confusion_matrix.png",
+                "model_info.json")
+
+
+def copy_stage_results(source, stage_dir) -> dict:
+    """A store entry's results (and classification report) copied into ``stage_dir``."""
+    Path(stage_dir).mkdir(parents=True, exist_ok=True)
+    results = copy_results(source, stage_dir)
+    for name in REPORT_FILES:
+        if (Path(source) / name).exists() and not (Path(stage_dir) / name).exists():
+            shutil.copy2(Path(source) / name, Path(stage_dir) / name)
+    return results
+
+
+def teacher_results(config, data, run_dir, teachers, sources, stage_dir) -> dict:
+    """Results of the chain's teacher: the store entry's, or the averaged ensemble's."""
+    if len(teachers) == 1 and Path(sources[0]).is_dir():
+        return copy_stage_results(sources[0], stage_dir)
+    Path(stage_dir).mkdir(parents=True, exist_ok=True)
+    return evaluate_once(averaged_model(teachers), data, config, stage_dir,
+                         model_name=" + ".join(map(str, config["_teacher_names"])))
+
+
+def distil_stage(config, data, stage_dir, teachers, student_name, settings, step, *,
+                 learning_rate):
+    """One distillation stage (``step`` indexes the per-stage settings); returns
+    (student, teacher digest before, after)."""
+    stage_config = with_learning_rate(config, learning_rate)
+    before = weights_digest(teachers)
+    student = distil_features(
+        stage_config, stage_dir, data, teachers,
+        lambda: build_model(student_name, data, stage_config),
+        terms_for=lambda model: feature_terms_for(
+            model, teachers, distance=settings["distances"][step],
+            weight=settings["weights"][step], layers=settings["layers"][step],
+            options=settings["options"][step]))
+    return student, before, weights_digest(teachers)
+
+
+def run_chain(config: dict, data: Dataset, run_dir, chain) -> dict:
+    """Train every stage of ``chain``; returns {stage name: {"model", "results", ...}}."""
+    run_dir = Path(run_dir)
+    settings = chain_settings(config, chain)
+    teachers, sources = obtain_teachers(config, data, chain[0],
+                                        learning_rate=settings["learning_rates"][0])
+    config["_teacher_names"] = member_names(chain[0])
+    stages = {"teacher": {"models": teachers, "sources": sources, "name": chain[0],
+                          "results": teacher_results(config, data, run_dir, teachers, sources,
+                                                     run_dir / "teacher")}}
+    previous = teachers
+    for step, entry in enumerate(chain[1:]):
+        name = stage_name(step + 1, len(chain))
+        student, before, after = distil_stage(config, data, run_dir / name, previous,
+                                              member_names(entry)[0], settings, step,
+                                              learning_rate=settings["learning_rates"][step + 1])
+        results = evaluate_once(student, data, config, run_dir / name,
+                                model_name=member_names(entry)[0])
+        stages[name] = {"models": [student], "name": entry, "results": results,
+                        "teacher_unchanged": before == after}
+        previous = [student]
+    return {"stages": stages, "settings": settings}
+
+
+def stage_name(index: int, length: int) -> str:
+    """``teacher``, ``assistant`` (or ``assistant<k>`` for longer chains), ``student``."""
+    if index == 0:
+        return "teacher"
+    if index == length - 1:
+        return "student"
+    return "assistant" if length == 3 else f"assistant{index}"
