@@ -179,3 +179,94 @@ def test_epoch_snapshots_keep_the_student_at_the_listed_epochs(tmp_path):
     assert not np.array_equal(recorder.after[0][0], recorder.after[2][0])  # it trained
     with pytest.raises(ConfigError, match="snapshot_epochs"):
         EpochSnapshot(folder, [0])
+
+
+# ------------------------------------------------------------------ weight averaging
+from chestkd.training.callbacks import WeightAveraging, reestimate_batch_norm  # noqa: E402
+
+
+def bn_model(seed=5):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 3))
+    conv = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(conv)
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))
+    return keras.Model(inputs, keras.layers.Dense(2, name="logits")(h))
+
+
+def bn_data(n=40, seed=5):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.3, 1.5, (n, 6, 6, 3)).astype(np.float32)
+    y = (x.mean(axis=(1, 2))[:, :2] > 0.3).astype(np.float32)
+    return x, y
+
+
+class RecordWeights(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.after = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.after.append([np.asarray(w, np.float64) for w in self.model.weights])
+
+
+def test_weight_averaging_writes_the_mean_of_the_averaged_end_of_epoch_weights():
+    model = bn_model()
+    model.compile(keras.optimizers.SGD(0.2), MaskedBinaryCrossentropy())
+    x, y = bn_data()
+    recorder, averaging = RecordWeights(), WeightAveraging(start_epoch=2)
+    model.fit(x, y, batch_size=10, epochs=5, verbose=0, shuffle=False,
+              callbacks=[recorder, averaging])
+    assert averaging.count == 3
+    for index, weight in enumerate(model.weights):
+        expected = np.mean([epoch[index] for epoch in recorder.after[2:]], axis=0)
+        np.testing.assert_allclose(np.asarray(weight), expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(recorder.after[2][0], recorder.after[4][0])  # it trained
+
+
+def test_batch_norm_reestimation_gives_the_exact_statistics_of_the_data():
+    model = bn_model()
+    x, _ = bn_data(37)
+    batches = tf.data.Dataset.from_tensor_slices((x, np.zeros((37, 2), np.float32))).batch(10)
+    assert reestimate_batch_norm(model, batches) == 37
+    conv = keras.Model(model.inputs[0], model.get_layer("conv").output)(x).numpy().astype(
+        np.float64)
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), conv.mean(axis=(0, 1, 2)), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), conv.var(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.99                     # restored
+
+
+def test_fit_saves_the_averaged_model_and_logs_the_raw_score_beside_it(tmp_path):
+    model = bn_model(7)
+    model.compile(keras.optimizers.SGD(0.2), MaskedBinaryCrossentropy(),
+                  metrics=[MaskedAUC(num_labels=2, name="auc")])
+    x, y = bn_data(48, 7)
+    train = tf.data.Dataset.from_tensor_slices((x[:32], y[:32])).batch(16)
+    val = tf.data.Dataset.from_tensor_slices((x[32:], y[32:])).batch(16)
+    recorder = RecordWeights()
+    averaging = WeightAveraging(start_epoch=1, bn_data=train,
+                                raw_path=tmp_path / "raw_model.keras")
+    config = {**BASE_DEFAULTS, "epochs": 3, "schedule": "constant"}
+    fit(model, train, val, config, tmp_path, verbose=0, weight_averaging=averaging,
+        extra_callbacks=[recorder])
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert {"raw_val_auc", "val_auc", "averaged_epochs"} <= set(history.columns)
+    assert history["averaged_epochs"].tolist() == [0, 1, 2]
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["epoch"] >= 2                    # warm-up epochs are not candidates
+    # recorder (after the restore) saw the raw weights; the saved model is their average
+    kernel = [w.path for w in model.weights].index(model.get_layer("conv").kernel.path)
+    expected = np.mean([e[kernel] for e in recorder.after[1:best["epoch"]]], axis=0)
+    saved = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    np.testing.assert_allclose(saved.get_layer("conv").kernel.numpy(), expected, rtol=1e-5)
+    final = np.mean([e[kernel] for e in recorder.after[1:]], axis=0)
+    np.testing.assert_allclose(model.get_layer("conv").kernel.numpy(), final, rtol=1e-5)
+    raw = keras.models.load_model(tmp_path / "raw_model.keras", compile=False)
+    np.testing.assert_allclose(raw.get_layer("conv").kernel.numpy(), recorder.after[-1][kernel],
+                               rtol=1e-6)
+    # the saved model's BatchNorm holds the statistics of its own weights on the train data
+    conv = keras.Model(saved.inputs[0], saved.get_layer("conv").output)(x[:32]).numpy()
+    np.testing.assert_allclose(saved.get_layer("bn").moving_mean.numpy(),
+                               conv.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)

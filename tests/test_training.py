@@ -190,3 +190,13 @@ def test_keep_backup_lets_a_finished_run_continue_later(tmp_path):
     fit(reference, train, val, config, tmp_path / "reference", verbose=0)
     for a, b in zip(continued.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_step_epochs_divide_by_ten_after_the_listed_epochs():
+    config = {**BASE_DEFAULTS, "epochs": 50, "learning_rate": 0.1, "schedule": "step",
+              "step_epochs": [25, 40]}
+    schedule = make_optimizer(config, steps_per_epoch=10)._learning_rate
+    values = [float(schedule(step)) for step in (0, 249, 250, 399, 400, 499)]
+    np.testing.assert_allclose(values, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+    with pytest.raises(ConfigError, match="step-epochs"):
+        make_optimizer({**config, "step_epochs": [40, 25]}, 10)

@@ -4,13 +4,17 @@ Images of one patient are strongly correlated (follow-up studies of the same che
 split by image would leak patients from training into evaluation and inflate the scores.
 :func:`patient_split` therefore assigns whole patients, and :func:`check_no_leakage` checks
 that a split (ours or one supplied with a dataset) keeps every patient in one split.
+:func:`overlapping_subsets` divides a training split into RoS-KD's overlapping teacher subsets.
 """
 from __future__ import annotations
+
+import math
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 
-from chestkd.data.dataset import SPLITS
+from chestkd.data.dataset import SPLITS, Dataset
 from chestkd.errors import ConfigError, DataError
 
 
@@ -99,3 +103,81 @@ def check_no_leakage(patients, split, source: str) -> None:
             f"{source}: patient {patient!r} appears in splits {splits} "
             f"({len(leaked)} patient(s) in more than one split); images of one patient must "
             f"stay in one split")
+
+
+# ------------------------------------------------------------------ overlapping subsets
+def _check_overlap_options(n, k, overlap) -> tuple[int, int, Fraction]:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"--subsets {k!r}: the number of subsets must be a positive integer")
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float, np.floating)) \
+            or not 0.0 <= float(overlap) <= 1.0:
+        raise ConfigError(f"--overlap {overlap!r}: the overlap ratio must be in [0, 1]")
+    if int(n) < int(k):
+        raise ConfigError(f"overlapping subsets: {n} item(s) cannot fill {k} subsets")
+    # An exact fraction keeps the p = 0 boundaries at exactly i*n/k (no float drift).
+    return int(n), int(k), Fraction(float(overlap)).limit_denominator(10 ** 6)
+
+
+def overlapping_subsets(n: int, k: int, overlap: float, seed: int = 0) -> list[np.ndarray]:
+    """``k`` index arrays over ``range(n)`` whose consecutive members share a fraction
+    ``overlap`` of their items (RoS-KD's "k overlapping subsets with overlap ratio p").
+
+    The items are shuffled with ``numpy.random.default_rng(seed)`` and laid on a circle;
+    subset ``i`` starts at position ``i*n/k`` and holds ``n / (k*(1-p))`` consecutive items
+    (positions are floored, so sizes differ by at most one). Hence:
+
+    * consecutive subsets (``i``, ``i+1``, and the last with the first) share
+      ``n/(k(1-p)) - n/k`` items, a fraction ``p`` of each (for ``k = 2`` the two subsets
+      are neighbours at both ends of the circle and share ``2p``);
+    * the union is every item (each subset reaches at least the next one's start);
+    * for ``p <= 0.5`` a subset spans at most two start intervals, so each item is in one
+      or two subsets;
+    * ``overlap=0`` gives ``k`` disjoint subsets of ``n/k`` items; ``overlap=1`` gives the
+      full set to every subset (Baseline III of RoS-KD: all teachers on the same data);
+      sizes are capped at ``n``, so any ``p >= 1 - 1/k`` also gives the full set (for
+      ``k = 2``: ``p >= 0.5``).
+
+    Example: ``n=1000, k=5, p=0.4`` gives 333 items per subset, 133 shared by consecutive
+    subsets.
+
+    Returns:
+        ``k`` sorted int64 arrays.
+    """
+    n, k, p = _check_overlap_options(n, k, overlap)
+    order = np.random.default_rng(seed).permutation(n)
+    subsets = []
+    for i in range(k):
+        start = Fraction(i * n, k)
+        size = Fraction(n) if p == 1 else min(Fraction(n), Fraction(n, k) / (1 - p))
+        first, stop = math.floor(start), math.floor(start + size)
+        if stop - first >= n:
+            positions = np.arange(n)
+        else:
+            positions = np.arange(first, stop) % n
+        subsets.append(np.sort(order[positions]).astype(np.int64))
+    return subsets
+
+
+def overlapping_patient_subsets(patients, k: int, overlap: float,
+                                seed: int = 0) -> list[np.ndarray]:
+    """:func:`overlapping_subsets` over patients: ``k`` sorted arrays of image rows, each
+    holding every image of its patients (a patient's images always stay together).
+
+    The subsets are drawn over the sorted unique patient ids, so sizes and overlap are
+    fractions of patients (of images only approximately, as patients have several images).
+    """
+    patients = np.asarray(patients, dtype=str)
+    unique, inverse = np.unique(patients, return_inverse=True)
+    chosen = overlapping_subsets(len(unique), k, overlap, seed)
+    return [np.flatnonzero(np.isin(inverse, members)) for members in chosen]
+
+
+def teacher_training_sets(data: Dataset, k: int, overlap: float,
+                          seed: int = 0) -> list[Dataset]:
+    """``k`` copies of ``data`` whose training split is one overlapping patient subset each
+    (validation and test splits unchanged), for RoS-KD's teachers."""
+    train_rows = np.flatnonzero(data.split == "train")
+    other_rows = np.flatnonzero(data.split != "train")
+    subsets = overlapping_patient_subsets(data.patients[train_rows], k, overlap, seed)
+    return [data.select(np.sort(np.concatenate([train_rows[rows], other_rows])))
+            for rows in subsets]

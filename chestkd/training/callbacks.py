@@ -1,5 +1,5 @@
-"""The callbacks of a run: wall time, the exact validation AUC, the best-student checkpoint
-and epoch snapshots.
+"""The callbacks of a run: wall time, the exact validation AUC, the best-student checkpoint,
+epoch snapshots and RoS-KD's weight averaging (:class:`WeightAveraging`).
 
 Order matters: callbacks share one ``logs`` dict per epoch and run in list order, so
 :class:`ExactValidationAUC` must come before every callback that reads ``val_auc``
@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from chestkd.errors import ConfigError
+from chestkd.io import atomic_write
 from chestkd.training.losses import exact_mean_auc
 from chestkd.training.run import save_model_atomically, write_json
 
@@ -50,11 +51,14 @@ class StudentCheckpoint(keras.callbacks.Callback):
         monitor: log key to watch, e.g. ``"val_loss"`` or ``"val_auc"``.
         mode: ``"min"``, ``"max"`` or ``"auto"`` (max for AUC/accuracy keys, else min).
         save_best_only: False saves every epoch.
+        from_epoch: only epochs from this one (1-based) are candidates (with weight
+            averaging: the averaged models, not the warm-up's raw ones).
     """
 
     def __init__(self, filepath, monitor="val_loss", mode="auto", save_best_only=True,
-                 verbose=0, state_path=None):
+                 verbose=0, state_path=None, from_epoch=1):
         super().__init__()
+        self.from_epoch = int(from_epoch)
         if mode not in ("auto", "min", "max"):
             raise ConfigError(f"StudentCheckpoint: unknown option 'mode'={mode!r}; choose "
                               f"'auto', 'min' or 'max'")
@@ -77,6 +81,8 @@ class StudentCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        if epoch + 1 < self.from_epoch:
+            return
         value = logs.get(self.monitor)
         if value is None:
             warnings.warn(f"StudentCheckpoint: {self.monitor!r} is not in the logs "
@@ -116,10 +122,13 @@ class ExactValidationAUC(keras.callbacks.Callback):
             dict with an ``"image"`` entry.
         multi_label: True for independent findings, False for exclusive classes.
         jit_compile: compile the prediction with XLA (use the run's resolved value).
+        key: the log entry written (``"raw_val_auc"`` for the raw student beside an
+            averaged one).
     """
 
-    def __init__(self, val_dataset, multi_label=True, *, jit_compile=False):
+    def __init__(self, val_dataset, multi_label=True, *, jit_compile=False, key="val_auc"):
         super().__init__()
+        self.key = key
         self.val_dataset = val_dataset
         self.multi_label = bool(multi_label)
         self.jit_compile = bool(jit_compile)
@@ -151,9 +160,9 @@ class ExactValidationAUC(keras.callbacks.Callback):
         if logs is None:
             return
         labels, logits = self.predict()
-        if "val_auc" in logs:
+        if self.key == "val_auc" and "val_auc" in logs and "val_auc_approx" not in logs:
             logs["val_auc_approx"] = logs["val_auc"]
-        logs["val_auc"] = exact_mean_auc(labels, logits, self.multi_label)
+        logs[self.key] = exact_mean_auc(labels, logits, self.multi_label)
 
 
 class EpochSnapshot(keras.callbacks.Callback):
@@ -180,3 +189,193 @@ class EpochSnapshot(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 in self.epochs:
             save_model_atomically(student_of(self.model), self.path(epoch + 1))
+
+
+# ------------------------------------------------------------------ weight averaging
+def batch_normalization_layers(model) -> list:
+    """Every ``keras.layers.BatchNormalization`` inside ``model`` (nested models included)."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def reestimate_batch_norm(model, dataset, max_batches=None) -> int:
+    """Set every BatchNorm layer's moving mean and variance of ``model`` to the EXACT mean and
+    (biased) variance of its inputs over ``dataset``; returns the number of images used.
+
+    Why: the moving statistics of an averaged model are not the statistics its averaged
+    weights produce (each checkpoint's were collected under other weights), so SWA-style
+    averaging must re-estimate them. How: each layer's momentum is set to 0 for one forward
+    pass per batch in training mode, so after the pass its moving mean/variance ARE the
+    batch's mean/variance (Keras: ``moving = moving * momentum + batch * (1 - momentum)``);
+    those are read back and pooled over batches weighted by batch size,
+    ``mean = sum n_b m_b / N``, ``var = sum n_b (v_b + m_b^2) / N - mean^2``: the statistics
+    of all ``N`` images at once, not a momentum-weighted trail (in training mode every layer
+    normalises with its batch's statistics, so the moving values never enter the pass).
+    No trainable weight changes. Batches are ``(x, y[, w])`` with ``x`` the images or a dict
+    with an ``"image"`` entry.
+    """
+    layers = batch_normalization_layers(model)
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        @tf.function(reduce_retracing=True)
+        def batch_statistics(images):
+            model(images, training=True)
+            return ([tf.identity(layer.moving_mean) for layer in layers],
+                    [tf.identity(layer.moving_variance) for layer in layers])
+
+        count, sums, squares = 0, None, None
+        for index, batch in enumerate(dataset):
+            if max_batches is not None and index >= max_batches:
+                break
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+            images = x["image"] if isinstance(x, dict) else x
+            size = int(images.shape[0])
+            means, variances = batch_statistics(images)
+            means = [np.asarray(m, np.float64) for m in means]
+            seconds = [np.asarray(v, np.float64) + m ** 2 for m, v in zip(means, variances)]
+            if sums is None:
+                sums = [size * m for m in means]
+                squares = [size * s for s in seconds]
+            else:
+                sums = [a + size * m for a, m in zip(sums, means)]
+                squares = [a + size * s for a, s in zip(squares, seconds)]
+            count += size
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    if count:
+        for layer, total, total_sq in zip(layers, sums, squares):
+            mean = total / count
+            layer.moving_mean.assign(mean.astype(np.float32))
+            layer.moving_variance.assign(np.maximum(total_sq / count - mean ** 2, 0.0)
+                                         .astype(np.float32))
+    return count
+
+
+class WeightAveraging(keras.callbacks.Callback):
+    """RoS-KD's smooth parameter averaging (Eq. 1), for any model or a Distiller's student.
+
+    After every epoch ``e`` (1-based) with ``e > start_epoch`` (a warm-up of ``start_epoch``
+    epochs) the running mean of the end-of-epoch weights is updated,
+    ``W_smooth <- (n * W_smooth + W) / (n + 1)``, ``n`` the checkpoints averaged so far;
+    all float weights are averaged (BatchNorm moving statistics too, then re-estimated). At
+    the end of ``fit`` the average is written into the model (as Keras' optimizer EMA does)
+    and, with ``bn_data``, its BatchNorm statistics are re-estimated on it
+    (:func:`reestimate_batch_norm`); the raw weights can be kept in ``raw_path``.
+
+    Used by :func:`chestkd.training.trainer.fit` (``weight_averaging=``), the averaged model is
+    also the one evaluated each epoch: :meth:`swap_in` puts the average (BatchNorm
+    re-estimated) into the model before the validation AUC and the checkpoint, and the
+    callback of :meth:`restore_callback` puts the raw weights back before training goes on.
+
+    Args:
+        start_epoch: epochs of warm-up before the first averaged checkpoint (the paper: 10).
+        bn_data: training batches for the BatchNorm re-estimation (None: not re-estimated).
+        bn_batches: use at most this many batches of ``bn_data`` (None: all).
+        state_path: ``.npz`` file keeping the running average across an interrupted run.
+        raw_path: ``.keras`` file for the raw (unaveraged) final model.
+    """
+
+    def __init__(self, start_epoch=10, bn_data=None, bn_batches=None, state_path=None,
+                 raw_path=None):
+        super().__init__()
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, (int, np.integer)) \
+                or start_epoch < 0:
+            raise ConfigError(f"WeightAveraging: 'start_epoch'={start_epoch!r} must be a "
+                              f"non-negative integer")
+        self.start_epoch = int(start_epoch)
+        self.bn_data, self.bn_batches = bn_data, bn_batches
+        self.state_path = None if state_path is None else Path(state_path)
+        self.raw_path = raw_path
+        self.average, self.count, self.last_epoch = None, 0, 0
+        self.evaluate_average = False  # set by fit: swap the average in at each epoch end
+        self._raw, self._estimated = None, None
+
+    def _weights(self):
+        return [w for w in student_of(self.model).weights if w.dtype in ("float32", "float16",
+                                                                         "float64", "bfloat16")]
+
+    def on_train_begin(self, logs=None):
+        if self.state_path is not None and self.state_path.exists():
+            with np.load(self.state_path) as state:
+                self.count, self.last_epoch = int(state["count"]), int(state["epoch"])
+                self.average = [state[f"w{i}"] for i in range(len(state.files) - 2)]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 > self.start_epoch and epoch + 1 > self.last_epoch:
+            current = [np.asarray(w, np.float64) for w in self._weights()]
+            if self.average is None:
+                self.average = current
+            else:  # Eq. 1 in float64: no drift over many epochs
+                n = self.count
+                self.average = [(n * a + w) / (n + 1) for a, w in zip(self.average, current)]
+            self.count, self.last_epoch = self.count + 1, epoch + 1
+            self._save_state()
+        if logs is not None:
+            logs["averaged_epochs"] = self.count
+        if self.evaluate_average:
+            self.swap_in()
+
+    def _save_state(self):
+        if self.state_path is None:
+            return
+        arrays = {f"w{i}": a for i, a in enumerate(self.average)}
+
+        def write(tmp):
+            with open(tmp, "wb") as handle:  # a handle: np.savez appends no second suffix
+                np.savez(handle, count=self.count, epoch=self.last_epoch, **arrays)
+
+        atomic_write(self.state_path, write)
+
+    def _assign_average(self):
+        if self._estimated is not None and self._estimated[0] == self.count:
+            # The same average, BatchNorm already re-estimated at this epoch's swap_in.
+            for variable, value in zip(self._weights(), self._estimated[1]):
+                variable.assign(value)
+            return
+        for variable, value in zip(self._weights(), self.average):
+            variable.assign(value.astype(variable.dtype))
+        if self.bn_data is not None:
+            reestimate_batch_norm(student_of(self.model), self.bn_data, self.bn_batches)
+        self._estimated = (self.count, [np.asarray(w) for w in self._weights()])
+
+    def swap_in(self):
+        """Put the average (BatchNorm re-estimated) into the model, keeping the raw weights."""
+        if self.average is None or self._raw is not None:
+            return
+        self._raw = [np.asarray(w) for w in self._weights()]
+        self._assign_average()
+
+    def swap_out(self):
+        """Put back the raw weights :meth:`swap_in` kept."""
+        if self._raw is None:
+            return
+        for variable, value in zip(self._weights(), self._raw):
+            variable.assign(value)
+        self._raw = None
+
+    def restore_callback(self) -> keras.callbacks.Callback:
+        """A callback that calls :meth:`swap_out` at each epoch end (place it after the
+        callbacks that evaluate or save the averaged model, before ``BackupAndRestore``)."""
+        owner = self
+
+        class RestoreRawWeights(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                owner.swap_out()
+
+        return RestoreRawWeights()
+
+    def on_train_end(self, logs=None):
+        self.swap_out()
+        if self.average is None:
+            warnings.warn(f"WeightAveraging: training ended before epoch "
+                          f"{self.start_epoch + 1}; nothing was averaged, the model is the "
+                          f"raw one", stacklevel=2)
+            return
+        if self.raw_path is not None:
+            save_model_atomically(student_of(self.model), self.raw_path)
+        self._assign_average()

@@ -75,6 +75,7 @@ BASE_DEFAULTS = {
     # decoupled: Keras' own weight_decay, scaled by the learning rate (~10x weaker at 0.9)
     "weight_decay_mode": "coupled",
     "schedule": "step",            # constant | step | cosine | plateau
+    "step_epochs": None,           # step: epochs after which lr x0.1, e.g. [25, 40]; None: 50 %, 75 %
     "epochs": 200,
     "mixed_precision": False,
     "jit_compile": "auto",         # auto (XLA on a GPU when the model allows it) | true | false

@@ -21,12 +21,12 @@ import tensorflow as tf
 
 from chestkd.errors import ConfigError
 from chestkd.training.callbacks import (EpochSnapshot, EpochTimer, ExactValidationAUC,
-                                        StudentCheckpoint, student_of)
+                                        StudentCheckpoint, WeightAveraging, student_of)
 from chestkd.training.distribute import distribution_strategy  # noqa: F401
 from chestkd.training.optimizers import CoupledAdam, CoupledSGD
 
 __all__ = ["MONITOR", "WEIGHT_DECAY_MODES", "EpochSnapshot", "EpochTimer", "ExactValidationAUC",
-           "StudentCheckpoint", "distribution_strategy", "fit", "make_optimizer",
+           "StudentCheckpoint", "WeightAveraging", "distribution_strategy", "fit", "make_optimizer",
            "make_schedule", "resolve_jit_compile", "resolve_verbose", "weight_decay_mode",
            "xla_fallback_reason"]
 
@@ -41,11 +41,29 @@ def make_schedule(config: dict, steps_per_epoch: int):
         return lr
     if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(lr, total)
+    if schedule == "step" and config.get("step_epochs"):
+        # x0.1 after each listed epoch (RoS-KD: after epochs 25 and 40 of 50)
+        milestones = _step_epochs(config["step_epochs"], epochs)
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            [steps_per_epoch * e - 1 for e in milestones],  # the last step of epoch e
+            [lr * 0.1 ** i for i in range(len(milestones) + 1)])
     if schedule == "step":  # x0.1 at 50% and 75% of training (the CIFAR ResNet convention)
         bounds = sorted({max(1, int(total * 0.5)), max(2, int(total * 0.75))})
         return keras.optimizers.schedules.PiecewiseConstantDecay(
             bounds, [lr, lr * 0.1, lr * 0.01][:len(bounds) + 1])
     raise ConfigError(f"--schedule {schedule!r}: choose constant, step, cosine or plateau")
+
+
+def _step_epochs(value, epochs: int) -> list[int]:
+    """``step_epochs`` as increasing 1-based epochs within the schedule, else ConfigError."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        milestones = [int(str(item).strip()) for item in items]
+    except ValueError:
+        raise ConfigError(f"--step-epochs {value!r}: expected epochs such as 25,40") from None
+    if milestones != sorted(set(milestones)) or milestones[0] < 1:
+        raise ConfigError(f"--step-epochs {value!r}: expected increasing positive epochs")
+    return [e for e in milestones if e < epochs] or [max(1, epochs // 2)]
 
 
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
@@ -192,7 +210,7 @@ def resolve_verbose(verbose):
 # ------------------------------------------------------------------------------ fit
 def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose="auto",
         extra_callbacks=(), multi_label: bool = True, keep_backup: bool = False,
-        snapshot_epochs=()):
+        snapshot_epochs=(), weight_averaging=None):
     """Train ``model`` with the run's callbacks; returns the Keras History.
 
     ``model.keras`` receives ``model.student`` for a Distiller, else ``model`` itself, at the
@@ -208,21 +226,39 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
             continued later by calling ``fit`` again with more epochs.
         snapshot_epochs: 1-based epochs after which the student is also saved as
             ``run_dir/snapshots/epoch-NNNN.keras``.
+        weight_averaging: a :class:`~chestkd.training.callbacks.WeightAveraging`: from its
+            first averaged epoch on, ``val_auc`` (and so ``model.keras``, the selection and
+            ``ReduceLROnPlateau``) is the averaged model's, BatchNorm re-estimated, and
+            ``raw_val_auc`` the raw student's; Keras' own ``val_loss`` stays the raw
+            student's. At the end of training the model holds the average.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     epochs = int(config["epochs"] if epochs is None else epochs)
+    averaging = weight_averaging
     callbacks = []
+    jit = bool(config.get("_jit_compile_resolved", getattr(model, "jit_compile", False)))
+    if averaging is not None:
+        # The raw student's AUC first, then the average goes in for the exact val_auc and the
+        # checkpoint, and the raw weights come back before the backup and the next epoch.
+        if val_ds is not None:
+            callbacks.append(ExactValidationAUC(val_ds, multi_label, jit_compile=jit,
+                                                key="raw_val_auc"))
+        averaging.evaluate_average = True
+        callbacks.append(averaging)
     if val_ds is not None:
-        # First in the list: the callbacks after it (and the History) read its val_auc.
-        jit = config.get("_jit_compile_resolved", getattr(model, "jit_compile", False))
-        callbacks.append(ExactValidationAUC(val_ds, multi_label, jit_compile=bool(jit)))
+        # Before the checkpoint, the CSV log and the History: they read its val_auc.
+        callbacks.append(ExactValidationAUC(val_ds, multi_label, jit_compile=jit))
+    averaged = averaging is not None and epochs > averaging.start_epoch
+    callbacks.append(StudentCheckpoint(
+        run_dir / "model.keras", monitor=MONITOR, mode="max", state_path=run_dir / "best.json",
+        from_epoch=averaging.start_epoch + 1 if averaged else 1))
+    if averaging is not None:
+        callbacks.append(averaging.restore_callback())
     callbacks += [
         EpochTimer(),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"),
                                          delete_checkpoint=not keep_backup),
-        StudentCheckpoint(run_dir / "model.keras", monitor=MONITOR, mode="max",
-                          state_path=run_dir / "best.json"),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
         keras.callbacks.TerminateOnNaN(),

@@ -1,0 +1,160 @@
+"""RoS-KD experiments (Jaiswal et al. 2022): teachers on overlapping subsets, their cached
+logits, and one distillation per setting (Baselines II-V and RoS-KD itself).
+
+* Teachers come from the model store (:func:`chestkd.experiments.store.obtain_model`). A
+  teacher trained on a subset lives under ``<store>/ros_kd<schedule>/k<k>-p<p>-s<seed>-<i>/``
+  so its entry is keyed by its subset too (the store's own key holds every base-training
+  option; the folder adds the subset and the step epochs); full-data teachers (``p = 1``,
+  Baselines II and III, Baseline I's student) share ``<store>/ros_kd<schedule>/full/``.
+* The K teachers' logits of both views of every training (and validation) image are cached
+  once per teacher set as one (images x 2 x K x C) table
+  (:func:`chestkd.distill.teacher_cache.load_or_compute`): a step with five teachers then costs
+  what base training costs.
+* :func:`distil_setting` trains one student with the Distiller's ``teacher_sampling``
+  (``fixed``: equal weights; ``random``: Dirichlet(1) = normalised exponential weights per
+  step; ``random_per_example``; ``confidence``: Baseline IV) and, for RoS-KD, weight averaging
+  (:class:`chestkd.training.callbacks.WeightAveraging`).
+
+Note: the Distiller mixes the teachers' LOGITS with the weights, ``z = sum_k w_k z_k``, and
+takes one divergence; the paper's Eq. 4 sums the weighted divergences of each teacher.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from chestkd.data.dataset import Dataset
+from chestkd.data.pipeline import make_dataset, steps_per_epoch
+from chestkd.data.splits import teacher_training_sets
+from chestkd.distill.distiller import Distiller
+from chestkd.distill.losses import KDLoss
+from chestkd.distill.teacher_cache import load_or_compute
+from chestkd.experiments.stages import Stages
+from chestkd.experiments.store import obtain_model, store_root
+from chestkd.training.callbacks import WeightAveraging
+from chestkd.training.experiment import (best_model, build_model, image_options, pipelines,
+                                         set_precision)
+from chestkd.training.run import seed_everything
+from chestkd.training.trainer import (distribution_strategy, fit, make_optimizer,
+                                      resolve_jit_compile)
+
+
+def schedule_tag(config: dict) -> str:
+    steps = config.get("step_epochs")
+    if config.get("schedule") == "step" and steps:
+        return "-steps" + "-".join(str(int(s)) for s in steps)
+    return ""
+
+
+def ros_store(config: dict, subset: str) -> Path:
+    """The store folder of RoS-KD's teachers on ``subset`` (``full`` or ``k5-p0.4-s0-2``)."""
+    return store_root(config) / f"ros_kd{schedule_tag(config)}" / subset
+
+
+def subset_tag(k: int, overlap: float, seed: int, index: int) -> str:
+    return "full" if float(overlap) >= 1.0 else f"k{k}-p{float(overlap):g}-s{seed}-{index}"
+
+
+def teacher_names(config: dict, k: int) -> list[str]:
+    """``k`` teacher architectures: ``--teachers`` in order, repeated if shorter than k."""
+    names = config["teachers"]
+    names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    return [names[i % len(names)] for i in range(int(k))]
+
+
+def obtain_teachers(config: dict, data: Dataset, names, *, overlap: float = 1.0,
+                    seed: int = 0) -> list:
+    """Teacher ``i`` (``names[i]``) trained on overlapping patient subset ``i`` of the
+    training split (all on the full split when ``overlap = 1``); ``.keras`` files as given.
+    Returns ``[(model, source)]``."""
+    k = len(names)
+    subsets = None if float(overlap) >= 1.0 else teacher_training_sets(data, k, overlap, seed)
+    epochs = int(config.get("teacher_epochs") or config["epochs"])
+    teachers = []
+    for index, name in enumerate(names):
+        entry = {**config, "teachers_dir": str(ros_store(config, subset_tag(k, overlap, seed,
+                                                                               index)))}
+        part = data if subsets is None else subsets[index]
+        teachers.append(obtain_model(entry, part, name, epochs=epochs))
+    return teachers
+
+
+def logit_tables(config: dict, data: Dataset, teachers, folder) -> dict:
+    """{"train", "val"}: the teachers' cached (N, 2, K, C) logits (computed once, kept)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    models = [model for model, _ in teachers]
+    return {split: load_or_compute(folder / f"teacher_logits_{split}.npy", models, data, split,
+                                   batch_size=int(config["batch_size"]),
+                                   **image_options(data, config))
+            for split in ("train", "val")}
+
+
+def kd_formulation(data: Dataset) -> str:
+    """Sigmoid KD for independent findings; the softmax form of Eq. 4 for exclusive classes."""
+    return "sigmoid" if data.multi_label else "hinton"
+
+
+def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_name: str, *,
+                   sampling: str = "random", averaging: bool = False, seed: int = 0,
+                   extra_callbacks=()):
+    """Train ``student_name`` on the cached teachers of ``tables``; returns the model
+    selected (the averaged one with ``averaging``). A finished folder returns its model.
+    ``extra_callbacks`` go to :func:`chestkd.training.trainer.fit`."""
+    folder = Path(folder)
+    stages = Stages(folder)
+    if stages.done("training"):
+        return best_model(folder, None)
+    folder.mkdir(parents=True, exist_ok=True)
+    set_precision(config)
+    loss = KDLoss(kd_formulation(data), float(config["temperature"]), float(config["alpha"]))
+    seed_everything(seed)
+    with distribution_strategy(config).scope():
+        student = build_model(student_name, data, config)
+        distiller = Distiller(student, None, loss=loss, multi_label=data.multi_label,
+                              teacher_sampling=sampling, seed=seed)
+        distiller.compile(optimizer=make_optimizer(
+            config, steps_per_epoch(data, "train", int(config["batch_size"]))),
+            jit_compile=resolve_jit_compile(config, student))
+    train, val = pipelines(data, {**config, "seed": seed}, teacher_logits=tables["train"],
+                           val_teacher_logits=tables["val"])
+    callback = None
+    if averaging:
+        # BatchNorm statistics of the average: the first `bn_batches` batches of a shuffled
+        # (own seed: the training pipeline's order is untouched), unflipped training pass.
+        bn_images = make_dataset(data, "train", batch_size=int(config["batch_size"]),
+                                 training=False, shuffle=True, flip=False, seed=seed + 1,
+                                 **image_options(data, config))
+        callback = WeightAveraging(int(config["averaging_start"]), bn_data=bn_images,
+                                   bn_batches=config.get("bn_batches"),
+                                   state_path=folder / "weight_average.npz",
+                                   raw_path=folder / "raw_model.keras")
+    fit(distiller, train, val, config, folder, multi_label=data.multi_label,
+        weight_averaging=callback, extra_callbacks=extra_callbacks)
+    stages.mark("training", epochs=int(config["epochs"]), sampling=sampling,
+                averaging=bool(averaging))
+    return best_model(folder, student)
+
+
+def macro_scores(folder, prefix: str = "") -> dict:
+    """Macro precision, recall and F1 of a finished evaluation
+    (``classification_report.csv``: thresholds chosen on the validation split)."""
+    import pandas as pd
+    report = pd.read_csv(Path(folder) / f"{prefix}classification_report.csv")
+    macro = report.set_index("class").loc["macro avg"]
+    return {key: float(macro[key]) for key in ("precision", "recall", "f1")}
+
+
+def per_class_frame(results: list[dict], class_names) -> dict:
+    """{class: (mean, sample std)} of per-class AUCs over runs (Table III)."""
+    values = np.array([[r["per_class_auc"].get(c, np.nan) for c in class_names]
+                       for r in results], dtype=np.float64)
+    values = np.where(np.equal(values, None), np.nan, values).astype(np.float64)
+    with warnings.catch_warnings():   # a class undefined in every run stays NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=0)
+        std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else \
+            np.zeros(values.shape[1])
+    return {c: (float(m), float(s)) for c, m, s in zip(class_names, mean, std)}

@@ -1,0 +1,140 @@
+"""The studies of RoS-KD's paper, each a list of settings of one
+:class:`chestkd.recipes.ros_kd.Experiment` and a table built from the finished ones.
+
+* ``table1``: Table I, precision / recall / F1 (macro; thresholds chosen on the validation
+  split for multi-label data) and mean AUC of every setting, the raw student beside RoS-KD;
+* ``overlap``: Fig. 3, RoS-KD at each overlap ratio (Baseline III as the reference);
+* ``students``: Fig. 2, Baseline III and RoS-KD for each student architecture;
+* ``folds``: Table III, RoS-KD's per-class AUC, mean +- std over ``fold_seeds``;
+* ``robustness``: Table II, every Table I setting before and after FGSM and PGD;
+* ``noise``: every setting at each phantom label-noise level, scored on the clean labels;
+* ``landscape``: Fig. 4, the loss surface of RoS-KD and (when chosen) Baseline III.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chestkd.experiments.ros import per_class_frame
+from chestkd.experiments.stages import Stages
+from chestkd.robustness.tables import robustness_table, split_arrays
+from chestkd.training.experiment import image_options, load_model
+
+
+def _settings(experiment) -> list[str]:
+    """The chosen baselines (``none``: no baseline), then RoS-KD."""
+    baselines = experiment.config["baselines"]
+    baselines = baselines.split(",") if isinstance(baselines, str) else list(baselines or [])
+    return [b.strip() for b in baselines if b.strip() not in ("", "none")] + ["ros_kd"]
+
+
+def _floats(value) -> list[float]:
+    return [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
+
+
+def _names(value) -> list[str]:
+    return [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+
+
+def robustness_rows(experiment, rows) -> pd.DataFrame:
+    """Table II: each setting's scores before and after each attack (kept per folder)."""
+    config, frames = experiment.config, []
+    for row in rows:
+        folder = Path(row["folder"])
+        stages, path = Stages(folder), folder / "robustness.csv"
+        if not stages.done("robustness"):
+            data = experiment.data(row["noise"], row["seed"])
+            variant = experiment.variant(row["noise"], row["seed"])
+            images, labels = split_arrays(data, max_images=config.get("robustness_images"),
+                                          **image_options(data, variant))
+            metrics = json.loads((folder / "metrics.json").read_text())
+            thresholds = metrics.get("thresholds", {}).get("values") if data.multi_label \
+                else None
+            table = robustness_table(load_model(folder / "model.keras"), images, labels,
+                                     data.class_names, multi_label=data.multi_label,
+                                     epsilon=float(config["epsilon"]),
+                                     norm=config["attack_norm"], steps=int(config["pgd_steps"]),
+                                     thresholds=thresholds, seed=int(row["seed"]))
+            table.to_csv(path, index=False)
+            stages.mark("robustness")
+        table = pd.read_csv(path)
+        table.insert(0, "setting", row["setting"])
+        table.insert(1, "student", row["student"])
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_studies(experiment, studies, write_table, landscape=None) -> dict:
+    """Run the chosen ``studies``; ``write_table(run_dir, name, frame, title)`` writes each
+    table, ``landscape(model, images, labels, folder, multi_label)`` draws Fig. 4."""
+    config, run_dir, results = experiment.config, experiment.run_dir, {}
+    table1 = []
+    if "table1" in studies or "robustness" in studies:
+        table1 = [experiment.setting(name) for name in _settings(experiment)]
+        results["table1"] = write_table(run_dir, "table1", pd.DataFrame(table1),
+                                        "Table I: RoS-KD and its baselines").to_dict("records")
+    if "overlap" in studies:
+        rows = [experiment.setting("ros_kd", overlap=p) for p in _floats(config["overlap_study"])]
+        rows.append(experiment.setting("III"))
+        results["overlap"] = write_table(run_dir, "overlap", pd.DataFrame(rows),
+                                         "Overlap ratio of the teachers' subsets (Fig. 3)"
+                                         ).to_dict("records")
+    if "students" in studies:
+        rows = [experiment.setting(name, student=student)
+                for student in _names(config["student_study"]) for name in ("III", "ros_kd")]
+        results["students"] = write_table(run_dir, "students", pd.DataFrame(rows),
+                                          "Student architectures (Fig. 2)").to_dict("records")
+    if "folds" in studies:
+        seeds = [int(s) for s in _floats(config["fold_seeds"])]
+        rows = [experiment.setting("ros_kd", seed=seed) for seed in seeds]
+        per_run = [json.loads((experiment.folder("ros_kd", r["student"], r["overlap"],
+                                                 r["noise"], r["seed"]) / "metrics.json")
+                              .read_text()) for r in rows]
+        names = list(per_run[0]["per_class_auc"])
+        stats = per_class_frame(per_run, names)
+        means = [r["mean_auc"] for r in per_run]
+        frame = pd.DataFrame([{"class": c, "mean": m, "std": s, "runs": len(seeds)}
+                              for c, (m, s) in stats.items()] +
+                             [{"class": "Mean", "mean": float(np.mean(means)),
+                               "std": float(np.std(means, ddof=1)) if len(means) > 1 else 0.0,
+                               "runs": len(seeds)}])
+        results["table3"] = write_table(run_dir, "table3", frame,
+                                        f"Table III: RoS-KD per-class AUC over seeds {seeds}"
+                                        ).to_dict("records")
+    if "robustness" in studies:
+        frame = robustness_rows(experiment, table1)
+        results["table2"] = write_table(run_dir, "table2", frame,
+                                        "Table II: scores before and after FGSM / PGD "
+                                        f"({config['attack_norm']}, epsilon "
+                                        f"{float(config['epsilon']):.5f})").to_dict("records")
+    if "noise" in studies:
+        if config["dataset"] != "phantom":
+            print("noise study skipped: only the phantom can add label noise")
+        else:
+            rows = [experiment.setting(name, noise=noise)
+                    for noise in _floats(config["noise_levels"]) for name in _settings(experiment)]
+            results["noise"] = write_table(run_dir, "noise", pd.DataFrame(rows),
+                                           "Label noise (scored on the clean labels)"
+                                           ).to_dict("records")
+    if "landscape" in studies and landscape is not None:
+        summaries = []
+        for name in [n for n in ("III", "ros_kd") if n in _settings(experiment)]:
+            row = experiment.setting(name)
+            folder = experiment.folder(name, row["student"], row["overlap"], row["noise"],
+                                       row["seed"])
+            if not Stages(folder).done("landscape"):
+                data = experiment.data(row["noise"], row["seed"])
+                images, labels = split_arrays(
+                    data, max_images=int(config["landscape_images"]),
+                    **image_options(data, experiment.variant(row["noise"], row["seed"])))
+                landscape(load_model(folder / "model.keras"), images, labels,
+                          folder / "landscape", data.multi_label, row["setting"])
+                Stages(folder).mark("landscape")
+            summary = json.loads((folder / "landscape" / "landscape.json").read_text())
+            summaries.append({"setting": row["setting"], **summary})
+        results["landscape"] = write_table(run_dir, "landscape", pd.DataFrame(summaries),
+                                           "Loss landscape (Fig. 4)").to_dict("records")
+    return results

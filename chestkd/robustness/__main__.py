@@ -1,0 +1,71 @@
+"""The robustness table of a trained run: scores before and after FGSM and PGD.
+
+    python -m chestkd.robustness RUN_DIR [--epsilon 0.00502] [--norm l2|linf] [--steps 10]
+        [--attacks fgsm,pgd] [--max-images N] [--out DIR]
+
+Reads ``RUN_DIR/config.yaml`` and ``RUN_DIR/model.keras``, attacks the run's test images
+(``epsilon`` in intensity units, 1.0 = the full 0-255 range; default RoS-KD's L2 radius
+1.28/255) and writes ``robustness.csv``, ``robustness.md`` and ``robustness.json`` (default
+into RUN_DIR).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from chestkd.cli import main_of
+from chestkd.errors import ConfigError
+from chestkd.evaluation import markdown_table
+from chestkd.io import atomic_write_json, atomic_write_text
+from chestkd.robustness.attacks import NORMS
+from chestkd.robustness.tables import ATTACKS, PAPER_EPSILON, robustness_table, split_arrays
+from chestkd.training.config import load_yaml
+from chestkd.training.experiment import image_options, load_model, load_run_data
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m chestkd.robustness", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--epsilon", type=float, default=PAPER_EPSILON)
+    parser.add_argument("--norm", choices=NORMS, default="l2")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    return parser
+
+
+def run(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    run_dir = args.run_dir
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "model.keras").exists():
+        raise ConfigError(f"{run_dir}: not a finished run (needs config.yaml and model.keras)")
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    unknown = sorted(set(attacks) - set(ATTACKS))
+    if unknown:
+        raise ConfigError(f"--attacks {args.attacks!r}: unknown {unknown}; choose from "
+                          f"{list(ATTACKS)}")
+    config = load_yaml(run_dir / "config.yaml")
+    out = args.out or run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_run_data(config, out)
+    images, labels = split_arrays(data, max_images=args.max_images,
+                                 **image_options(data, config))
+    table = robustness_table(load_model(run_dir / "model.keras"), images, labels,
+                             data.class_names, multi_label=data.multi_label,
+                             epsilon=args.epsilon, norm=args.norm, steps=args.steps,
+                             attacks=attacks, seed=int(config.get("seed", 0)))
+    table.to_csv(out / "robustness.csv", index=False)
+    text = f"# Robustness of {run_dir}\n\n{markdown_table(table)}\n"
+    atomic_write_text(out / "robustness.md", text)
+    result = {"run_dir": str(run_dir), "rows": table.to_dict(orient="records")}
+    atomic_write_json(out / "robustness.json", result)
+    print(text)
+    return result
+
+
+main = main_of(run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
