@@ -575,3 +575,54 @@ def test_configuration_errors_name_the_problem():
         weighted.compile("sgd")
         weighted.evaluate({"image": x, "teacher_logits": np.zeros((4, 2, C), np.float32)}, y,
                           verbose=0)
+
+
+def _numpy_kl_t2(student, teacher, temperature):
+    """float64 Hinton term: T^2 KL(softmax(z_t/T) || softmax(z_s/T)) per sample."""
+    def log_softmax(z):
+        z = z / temperature
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    log_p, log_q = log_softmax(teacher.astype(np.float64)), log_softmax(student.astype(np.float64))
+    return temperature ** 2 * (np.exp(log_p) * (log_p - log_q)).sum(-1)
+
+
+def test_teacher_combine_losses_is_the_weighted_sum_of_per_teacher_divergences():
+    """RoS-KD Eq. 4: sum_k w_k KL(q_k, p), not one KL to the mixed logits."""
+    teachers = [tiny_model(f"t{k}", seed=40 + k, logit_scale=3.0) for k in range(3)]
+    loss = KDLoss("hinton", 0.5, 0.9)
+    x, _ = data(seed=13, n=8)
+    y = np.eye(C, dtype=np.float32)[np.random.default_rng(0).integers(0, C, 8)]
+    live = np.stack([t.predict(x, verbose=0) for t in teachers], axis=1)
+    for combine in ("losses", "logits"):
+        distiller = Distiller(tiny_model("student", seed=44), teachers, loss=loss,
+                              multi_label=False, teacher_sampling="random_per_example",
+                              seed=3, teacher_combine=combine)
+        distiller.compile(keras.optimizers.SGD(0.1))
+        distiller.optimizer.iterations.assign(2)
+        _, targets = distiller.teacher_targets({"image": x, "teacher_logits": live},
+                                               training=True)
+        student_logits = distiller.student.predict(x, verbose=0)
+        losses = distiller.compute_kd_losses(y, student_logits, targets)
+        w = numpy_dirichlet_rows(3, 2, (8, 3))
+        if combine == "losses":
+            soft = sum(w[:, k] * _numpy_kl_t2(student_logits, live[:, k], 0.5) for k in range(3))
+        else:
+            soft = _numpy_kl_t2(student_logits, (w[:, :, None] * live).sum(1), 0.5)
+        z = student_logits.astype(np.float64)
+        log_q = z - z.max(-1, keepdims=True)
+        log_q = log_q - np.log(np.exp(log_q).sum(-1, keepdims=True))
+        hard = -(y * log_q).sum(-1)
+        np.testing.assert_allclose(float(losses["soft_loss"]), soft.mean(), rtol=1e-4)
+        np.testing.assert_allclose(float(losses["loss"]), (0.1 * hard + 0.9 * soft).mean(),
+                                   rtol=1e-4)
+        if combine == "losses":
+            per_teacher_soft = float(losses["soft_loss"])
+    # The divergence is convex in the teacher's distribution, not in its logits, so the two
+    # forms differ when teachers disagree; this guards against "losses" silently mixing logits.
+    assert abs(per_teacher_soft - float(losses["soft_loss"])) > 1e-3
+    history = distiller.fit({"image": x, "teacher_logits": live}, y, batch_size=4, epochs=1,
+                            verbose=0)
+    assert np.isfinite(history.history["soft_loss"][0])
+    with pytest.raises(ConfigError, match="teacher_combine"):
+        Distiller(tiny_model("s", seed=1), teachers, loss=loss, teacher_combine="mean")

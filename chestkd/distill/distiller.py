@@ -32,6 +32,7 @@ from chestkd.distill.losses import KDLoss
 from chestkd.distill.teacher_mixing import (
     DEFAULT_CONFIDENCE_TEMPERATURE,
     PER_EXAMPLE_SAMPLING,
+    TEACHER_COMBINE,
     TEACHER_SAMPLING,
 )
 from chestkd.errors import ConfigError
@@ -62,6 +63,13 @@ class Distiller(keras.Model):
             run is reproducible; "random" gives every replica the same weights,
             "random_per_example" folds the replica id in).
         confidence_temperature: :math:`\\tau` of ``"confidence"`` (> 0).
+        teacher_combine: how the weighted teachers enter the soft term. ``"logits"`` (default):
+            one divergence against the mixed logits :math:`\\sum_k w_k z^{(k)}` (a
+            weighted ensemble teacher); ``"losses"``: the weighted sum of one divergence per
+            teacher, :math:`\\sum_k w_k D(z_s, z^{(k)})` — RoS-KD's Eq. 4, where a draw that
+            puts most weight on one teacher makes the step follow that teacher alone. The two
+            differ whenever the teachers disagree (the divergence is convex, so the mixture's
+            is the smaller).
         feature_terms: :class:`chestkd.distill.feature_terms.FeatureTerm` objects, each adding
             ``weight * distance(student layer, teacher layer)`` to the loss (and a metric of
             its name). They need live teachers; their adapters train with the student and are
@@ -81,7 +89,7 @@ class Distiller(keras.Model):
     def __init__(self, student, teachers=None, *, loss: KDLoss, multi_label=True,
                  teacher_weights=None, teacher_sampling="fixed", seed=0,
                  confidence_temperature=DEFAULT_CONFIDENCE_TEMPERATURE, feature_terms=(),
-                 name="distiller", **kwargs):
+                 teacher_combine="logits", name="distiller", **kwargs):
         super().__init__(name=name, **kwargs)
         if not isinstance(student, keras.Model):
             raise ConfigError(f"Distiller: 'student' must be a keras.Model, got {type(student)}")
@@ -90,6 +98,9 @@ class Distiller(keras.Model):
         if teacher_sampling not in TEACHER_SAMPLING:
             raise ConfigError(f"Distiller: unknown option 'teacher_sampling'={teacher_sampling!r};"
                               f" choose one of {list(TEACHER_SAMPLING)}")
+        if teacher_combine not in TEACHER_COMBINE:
+            raise ConfigError(f"Distiller: unknown option 'teacher_combine'={teacher_combine!r};"
+                              f" choose one of {list(TEACHER_COMBINE)}")
         if teachers is None:
             teachers = []
         elif isinstance(teachers, keras.Model):
@@ -120,6 +131,7 @@ class Distiller(keras.Model):
         self.kd_loss = loss
         self.multi_label = bool(multi_label)
         self.teacher_sampling = teacher_sampling
+        self.teacher_combine = teacher_combine
         self.seed = int(seed)
         self.teacher_weights = teacher_mixing.normalised_weights(teacher_weights,
                                                                   len(teachers) or None)
@@ -222,15 +234,17 @@ class Distiller(keras.Model):
         return ops.ones_like(stacked_logits[:, :, 0]) * weights[None, :]
 
     def teacher_targets(self, x, training=False):
-        """(images, combined teacher logits (B, C)) for a batch ``x``, gradient-free.
+        """(images, soft targets) for a batch ``x``, gradient-free.
 
-        Cached logits in ``x["teacher_logits"]`` take precedence over running the teachers.
+        The targets are the mixed teacher logits (B, C) with ``teacher_combine="logits"``, or
+        the pair ((B, K, C) logits, (B, K) weights) with ``"losses"``. Cached logits in
+        ``x["teacher_logits"]`` take precedence over running the teachers.
         """
         images, combined, _ = self.teacher_targets_and_maps(x, training)
         return images, combined
 
     def teacher_targets_and_maps(self, x, training=False):
-        """(images, combined teacher logits, {(teacher, layer): maps}) for a batch ``x``.
+        """(images, soft targets (see :meth:`teacher_targets`), {(teacher, layer): maps}).
 
         The maps are those the feature terms name ({} without terms), gradient-free.
         """
@@ -266,6 +280,10 @@ class Distiller(keras.Model):
             weights = self.example_teacher_weights(stacked, training)
         else:
             weights = self.teacher_mixing_weights(stacked.shape[1], training)
+        if self.teacher_combine == "losses":
+            weights = ops.ones_like(stacked[:, :, 0]) * (
+                weights[None, :] if len(weights.shape) == 1 else weights)
+            return images, (ops.stop_gradient(stacked), ops.stop_gradient(weights)), teacher_maps
         return images, ops.stop_gradient(teacher_mixing.mix(stacked, weights)), teacher_maps
 
     def student_outputs(self, images, training):
@@ -283,7 +301,15 @@ class Distiller(keras.Model):
         student's regularisation losses (as in ``Model.compute_loss``); the terms are reported
         unweighted.
         """
-        hard, soft, total = self.kd_loss.per_sample(y, student_logits, teacher_logits)
+        if isinstance(teacher_logits, tuple):
+            # teacher_combine="losses": sum_k w_k D(z_s, z^(k)), K known when traced.
+            stacked, weights = teacher_logits
+            hard = self.kd_loss.hard(y, student_logits)
+            soft = sum(weights[:, k] * self.kd_loss.soft(student_logits, stacked[:, k, :])
+                       for k in range(stacked.shape[1]))
+            total = (1.0 - self.kd_loss.alpha) * hard + self.kd_loss.alpha * soft
+        else:
+            hard, soft, total = self.kd_loss.per_sample(y, student_logits, teacher_logits)
         batch_size = ops.cast(ops.shape(total)[0], "float32")
 
         def reduce(values):
@@ -370,6 +396,7 @@ class Distiller(keras.Model):
         # what it was for logs and reports.
         return {"name": self.name, "loss": self.kd_loss.get_config(),
                 "multi_label": self.multi_label, "teacher_sampling": self.teacher_sampling,
+                "teacher_combine": self.teacher_combine,
                 "confidence_temperature": self.confidence_temperature,
                 "feature_terms": [term.get_config() for term in
                                   (self.feature_set.terms if self.feature_set else ())],

@@ -44,6 +44,8 @@ from chestkd.errors import ConfigError
 
 TEACHER_SAMPLING = ("fixed", "random", "random_per_example", "confidence")
 PER_EXAMPLE_SAMPLING = ("random_per_example", "confidence")
+# "logits": one divergence to the mixed logits; "losses": the mixed divergences (RoS-KD Eq. 4)
+TEACHER_COMBINE = ("logits", "losses")
 DEFAULT_CONFIDENCE_TEMPERATURE = 0.1
 
 

@@ -15,8 +15,9 @@ logits, and one distillation per setting (Baselines II-V and RoS-KD itself).
   step; ``random_per_example``; ``confidence``: Baseline IV) and, for RoS-KD, weight averaging
   (:class:`chestkd.training.callbacks.WeightAveraging`).
 
-Note: the Distiller mixes the teachers' LOGITS with the weights, ``z = sum_k w_k z_k``, and
-takes one divergence; the paper's Eq. 4 sums the weighted divergences of each teacher.
+The soft term follows the paper's Eq. 4, ``sum_k w_k KL(q_k, p)`` (the Distiller's
+``teacher_combine="losses"``; the recipe's ``teacher_combine: logits`` instead takes one
+divergence to the weighted mean of the logits); II and III distil from one averaged target.
 """
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def kd_formulation(data: Dataset) -> str:
 
 
 def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_name: str, *,
-                   sampling: str = "random", averaging: bool = False, seed: int = 0,
+                   sampling: str = "random", combine: str = "losses",
+                   averaging: bool = False, seed: int = 0,
                    extra_callbacks=()):
     """Train ``student_name`` on the cached teachers of ``tables``; returns the model
     selected (the averaged one with ``averaging``). A finished folder returns its model.
@@ -114,7 +116,7 @@ def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_na
     with distribution_strategy(config).scope():
         student = build_model(student_name, data, config)
         distiller = Distiller(student, None, loss=loss, multi_label=data.multi_label,
-                              teacher_sampling=sampling, seed=seed)
+                              teacher_sampling=sampling, teacher_combine=combine, seed=seed)
         distiller.compile(optimizer=make_optimizer(
             config, steps_per_epoch(data, "train", int(config["batch_size"]))),
             jit_compile=resolve_jit_compile(config, student))
@@ -133,7 +135,7 @@ def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_na
                                    raw_path=folder / "raw_model.keras")
     fit(distiller, train, val, config, folder, multi_label=data.multi_label,
         weight_averaging=callback, extra_callbacks=extra_callbacks)
-    stages.mark("training", epochs=int(config["epochs"]), sampling=sampling,
+    stages.mark("training", epochs=int(config["epochs"]), sampling=sampling, combine=combine,
                 averaging=bool(averaging))
     return best_model(folder, student)
 

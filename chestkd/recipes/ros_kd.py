@@ -57,6 +57,9 @@ DEFAULTS = {
     "teachers": PAPER_TEACHERS, "student": "resnet18", "kd_teacher": "densenet121",
     "subsets": 5, "overlap": 0.4, "baselines": list(BASELINES), "studies": list(STUDIES),
     "teacher_sampling": "random",       # random (per step) | random_per_example
+    # losses: sum_k w_k KL(q_k, p), the paper's Eq. 4 (IV, V, RoS-KD); logits: one KL to the
+    # weighted mean of the teachers' logits. II and III always average outputs (one target).
+    "teacher_combine": "losses",
     "temperature": 0.5, "alpha": 0.9, "averaging_start": 10,
     "bn_batches": 50,                   # BatchNorm re-estimation of the average (None: all)
     "teacher_epochs": None, "step_epochs": [25, 40],
@@ -94,6 +97,9 @@ def check_ros_config(config: dict) -> None:
     if config["teacher_sampling"] not in ("random", "random_per_example"):
         raise ConfigError(f"--teacher-sampling {config['teacher_sampling']!r}: choose random "
                           f"or random_per_example")
+    if config["teacher_combine"] not in ("losses", "logits"):
+        raise ConfigError(f"--teacher-combine {config['teacher_combine']!r}: choose losses "
+                          f"or logits")
     if not isinstance(config["subsets"], int) or config["subsets"] < 1:
         raise ConfigError(f"--subsets {config['subsets']!r}: a positive integer")
     for p in [config["overlap"], *_listed(config, "overlap_study", cast=float)]:
@@ -161,10 +167,11 @@ class Experiment:
                                   self.run_dir / "teacher_tables" / config_id(tag))
             sampling = {"II": "fixed", "III": "fixed", "IV": "confidence"}.get(
                 name, config["teacher_sampling"])
+            combine = "logits" if name in ("II", "III") else config["teacher_combine"]
             model = distil_setting(config, folder, data, tables, student, sampling=sampling,
-                                   averaging=name == "ros_kd", seed=seed)
+                                   combine=combine, averaging=name == "ros_kd", seed=seed)
             write_json({"setting": name, "teachers": [str(s) for _, s in teachers],
-                        "sampling": sampling}, folder / "setting.json")
+                        "sampling": sampling, "combine": combine}, folder / "setting.json")
             if name == "ros_kd" and (folder / "raw_model.keras").exists():
                 evaluate_once(load_model(folder / "raw_model.keras"), data, config, folder,
                               prefix="raw_", stage="raw_evaluation", model_name=student)
