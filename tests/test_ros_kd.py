@@ -58,6 +58,7 @@ def test_ros_kd_writes_tables_one_to_three_and_robustness(ros_run):
     assert len(tables) == 1 and np.load(tables[0]).shape[1:] == (2, 2, 8)
     saved = json.loads((folder / "setting.json").read_text())
     assert saved["sampling"] == "random" and len(saved["teachers"]) == 2
+    assert saved["combine"] == "losses"            # Eq. 4: weighted per-teacher divergences
     assert results["table1"][0]["setting"] == "RoS-KD"
 
 
