@@ -188,3 +188,59 @@ def test_importing_plots_leaves_the_matplotlib_backend_alone():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True)
     assert done.stdout.split()[-2:] == ["True", "False"], done.stdout + done.stderr
+
+
+def _with_val_split(data):
+    copy = data.select(np.arange(len(data)))
+    copy.split = np.array(["train"] * 10 + ["val"] * 10 + ["test"] * 40)
+    return copy
+
+
+def _youden(y, p, threshold):
+    decided = p >= threshold
+    return decided[y == 1].mean() - decided[y == 0].mean()
+
+
+def test_thresholds_are_chosen_on_the_validation_split_and_recorded_with_the_model(data,
+                                                                                   tmp_path):
+    with_val = _with_val_split(data)
+    model = _model()
+    results = evaluate_model(model, with_val, {**CONFIG, "bootstrap": 0}, tmp_path)
+    thresholds = results["thresholds"]
+    assert thresholds["rule"] == "youden" and thresholds["values"] == thresholds["youden"]
+    assert thresholds["split"].startswith("val (10 images)")
+    val = with_val.subset("val")
+    p = sigmoid(predict_logits(model, make_dataset(with_val, "val", batch_size=8,
+                                                   image_size=SIZE,
+                                                   normalization="zero_one"))[0])
+    for c in range(3):  # Youden's J at the chosen cut is the best over every possible cut
+        y = val.labels[:, c]
+        best = max(_youden(y, p[:, c], t) for t in np.r_[p[:, c], 1.0])
+        assert _youden(y, p[:, c], thresholds["youden"][c]) == pytest.approx(best)
+    info = json.loads((tmp_path / "model_info.json").read_text())
+    assert info["class_names"] == CLASSES and info["image_size"] == SIZE
+    assert info["normalization"] == "zero_one" and info["multi_label"] is True
+    assert info["thresholds"]["youden"] == pytest.approx(thresholds["youden"])
+    report = pd.read_csv(tmp_path / "classification_report.csv")
+    assert list(report["class"][:3]) == CLASSES and "micro avg" in set(report["class"])
+    assert (tmp_path / "model_card.md").exists()
+
+    # the test labels never move them; the validation labels do; the rule is an option
+    changed_test = with_val.select(np.arange(len(with_val)))
+    changed_test.labels = np.where(changed_test.split[:, None] == "test",
+                                   1 - changed_test.labels, changed_test.labels)
+    again = evaluate_model(model, changed_test, {**CONFIG, "bootstrap": 0}, tmp_path,
+                           prefix="t_")
+    assert again["thresholds"]["youden"] == pytest.approx(thresholds["youden"])
+    by_f1 = evaluate_model(model, with_val, {**CONFIG, "bootstrap": 0,
+                                             "threshold_rule": "f1"}, tmp_path, prefix="f_")
+    assert by_f1["thresholds"]["values"] == by_f1["thresholds"]["f1"]
+    with pytest.raises(ConfigError, match="threshold-rule"):
+        evaluate_model(model, with_val, {**CONFIG, "bootstrap": 0, "threshold_rule": "max"},
+                       tmp_path, prefix="x_")
+
+
+def test_without_a_validation_split_every_threshold_is_one_half(data, tmp_path):
+    results = evaluate_model(_model(), data, {**CONFIG, "bootstrap": 0}, tmp_path)
+    assert results["thresholds"]["values"] == [0.5] * 3
+    assert "no validation split" in results["thresholds"]["split"]

@@ -1,16 +1,19 @@
-"""Evaluation: per-class AUC with intervals, calibration, single-label scores, parameters,
-latency, plots and tables.
+"""Evaluation: per-class AUC with intervals, calibration, single-label scores, decision
+thresholds chosen on the validation split, parameters, latency, plots, tables and the model
+card.
 
 ``evaluate_model``, ``markdown_table`` and ``print_results`` are imported on first use, so
 ``chestkd.evaluation.statistics`` (NumPy / SciPy only) can be used without TensorFlow.
 """
 from __future__ import annotations
 
-__all__ = ["evaluate_model", "markdown_table", "print_results", "compare_predictions"]
+_FROM_EVALUATE = ("evaluate_model", "markdown_table", "print_results", "validation_thresholds",
+                  "probabilities_of")
+__all__ = [*_FROM_EVALUATE, "compare_predictions"]
 
 
 def __getattr__(name):
-    if name in ("evaluate_model", "markdown_table", "print_results"):
+    if name in _FROM_EVALUATE:
         from chestkd.evaluation import evaluate
         return getattr(evaluate, name)
     if name == "compare_predictions":

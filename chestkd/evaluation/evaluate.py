@@ -6,6 +6,14 @@ single-label scores, parameters, latency, training time), ``per_class_auc.csv`` 
 with ``statistics.compare_predictions`` without re-running models), and the plots (ROC curves,
 reliability diagram, training curves, confusion matrix), and prints the table.
 
+Decision thresholds: per class, chosen on the VALIDATION split (never the test split) by both
+rules of :func:`chestkd.evaluation.classification.choose_thresholds` (Youden's J and F1);
+``config["threshold_rule"]`` (default ``youden``) is the one the run's decisions use. They go
+into ``metrics.json`` (``thresholds``) and ``model_info.json``, the file next to ``model.keras``
+that ``python -m chestkd.predict`` and ``python -m chestkd.export`` read: the preprocessing
+(image size, normalisation, mean/std), class names, label kind and thresholds of the model.
+Every evaluation also writes ``model_card.md`` (:mod:`chestkd.evaluation.model_card`).
+
 Labels: a dataset with ``clean_labels`` (the phantom with label noise) is scored against the
 clean labels (``mean_auc``, ``per_class_auc``, ``calibration``, ...; ``"labels": "clean"``) and
 also against the noisy labels training saw (the same keys prefixed ``noisy_``). Otherwise the
@@ -21,8 +29,11 @@ import pandas as pd
 
 from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import make_dataset
-from chestkd.errors import DataError
+from chestkd.errors import ConfigError, DataError
 from chestkd.evaluation import plots, statistics
+from chestkd.evaluation.classification import (THRESHOLD_RULES, choose_thresholds,
+                                               classification_report, report_summary)
+from chestkd.evaluation.model_card import write_model_card
 from chestkd.evaluation.metrics import (count_params, latency_per_image, mean_auc, per_class_auc,
                                         predict_logits, sigmoid, single_label_metrics, softmax)
 from chestkd.training.experiment import image_options
@@ -89,6 +100,44 @@ def write_predictions(path, *, logits, labels, clean_labels, test: Dataset, clas
     return path
 
 
+def probabilities_of(logits, multi_label: bool) -> np.ndarray:
+    """Sigmoid of each logit for independent findings, softmax across exclusive classes."""
+    return sigmoid(logits) if multi_label else softmax(logits)
+
+
+def validation_thresholds(model, data: Dataset, config: dict) -> dict:
+    """Per-class thresholds of both rules on the validation split, and the rule in use.
+
+    Without a validation split every class keeps 0.5 and ``split`` says so.
+    """
+    rule = config.get("threshold_rule") or "youden"
+    if rule not in THRESHOLD_RULES:
+        raise ConfigError(f"--threshold-rule {rule!r}: choose one of {', '.join(THRESHOLD_RULES)}")
+    names = list(data.class_names)
+    if not np.any(data.split == "val"):
+        half = [0.5] * len(names)
+        return {"rule": rule, "split": "none (no validation split): 0.5 for every class",
+                "class_names": names, "values": half, **{r: half for r in THRESHOLD_RULES}}
+    val = make_dataset(data, "val", batch_size=int(config["batch_size"]),
+                       **image_options(data, config))
+    logits, y = predict_logits(model, val,
+                               jit_compile=bool(config.get("_jit_compile_resolved", False)))
+    p = probabilities_of(logits, data.multi_label)
+    chosen = {r: choose_thresholds(y, p, rule=r).tolist() for r in THRESHOLD_RULES}
+    return {"rule": rule, "split": f"val ({len(y)} images)", "class_names": names,
+            "values": chosen[rule], **chosen}
+
+
+def model_info(data: Dataset, config: dict, thresholds: dict, model_name=None) -> dict:
+    """What a user of the saved model needs besides its weights (``model_info.json``)."""
+    return {"model": model_name or config.get("model"), "dataset": data.name,
+            "class_names": list(data.class_names), "multi_label": bool(data.multi_label),
+            "output": "logits", "probability": "sigmoid" if data.multi_label else "softmax",
+            "image_size": int(config["image_size"]),
+            "normalization": config["normalization"], "mean_std": config.get("mean_std"),
+            "thresholds": thresholds}
+
+
 def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str = "",
                    title: str | None = None, model_name: str | None = None) -> dict:
     """Score ``model`` on ``data``'s test split; results go to ``run_dir`` (names ``prefix``-ed).
@@ -102,7 +151,7 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
                         **image_options(data, config))
     logits, y = predict_logits(model, test,
                                jit_compile=bool(config.get("_jit_compile_resolved", False)))
-    scores = sigmoid(logits) if data.multi_label else softmax(logits)
+    scores = probabilities_of(logits, data.multi_label)
     groups = test_data.patients
     if len(groups) != len(y):
         raise DataError(f"{data.name}: the test pipeline gave {len(y)} images, the test split "
@@ -161,6 +210,13 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
         single["per_class"].to_csv(run_dir / f"{prefix}per_class_scores.csv", index=False)
         plots.plot_confusion_matrix(single["confusion_matrix"], data.class_names,
                                     run_dir / f"{prefix}confusion_matrix.png")
+    thresholds = validation_thresholds(model, data, config)
+    results["thresholds"] = thresholds
+    report = classification_report(truth, scores, data.class_names, multi_label=data.multi_label,
+                                   thresholds=thresholds["values"])
+    report.to_csv(run_dir / f"{prefix}classification_report.csv", index=False)
+    if data.multi_label:  # single-label decisions are the arg-max, scored above
+        results["thresholded"] = report_summary(report, multi_label=True)
     if len(data.skipped):  # --skip-bad-images: the report says what was left out, and why
         results["skipped_images"] = data.skipped.to_dict("records")
     history_path = run_dir / "history.csv"
@@ -171,7 +227,10 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
             results["epoch_seconds_mean"] = float(history["epoch_seconds"].mean())
         results["epochs_trained"] = int(len(history))
         plots.plot_training_curves(history, run_dir / f"{prefix}training_curves.png")
+    write_json(model_info(data, config, thresholds, results["model"]),
+               run_dir / f"{prefix}model_info.json")
     write_json(results, run_dir / f"{prefix}metrics.json")
+    write_model_card(run_dir / f"{prefix}model_card.md", results, data, config)
     return results
 
 

@@ -118,7 +118,8 @@ def obtain_model(config: dict, data: Dataset, name: str, *, epochs: int | None =
 # folder is complete on its own.
 RESULT_FILES = ("metrics.json", "per_class_auc.csv", "per_class_auc.md", "roc_curves.png",
                 "training_curves.png", "reliability.png", "test_predictions.npz",
-                "history.csv", "model.keras")
+                "history.csv", "model.keras", "model_info.json", "model_card.md",
+                "classification_report.csv")
 
 
 def copy_results(source, run_dir, *, prefix: str = "") -> dict:

@@ -16,6 +16,10 @@
 
 Every failure raises :class:`chestkd.errors.ConfigError` naming the model and the file, and
 saying how to fall back to ``weights=None``.
+
+Transfer learning (:func:`transfer_weights`): a chestkd model trained on another chest X-ray
+task initialises a new one layer by layer, by name; the classifier head is re-initialised when
+the number of classes differs, and the copied and not-copied layers are reported.
 """
 
 from __future__ import annotations
@@ -134,3 +138,62 @@ def copy_weights_by_name(source: keras.Model, target: keras.Model, *, source_lab
         assignments.append((layer, values))
     for layer, values in assignments:
         layer.set_weights(values)
+
+
+# ----------------------------------------------------------------------------- transfer learning
+
+HEAD_LAYERS = ("logits",)
+
+
+def source_model_file(source) -> Path:
+    """The ``.keras`` file of ``weights: RUN_DIR|FILE``: a run directory's ``model.keras``."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "model.keras"
+    if path.suffix != ".keras" or not path.is_file():
+        raise ConfigError(f"weights {source}: expected a run directory holding model.keras or "
+                          f"a .keras file; {path} does not exist")
+    return path
+
+
+def transfer_weights(source: keras.Model, target: keras.Model, *, source_label: str,
+                     head=HEAD_LAYERS) -> dict:
+    """Copy a model trained on another task into ``target``, replacing its head if needed.
+
+    Every layer of ``target`` with weights is copied from the ``source`` layer of the same
+    name. The ``head`` layers (the classifier, ``"logits"``) are copied only when their shapes
+    agree (same number of classes); otherwise they keep ``target``'s fresh initialisation.
+    Any other missing layer or shape difference is a ConfigError (another architecture or
+    input size), raised before anything is assigned.
+
+    Returns:
+        ``{"source", "copied": [layer names], "not_copied": [{"layer", "reason"}]}``.
+    """
+    source_layers = {layer.name: layer for layer in source.layers}
+    copied, not_copied, assignments, problems = [], [], [], []
+    for layer in (layer for layer in target.layers if layer.weights):
+        expected = [tuple(w.shape) for w in layer.weights]
+        if layer.name not in source_layers:
+            (not_copied.append({"layer": layer.name, "reason": "not in the source model"})
+             if layer.name in head else problems.append(f"no layer named '{layer.name}'"))
+            continue
+        values = source_layers[layer.name].get_weights()
+        found = [tuple(v.shape) for v in values]
+        if found != expected:
+            if layer.name in head:
+                not_copied.append({"layer": layer.name, "reason": f"re-initialised: shapes "
+                                   f"{found} in the source, {expected} here (other classes)"})
+            else:
+                problems.append(f"layer '{layer.name}' holds {found}, '{target.name}' needs "
+                                f"{expected}")
+            continue
+        assignments.append((layer, values))
+        copied.append(layer.name)
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more"
+                                           if len(problems) > 3 else "")
+        raise ConfigError(f"{source_label} cannot initialise model '{target.name}': {shown} "
+                          "(another architecture or input size?)")
+    for layer, values in assignments:
+        layer.set_weights(values)
+    return {"source": source_label, "copied": copied, "not_copied": not_copied}

@@ -39,6 +39,10 @@ Contract of every model
   order, i.e. the names a fresh Keras session gives. Feature-layer names written in configs
   and the by-name weight copy of ``.keras`` files therefore work across sessions.
 
+Fine-tuning: :func:`freeze_backbone` (a fixed feature extractor, only ``"logits"`` trains)
+and :func:`unfreeze_backbone` (everything trains except BatchNormalization, kept in inference
+mode), for the two-stage transfer of :mod:`chestkd.recipes.transfer_learning`.
+
 Input sizes: :data:`RECOMMENDED_INPUT_SIZES` (299 for inception_v3, 224 for the others) and
 :data:`MIN_INPUT_SIZES` (75 for inception_v3, 32 for the others: five stride-2 stages).
 ``resnet32``, ``conv3_student`` and ``baseline_cnn`` are CIFAR-sized networks that downsample
@@ -301,3 +305,28 @@ def count_params(model: keras.Model, trainable_only: bool = False) -> int:
     or only the trainable ones."""
     variables = model.trainable_weights if trainable_only else model.weights
     return int(sum(int(np.prod(v.shape)) for v in variables))
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def freeze_backbone(model: keras.Model, head: Sequence[str] = ("logits",)) -> keras.Model:
+    """Make every layer except ``head`` untrainable (a fixed feature extractor).
+
+    In Keras 3 an untrainable BatchNormalization layer also runs in inference mode (it uses
+    and keeps its moving statistics), so the frozen base computes exactly what it computed
+    before training. Recompile after calling this.
+    """
+    for layer in model.layers:
+        layer.trainable = layer.name in head
+    return model
+
+
+def unfreeze_backbone(model: keras.Model) -> keras.Model:
+    """Make every layer trainable again EXCEPT BatchNormalization, which stays frozen and in
+    inference mode: the Keras fine-tuning convention (fitting batch statistics of a small
+    data set would wreck what the pretrained layers learned). Recompile, with a much lower
+    learning rate, after calling this."""
+    for layer in model.layers:
+        layer.trainable = not isinstance(layer, layers.BatchNormalization)
+    return model

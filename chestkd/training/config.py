@@ -86,6 +86,7 @@ BASE_DEFAULTS = {
     "resume": None,                # a run directory to continue after an interruption
     "seeds": None,                 # e.g. 0,1,2: run once per seed, then mean +- std
     "teachers_dir": None,          # the model store: trained models kept and reused (out/teachers)
+    "threshold_rule": "youden",    # youden | f1: per-class decision thresholds, chosen on val
     "bootstrap": 1000,             # patient-wise bootstrap resamples for the 95% CIs (0: none)
     "latency_images": 32,
     "saliency": True,              # write saliency figures when the run has boxes
@@ -325,6 +326,7 @@ _CHOICES = {
     "teacher_outputs": ("cached", "online"),
     "kd_loss": (None, "hinton", "ho2020_eq5", "ho2020_eq8", "sigmoid"),
     "uncertainty": ("ones", "zeros", "ignore"),
+    "threshold_rule": ("youden", "f1"),
 }
 
 # Keys that say where and how a run is kept or shown, not what it computes: two runs that

@@ -1,0 +1,284 @@
+"""Apply a trained model to new images.
+
+    python -m chestkd.predict MODEL IMAGE_OR_FOLDER [...] --out DIR
+        [--threshold youden|f1] [--saliency METHOD] [--batch-size N]
+
+MODEL is a run directory (its ``model.keras``), a ``.keras`` file or a ``.tflite`` file
+written by ``python -m chestkd.export``. Its preprocessing comes from the metadata file
+recorded with it, ``<stem>_info.json`` beside the model (``model_info.json`` for
+``model.keras`` and ``model.tflite``; written by every evaluation and every export): image
+size, normalisation (and mean/std), class names, sigmoid or softmax, and the thresholds chosen
+on the validation split. A run directory without it falls back to its ``config.yaml`` and
+``test_predictions.npz``; a bare model file without it is refused (the preprocessing cannot
+be guessed).
+
+IMAGES are files or folders (searched recursively for .png, .jpg, .jpeg): grey, RGB or RGBA,
+8 or 16 bit, any size, decoded and resized by :mod:`chestkd.data.images`. Writes
+
+* ``predictions.csv``: one row per image: ``image``, ``p_<class>`` per class, ``predicted``
+  (the classes whose probability reaches their threshold, ``;``-separated, ``none`` if none)
+  and, for exclusive classes, ``argmax`` (the most probable class);
+* ``skipped.csv``: images that could not be read, with the reason (they are named on stderr
+  and skipped; nothing else stops);
+* with ``--saliency METHOD`` (a Keras model only): ``saliency/<image>.png``, the image and the
+  map of its most probable class overlaid.
+
+Exit status 0 when at least one image was predicted, 2 on a user error (unknown model file,
+no readable image, a bad option).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chestkd.cli import main_of
+from chestkd.data.images import read_image
+from chestkd.errors import ChestKDError, ConfigError, DataError
+from chestkd.io import atomic_write, atomic_write_text
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+THRESHOLD_RULES = ("youden", "f1")
+
+
+def info_path(model_path) -> Path:
+    """The metadata file recorded with a model file: ``<stem>_info.json`` beside it."""
+    model_path = Path(model_path)
+    return model_path.with_name(f"{model_path.stem}_info.json")
+
+
+def _info_from_run(run_dir: Path) -> dict:
+    """The metadata of a run that predates ``model_info.json`` (config + test predictions)."""
+    import yaml
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    npz_path = run_dir / "test_predictions.npz"
+    if not npz_path.exists():
+        raise ConfigError(f"{run_dir}: no model_info.json and no test_predictions.npz, so the "
+                          "class names are unknown; evaluate the run first")
+    with np.load(npz_path, allow_pickle=False) as npz:
+        names, multi = [str(n) for n in npz["class_names"]], bool(npz["multi_label"])
+    half = [0.5] * len(names)
+    return {"class_names": names, "multi_label": multi,
+            "probability": "sigmoid" if multi else "softmax",
+            "image_size": int(config["image_size"]), "normalization": config["normalization"],
+            "mean_std": config.get("mean_std"),
+            "thresholds": {"rule": "youden", "split": "none recorded: 0.5", "youden": half,
+                           "f1": half, "values": half, "class_names": names}}
+
+
+def resolve_model(source) -> tuple[Path, dict]:
+    """(model file, metadata) of a run directory, ``.keras`` or ``.tflite`` file."""
+    source = Path(source)
+    if source.is_dir():
+        model_path = source / "model.keras"
+        if not model_path.exists():
+            raise ConfigError(f"{source}: a run directory needs model.keras")
+        if not info_path(model_path).exists():
+            return model_path, _info_from_run(source)
+    elif source.suffix in (".keras", ".tflite"):
+        model_path = source
+        if not model_path.exists():
+            raise ConfigError(f"{model_path}: model file not found")
+    else:
+        raise ConfigError(f"{source}: expected a run directory, a .keras or a .tflite file")
+    meta = info_path(model_path)
+    if not meta.exists():
+        raise ConfigError(f"{model_path}: no {meta.name} beside it, so its preprocessing "
+                          "(image size, normalisation, classes) is unknown; use the run "
+                          "directory or a file written by python -m chestkd.export")
+    try:
+        return model_path, json.loads(meta.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{meta}: not valid JSON ({error})") from None
+
+
+class TFLiteModel:
+    """A ``.tflite`` classifier called like a Keras model on float32 image batches.
+
+    The interpreter is ``ai_edge_litert``'s when installed, else ``tf.lite.Interpreter``.
+    Quantised inputs/outputs (int8 / uint8) are (de)quantised with their scale and zero point.
+    """
+
+    def __init__(self, path):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+            self.runtime = "ai_edge_litert"
+        except ImportError:
+            import tensorflow as tf
+            Interpreter = tf.lite.Interpreter
+            self.runtime = "tf.lite"
+        self.interpreter = Interpreter(model_path=str(path))
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.input_shape = tuple(int(v) for v in self.input["shape"])
+
+    def _one(self, image: np.ndarray) -> np.ndarray:
+        x = image[None].astype(np.float32)
+        scale, zero = self.input["quantization"]
+        if np.issubdtype(self.input["dtype"], np.integer) and scale:
+            x = np.round(x / scale + zero)
+        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self.output["index"])
+        scale, zero = self.output["quantization"]
+        if np.issubdtype(self.output["dtype"], np.integer) and scale:
+            y = (y.astype(np.float32) - zero) * scale
+        return np.asarray(y, np.float64)[0]
+
+    def __call__(self, images) -> np.ndarray:
+        """(N, H, W, C) float32 -> (N, C) float64 logits (one image per invocation)."""
+        return np.stack([self._one(image) for image in np.asarray(images, np.float32)])
+
+
+def load_classifier(model_path):
+    """``(fn, keras_model_or_None)``: ``fn(images) -> logits`` for a .keras or .tflite file."""
+    model_path = Path(model_path)
+    if model_path.suffix == ".tflite":
+        try:
+            return TFLiteModel(model_path), None
+        except (ValueError, RuntimeError) as error:
+            raise ConfigError(f"{model_path}: not a readable TFLite model ({error})") from None
+    from chestkd.training.experiment import load_model
+    try:
+        model = load_model(model_path)
+    except ChestKDError:
+        raise
+    except Exception as error:  # Keras raises many kinds for an unreadable archive
+        raise ConfigError(f"{model_path}: not a readable Keras model ({error})") from None
+    import tensorflow as tf
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return (lambda images: np.asarray(infer(np.asarray(images, np.float32)), np.float64)), model
+
+
+def probabilities(logits, kind: str) -> np.ndarray:
+    """Sigmoid per class or softmax across classes of (N, C) logits."""
+    logits = np.asarray(logits, np.float64)
+    if kind == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def preprocess_file(path, info: dict) -> np.ndarray:
+    """One image file as the model's (S, S, 3) float32 input, the run's way."""
+    size, normalization = int(info["image_size"]), info["normalization"]
+    if normalization == "mean_std":
+        mean, std = info["mean_std"]
+        return (read_image(path, size, "zero_one") - np.float32(mean)) / np.float32(std)
+    return read_image(path, size, normalization)
+
+
+def collect_images(sources) -> tuple[list[Path], list[dict]]:
+    """Image files named or found (recursively) in folders, and the names that do not exist."""
+    files, missing = [], []
+    for source in map(Path, sources):
+        if source.is_dir():
+            files += sorted(p for p in source.rglob("*")
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif source.exists():
+            files.append(source)
+        else:
+            missing.append({"path": str(source), "reason": "missing file"})
+    return files, missing
+
+
+def decisions(probs: np.ndarray, names, thresholds) -> list[str]:
+    """The classes whose probability reaches their threshold, per image."""
+    above = probs >= np.asarray(thresholds, np.float64)[None, :]
+    return [";".join(n for n, hit in zip(names, row) if hit) or "none" for row in above]
+
+
+def write_overlay(model, image, class_index: int, method: str, path, title: str) -> None:
+    from chestkd.saliency import saliency_map
+    from chestkd.saliency.figures import plot_saliency_grid
+    heat = saliency_map(model, image[None], class_index, method=method)
+    plot_saliency_grid(image[None], {method: heat}, path, row_titles=[title])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m chestkd.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", metavar="MODEL", help="run directory, .keras or .tflite file")
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--threshold", choices=THRESHOLD_RULES, default=None,
+                        help="threshold rule (default: the one the run chose)")
+    parser.add_argument("--saliency", metavar="METHOD", default=None,
+                        help="write an overlay per image with this saliency method")
+    parser.add_argument("--batch-size", type=int, default=16)
+    return parser
+
+
+def run(argv=None) -> dict:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.saliency is not None:
+        from chestkd.saliency import METHODS
+        if args.saliency not in METHODS:
+            raise ConfigError(f"--saliency {args.saliency!r}: choose one of {', '.join(METHODS)}")
+        if str(args.model).endswith(".tflite"):
+            raise ConfigError("--saliency needs gradients: give the .keras model or the run "
+                              "directory, not a .tflite file")
+    model_path, info = resolve_model(args.model)
+    names = list(info["class_names"])
+    rule = args.threshold or info["thresholds"]["rule"]
+    thresholds = info["thresholds"][rule]
+    files, skipped = collect_images(args.images)
+    classify, keras_model = load_classifier(model_path)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, batch, batch_paths = [], [], []
+
+    def flush():
+        if not batch:
+            return
+        probs = probabilities(classify(np.stack(batch)), info["probability"])
+        for path, image, p, decided in zip(batch_paths, batch, probs,
+                                           decisions(probs, names, thresholds)):
+            row = {"image": str(path), **{f"p_{n}": float(v) for n, v in zip(names, p)},
+                   "predicted": decided}
+            if not info["multi_label"]:
+                row["argmax"] = names[int(p.argmax())]
+            rows.append(row)
+            if keras_model is not None and args.saliency:
+                top = int(p.argmax())
+                write_overlay(keras_model, image, top, args.saliency,
+                              out / "saliency" / f"{len(rows):04d}_{Path(path).stem}.png",
+                              f"{names[top]}, p = {p[top]:.2f}")
+        batch.clear()
+        batch_paths.clear()
+
+    for path in files:
+        try:
+            batch.append(preprocess_file(path, info))
+            batch_paths.append(path)
+        except DataError as error:
+            skipped.append({"path": str(path), "reason": str(error)})
+            continue
+        if len(batch) >= args.batch_size:
+            flush()
+    flush()
+    for item in skipped:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    if skipped:
+        table = pd.DataFrame(skipped, columns=["path", "reason"])
+        atomic_write(out / "skipped.csv", lambda tmp: table.to_csv(tmp, index=False))
+    if not rows:
+        raise DataError(f"no readable image among {', '.join(map(str, args.images))}")
+    frame = pd.DataFrame(rows)
+    atomic_write_text(out / "predictions.csv", frame.to_csv(index=False))
+    print(f"{len(rows)} image(s) predicted with {model_path} ({rule} thresholds, chosen on: "
+          f"{info['thresholds'].get('split', 'n/a')}): "
+          f"{out / 'predictions.csv'}" + (f"; {len(skipped)} skipped" if skipped else ""))
+    return {"predictions": frame, "skipped": skipped, "model": str(model_path),
+            "threshold_rule": rule, "out": str(out)}
+
+
+main = main_of(run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
