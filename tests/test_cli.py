@@ -31,7 +31,10 @@ def test_every_python_m_command_has_a_console_script():
     assert set(_scripts()) == {
         "chestkd-data", "chestkd-train", "chestkd-kd", "chestkd-standard-kd",
         "chestkd-reversed-kd", "chestkd-defective-kd", "chestkd-self-training",
-        "chestkd-table1", "chestkd-saliency", "chestkd-report"}
+        "chestkd-table1", "chestkd-saliency", "chestkd-report", "chestkd-ensemble-kd",
+        "chestkd-assistant-kd", "chestkd-ros-kd", "chestkd-robustness", "chestkd-landscape",
+        "chestkd-transfer-learning", "chestkd-predict", "chestkd-export",
+        "chestkd-saliency-labels"}
 
 
 def _entry_point(script):
@@ -59,6 +62,14 @@ def test_each_installed_script_runs_its_command(script, capsys):
     (["chestkd-table1", "--recipes", "/no/such/folder"], "/no/such/folder"),
     (["chestkd-data", "describe", "--dataset", "chestxray14", "--data-dir", "/no/such"],
      "/no/such"),
+    (["chestkd-ensemble-kd", "branches=[resnet32, no_such_net]"], "no_such_net"),
+    (["chestkd-assistant-kd", "chain=[resnet32, no_such_net]"], "no_such_net"),
+    (["chestkd-ros-kd", "--overlap", "1.5"], "overlap"),
+    (["chestkd-robustness", "/no/such/run"], "/no/such/run"),
+    (["chestkd-landscape", "/no/such/run"], "/no/such/run"),
+    (["chestkd-transfer-learning", "epochz=1"], "epochz"),
+    (["chestkd-predict", "/no/such/model.keras", "x.png", "--out", "/tmp/p"], "/no/such/model"),
+    (["chestkd-export", "/no/such/run", "--format", "tflite"], "/no/such/run"),
 ])
 def test_user_errors_exit_2(argv, message, capsys):
     main = _entry_point(argv[0])

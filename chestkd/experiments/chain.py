@@ -38,6 +38,7 @@ import numpy as np
 
 from chestkd.data.dataset import Dataset
 from chestkd.errors import ConfigError
+from chestkd.models import get_spec
 from chestkd.experiments.feature_kd import (averaged_model, distil_features,
                                             feature_terms_for, member_names, obtain_teachers,
                                             with_learning_rate)
@@ -67,6 +68,9 @@ def chain_settings(config: dict, chain) -> dict:
         raise ConfigError(f"--chain {chain!r}: a list of at least two stages (teacher, student)")
     for index, entry in enumerate(chain):
         names = member_names(entry)
+        for name in names:   # a typo is a ConfigError before any stage trains
+            if not str(name).endswith(".keras"):
+                get_spec(str(name))
         if index and len(names) != 1:
             raise ConfigError(f"--chain: only the first stage (the teacher) can be an "
                               f"ensemble; stage {index} is {entry!r}")

@@ -38,6 +38,7 @@ from chestkd.experiments.chain import copy_stage_results
 from chestkd.experiments.feature_kd import distil_features, mean_test_auc
 from chestkd.experiments.kd import distil, evaluate_once, record_teacher, resolve_kd_loss
 from chestkd.experiments.store import obtain_model
+from chestkd.models import get_spec
 from chestkd.models.ensemble import COMBINE, attach_branches, branch_layer_name, ensemble_student
 from chestkd.models.features import FEATURES_POOL
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, PHANTOM_DATASETS, resolve_config
@@ -81,6 +82,11 @@ def run(argv=None) -> dict:
                           f"[mobilenet_v1, vgg19, resnet32, resnet50]")
     if config["combine"] not in COMBINE:
         raise ConfigError(f"--combine {config['combine']!r}: choose one of {', '.join(COMBINE)}")
+    # Every model name is checked before anything trains (a typo is exit 2, not a teacher
+    # trained for nothing).
+    for name in [*branches, *([] if str(config["teacher"]).endswith(".keras")
+                              else [config["teacher"]])]:
+        get_spec(name)
     config["branches"] = list(branches)
     if not config.get("run_name") and not config.get("resume"):
         config["run_name"] = f"ensemble_kd-{Path(str(config['teacher'])).stem}"
