@@ -1,17 +1,20 @@
-"""Do the saliency maps point at the findings? Localisation on the phantom's boxes.
+"""Do the saliency maps point at the findings? Localisation on the phantom's boxes, with CIs.
 
-    python benchmarks/saliency_localisation.py --run RUN_DIR [--per-class 5]
+    python benchmarks/saliency_localisation.py --run RUN_DIR [--per-class N] [--bootstrap 2000]
+        [--methods vanilla,smoothgrad_ig,...] [--no-write]
 
 RUN_DIR is a finished run on the phantom (e.g. the base model the main job keeps in
-runs/teachers/). For up to ``--per-class`` boxed test images per finding, each method's map of
-that finding is scored with the pointing game and the energy inside the box, against a fixed
-centre Gaussian. SmoothGrad and SmoothGrad-IG are run at several noise levels. Results go to
-benchmarks/RESULTS.md ("Saliency localisation").
+runs/teachers/). Every boxed test image (or up to ``--per-class`` per finding) is read through
+the run's input pipeline, each method's map of the box's finding is scored (pointing game,
+energy in box, IoU) and summarised with 95 % cluster-bootstrap intervals over images; a paired
+bootstrap of method - centre Gaussian says whether a method beats the centre beyond its
+interval. Results go to benchmarks/RESULTS.md ("Saliency localisation") unless --no-write.
 """
 import argparse
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -19,26 +22,31 @@ from results import write_section  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from chestkd.data import load_dataset  # noqa: E402
-from chestkd.data.images import read_image  # noqa: E402
-from chestkd.saliency import saliency_map  # noqa: E402
+from chestkd.saliency import saliency_method  # noqa: E402
+from chestkd.saliency.bootstrap import compare_with_baseline, summarise_with_intervals  # noqa: E402
+from chestkd.saliency.display import signed_to_display  # noqa: E402
 from chestkd.saliency.localisation import (centre_baseline_maps, localisation_scores,  # noqa: E402
                                            scale_boxes)
+from chestkd.saliency.localisation_report import summary_markdown, verdict_lines  # noqa: E402
+from chestkd.saliency.report import DEFAULT_OPTIONS  # noqa: E402
+from chestkd.saliency.report_inputs import read_inputs  # noqa: E402
 from chestkd.training.config import dataset_options  # noqa: E402
 
-SETTINGS = [("vanilla", {}), ("integrated_gradients", {"steps": 32}),
-            *[("smoothgrad", {"samples": 16, "noise_level": n}) for n in (0.02, 0.05, 0.15)],
-            *[("smoothgrad_ig", {"samples": 16, "steps": 16, "noise_level": n})
-              for n in (0.02, 0.05, 0.15)],
-            ("cam", {}), ("gradcam", {})]
+METHODS = ("vanilla", "guided_backprop", "integrated_gradients", "smoothgrad", "smoothgrad_ig",
+           "cam", "gradcam")
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", required=True)
-    parser.add_argument("--per-class", type=int, default=5)
+    parser.add_argument("--per-class", type=int, default=None, help="default: every box")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     run = Path(args.run)
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -46,35 +54,56 @@ def main():
     data = load_dataset(config["dataset"], config.get("data_dir"),
                         **dataset_options(config)).subset("test")
     model = keras.models.load_model(run / "model.keras", compile=False)
-    boxes = (data.boxes.drop_duplicates(["path", "label"]).groupby("label")
-             .head(args.per_class).reset_index(drop=True))
-    images = np.stack([read_image(p, size) for p in boxes.path])
-    classes = np.array([data.class_names.index(label) for label in boxes.label])
-    scaled = scale_boxes(boxes.assign(map_index=range(len(boxes))), size)
-    rows = []
-    for method, options in [*SETTINGS, ("centre", None)]:
-        maps = (centre_baseline_maps(len(images), size) if options is None
-                else saliency_map(model, images, classes, method, **options))
-        scores = localisation_scores(maps, scaled, method=method)
-        label = method + ("" if not options or "noise_level" not in options
-                          else f" (noise {options['noise_level']:.0%})")
-        rows.append(f"| {label} | {scores.pointing_hit.mean():.3f} | {scores.energy.mean():.3f} |")
+    pairs = data.boxes.drop_duplicates(["path", "label"])
+    if args.per_class:
+        pairs = pairs.groupby("label").head(args.per_class)
+    pairs = pairs.reset_index(drop=True)
+    keys = {(p, label): k for k, (p, label) in enumerate(zip(pairs.path, pairs.label))}
+    boxes = data.boxes[[k in keys for k in zip(data.boxes.path, data.boxes.label)]].copy()
+    boxes["map_index"] = [keys[k] for k in zip(boxes.path, boxes.label)]
+    boxes["image"] = [Path(p).name for p in boxes.path]
+    scaled = scale_boxes(boxes, size)
+    scaled["box_index"] = np.arange(len(scaled))
+    images = read_inputs(data, pairs.path, size, config.get("normalization", "minus_one_one"),
+                         config.get("mean_std"))
+    classes = np.array([data.class_names.index(label) for label in pairs.label])
+    frames, seconds = [], {}
+    for method in [*args.methods.split(","), "centre"]:
+        start = time.perf_counter()
+        if method == "centre":
+            maps = centre_baseline_maps(len(images), size)
+        else:
+            built = saliency_method(model, method, **DEFAULT_OPTIONS.get(method, {}))
+            maps = signed_to_display(built(images, classes, raw=True), method)
+        seconds[method] = time.perf_counter() - start
+        frames.append(localisation_scores(maps, scaled, method=method).assign(
+            box_index=scaled["box_index"].to_numpy()))
+        print(f"{method}: {seconds[method]:.0f} s", flush=True)
+    per_box = pd.concat(frames, ignore_index=True)
+    summary = summarise_with_intervals(per_box, n_boot=args.bootstrap)
+    comparison = compare_with_baseline(per_box, n_boot=args.bootstrap)
+    overall = summary[summary.label == "all"]
+    command = (f"python benchmarks/saliency_localisation.py --run {run}"
+               + (f" --per-class {args.per_class}" if args.per_class else "")
+               + f" --bootstrap {args.bootstrap}")
+    options = ", ".join(f"{k}: {v}" for k, v in DEFAULT_OPTIONS.items())
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU.",
-        f"Command: `python benchmarks/saliency_localisation.py --run {run} --per-class "
-        f"{args.per_class}`",
-        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU (shared with other "
+        "jobs).",
+        f"Command: `{command}`", "",
         f"Model: {config['model']} from `{run.name}` ({config['dataset']}, {size} px, "
-        f"{config['epochs']} epochs). {len(boxes)} boxes of the test split, up to "
-        f"{args.per_class} per finding; the map of each box's finding is scored. Pointing "
-        "game tolerance 15 px at 224 (scaled); energy = share of the map's positive mass in the box.",
-        "",
-        "| method | pointing game | energy in box |",
-        "|---|---|---|",
-        *rows,
+        f"{config['epochs']} epochs). {len(scaled)} boxes on {len(pairs)} (image, finding) "
+        f"pairs of the test split; settings {options}. Maps: |gradient| for the gradient "
+        "methods, positive part for IG and the CAMs, unblurred. 95 % intervals: bootstrap over "
+        f"images ({args.bootstrap} resamplings, seed 0).", "",
+        summary_markdown(overall), "",
+        "Paired bootstrap of method - centre (all findings):", "",
+        *verdict_lines(comparison), "",
+        "Per finding: `localisation.csv` of the saliency report has the same columns.",
     ]
     print("\n".join(lines))
-    write_section("Saliency localisation", "\n".join(lines))
+    if not args.no_write:
+        write_section("Saliency localisation", "\n".join(lines))
 
 
 if __name__ == "__main__":

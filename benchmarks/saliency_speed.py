@@ -1,6 +1,7 @@
 """SmoothGrad speed: chestkd's batched SmoothGrad vs. tf-keras-vis's Saliency (SmoothGrad mode).
 
     python benchmarks/saliency_speed.py [--images 8] [--samples 16] [--size 224] [--repeats 3]
+    python benchmarks/saliency_speed.py --report-models densenet121,resnet32 [--images 2]
 
 Both compute the mean input gradient of the class logit over ``samples`` noisy copies of
 each image. tf-keras-vis runs the model eagerly once per noise sample (on all images);
@@ -11,6 +12,11 @@ difference of their maps is reported, so the comparison is of equal work.
 
 A second table lists chestkd's maps per second for every method at the report's defaults.
 Results go to ``benchmarks/RESULTS.md`` under "Saliency speed".
+
+``--report-models`` instead times the saliency report's methods at its CPU defaults on the
+named chestkd models (``chestkd.models.build``, random weights, 14 outputs) at ``--size`` and
+writes "Saliency speed at the report's defaults": maps per second (steady state, median of
+``--repeats``) and the first call's seconds (graph surgery and tracing).
 """
 from __future__ import annotations
 
@@ -98,6 +104,34 @@ def method_speeds(model, images, classes, batch_size, repeats) -> dict:
     return speeds
 
 
+REPORT_METHODS = ("vanilla", "guided_backprop", "smoothgrad", "integrated_gradients",
+                  "smoothgrad_ig", "cam", "gradcam")
+
+
+def report_defaults_speed(model_names, size, n_images, batch_size, repeats) -> str:
+    """Markdown table: maps/s and setup seconds per model and method at the report defaults."""
+    from chestkd.models import build
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (n_images, size, size, 3)).astype(np.float32)
+    classes = rng.integers(0, 14, n_images).astype(np.int32)
+    rows = []
+    for model_name in model_names:
+        keras.utils.set_random_seed(0)
+        model = build(model_name, 14, (size, size, 3))
+        for name in REPORT_METHODS:
+            start = time.perf_counter()
+            method = saliency_method(model, name, batch_size=batch_size,
+                                     **DEFAULT_OPTIONS.get(name, {}))
+            method(images[:1], classes[:1])
+            setup = time.perf_counter() - start
+            rate = n_images / timed(lambda: method(images, classes), repeats)
+            rows.append(f"| {model_name} | {name} | {rate:.3g} | {1 / rate:.3g} | {setup:.1f} |")
+            print(rows[-1], flush=True)
+    return "\n".join(["| model | method | maps/s | s/map | setup (s) |", "|---|---|---|---|---|",
+                      *rows])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
@@ -106,7 +140,28 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--report-models", metavar="A,B",
+                        help="time the report's methods at its defaults on these models only")
     args = parser.parse_args(argv)
+    if args.report_models:
+        names = args.report_models.split(",")
+        table = report_defaults_speed(names, args.size, args.images, args.batch_size,
+                                      args.repeats)
+        options = ", ".join(f"{k}: {v}" for k, v in DEFAULT_OPTIONS.items())
+        body = (f"Machine: 2-core CPU (no GPU), {platform.processor() or platform.machine()}, "
+                f"TensorFlow {tf.__version__}, Keras {keras.__version__}; the CPU was shared "
+                "with other jobs (timings are upper bounds).\n"
+                f"Command: `python benchmarks/saliency_speed.py --report-models "
+                f"{args.report_models} --images {args.images} --size {args.size} "
+                f"--batch-size {args.batch_size} --repeats {args.repeats}`\n\n"
+                f"Maps per second of the saliency report's methods at its CPU defaults "
+                f"({options}), {args.images} images of {args.size} x {args.size}, random "
+                f"weights, 14 outputs. setup: the first call (graph surgery and tracing).\n\n"
+                + table + "\n")
+        print(body)
+        if not args.no_write:
+            write_section("Saliency speed at the report's defaults", body)
+        return
 
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (args.images, args.size, args.size, 3)).astype(np.float32)

@@ -93,7 +93,7 @@ def test_zero_one_model_is_explained_on_zero_one_inputs(linear_model, dataset, t
     seen = record_method_inputs(monkeypatch)
     result = report.write_saliency_report(
         linear_model, dataset, tmp_path / "out", image_size=SIZE, methods=("vanilla",),
-        normalization="zero_one", verbose=0)
+        normalization="zero_one", verbose=0, sanity=False)
     expected = pipeline_images(dataset, [0, 1], "zero_one")
     assert expected.min() >= 0 and expected.max() <= 1
     np.testing.assert_allclose(seen["vanilla"], expected, atol=1e-6)
@@ -109,7 +109,7 @@ def test_mean_std_end_to_end(linear_model, dataset, tmp_path, monkeypatch):
     result = report.write_saliency_report(
         linear_model, dataset, out, image_size=SIZE, methods=("vanilla", "smoothgrad"),
         method_options={"smoothgrad": {"samples": 2}}, normalization="mean_std",
-        mean_std=list(MEAN_STD), verbose=0)
+        mean_std=list(MEAN_STD), verbose=0, sanity=False)
     expected = pipeline_images(dataset, [0, 1], "mean_std", MEAN_STD)
     for name in ("vanilla", "smoothgrad"):
         np.testing.assert_allclose(seen[name], expected, atol=1e-6)
@@ -149,7 +149,8 @@ def test_command_uses_the_runs_normalization(linear_model, dataset, tmp_path, mo
     write_run(tmp_path / "run", linear_model, normalization, mean_std)
     monkeypatch.setattr("chestkd.data.load_dataset", lambda name, data_dir, **o: dataset)
     seen = record_method_inputs(monkeypatch)
-    assert cli.main(["--run", str(tmp_path / "run"), "--methods", "vanilla", "--quiet"]) == 0
+    assert cli.main(["--run", str(tmp_path / "run"), "--methods", "vanilla", "--quiet",
+                     "--no-sanity"]) == 0
     np.testing.assert_allclose(seen["vanilla"],
                                pipeline_images(dataset, [0, 1], normalization, mean_std),
                                atol=1e-6)
@@ -165,7 +166,7 @@ def test_command_estimates_a_runs_unrecorded_mean_std_as_training_did(
     monkeypatch.setattr("chestkd.data.load_dataset", lambda name, data_dir, **o: train)
     seen = record_method_inputs(monkeypatch)
     assert cli.main(["--run", str(tmp_path / "run"), "--methods", "vanilla", "--quiet",
-                     "--classes", "Mass"]) == 0
+                     "--no-sanity", "--classes", "Mass"]) == 0
     trained_with = image_options(train, {"normalization": "mean_std", "mean_std": None,
                                          "image_size": SIZE, "seed": 0})["mean_std"]
     assert "mean_std estimated" in capsys.readouterr().out
@@ -179,7 +180,7 @@ def test_command_with_model_honours_normalization(linear_model, dataset, tmp_pat
     seen = record_method_inputs(monkeypatch)
     arguments = ["--model", str(tmp_path / "model.keras"), "--images", *dataset.paths[:2],
                  "--image-size", str(SIZE), "--class-names", "Mass", "Nodule", "--methods",
-                 "vanilla", "--out", str(tmp_path / "cli"), "--quiet"]
+                 "vanilla", "--out", str(tmp_path / "cli"), "--quiet", "--no-sanity"]
     assert cli.main(arguments + ["--normalization", "mean_std", "--mean-std", "0.4", "0.2"]) == 0
     np.testing.assert_allclose(seen["vanilla"],
                                pipeline_images(dataset, [0, 1], "mean_std", (0.4, 0.2)),

@@ -85,6 +85,11 @@ def test_report_scores_known_regions_and_beats_centre(linear_model, dataset, tmp
     assert (out / "localisation.md").read_text().count("| centre |") == 3
     per_box = pd.read_csv(out / "localisation_per_box.csv")
     assert set(per_box["method"]) == {"vanilla", "smoothgrad", "centre"}
+    # The linear model's gradient is its mask whatever the input: beyond the centre's interval.
+    vs_centre = pd.DataFrame(result["vs_centre"]).set_index(["method", "label", "metric"])
+    assert vs_centre.loc[("vanilla", "all", "energy"), "verdict"] == "beats centre"
+    assert result["sanity"]["verdicts"]["vanilla"] == "passes"     # its one layer: reset
+    assert (out / "sanity.md").exists() and "fig4" in result["figures"]
 
 
 def test_examples_without_boxes_use_positive_labels_then_predictions(dataset):
@@ -108,7 +113,7 @@ def test_command_with_model_images_and_box_csv(linear_model, dataset, tmp_path, 
     out = tmp_path / "cli"
     code = cli.main(["--model", str(model_path), "--images", *dataset.paths[:2],
                      "--boxes", str(box_csv), "--image-size", str(SIZE), "--class-names",
-                     "Mass", "Nodule", "--methods", "vanilla", "--out", str(out)])
+                     "Mass", "Nodule", "--methods", "vanilla", "--out", str(out), "--no-sanity"])
     assert code == 0
     table = pd.read_csv(out / "localisation.csv").set_index(["method", "label"])
     assert table.loc[("vanilla", "Nodule"), "pointing"] == 1.0
@@ -128,7 +133,7 @@ def test_command_reads_a_chestxray14_box_list(linear_model, dataset, tmp_path):
     out = tmp_path / "cli"
     assert cli.main(["--model", str(model_path), "--images", dataset.paths[0], "--boxes",
                      str(box_csv), "--image-size", str(SIZE), "--class-names", "Mass",
-                     "Nodule", "--methods", "vanilla", "--out", str(out)]) == 0
+                     "Nodule", "--methods", "vanilla", "--out", str(out), "--no-sanity"]) == 0
     table = pd.read_csv(out / "localisation.csv").set_index(["method", "label"])
     assert table.loc[("vanilla", "Mass"), "mean_iou"] == pytest.approx(1.0)
 
@@ -148,7 +153,8 @@ def test_command_with_run_directory(linear_model, dataset, tmp_path, monkeypatch
         calls.append((name, data_dir, options))
         return dataset
     monkeypatch.setattr("chestkd.data.load_dataset", fake_load_dataset)
-    assert cli.main(["--run", str(run), "--methods", "vanilla", "--max-images", "1"]) == 0
+    assert cli.main(["--run", str(run), "--methods", "vanilla", "--max-images", "1",
+                     "--no-sanity"]) == 0
     assert calls[0][0] == "phantom" and calls[0][2]["size"] == 64
     table = pd.read_csv(run / "saliency" / "localisation.csv")
     assert table[table.label == "all"]["boxes"].tolist() == [1, 1]

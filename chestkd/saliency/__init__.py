@@ -18,7 +18,11 @@
 Scores are always logits: a final sigmoid/softmax is stripped. For repeated use build the
 method once: ``method = saliency_method(model, "smoothgrad", samples=25)``, then
 ``method(images, class_index)``. See :mod:`chestkd.saliency.localisation` for the pointing
-game, energy and IoU/IoBB scores and :mod:`chestkd.saliency.report` for figures.
+game, energy and IoU/IoBB scores (:mod:`chestkd.saliency.bootstrap`: with 95 % intervals and a
+paired test against the centre baseline), :mod:`chestkd.saliency.display` for turning an
+attribution into a readable figure (sign, 99th-percentile scale, display blur, the strided
+stem's checkerboard), :mod:`chestkd.saliency.sanity` for the randomisation sanity checks and
+:mod:`chestkd.saliency.report` for the report.
 """
 from __future__ import annotations
 

@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --model: the training normalisation (default minus_one_one)")
     parser.add_argument("--mean-std", nargs=2, type=float, metavar=("MEAN", "STD"),
                         help="with --model --normalization mean_std: the training mean and std")
+    parser.add_argument("--figure-images", type=int, metavar="N",
+                        help="rows of the figures (default min(--max-images, 6))")
+    parser.add_argument("--bootstrap", type=int, default=2000, metavar="B",
+                        help="bootstrap resamplings of the localisation intervals (0: none)")
+    parser.add_argument("--no-smoothing", action="store_true",
+                        help="figures without the display blur (scores never use it)")
+    parser.add_argument("--no-sanity", action="store_true",
+                        help="skip the parameter-randomisation sanity check")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -155,6 +163,13 @@ def run_normalization(config: dict, data) -> tuple[str, list | None]:
     return normalization, config.get("mean_std")
 
 
+def report_options(args) -> dict:
+    """Options of write_saliency_report shared by --run and --model."""
+    return {"figure_images": args.figure_images, "n_boot": args.bootstrap,
+            "smoothing": not args.no_smoothing, "sanity": not args.no_sanity,
+            "verbose": 0 if args.quiet else 1}
+
+
 def run_from_directory(args) -> dict:
     from chestkd.data import load_dataset
     from chestkd.training.config import dataset_options
@@ -177,7 +192,7 @@ def run_from_directory(args) -> dict:
         image_size=args.image_size or int(config["image_size"]), class_names=data.class_names,
         methods=args.methods, max_images=args.max_images, classes=args.classes,
         batch_size=args.batch_size, normalization=normalization, mean_std=mean_std,
-        verbose=0 if args.quiet else 1)
+        **report_options(args))
 
 
 def run_from_model(args) -> dict:
@@ -198,8 +213,7 @@ def run_from_model(args) -> dict:
         model, data, Path(args.out or "saliency"), image_size=args.image_size,
         class_names=class_names, methods=args.methods, max_images=args.max_images,
         classes=args.classes, batch_size=args.batch_size, multi_label=not args.single_label,
-        normalization=args.normalization, mean_std=args.mean_std,
-        verbose=0 if args.quiet else 1)
+        normalization=args.normalization, mean_std=args.mean_std, **report_options(args))
 
 
 def main(argv=None) -> int:
@@ -213,6 +227,8 @@ def main(argv=None) -> int:
         print(f"{name}: {path}")
     for name, reason in result["skipped_methods"].items():
         print(f"skipped {name}: {reason}")
+    for name, verdict in (result.get("sanity") or {}).get("verdicts", {}).items():
+        print(f"sanity check {name}: {verdict}")
     if result["scores"]:
         summary = pd.DataFrame(result["scores"])
         print(summary[summary["label"] == "all"][["method", "boxes", "pointing", "energy",
