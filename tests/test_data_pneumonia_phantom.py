@@ -120,12 +120,15 @@ def test_covid_is_peripheral_lower_zone_and_pneumonia_is_focal():
 
 def test_balance_only_touches_train_and_keeps_patients_in_their_split(phantom):
     plain = load_dataset("pneumonia_phantom", phantom, seed=0)
-    for mode in ("undersample", "oversample"):
+    for mode in ("undersample", "oversample", "both"):
         balanced = load_dataset("pneumonia_phantom", phantom, seed=0, balance=mode)
         counts = balanced.subset("train").labels.sum(0)
         assert len(set(counts)) == 1
         expected = plain.subset("train").labels.sum(0)
-        assert counts[0] == (expected.min() if mode == "undersample" else expected.max())
+        assert counts[0] == {"undersample": expected.min(), "oversample": expected.max(),
+                             "both": int(np.median(expected))}[mode]
+        if mode == "both":   # the majority lost rows, the rarest class gained repeats
+            assert expected.max() > counts[0] > expected.min()
         for split in ("val", "test"):
             np.testing.assert_array_equal(balanced.subset(split).paths,
                                           plain.subset(split).paths)

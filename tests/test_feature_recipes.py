@@ -76,7 +76,7 @@ def test_assistant_kd_covid_yaml_writes_table2_confusion_matrices_and_the_ablati
     _, _, results = runs
     run_dir = Path(results["run_dir"])
     config = (run_dir / "config.yaml").read_text()
-    assert "balance: oversample" in config and "temperature: 30.0" in config
+    assert "balance: both" in config and "temperature: 30.0" in config
     assert results["kd_loss"] == "hinton" and results["teachers_unchanged"] is True
     reports = (run_dir / "per_class_reports.md").read_text()
     for heading in ("(a) Teacher", "(b) Assistant", "(c) Student"):

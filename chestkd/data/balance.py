@@ -12,7 +12,7 @@ import numpy as np
 from chestkd.data.dataset import Dataset
 from chestkd.errors import ConfigError
 
-BALANCE_MODES = (None, "undersample", "oversample")
+BALANCE_MODES = (None, "undersample", "oversample", "both")
 
 
 def check_balance(mode, where: str = "balance") -> str | None:
@@ -28,6 +28,9 @@ def balance_rows(label_index: np.ndarray, train: np.ndarray, mode: str, seed: in
     ``undersample``: every class keeps ``min_c n_c`` random train rows.
     ``oversample``: every class reaches ``max_c n_c`` train rows: all its rows, repeated
     whole as often as they fit, plus a random sample of them for the remainder.
+    ``both``: every class reaches the median class count, the larger classes under-sampled
+    and the smaller over-sampled (the COVID-19 case study's "majority under-sampled,
+    COVID-19 over-sampled"; with three classes the middle one is unchanged).
     Seeded by ``seed`` (``numpy.random.default_rng``); the result is sorted, so repeated
     rows sit next to their original.
     """
@@ -43,13 +46,13 @@ def balance_rows(label_index: np.ndarray, train: np.ndarray, mode: str, seed: in
     per_class = [train_rows[label_index[train_rows] == c]
                  for c in np.unique(label_index[train_rows])]
     sizes = [len(rows) for rows in per_class]
+    target = {"undersample": min(sizes), "oversample": max(sizes),
+              "both": int(np.median(sizes))}[mode]
     chosen = []
-    if mode == "undersample":
-        target = min(sizes)
-        chosen = [np.sort(rng.choice(rows, size=target, replace=False)) for rows in per_class]
-    else:
-        target = max(sizes)
-        for rows in per_class:
+    for rows in per_class:
+        if len(rows) >= target:
+            chosen.append(np.sort(rng.choice(rows, size=target, replace=False)))
+        else:
             repeats, remainder = divmod(target, len(rows))
             extra = np.sort(rng.choice(rows, size=remainder, replace=False))
             chosen.append(np.concatenate([np.tile(rows, repeats), extra]))

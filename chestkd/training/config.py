@@ -38,7 +38,7 @@ BASE_DEFAULTS = {
     # folder with a val folder: auto (carve from train when val holds < 5% of the images,
     # as the pediatric set's 16) | official | carve
     "val_split": "auto",
-    "balance": None,               # single-label data: undersample | oversample (train split)
+    "balance": None,               # single-label: undersample | oversample | both (train split)
     # csv: a table of images (e.g. the COVID-19 image data collection's metadata.csv)
     "csv": None,                   # the CSV file, relative to data_dir
     "image_dir": None,             # folder of the images, relative to data_dir (None: data_dir)
@@ -315,7 +315,7 @@ _CHOICES = {
     "dataset": DATASETS,
     "augment": (None, *AUGMENTATIONS),
     "val_split": ("auto", "official", "carve"),
-    "balance": (None, "undersample", "oversample"),
+    "balance": (None, "undersample", "oversample", "both"),
     "optimizer": ("sgd", "adam", "adamw"),
     "weight_decay_mode": ("coupled", "decoupled"),
     "schedule": ("constant", "step", "cosine", "plateau"),
