@@ -23,7 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import RESULTS, write_section  # noqa: E402
 
-import numpy as np  # noqa: E402
 
 from chestkd.data import load_dataset  # noqa: E402
 from chestkd.data.pipeline import make_dataset  # noqa: E402

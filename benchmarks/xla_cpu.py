@@ -10,7 +10,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 
 CHILD = """
 import sys, tempfile, time

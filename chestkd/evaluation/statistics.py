@@ -403,7 +403,6 @@ def _binary_ece(outcome: np.ndarray, confidence: np.ndarray, bins: int) -> float
     if outcome.size == 0:
         return float("nan")
     index = _bin_index(confidence, bins)
-    count = np.bincount(index, minlength=bins)
     observed = np.bincount(index, weights=outcome, minlength=bins)
     predicted = np.bincount(index, weights=confidence, minlength=bins)
     # |sum outcome - sum confidence| / n per bin == (n_b / n) |mean outcome - mean confidence|
