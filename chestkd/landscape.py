@@ -31,8 +31,8 @@ from chestkd.errors import ConfigError
 from chestkd.io import atomic_write_json
 from chestkd.robustness.attacks import attack_loss
 from chestkd.robustness.tables import split_arrays
-from chestkd.training.config import load_yaml
-from chestkd.training.experiment import image_options, load_model, load_run_data
+from chestkd.training.experiment import (finished_run, image_options, load_model,
+                                         load_run_data)
 
 
 def _depthwise_kernels(model) -> set:
@@ -178,9 +178,7 @@ def build_parser():
 def run(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     run_dir = args.run_dir
-    if not (run_dir / "config.yaml").exists() or not (run_dir / "model.keras").exists():
-        raise ConfigError(f"{run_dir}: not a finished run (needs config.yaml and model.keras)")
-    config = load_yaml(run_dir / "config.yaml")
+    config = finished_run(run_dir)
     out = args.out or run_dir
     data = load_run_data(config, out)
     images, labels = split_arrays(data, max_images=args.images, **image_options(data, config))

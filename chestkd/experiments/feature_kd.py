@@ -6,27 +6,20 @@ are never cached), and its results in a folder of its own (resumable through ``S
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import keras
 import numpy as np
 
 from chestkd.data.dataset import Dataset
-from chestkd.data.pipeline import make_dataset, steps_per_epoch
-from chestkd.distill.distiller import Distiller
+from chestkd.data.pipeline import make_dataset
 from chestkd.distill.feature_terms import FeatureTerm
 from chestkd.distill.layer_pairs import depth_matched_pairs, last_map_pair
-from chestkd.distill.losses import KDLoss
 from chestkd.errors import ConfigError
 from chestkd.evaluation.metrics import mean_auc, per_class_auc, predict_logits
 from chestkd.evaluation.evaluate import probabilities_of
-from chestkd.experiments.kd import resolve_kd_loss
-from chestkd.experiments.stages import Stages
+from chestkd.experiments.kd import distil
 from chestkd.experiments.store import obtain_model
-from chestkd.training.experiment import best_model, image_options, pipelines, set_precision
-from chestkd.training.run import seed_everything
-from chestkd.training.trainer import (distribution_strategy, fit, make_optimizer,
-                                      resolve_jit_compile)
+from chestkd.training.experiment import image_options
 
 LAYER_RULES = {"depth": depth_matched_pairs, "last": last_map_pair}
 
@@ -97,31 +90,9 @@ def distil_features(config: dict, run_dir, data: Dataset, teachers, build_studen
                     terms_for, seed=None):
     """Train the student of ``build_student()`` from ``teachers`` (online) with the KD loss of
     the run and the FeatureTerms ``terms_for(student)``; returns the best student (by exact
-    validation mean AUC). A stage whose training finished returns its saved model."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    stages = Stages(run_dir)
-    if stages.done("training"):
-        print(f"training finished earlier in {run_dir}: using its model.keras")
-        return best_model(run_dir, None)
-    set_precision(config)
-    seed = int(config["seed"] if seed is None else seed)
-    loss = KDLoss(config.get("kd_loss_used") or resolve_kd_loss(config, data),
-                  float(config["temperature"]), float(config["alpha"]))
-    seed_everything(seed)
-    with distribution_strategy(config).scope():
-        student = build_student()
-        terms = terms_for(student)
-        distiller = Distiller(student, list(teachers), loss=loss, multi_label=data.multi_label,
-                              seed=seed, feature_terms=terms)
-        distiller.compile(optimizer=make_optimizer(
-            config, steps_per_epoch(data, "train", int(config["batch_size"]))),
-            jit_compile=resolve_jit_compile(config, student))
-    train, val = pipelines(data, {**config, "seed": seed})
-    fit(distiller, train, val, config, run_dir, multi_label=data.multi_label)
-    stages.mark("training", epochs=int(config["epochs"]),
-                feature_terms=[term.get_config() for term in terms])
-    return best_model(run_dir, student)
+    validation mean AUC). The one distillation loop, :func:`chestkd.experiments.kd.distil`."""
+    return distil(config, run_dir, data, list(teachers), None, seed=seed,
+                  build_student=build_student, terms_for=terms_for)
 
 
 def mean_test_auc(model, data: Dataset, config: dict) -> float:

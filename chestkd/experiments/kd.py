@@ -63,16 +63,22 @@ def resolve_kd_loss(config: dict, data: Dataset) -> str:
     return chosen
 
 
-def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str, *,
-           seed: int | None = None, init_from=None):
+def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str | None, *,
+           seed: int | None = None, init_from=None, build_student=None, terms_for=None):
     """Train ``student_name`` from ``teacher`` (one model or a list); returns the best
     student by validation mean AUC. A run whose training stage finished returns its model.
 
     Args:
         seed: the student's initialisation and data order (default ``config["seed"]``).
         init_from: a model whose weights start the student (self-training ``teacher`` init).
+        build_student: builds the student instead of the zoo's ``student_name`` (e.g. an
+            ensemble student).
+        terms_for: ``terms_for(student)`` -> the :class:`FeatureTerm` list of feature
+            distillation; feature maps are never cached, so the teachers then run online
+            whatever ``teacher_outputs`` says.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     stages = Stages(run_dir)
     if stages.done("training"):
         print(f"training finished earlier in {run_dir}: using its model.keras")
@@ -81,7 +87,7 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str, *,
     seed = int(config["seed"] if seed is None else seed)
     loss = KDLoss(config.get("kd_loss_used") or resolve_kd_loss(config, data),
                   float(config["temperature"]), float(config["alpha"]))
-    online = config["teacher_outputs"] == "online"
+    online = terms_for is not None or config.get("teacher_outputs", "cached") == "online"
     tables = {"train": None, "val": None}
     if not online:
         for split in tables:
@@ -89,18 +95,20 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str, *,
                                             data, split, **image_options(data, config))
     seed_everything(seed)  # the same initial student whatever ran before
     with distribution_strategy(config).scope():
-        student = build_model(student_name, data, config)
+        student = build_student() if build_student else build_model(student_name, data, config)
         if init_from is not None:
             student.set_weights(init_from.get_weights())
+        terms = terms_for(student) if terms_for else ()
         distiller = Distiller(student, teacher if online else None, loss=loss,
-                              multi_label=data.multi_label, seed=seed)
+                              multi_label=data.multi_label, seed=seed, feature_terms=terms)
         distiller.compile(optimizer=make_optimizer(
             config, steps_per_epoch(data, "train", int(config["batch_size"]))),
             jit_compile=resolve_jit_compile(config, student))
     train, val = pipelines(data, {**config, "seed": seed}, teacher_logits=tables["train"],
                            val_teacher_logits=tables["val"])
     fit(distiller, train, val, config, run_dir, multi_label=data.multi_label)
-    stages.mark("training", epochs=int(config["epochs"]))
+    stages.mark("training", epochs=int(config["epochs"]),
+                **({"feature_terms": [term.get_config() for term in terms]} if terms else {}))
     return best_model(run_dir, student)
 
 

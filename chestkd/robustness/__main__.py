@@ -19,8 +19,8 @@ from chestkd.evaluation import markdown_table
 from chestkd.io import atomic_write_json, atomic_write_text
 from chestkd.robustness.attacks import NORMS
 from chestkd.robustness.tables import ATTACKS, PAPER_EPSILON, robustness_table, split_arrays
-from chestkd.training.config import load_yaml
-from chestkd.training.experiment import image_options, load_model, load_run_data
+from chestkd.training.experiment import (finished_run, image_options, load_model,
+                                         load_run_data)
 
 
 def build_parser():
@@ -39,14 +39,12 @@ def build_parser():
 def run(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     run_dir = args.run_dir
-    if not (run_dir / "config.yaml").exists() or not (run_dir / "model.keras").exists():
-        raise ConfigError(f"{run_dir}: not a finished run (needs config.yaml and model.keras)")
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
         raise ConfigError(f"--attacks {args.attacks!r}: unknown {unknown}; choose from "
                           f"{list(ATTACKS)}")
-    config = load_yaml(run_dir / "config.yaml")
+    config = finished_run(run_dir)
     out = args.out or run_dir
     out.mkdir(parents=True, exist_ok=True)
     data = load_run_data(config, out)

@@ -22,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from chestkd.data.pipeline import NORMALIZATIONS
 from chestkd.errors import ChestKDError, ConfigError, DataError
 from chestkd.saliency import METHODS
 from chestkd.saliency.report import DEFAULT_METHODS, write_saliency_report
 # The project's one model loader (saliency may import training; training never imports saliency).
-from chestkd.training.experiment import image_options, load_model
+from chestkd.training.experiment import finished_run, image_options, load_model
 
 SIMPLE_BOX_COLUMNS = ("image", "label", "x", "y", "w", "h")
 CHESTXRAY14_BOX_SPACE = 1024
@@ -175,13 +174,9 @@ def run_from_directory(args) -> dict:
     from chestkd.training.config import dataset_options
 
     run_dir = Path(args.run)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise DataError(f"--run {run_dir}: no config.yaml in the run directory")
-    config = yaml.safe_load(config_path.read_text()) or {}
-    for key in ("dataset", "image_size"):
-        if key not in config:
-            raise ConfigError(f"{config_path}: missing key {key!r}")
+    config = finished_run(run_dir, option="--run")
+    if "image_size" not in config:
+        raise ConfigError(f"{run_dir / 'config.yaml'}: missing key 'image_size'")
     model = load_model(run_dir / "model.keras")
     data = load_dataset(config["dataset"], config.get("data_dir"), **dataset_options(config))
     test = data.subset("test")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from matplotlib.figure import Figure
 
 from chestkd.errors import ChestKDError, DataError
@@ -26,6 +25,7 @@ from chestkd.saliency.display import percentile_normalise
 from chestkd.saliency.figures import METHOD_TITLES, display_image
 from chestkd.saliency.report_inputs import read_inputs
 from chestkd.saliency.sanity import label_randomisation
+from chestkd.training.experiment import finished_run
 
 METHODS = ("vanilla", "guided_backprop", "integrated_gradients", "gradcam")
 OPTIONS = {"integrated_gradients": {"steps": 16}}
@@ -69,9 +69,7 @@ def run(argv=None) -> dict:
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     run_dir = Path(args.run)
-    if not (run_dir / "config.yaml").is_file():
-        raise DataError(f"--run {run_dir}: no config.yaml in the run directory")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = finished_run(run_dir, option="--run", model=False)
     data = load_dataset(config["dataset"], config.get("data_dir"), **dataset_options(config))
     train, test = data.subset("train"), data.subset("test")
     if test.boxes is None or not len(test.boxes):

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import keras
 import pandas as pd
+import yaml
 
 from chestkd import models
 from chestkd.data import load_dataset
 from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epoch
-from chestkd.errors import ChestKDError
+from chestkd.errors import ChestKDError, ConfigError
 from chestkd.training.config import (PHANTOM_DATASETS, dataset_options, resolve_augment,
                                      save_config)
 from chestkd.training.losses import MaskedAUC, hard_loss_for
@@ -97,6 +98,25 @@ def load_model(path):
     if not Path(path).exists():
         raise ChestKDError(f"{path}: model file not found")
     return keras.models.load_model(path, compile=False)
+
+
+def finished_run(run_dir, *, option: str = "run directory", model: bool = True) -> dict:
+    """The saved configuration of a finished run; a ConfigError naming what is missing.
+
+    Commands that work on a run (saliency, robustness, landscape, label checks) read it here,
+    so they all refuse a half-written or mistyped folder the same way.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"{option} {run_dir}: no config.yaml in the run directory")
+    if model and not (run_dir / "model.keras").is_file():
+        raise ConfigError(f"{option} {run_dir}: no model.keras (the run has not finished "
+                          f"training)")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    if not isinstance(config, dict) or "dataset" not in config:
+        raise ConfigError(f"{config_path}: not a chestkd run configuration (no 'dataset')")
+    return config
 
 
 def compile_classifier(model, data: Dataset, config: dict):
