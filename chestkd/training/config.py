@@ -338,14 +338,23 @@ BOOKKEEPING_KEYS = frozenset({
 })
 
 
+# Options added after chestkd 0.1, with the value that reproduces 0.1's behaviour. At that
+# value a key is left out of ``config_id``, so runs, table cells and model-store entries
+# written before the option existed are still found (tests/test_legacy_runs.py).
+ADDED_OPTION_DEFAULTS: dict = {}
+
+
 def config_id(config: dict, keys=None) -> str:
     """A short digest of everything in ``config`` that shapes a result (``keys``: only these).
 
     Bookkeeping keys (:data:`BOOKKEEPING_KEYS`) and runtime-only ``_`` keys are left out, so
-    a run started from another YAML file or into another folder is still the same run.
+    a run started from another YAML file or into another folder is still the same run; so is
+    an option added later while it holds its old behaviour (:data:`ADDED_OPTION_DEFAULTS`).
     """
+    unset = object()
     chosen = {k: v for k, v in config.items()
               if not k.startswith("_") and k not in BOOKKEEPING_KEYS
+              and ADDED_OPTION_DEFAULTS.get(k, unset) != v
               and (keys is None or k in keys)}
     text = json.dumps(chosen, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
