@@ -371,8 +371,21 @@ def test_compare_predictions_on_clean_and_noisy_labels(tmp_path):
     assert noisy["mean_auc_a"] < comparison["mean_auc_a"]  # label noise lowers measured AUC
     assert set(comparison["calibration_a"]) == {"ece", "brier", "bins", "per_class"}
     json.dumps(summary)  # JSON-ready
-    assert list(table.iloc[:, 0]) == ["a", "b", "c", "**mean AUC**", "ECE", "Brier"]
-    assert {"model1", "model2", "model2 - model1", "p"} <= set(table.columns)
+    assert list(table["finding"]) == ["a", "b", "c", "**mean**"]
+    assert {"model1", "model1_ci", "model2", "model2_ci", "change", "change_ci", "p", "p_holm",
+            "test"} <= set(table.columns)
+    # the table's per-class p is the paired patient bootstrap's (same resamples), Holm beside it
+    np.testing.assert_allclose(table["p"][:3], paired["per_class_p_value"])
+    np.testing.assert_allclose(table["p_holm"][:3], st.holm(paired["per_class_p_value"]))
+    assert table["p"].iloc[3] == paired["p_value"] and np.isnan(table["p_holm"].iloc[3])
+    assert set(table["test"]) == {"paired patient bootstrap"}
+    # each model's interval comes from the same patient resamples as bootstrap_auc's
+    alone = st.bootstrap_auc(a["clean_labels"], prob_a, a["patients"], n_boot=200, seed=0)
+    np.testing.assert_allclose(np.stack(table["model1_ci"][:3]), alone["per_class_ci"])
+    np.testing.assert_allclose(table["model1_ci"].iloc[3], alone["mean_ci"])
+    text = st.comparison_markdown(comparison, "model1", "model2")
+    assert "p (paired patient bootstrap)" in text and "p Holm-adjusted (3 findings)" in text
+    assert "ECE model1" in text and "(single test)" in text
 
 
 def test_compare_predictions_without_clean_labels_and_without_bootstrap():
@@ -381,6 +394,8 @@ def test_compare_predictions_without_clean_labels_and_without_bootstrap():
     assert summary["labels"] == "as given" and "noisy_comparison" not in summary
     assert np.isnan(summary["comparison"]["p_value"])
     assert np.isfinite(summary["comparison"]["per_class"]["a"]["delong_p"])
+    assert table["p"].isna().all() and set(table["test"]) == {"none (bootstrap=0)"}
+    assert "bootstrap was off" in st.comparison_markdown(summary["comparison"])
 
 
 def test_compare_predictions_refuses_different_test_images():
@@ -396,3 +411,58 @@ def test_compare_predictions_refuses_different_test_images():
                                n_boot=10, seed=0)
     with pytest.raises(DataError, match="missing"):
         st.compare_predictions(a, {"logits": a["logits"]}, n_boot=10, seed=0)
+
+
+# ------------------------------------------------------------------ per-class p and patients
+
+
+def test_holm_matches_a_hand_computed_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4 * 0.005, 3 * 0.01, 2 * 0.03, 1 * 0.04, then the
+    # running maximum: 0.02, 0.03, 0.06, 0.06; a NaN is not a test (m = 4, it stays NaN)
+    adjusted = st.holm([0.01, 0.04, np.nan, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, np.nan, 0.06, 0.02])
+    np.testing.assert_allclose(st.holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    assert st.holm([0.04]) == pytest.approx([0.04])  # one test: unchanged
+    assert np.isnan(st.holm([np.nan, np.nan])).all()
+    # against the definition, on random p-values with ties
+    p = np.random.default_rng(0).choice([0.001, 0.01, 0.02, 0.2, 0.5], 9)
+    order = np.argsort(p, kind="mergesort")
+    expected = np.empty(9)
+    expected[order] = np.minimum(1, np.maximum.accumulate((9 - np.arange(9)) * p[order]))
+    np.testing.assert_allclose(st.holm(p), expected)
+
+
+def _duplicated_patients(copies=25, patients=40, seed=2):
+    """One image per patient, each image repeated ``copies`` times (one patient's views)."""
+    rng = np.random.default_rng(seed)
+    y = (np.arange(patients) % 2).astype(float)
+    a = y + 1.2 * rng.normal(size=patients)
+    b = y + 1.2 * rng.normal(size=patients)
+    pred = {"labels": np.repeat(y, copies)[:, None],
+            "patients": np.repeat([f"p{i}" for i in range(patients)], copies),
+            "paths": np.array([f"/x/{i}.png" for i in range(patients * copies)]),
+            "class_names": np.array(["finding"]), "multi_label": np.array(True)}
+    logit = lambda s: np.log(s) - np.log1p(-s)  # noqa: E731  scores as logits, order kept
+    squash = lambda s: 1 / (1 + np.exp(-s))  # noqa: E731
+    return ({**pred, "logits": logit(squash(np.repeat(a, copies)))[:, None]},
+            {**pred, "logits": logit(squash(np.repeat(b, copies)))[:, None]})
+
+
+def test_table_p_is_patient_aware_when_images_of_a_patient_repeat():
+    a, b = _duplicated_patients()
+    # image-level DeLong counts the 25 copies as independent evidence: p far below 0.05
+    _, _, _, image_level_p = st.delong_test(a["labels"][:, 0], a["logits"][:, 0],
+                                            b["logits"][:, 0])
+    assert image_level_p < 1e-3
+    summary, table = st.compare_predictions(a, b, n_boot=500, seed=0)
+    row = table.iloc[0]
+    lo, hi = row["change_ci"]
+    # the patient bootstrap sees 40 patients: the interval includes 0 and p agrees with it
+    assert lo < 0 < hi
+    assert row["p"] > 0.2 and row["p_holm"] == row["p"]  # one finding: Holm leaves it
+    assert summary["comparison"]["per_class"]["finding"]["delong_p"] == pytest.approx(
+        image_level_p)
+    # the cluster bootstrap is blind to copies: one image per patient gives the same p
+    one_a, one_b = _duplicated_patients(copies=1)
+    _, single = st.compare_predictions(one_a, one_b, n_boot=500, seed=0)
+    assert single["p"].iloc[0] == pytest.approx(row["p"])

@@ -12,9 +12,13 @@ number without an interval says little. This module gives:
 * :func:`paired_bootstrap`: the difference in mean AUC of two models scored on the same images,
   both models on the same patient resamples, with an interval and a two-sided p-value;
 * :func:`delong_test`: DeLong's test of two correlated ROC AUCs (the fast algorithm of
-  Sun & Xu 2014);
+  Sun & Xu 2014); it treats images as independent, so it is kept for reference only: the
+  comparison table's per-class p is the paired patient bootstrap's;
+* :func:`holm`: Holm's step-down adjustment of p-values across findings;
 * :func:`expected_calibration_error`, :func:`brier_score`, :func:`reliability_curve`;
-* :func:`compare_predictions`: all of the above for two finished runs' saved test predictions.
+* :func:`compare_predictions`: all of the above for two finished runs' saved test predictions,
+  and :func:`comparison_table` / :func:`comparison_markdown`, the one table of such a
+  comparison (every recipe that prints one uses them).
 
 Label conventions (as ``chestkd.data.pipeline``): labels are 1 (positive), 0 (negative) or -1
 (unknown); an unknown label is left out of its class. A class with no positive or no negative
@@ -269,6 +273,29 @@ def bootstrap_p_value(differences) -> float:
     return float(min(1.0, 2.0 * tail / (d.size + 1)))
 
 
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of m p-values (family-wise error across m findings).
+
+    With the m finite p-values sorted, p_(1) <= ... <= p_(m), the adjusted values are::
+
+        p~_(i) = min(1, max_{j <= i} (m - j + 1) p_(j))
+
+    returned in the input order. NaN entries (a class with no test) are not counted in m and
+    stay NaN. Rejecting where p~ < alpha controls the family-wise error rate at alpha under any
+    dependence between the findings' tests (Holm 1979).
+    """
+    p = np.asarray(p_values, np.float64).reshape(-1)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if finite.size == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="mergesort")]
+    m = order.size
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(1.0, stepped)
+    return out
+
+
 def paired_bootstrap(y_true, scores_a, scores_b, groups, *, n_boot: int = 1000,
                      confidence: float = 0.95, seed: int = 0, verbose: bool = False) -> dict:
     """Paired patient bootstrap of the difference in mean AUC, model B minus model A.
@@ -279,11 +306,13 @@ def paired_bootstrap(y_true, scores_a, scores_b, groups, *, n_boot: int = 1000,
     :func:`bootstrap_p_value` of the resampled differences (two-sided, +1 corrected).
 
     Returns:
-        dict with ``mean_auc_a``, ``mean_auc_b``, ``difference`` (b - a), ``difference_ci``,
+        dict with ``mean_auc_a``, ``mean_auc_b``, ``mean_ci_a``, ``mean_ci_b`` (each model's
+        interval on the same resamples), ``difference`` (b - a), ``difference_ci``,
         ``difference_sd`` (bootstrap standard deviation), ``p_value``, per class
-        ``per_class_auc_a``, ``per_class_auc_b``, ``per_class_difference``,
-        ``per_class_difference_ci``, ``per_class_p_value``, and ``n_boot``, ``confidence``,
-        ``seed``, ``patients``, ``images``.
+        ``per_class_auc_a``, ``per_class_auc_b``, ``per_class_ci_a``, ``per_class_ci_b``,
+        ``per_class_difference``, ``per_class_difference_ci``, ``per_class_p_value`` (the
+        same two-sided bootstrap p per class: patient-aware, and consistent with the per-class
+        interval), and ``n_boot``, ``confidence``, ``seed``, ``patients``, ``images``.
     """
     _check_confidence(confidence, n_boot)
     y, a, _ = _as_2d(y_true, scores_a, "scores_a")
@@ -298,13 +327,21 @@ def paired_bootstrap(y_true, scores_a, scores_b, groups, *, n_boot: int = 1000,
     mean_a = float(mean_over_classes(point_a, valid))
     mean_b = float(mean_over_classes(point_b, valid))
     finite = d_mean[np.isfinite(d_mean)]
+    nan = float("nan")
     return {
-        "mean_auc_a": mean_a, "mean_auc_b": mean_b, "difference": mean_b - mean_a,
+        "mean_auc_a": mean_a, "mean_auc_b": mean_b,
+        "mean_ci_a": _interval(mean_over_classes(boot_a, valid), confidence),
+        "mean_ci_b": _interval(mean_over_classes(boot_b, valid), confidence),
+        "difference": mean_b - mean_a,
         "difference_ci": _interval(d_mean, confidence),
         "difference_sd": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
         "p_value": bootstrap_p_value(d_mean),
         "per_class_auc_a": [float(v) for v in point_a],
         "per_class_auc_b": [float(v) for v in point_b],
+        "per_class_ci_a": [_interval(boot_a[:, c], confidence) if valid[c] else [nan, nan]
+                           for c in range(y.shape[1])],
+        "per_class_ci_b": [_interval(boot_b[:, c], confidence) if valid[c] else [nan, nan]
+                           for c in range(y.shape[1])],
         "per_class_difference": [float(v) for v in point_b - point_a],
         "per_class_difference_ci": [_interval(d_class[:, c], confidence)
                                     for c in range(y.shape[1])],
@@ -572,31 +609,46 @@ def _same_test_images(pred_a: dict, pred_b: dict) -> None:
                               "of the same data")
 
 
+PER_CLASS_TEST = "paired patient bootstrap"
+
+
 def _compare_on(labels, prob_a, prob_b, groups, class_names, multi_label, n_boot, seed,
                 bins) -> dict:
-    """Per-class DeLong, paired bootstrap of the mean and both calibrations on one label set."""
+    """Paired patient bootstrap per class and of the mean, Holm across the classes, DeLong
+    (image-level, for reference) per class and both calibrations on one label set."""
     labels = np.asarray(labels, np.float64)
+    nan2 = [float("nan")] * 2
     per_class = {}
     for c, name in enumerate(class_names):
         # Single-label data: each class one-vs-rest (its probability column against the rest).
         auc_a, auc_b, z, p = delong_test(labels[:, c], prob_a[:, c], prob_b[:, c])
-        per_class[str(name)] = {"auc_a": auc_a, "auc_b": auc_b, "difference": auc_b - auc_a,
-                                "difference_ci": [float("nan")] * 2, "delong_z": z,
-                                "delong_p": p}
+        per_class[str(name)] = {"auc_a": auc_a, "auc_b": auc_b, "ci_a": nan2, "ci_b": nan2,
+                                "difference": auc_b - auc_a, "difference_ci": nan2,
+                                "p_value": float("nan"), "p_holm": float("nan"),
+                                "delong_z": z, "delong_p": p}
     if n_boot > 0:
         paired = paired_bootstrap(labels, prob_a, prob_b, groups, n_boot=n_boot, seed=seed)
-        mean = {k: paired[k] for k in ("mean_auc_a", "mean_auc_b", "difference",
-                                       "difference_ci", "difference_sd", "p_value")}
+        mean = {k: paired[k] for k in ("mean_auc_a", "mean_auc_b", "mean_ci_a", "mean_ci_b",
+                                       "difference", "difference_ci", "difference_sd",
+                                       "p_value")}
+        adjusted = holm(paired["per_class_p_value"])
         for c, name in enumerate(class_names):
-            per_class[str(name)]["difference_ci"] = paired["per_class_difference_ci"][c]
+            per_class[str(name)].update(
+                ci_a=paired["per_class_ci_a"][c], ci_b=paired["per_class_ci_b"][c],
+                difference_ci=paired["per_class_difference_ci"][c],
+                p_value=paired["per_class_p_value"][c], p_holm=float(adjusted[c]))
+        test = PER_CLASS_TEST
     else:
         point_a, point_b = exact_auc(labels, prob_a), exact_auc(labels, prob_b)
         valid = np.isfinite(point_a) & np.isfinite(point_b)
         a, b = (float(mean_over_classes(v, valid)) for v in (point_a, point_b))
-        mean = {"mean_auc_a": a, "mean_auc_b": b, "difference": b - a,
-                "difference_ci": [float("nan")] * 2, "difference_sd": float("nan"),
+        mean = {"mean_auc_a": a, "mean_auc_b": b, "mean_ci_a": nan2, "mean_ci_b": nan2,
+                "difference": b - a, "difference_ci": nan2, "difference_sd": float("nan"),
                 "p_value": float("nan")}
-    return {**mean, "per_class": per_class,
+        test = "none (bootstrap=0)"
+    tested = sum(np.isfinite(v["p_value"]) for v in per_class.values())
+    return {**mean, "per_class": per_class, "per_class_test": test,
+            "multiplicity": f"Holm over {tested} findings", "n_boot": int(n_boot),
             "calibration_a": calibration_summary(labels, prob_a, class_names,
                                                  multi_label=multi_label, bins=bins),
             "calibration_b": calibration_summary(labels, prob_b, class_names,
@@ -604,22 +656,82 @@ def _compare_on(labels, prob_a, prob_b, groups, class_names, multi_label, n_boot
 
 
 def comparison_table(comparison: dict, name_a: str = "A", name_b: str = "B") -> pd.DataFrame:
-    """A Markdown-ready table of one comparison: per-class AUC of both models with DeLong's p,
-    the mean with the paired-bootstrap interval and p, then ECE and Brier (lower is better)."""
-    rows = [{"": name, name_a: v["auc_a"], name_b: v["auc_b"], f"{name_b} - {name_a}":
-             v["difference"], "p": v["delong_p"], "test": "DeLong"}
+    """The table of one comparison (:func:`compare_predictions`'s ``comparison``): a row per
+    finding, then ``**mean**`` (the mean AUC over the findings).
+
+    Columns: ``finding``; ``{name_a}``, ``{name_a}_ci``, ``{name_b}``, ``{name_b}_ci`` (AUC and
+    95 % patient-bootstrap interval); ``change`` (b - a) and ``change_ci`` (paired interval);
+    ``p`` (two-sided paired patient-bootstrap p, from the same resamples as the intervals, so a
+    row cannot say "interval includes 0" and "p < 0.05" beyond the resampling's granularity);
+    ``p_holm`` (Holm-adjusted across the findings; none for the mean, a single test); and
+    ``test`` naming the test behind ``p``. Image-level DeLong p-values (which count a patient's
+    images as independent) stay in the comparison's JSON (``delong_p``), not in this table.
+    """
+    rows = [{"finding": name, name_a: v["auc_a"], f"{name_a}_ci": v.get("ci_a"),
+             name_b: v["auc_b"], f"{name_b}_ci": v.get("ci_b"), "change": v["difference"],
+             "change_ci": v["difference_ci"], "p": v["p_value"], "p_holm": v["p_holm"],
+             "test": comparison["per_class_test"]}
             for name, v in comparison["per_class"].items()]
-    lo, hi = comparison["difference_ci"]
-    rows.append({"": "**mean AUC**", name_a: comparison["mean_auc_a"],
-                 name_b: comparison["mean_auc_b"],
-                 f"{name_b} - {name_a}": comparison["difference"], "p": comparison["p_value"],
-                 "test": f"paired bootstrap, 95% CI [{lo:.3f}, {hi:.3f}]"
-                 if np.isfinite(lo) else "paired bootstrap (off)"})
-    for key, label in (("ece", "ECE"), ("brier", "Brier")):
-        a, b = comparison["calibration_a"][key], comparison["calibration_b"][key]
-        rows.append({"": label, name_a: a, name_b: b, f"{name_b} - {name_a}": b - a,
-                     "p": float("nan"), "test": ""})
+    rows.append({"finding": "**mean**", name_a: comparison["mean_auc_a"],
+                 f"{name_a}_ci": comparison.get("mean_ci_a"), name_b: comparison["mean_auc_b"],
+                 f"{name_b}_ci": comparison.get("mean_ci_b"), "change": comparison["difference"],
+                 "change_ci": comparison["difference_ci"], "p": comparison["p_value"],
+                 "p_holm": float("nan"),
+                 "test": PER_CLASS_TEST if comparison["n_boot"] > 0 else "none (bootstrap=0)"})
     return pd.DataFrame(rows)
+
+
+def _with_interval(value, ci) -> str:
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    if ci is None or not np.all(np.isfinite(np.asarray(ci, np.float64))):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _p_text(p) -> str:
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def comparison_markdown(comparison: dict, name_a: str = "A", name_b: str = "B") -> str:
+    """:func:`comparison_table` as Markdown, the column headers naming the tests, then the
+    calibration of both models and a sentence on the mean AUC change."""
+    frame = comparison_table(comparison, name_a, name_b)
+    n_boot = int(comparison["n_boot"])
+    tested = comparison["multiplicity"].split(" over ")[-1]
+    headers = ["finding", f"{name_a} AUC [95% CI]", f"{name_b} AUC [95% CI]",
+               f"{name_b} - {name_a} [95% CI]",
+               f"p ({comparison['per_class_test']})", f"p Holm-adjusted ({tested})"]
+    cells = [[str(r["finding"]), _with_interval(r[name_a], r[f"{name_a}_ci"]),
+              _with_interval(r[name_b], r[f"{name_b}_ci"]),
+              _with_interval(r["change"], r["change_ci"]), _p_text(r["p"]),
+              _p_text(r["p_holm"]) if r["finding"] != "**mean**" else "(single test)"]
+             for _, r in frame.iterrows()]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
+             *("| " + " | ".join(row) + " |" for row in cells)]
+    if n_boot > 0:
+        note = (f"Intervals and p from {n_boot} patient resamples (a patient's images stay "
+                "together), both models on the same resamples; p is two-sided, "
+                "+1-corrected. Holm controls the family-wise error across the findings.")
+    else:
+        note = "No intervals and no p-values: the bootstrap was off (bootstrap=0)."
+    cal_a, cal_b = comparison["calibration_a"], comparison["calibration_b"]
+    calibration = (f"Calibration ({cal_a['bins']} bins; lower is better): ECE {name_a} "
+                   f"{cal_a['ece']:.4f}, {name_b} {cal_b['ece']:.4f}; Brier {name_a} "
+                   f"{cal_a['brier']:.4f}, {name_b} {cal_b['brier']:.4f}.")
+    lo, hi = comparison["difference_ci"]
+    if not np.all(np.isfinite([lo, hi])):
+        verdict = "no interval (bootstrap=0)"
+    elif lo <= 0 <= hi:
+        verdict = "its 95 % interval includes zero: no difference shown either way"
+    else:
+        verdict = "its 95 % interval excludes zero"
+    return "\n".join(lines) + "\n\n" + "\n".join([
+        note, calibration,
+        f"Mean AUC change {comparison['difference']:+.4f}, paired-bootstrap p = "
+        f"{_p_text(comparison['p_value'])}: {verdict}."])
 
 
 def compare_predictions(pred_a, pred_b, *, n_boot: int = 1000, seed: int = 0,
@@ -638,8 +750,11 @@ def compare_predictions(pred_a, pred_b, *, n_boot: int = 1000, seed: int = 0,
         ("clean" or "as given"), ``test_images``, ``patients``, ``n_boot``, ``seed``, and
         ``comparison`` on the clean labels when the runs have them (else the labels as given):
         ``mean_auc_a``, ``mean_auc_b``, ``difference`` (b - a), ``difference_ci``,
-        ``difference_sd``, ``p_value`` (paired bootstrap), ``per_class`` {class: ``auc_a``,
-        ``auc_b``, ``difference``, ``difference_ci``, ``delong_z``, ``delong_p``},
+        ``mean_ci_a``, ``mean_ci_b``, ``difference_sd``, ``p_value`` (paired bootstrap),
+        ``per_class`` {class: ``auc_a``, ``auc_b``, ``ci_a``, ``ci_b``, ``difference``,
+        ``difference_ci``, ``p_value`` (paired patient bootstrap), ``p_holm`` (Holm across the
+        classes), ``delong_z``, ``delong_p`` (image-level DeLong: it ignores patients, kept for
+        reference only)}, ``per_class_test``, ``multiplicity``, ``n_boot``,
         ``calibration_a`` and ``calibration_b``; with clean labels also ``noisy_comparison``,
         the same against the noisy labels. ``table`` is :func:`comparison_table` of
         ``comparison``.

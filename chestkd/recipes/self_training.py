@@ -9,9 +9,11 @@
    random initialisation and sees the data in another order than its teacher (seed + 1);
    ``teacher`` starts from the teacher's weights;
 3. per-class and mean test AUC of both, with 95 % patient-bootstrap intervals, a paired test
-   of the two models on the same test images (paired bootstrap of the mean-AUC difference,
-   DeLong per class) and both models' calibration (ECE, Brier), on clean and noisy labels
-   when the data has both (the phantom with ``label_noise``);
+   of the two models on the same test images (paired patient bootstrap of each finding's and
+   of the mean-AUC difference, Holm-adjusted across findings; the table is
+   :func:`chestkd.evaluation.statistics.comparison_table`) and both models' calibration (ECE,
+   Brier), on clean and noisy labels when the data has both (the phantom with
+   ``label_noise``);
 4. saliency figures of the base and the self-trained model side by side for the same images,
    with the findings' boxes, localisation scores with 95 % intervals against a centre
    baseline, and a parameter-randomisation sanity check, when the data has boxes. On a CPU
@@ -26,12 +28,9 @@ With no data given it runs on the built-in phantom in a few minutes on two CPU c
 import json
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from chestkd.cli import main_of
-from chestkd.evaluation import markdown_table
-from chestkd.evaluation.statistics import compare_predictions
+from chestkd.evaluation.statistics import (compare_predictions, comparison_markdown,
+                                           comparison_table)
 from chestkd.experiments.kd import distil, evaluate_once, record_teacher, resolve_kd_loss
 from chestkd.experiments.repeat import over_seeds
 from chestkd.experiments.stages import Stages
@@ -51,61 +50,6 @@ CPU_SALIENCY = {"max_images": 12, "figure_images": 4, "sanity_images": 1, "sanit
 GPU_SALIENCY = {"max_images": 1_000_000}      # every boxed test image (984 on ChestX-ray14)
 LOSS_NAMES = {"sigmoid": "sigmoid KD", "ho2020_eq8": "Eq. 8", "ho2020_eq5": "Eq. 5",
               "hinton": "Hinton KD"}
-
-
-def comparison_frame(base: dict, trained: dict, comparison: dict, prefix: str = ""):
-    """Per class and mean: both models' AUC with their 95 % intervals, the difference with its
-    paired interval and p (DeLong per class, paired bootstrap for the mean), then ECE, Brier."""
-    aucs_a, aucs_b = base[f"{prefix}per_class_auc"], trained[f"{prefix}per_class_auc"]
-    cis_a = base.get(f"{prefix}per_class_auc_ci") or {}
-    cis_b = trained.get(f"{prefix}per_class_auc_ci") or {}
-    rows = []
-    for name, values in comparison["per_class"].items():
-        rows.append({"finding": name, "base": aucs_a.get(name),
-                     "base_ci": cis_a.get(name), "self-trained": aucs_b.get(name),
-                     "self-trained_ci": cis_b.get(name), "change": values["difference"],
-                     "change_ci": values["difference_ci"], "p": values["delong_p"],
-                     "test": "DeLong"})
-    rows.append({"finding": "**mean**", "base": base[f"{prefix}mean_auc"],
-                 "base_ci": base.get(f"{prefix}mean_auc_ci"),
-                 "self-trained": trained[f"{prefix}mean_auc"],
-                 "self-trained_ci": trained.get(f"{prefix}mean_auc_ci"),
-                 "change": comparison["difference"], "change_ci": comparison["difference_ci"],
-                 "p": comparison["p_value"], "test": "paired bootstrap"})
-    return pd.DataFrame(rows)
-
-
-def _interval(value, ci) -> str:
-    if value is None or not np.isfinite(value):
-        return "n/a"
-    if ci is None or ci[0] is None or not np.all(np.isfinite(ci)):
-        return f"{value:.3f}"
-    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def comparison_markdown(frame, comparison) -> str:
-    shown = pd.DataFrame({
-        "finding": frame["finding"],
-        "base [95% CI]": [_interval(v, c) for v, c in zip(frame["base"], frame["base_ci"])],
-        "self-trained [95% CI]": [_interval(v, c) for v, c in
-                                  zip(frame["self-trained"], frame["self-trained_ci"])],
-        "change [95% CI]": [_interval(v, c) for v, c in zip(frame["change"],
-                                                             frame["change_ci"])],
-        "p": frame["p"], "test": frame["test"]})
-    cal_a, cal_b = comparison["calibration_a"], comparison["calibration_b"]
-    calibration = (f"Calibration (15 bins; lower is better): ECE base {cal_a['ece']:.4f}, "
-                   f"self-trained {cal_b['ece']:.4f}; Brier base {cal_a['brier']:.4f}, "
-                   f"self-trained {cal_b['brier']:.4f}.")
-    lo, hi = comparison["difference_ci"]
-    if not np.all(np.isfinite([lo, hi])):
-        verdict = "no interval (bootstrap=0)"
-    elif lo <= 0 <= hi:
-        verdict = "its 95 % interval includes zero: no difference shown either way"
-    else:
-        verdict = "its 95 % interval excludes zero"
-    return (markdown_table(shown, ".4f") + "\n\n" + calibration + "\n" +
-            f"Mean AUC change {comparison['difference']:+.4f}, paired-bootstrap p = "
-            f"{comparison['p_value']:.3f}: {verdict}.")
 
 
 def base_results(config, data, run_dir, base, base_dir) -> dict:
@@ -156,11 +100,11 @@ def run_once(config: dict) -> dict:
     if "noisy_comparison" in summary:
         parts.append(("noisy_", summary["noisy_comparison"], "noisy"))
     for prefix, comparison, labels in parts:
-        frame = comparison_frame(base_metrics, results, comparison, prefix)
         if not prefix:
-            frame.to_csv(run_dir / "comparison.csv", index=False)
+            comparison_table(comparison, "base", "self-trained").to_csv(
+                run_dir / "comparison.csv", index=False)
         lines += [f"## Test AUC against {labels} labels", "",
-                  comparison_markdown(frame, comparison), ""]
+                  comparison_markdown(comparison, "base", "self-trained"), ""]
     text = "\n".join(lines)
     (run_dir / "comparison.md").write_text(text + "\n")
     write_json(summary, run_dir / "comparison.json")
