@@ -124,10 +124,162 @@ def test_robustness_table_reports_scores_before_and_after_each_attack():
     model = tiny_model(classes=3)
     x, y = batch(n=30, multi_label=False)
     table = robustness_table(model, x, y, ["a", "b", "c"], multi_label=False, epsilon=0.1,
-                             norm="linf", steps=3)
+                             norm="linf", steps=3, normalization="minus_one_one")
     assert list(table["attack"]) == ["fgsm", "pgd"]
     assert table["before_f1"].nunique() == 1
     assert np.all(table["mean_auc_drop"] > 0)    # the attack hurts ranking on this model
     for key in ("precision", "recall", "f1", "mean_auc"):
         np.testing.assert_allclose(table[f"{key}_drop"],
                                    table[f"before_{key}"] - table[f"after_{key}"])
+
+
+# ------------------------------------------------------------ the run's normalisation (defect 2)
+NORMALISATIONS = [("minus_one_one", None), ("zero_one", None), ("imagenet", None),
+                  ("mean_std", (0.3, 0.2))]
+
+
+def intensities(n=12, seed=4):
+    """Images in intensity units [0, 1]: image 0 holds pixels at 0 and 1 (the clip must bite
+    there), the others lie inside (0.1, 0.9), so no clipping shortens their perturbation."""
+    rng = np.random.default_rng(seed)
+    unit = rng.uniform(0.1, 0.9, (n, 6, 6, 3)).astype(np.float32)
+    unit[0, 0, :2] = 1.0
+    unit[0, 1, :2] = 0.0
+    return unit
+
+
+def normalised(unit, normalization, mean_std):
+    from chestkd.data.pipeline import normalize     # the pipeline's own rule
+    return np.asarray(normalize(tf.constant(unit), normalization, mean_std), np.float32)
+
+
+def per_channel_std(normalization, mean_std):
+    """Model-input units per intensity unit, from the normalisation's definition."""
+    from chestkd.data.images import IMAGENET_STD
+    std = {"minus_one_one": 0.5, "zero_one": 1.0, "imagenet": IMAGENET_STD,
+           "mean_std": None if mean_std is None else mean_std[1]}[normalization]
+    return np.broadcast_to(np.asarray(std, np.float64), (3,))
+
+
+@pytest.mark.parametrize("normalization,mean_std", NORMALISATIONS)
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_attacks_perturb_by_epsilon_in_intensity_units_for_every_normalisation(
+        normalization, mean_std, attack, norm):
+    model = tiny_model(seed=1)
+    unit = intensities()
+    x = normalised(unit, normalization, mean_std)
+    _, y = batch(n=len(x))
+    options = dict(multi_label=True, norm=norm, normalization=normalization, mean_std=mean_std)
+
+    def run(epsilon):
+        if attack == "fgsm":
+            return fgsm(model, x, y, epsilon, **options)
+        return pgd(model, x, y, epsilon, steps=4, seed=3, **options)
+
+    # epsilon = 0: the clean images, bit for bit (no clean pixel is clipped)
+    np.testing.assert_array_equal(run(0.0), x)
+    epsilon = 0.03
+    adversarial = run(epsilon)
+    # back to intensity units with the normalisation's own std (float64)
+    delta = (adversarial.astype(np.float64) - x) * per_channel_std(normalization, mean_std)
+    adversarial_unit = unit + delta
+    assert adversarial_unit.min() >= -1e-6 and adversarial_unit.max() <= 1 + 1e-6
+    flat = delta.reshape(len(x), -1)
+    size = np.abs(flat).max(1) if norm == "linf" else np.sqrt((flat ** 2).sum(1))
+    assert size.max() <= epsilon * (1 + 1e-5)
+    if attack == "fgsm":
+        # images 1.. are never clipped: each moves by exactly epsilon
+        np.testing.assert_allclose(size[1:], epsilon, rtol=1e-4)
+        if norm == "linf":
+            np.testing.assert_allclose(np.abs(flat[1:]), epsilon, rtol=1e-4)
+    else:
+        assert size.max() > 0.5 * epsilon            # it moved
+    # image 0's pixels at 0 and 1 stay in range (the clip bites in intensity units)
+    assert adversarial_unit[0, 0, :2].max() <= 1 + 1e-6
+    assert adversarial_unit[0, 1, :2].min() >= -1e-6
+
+
+def test_fgsm_under_zero_one_is_the_reference_step_of_epsilon():
+    """zero_one: one intensity unit is one input unit, so FGSM moves by epsilon, not 2 epsilon."""
+    model = tiny_model(seed=1)
+    unit = intensities()
+    _, y = batch(n=len(unit))
+    xt = tf.constant(unit)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(attack_loss(y, model(xt, training=False), True))
+    expected = np.clip(unit + 0.02 * np.sign(tape.gradient(loss, xt).numpy()), 0, 1)
+    adversarial = fgsm(model, unit, y, 0.02, normalization="zero_one")
+    np.testing.assert_allclose(adversarial, expected, atol=1e-6)
+
+
+def test_unknown_normalisation_is_a_config_error():
+    model = tiny_model()
+    x, y = batch()
+    with pytest.raises(ConfigError, match="normalization"):
+        fgsm(model, x, y, 0.01, normalization="zscore")
+    with pytest.raises(ConfigError, match="mean_std"):
+        pgd(model, x, y, 0.01, normalization="mean_std")
+
+
+# ---------------------------------------------------- the command on a run (defects 2 and 6)
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A run folder as evaluation leaves it (config.yaml, model.keras, model_info.json with
+    validation thresholds) around an untrained model: the command needs no training."""
+    from chestkd.training.config import BASE_DEFAULTS, resolve_config, save_config
+    from chestkd.training.experiment import image_options, load_run_data
+    run_dir = tmp_path_factory.mktemp("run")
+    config = resolve_config(["--dataset", "phantom", "--image-size", "32", "phantom_size=32",
+                             "phantom_images=120", "--normalization", "imagenet"],
+                            BASE_DEFAULTS)
+    save_config({**config, "run_dir": str(run_dir)}, run_dir / "config.yaml")
+    data = load_run_data(config, run_dir)
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((32, 32, 3))
+    h = keras.layers.Conv2D(4, 5, strides=4, activation="tanh")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(data.num_classes)(h))
+    model.save(run_dir / "model.keras")
+    # thresholds far from 0.5, so decisions at 0.5 would differ
+    values = list(np.linspace(0.2, 0.8, data.num_classes))
+    import json
+    (run_dir / "model_info.json").write_text(json.dumps({"thresholds": {
+        "rule": "youden", "class_names": list(data.class_names), "values": values}}))
+    return run_dir, model, data, image_options(data, config), values
+
+
+def test_the_command_scores_at_the_runs_thresholds_and_its_normalisation(saved_run, tmp_path):
+    from chestkd.evaluation.classification import classification_report, report_summary
+    from chestkd.robustness.__main__ import run as robustness_run
+    from chestkd.robustness.tables import split_arrays
+    run_dir, model, data, options, values = saved_run
+    result = robustness_run([str(run_dir), "--epsilon", "0", "--steps", "1",
+                             "--out", str(tmp_path)])
+    assert result["thresholds"] == pytest.approx(values)
+    images, labels = split_arrays(data, **options)
+    logits = np.asarray(model.predict(images, verbose=0), np.float64)
+    report = classification_report(labels, 1 / (1 + np.exp(-logits)), data.class_names,
+                                   multi_label=True, thresholds=values)
+    expected = report_summary(report, multi_label=True)
+    for row in result["rows"]:
+        for key in ("precision", "recall", "f1"):
+            assert row[f"before_{key}"] == pytest.approx(expected[key], abs=1e-9)
+            # epsilon 0 under ImageNet normalisation: nothing clipped, nothing changes
+            assert row[f"after_{key}"] == pytest.approx(expected[key], abs=1e-9)
+        assert row["mean_auc_drop"] == pytest.approx(0.0, abs=1e-12)
+        assert row["normalization"] == "imagenet"
+
+
+def test_run_thresholds_name_the_file_when_missing_or_mismatched(tmp_path):
+    import json
+    from chestkd.robustness.tables import run_thresholds
+    assert run_thresholds(tmp_path, ["a", "b"], multi_label=False) is None
+    with pytest.raises(ConfigError, match="thresholds"):
+        run_thresholds(tmp_path, ["a", "b"], multi_label=True)
+    (tmp_path / "metrics.json").write_text(json.dumps(
+        {"thresholds": {"class_names": ["a", "b"], "values": [0.3, 0.6]}}))
+    assert run_thresholds(tmp_path, ["a", "b"], multi_label=True) == [0.3, 0.6]
+    with pytest.raises(ConfigError, match="metrics.json"):
+        run_thresholds(tmp_path, ["a", "c"], multi_label=True)

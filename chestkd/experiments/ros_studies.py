@@ -20,7 +20,7 @@ import pandas as pd
 
 from chestkd.experiments.ros import per_class_frame
 from chestkd.experiments.stages import Stages
-from chestkd.robustness.tables import robustness_table, split_arrays
+from chestkd.robustness.tables import robustness_table, run_thresholds, split_arrays
 from chestkd.training.experiment import image_options, load_model
 
 
@@ -48,13 +48,14 @@ def robustness_rows(experiment, rows) -> pd.DataFrame:
         if not stages.done("robustness"):
             data = experiment.data(row["noise"], row["seed"])
             variant = experiment.variant(row["noise"], row["seed"])
+            options = image_options(data, variant)
             images, labels = split_arrays(data, max_images=config.get("robustness_images"),
-                                          **image_options(data, variant))
-            metrics = json.loads((folder / "metrics.json").read_text())
-            thresholds = metrics.get("thresholds", {}).get("values") if data.multi_label \
-                else None
+                                          **options)
+            thresholds = run_thresholds(folder, data.class_names, multi_label=data.multi_label)
             table = robustness_table(load_model(folder / "model.keras"), images, labels,
                                      data.class_names, multi_label=data.multi_label,
+                                     normalization=options["normalization"],
+                                     mean_std=options["mean_std"],
                                      epsilon=float(config["epsilon"]),
                                      norm=config["attack_norm"], steps=int(config["pgd_steps"]),
                                      thresholds=thresholds, seed=int(row["seed"]))

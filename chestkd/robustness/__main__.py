@@ -4,9 +4,10 @@
         [--attacks fgsm,pgd] [--max-images N] [--out DIR]
 
 Reads ``RUN_DIR/config.yaml`` and ``RUN_DIR/model.keras``, attacks the run's test images
-(``epsilon`` in intensity units, 1.0 = the full 0-255 range; default RoS-KD's L2 radius
-1.28/255) and writes ``robustness.csv``, ``robustness.md`` and ``robustness.json`` (default
-into RUN_DIR).
+(``epsilon`` in intensity units, 1.0 = the full 0-255 range, whatever the run's input
+normalisation; default RoS-KD's L2 radius 1.28/255), scores multi-label decisions at the
+run's own validation thresholds (``model_info.json``) and writes ``robustness.csv``,
+``robustness.md`` and ``robustness.json`` (default into RUN_DIR).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from chestkd.errors import ConfigError
 from chestkd.evaluation import markdown_table
 from chestkd.io import atomic_write_json, atomic_write_text
 from chestkd.robustness.attacks import NORMS
-from chestkd.robustness.tables import ATTACKS, PAPER_EPSILON, robustness_table, split_arrays
+from chestkd.robustness.tables import (ATTACKS, PAPER_EPSILON, robustness_table,
+                                      run_thresholds, split_arrays)
 from chestkd.training.experiment import (finished_run, image_options, load_model,
                                          load_run_data)
 
@@ -48,16 +50,20 @@ def run(argv=None) -> dict:
     out = args.out or run_dir
     out.mkdir(parents=True, exist_ok=True)
     data = load_run_data(config, out)
-    images, labels = split_arrays(data, max_images=args.max_images,
-                                 **image_options(data, config))
+    thresholds = run_thresholds(run_dir, data.class_names, multi_label=data.multi_label)
+    options = image_options(data, config)
+    images, labels = split_arrays(data, max_images=args.max_images, **options)
     table = robustness_table(load_model(run_dir / "model.keras"), images, labels,
                              data.class_names, multi_label=data.multi_label,
-                             epsilon=args.epsilon, norm=args.norm, steps=args.steps,
-                             attacks=attacks, seed=int(config.get("seed", 0)))
+                             normalization=options["normalization"],
+                             mean_std=options["mean_std"], epsilon=args.epsilon,
+                             norm=args.norm, steps=args.steps, attacks=attacks,
+                             thresholds=thresholds, seed=int(config.get("seed", 0)))
     table.to_csv(out / "robustness.csv", index=False)
     text = f"# Robustness of {run_dir}\n\n{markdown_table(table)}\n"
     atomic_write_text(out / "robustness.md", text)
-    result = {"run_dir": str(run_dir), "rows": table.to_dict(orient="records")}
+    result = {"run_dir": str(run_dir), "thresholds": thresholds,
+              "rows": table.to_dict(orient="records")}
     atomic_write_json(out / "robustness.json", result)
     print(text)
     return result

@@ -1,11 +1,16 @@
 """Adversarial attacks on a classifier's inputs: FGSM (Goodfellow et al. 2015) and PGD
 (Madry et al. 2018), under the L-infinity or L2 norm.
 
-Units: ``epsilon`` is in INTENSITY units, 1.0 being the full 0-255 range, as papers quote it
-(RoS-KD's L2 radius is 1.28/255). chestkd models see inputs in [-1, 1] (the
-``minus_one_one`` normalisation), a range twice as wide, so a perturbation of ``epsilon``
-moves the model's inputs by ``scale * epsilon`` with ``scale = 2``; adversarial inputs are
-clipped to ``[-1, 1]``. Pass ``scale``/``clip`` for another normalisation.
+Units: ``epsilon`` is in INTENSITY units, 1.0 being the full 0-255 range of a pixel, as papers
+quote it (RoS-KD's L2 radius is 1.28/255), whatever the model's input normalisation. The
+attacks take the run's ``normalization`` (and ``mean_std``) and derive, per channel, how many
+model-input units one intensity unit is (``scale``: 2 for ``minus_one_one``, 1 for
+``zero_one``, ``1/std`` for ``imagenet`` and ``mean_std``) and the model-input values of
+intensities 0 and 1 (:func:`input_range`). The perturbation is built in intensity units (the
+L2 norm is taken there, so a channel-wise scale does not stretch the ball), moved into model
+units by ``scale``, and adversarial inputs are clipped to the valid range, widened where a
+clean input already lies beyond it by rounding, so a clean pixel is never clipped and
+``epsilon = 0`` returns the images unchanged.
 
 The attacked loss is the model's own training loss per image: the binary cross-entropy over
 the known findings for multi-label data (unknown -1 labels left out), the softmax
@@ -16,16 +21,59 @@ dropout) and none of its weights change.
 from __future__ import annotations
 
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
+from chestkd.data.images import IMAGENET_MEAN, IMAGENET_STD
+from chestkd.data.pipeline import NORMALIZATIONS
 from chestkd.errors import ConfigError
 from chestkd.training.losses import categorical_crossentropy_from_logits, \
     masked_binary_crossentropy
 
 NORMS = ("linf", "l2")
 _COMPILED = weakref.WeakKeyDictionary()   # model -> {multi_label: compiled gradient}
+
+
+class InputRange(NamedTuple):
+    """Per channel (C,): model-input units per intensity unit, and the model inputs of
+    intensities 0 (``low``) and 1 (``high``)."""
+    scale: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def input_range(normalization: str = "minus_one_one", mean_std=None,
+                channels: int = 3) -> InputRange:
+    """How the pipeline's ``normalization`` maps intensities in [0, 1] to model inputs
+    (:func:`chestkd.data.pipeline.normalize`: ``(x - mean) / std`` per channel)."""
+    if normalization == "minus_one_one":
+        mean, std = 0.5, 0.5
+    elif normalization == "zero_one":
+        mean, std = 0.0, 1.0
+    elif normalization == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif normalization == "mean_std":
+        if mean_std is None or len(mean_std) != 2:
+            raise ConfigError(f"normalization 'mean_std' needs mean_std=(mean, std), got "
+                              f"{mean_std!r}")
+        mean, std = mean_std
+    else:
+        raise ConfigError(f"normalization {normalization!r}: choose one of "
+                          f"{list(NORMALIZATIONS)}")
+    try:
+        mean = np.broadcast_to(np.asarray(mean, np.float64), (channels,))
+        std = np.broadcast_to(np.asarray(std, np.float64), (channels,))
+    except ValueError:
+        raise ConfigError(f"mean_std {mean_std!r}: one value or one per channel "
+                          f"({channels})") from None
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise ConfigError(f"{normalization}: mean {mean.tolist()} and std {std.tolist()} must "
+                          f"be finite, std > 0")
+    return InputRange(scale=(1.0 / std).astype(np.float32),
+                      low=((0.0 - mean) / std).astype(np.float32),
+                      high=((1.0 - mean) / std).astype(np.float32))
 
 
 def attack_loss(labels, logits, multi_label: bool):
@@ -94,43 +142,61 @@ def _batches(images, labels, batch_size):
                tf.constant(labels[start:start + batch_size]))
 
 
-def fgsm(model, images, labels, epsilon, *, multi_label=True, norm="linf", scale=2.0,
-         clip=(-1.0, 1.0), batch_size=64) -> np.ndarray:
-    """Fast gradient sign method: ``clip(x + scale*epsilon * sign(grad_x loss))``.
+def _ranges(images, normalization, mean_std):
+    """(scale, low, high) as float32 tensors over the channel axis of ``images``."""
+    channels = int(np.shape(images)[-1]) if np.ndim(images) else 1
+    bounds = input_range(normalization, mean_std, channels)
+    return tuple(tf.constant(v) for v in bounds)
 
-    With ``norm="l2"`` it is the fast gradient method, the step
-    ``scale*epsilon * g / ||g||_2`` per image. Returns float32 adversarial images.
+
+def _clip(adversarial, x, low, high):
+    """Clip to the valid input range, widened to hold the clean input ``x`` (a clean pixel
+    that rounding put just beyond the range stays as it is)."""
+    return tf.clip_by_value(adversarial, tf.minimum(low, x), tf.maximum(high, x))
+
+
+def fgsm(model, images, labels, epsilon, *, multi_label=True, norm="linf",
+         normalization="minus_one_one", mean_std=None, batch_size=64) -> np.ndarray:
+    """Fast gradient sign method: ``x + scale * epsilon * sign(grad_x loss)``, clipped to the
+    valid range (module docstring: ``scale`` and the range come from ``normalization``).
+
+    With ``norm="l2"`` it is the fast gradient method: the step of L2 norm ``epsilon`` in
+    intensity units along the gradient with respect to the intensities,
+    ``scale * grad_x``. Returns float32 adversarial images.
     """
     _check(epsilon, norm)
     gradient_of = loss_and_gradient(model, bool(multi_label))
-    radius = float(scale) * float(epsilon)
+    scale, low, high = _ranges(images, normalization, mean_std)
     out = []
     for x, y in _batches(images, labels, batch_size):
         _, gradient = gradient_of(x, y)
-        out.append(tf.clip_by_value(x + radius * _step_direction(gradient, norm), *clip))
+        # d loss / d intensity = scale * d loss / d input (chain rule, per channel)
+        step = float(epsilon) * _step_direction(gradient * scale, norm)
+        out.append(_clip(x + scale * step, x, low, high))
     return np.concatenate([o.numpy() for o in out]) if out else np.asarray(images, np.float32)
 
 
 def pgd(model, images, labels, epsilon, steps=10, step_size=None, norm="linf",
-        random_start=True, seed=0, *, multi_label=True, scale=2.0, clip=(-1.0, 1.0),
-        batch_size=64) -> np.ndarray:
+        random_start=True, seed=0, *, multi_label=True, normalization="minus_one_one",
+        mean_std=None, batch_size=64) -> np.ndarray:
     """Projected gradient descent (ascent on the loss) inside the ``epsilon`` ball.
 
-    Each step moves ``step_size`` (intensity units; default ``2.5 * epsilon / steps``,
-    Madry et al.) along the gradient's sign (linf) or unit L2 direction, projects back onto
-    the ball around the input and clips to ``clip``. ``random_start`` begins at a uniform point
-    of the linf ball, or of the L2 ball (uniform direction, uniform radius), seeded by
-    ``seed``. Per image the iterate with the HIGHEST loss is returned (the starting point
-    included), so without a random start and with ``step_size >= epsilon`` (linf) the result
-    never has a lower loss than FGSM's. Returns float32 adversarial images.
+    The perturbation lives in intensity units (``epsilon`` ball, linf or L2, there). Each
+    step moves ``step_size`` (intensity units; default ``2.5 * epsilon / steps``, Madry et
+    al.) along the sign (linf) or unit L2 direction of the gradient with respect to the
+    intensities, projects back onto the ball around the input and clips to the valid range
+    (module docstring). ``random_start`` begins at a uniform point of the linf ball, or of the
+    L2 ball (uniform direction, uniform radius), seeded by ``seed``. Per image the iterate
+    with the HIGHEST loss is returned (the starting point included), so without a random
+    start and with ``step_size >= epsilon`` (linf) the result never has a lower loss than
+    FGSM's. Returns float32 adversarial images.
     """
     _check(epsilon, norm, steps)
     gradient_of = loss_and_gradient(model, bool(multi_label))
-    radius = float(scale) * float(epsilon)
-    step = float(scale) * (2.5 * float(epsilon) / steps if step_size is None else
-                           float(step_size))
+    scale, low, high = _ranges(images, normalization, mean_std)
+    radius = float(epsilon)
+    step = 2.5 * radius / steps if step_size is None else float(step_size)
     generator = tf.random.Generator.from_seed(int(seed))
-    low, high = clip
     out = []
     for x, y in _batches(images, labels, batch_size):
         if random_start and radius > 0:
@@ -141,7 +207,7 @@ def pgd(model, images, labels, epsilon, steps=10, step_size=None, norm="linf",
                 lengths = generator.uniform((x.shape[0],) + (1,) * (x.shape.rank - 1), 0,
                                             radius)
                 delta = direction * lengths
-            adversarial = tf.clip_by_value(x + delta, low, high)
+            adversarial = _clip(x + scale * delta, x, low, high)
         else:
             adversarial = x
         best, best_loss = adversarial, None
@@ -157,7 +223,8 @@ def pgd(model, images, labels, epsilon, steps=10, step_size=None, norm="linf",
                 best_loss = tf.maximum(loss, best_loss)
             if index == steps:
                 break
-            moved = adversarial + step * _step_direction(gradient, norm)
-            adversarial = tf.clip_by_value(x + _project(moved - x, radius, norm), low, high)
+            # The current perturbation in intensity units, one step further, projected.
+            moved = (adversarial - x) / scale + step * _step_direction(gradient * scale, norm)
+            adversarial = _clip(x + scale * _project(moved, radius, norm), x, low, high)
         out.append(best)
     return np.concatenate([o.numpy() for o in out]) if out else np.asarray(images, np.float32)

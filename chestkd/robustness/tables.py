@@ -2,10 +2,16 @@
 
 For each attack the table holds macro precision, recall and F1
 (:func:`chestkd.evaluation.classification.classification_report`: arg-max for exclusive
-classes, probability >= 0.5 per finding for multi-label data) and the exact mean AUC, on the
-clean inputs and on the adversarial ones, with the drop between them.
+classes; for multi-label data each finding at the run's own decision threshold, chosen on its
+validation split and recorded in ``model_info.json`` — :func:`run_thresholds`) and the exact
+mean AUC, on the clean inputs and on the adversarial ones, with the drop between them. The
+attacks work in intensity units whatever the run's input normalisation
+(:mod:`chestkd.robustness.attacks`).
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,32 +42,67 @@ def scores(model, images, labels, class_names, *, multi_label: bool, thresholds=
             "f1": summary["f1"], "mean_auc": exact_mean_auc(labels, logits, multi_label)}
 
 
+def run_thresholds(run_dir, class_names, *, multi_label: bool):
+    """The decision thresholds a run chose on its validation split (``model_info.json``,
+    else ``metrics.json``), one per class of ``class_names``; None for exclusive classes
+    (the decision is the arg-max). A ConfigError names the file when they are missing."""
+    if not multi_label:
+        return None
+    run_dir = Path(run_dir)
+    for name in ("model_info.json", "metrics.json"):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        thresholds = json.loads(path.read_text()).get("thresholds") or {}
+        values = thresholds.get("values")
+        if values is None:
+            continue
+        names = thresholds.get("class_names", list(class_names))
+        if list(names) != list(class_names) or len(values) != len(class_names):
+            raise ConfigError(f"{path}: thresholds for classes {list(names)}, the data has "
+                              f"{list(class_names)}")
+        return [float(v) for v in values]
+    raise ConfigError(f"{run_dir}: no decision thresholds (model_info.json or metrics.json "
+                      f"'thresholds'); evaluate the run first so they are chosen on its "
+                      f"validation split")
+
+
 def adversarial_images(model, images, labels, attack: str, *, epsilon: float, norm: str,
-                       steps: int = 10, multi_label: bool = True, seed: int = 0):
+                       normalization: str, mean_std=None, steps: int = 10,
+                       multi_label: bool = True, seed: int = 0):
+    """``attack`` (fgsm | pgd) on ``images`` normalised by ``normalization``."""
+    common = dict(multi_label=multi_label, norm=norm, normalization=normalization,
+                  mean_std=mean_std)
     if attack == "fgsm":
-        return fgsm(model, images, labels, epsilon, multi_label=multi_label, norm=norm)
+        return fgsm(model, images, labels, epsilon, **common)
     if attack == "pgd":
-        return pgd(model, images, labels, epsilon, steps=steps, norm=norm, seed=seed,
-                   multi_label=multi_label)
+        return pgd(model, images, labels, epsilon, steps=steps, seed=seed, **common)
     raise ConfigError(f"--attacks {attack!r}: choose from {list(ATTACKS)}")
 
 
 def robustness_table(model, images, labels, class_names, *, multi_label: bool,
-                     epsilon: float = PAPER_EPSILON, norm: str = "l2", steps: int = 10,
-                     attacks=ATTACKS, thresholds=None, seed: int = 0) -> pd.DataFrame:
+                     normalization: str, mean_std=None, epsilon: float = PAPER_EPSILON,
+                     norm: str = "l2", steps: int = 10, attacks=ATTACKS, thresholds=None,
+                     seed: int = 0) -> pd.DataFrame:
     """One row per attack: ``before_*`` and ``after_*`` scores (:data:`SCORES`) and the drop
-    ``*_drop = before - after``, with the attack's settings."""
+    ``*_drop = before - after``, with the attack's settings.
+
+    ``normalization`` (and ``mean_std``) must be the images' own (the run's image options): it
+    sets the size of ``epsilon`` in model inputs and the valid range. ``thresholds``: the
+    per-class decision thresholds of multi-label data (None: 0.5)."""
     before = scores(model, images, labels, class_names, multi_label=multi_label,
                     thresholds=thresholds)
     rows = []
     for attack in attacks:
         attacked = adversarial_images(model, images, labels, attack, epsilon=epsilon,
-                                      norm=norm, steps=steps, multi_label=multi_label,
-                                      seed=seed)
+                                      norm=norm, normalization=normalization,
+                                      mean_std=mean_std, steps=steps,
+                                      multi_label=multi_label, seed=seed)
         after = scores(model, attacked, labels, class_names, multi_label=multi_label,
                        thresholds=thresholds)
         row = {"attack": attack, "norm": norm, "epsilon": float(epsilon),
-               "steps": int(steps) if attack == "pgd" else 1, "images": len(images)}
+               "steps": int(steps) if attack == "pgd" else 1, "images": len(images),
+               "normalization": normalization}
         for key in SCORES:
             row[f"before_{key}"] = before[key]
             row[f"after_{key}"] = after[key]
