@@ -1,5 +1,7 @@
-"""The callbacks of a run: wall time, the exact validation AUC, the best-student checkpoint,
-epoch snapshots and RoS-KD's weight averaging (:class:`WeightAveraging`).
+"""The callbacks of a run: wall time, the schedule's expected time, a stop at the first
+non-finite loss or logits (:class:`StopOnDivergence`), the exact validation AUC, the
+best-student checkpoint, epoch snapshots and RoS-KD's weight averaging
+(:class:`WeightAveraging`).
 
 Order matters: callbacks share one ``logs`` dict per epoch and run in list order, so
 :class:`ExactValidationAUC` must come before every callback that reads ``val_auc``
@@ -17,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from chestkd.errors import ConfigError
+from chestkd.errors import ChestKDError, ConfigError
 from chestkd.io import atomic_write
 from chestkd.training.losses import exact_mean_auc
 from chestkd.training.run import save_model_atomically, write_json
@@ -26,6 +28,80 @@ from chestkd.training.run import save_model_atomically, write_json
 def student_of(model):
     """The model to save and evaluate: a Distiller's student, else the model itself."""
     return getattr(model, "student", model)
+
+
+def current_learning_rate(model) -> float | None:
+    """The learning rate of the optimizer's last step (a schedule evaluated at that step)."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    try:
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            # optimizer.learning_rate is the NEXT step's rate: the iteration count has moved on
+            step = max(int(np.asarray(optimizer.iterations)) - 1, 0)
+            return float(np.asarray(schedule(step)))
+        return float(np.asarray(optimizer.learning_rate))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+class TrainingDiverged(ChestKDError):
+    """The training loss or the model's logits became NaN or infinite during a fit.
+
+    A user-facing error (exit status 2): the remedy is a setting (the learning rate, the
+    optimizer), not a bug. ``record`` holds epoch, step, learning rate and what went
+    non-finite, for ``diverged.json``.
+    """
+
+    def __init__(self, *, what: str, epoch: int, epochs: int | None, step: int | None,
+                 steps: int | None, learning_rate: float | None):
+        self.record = {"what": what, "epoch": epoch, "epochs": epochs, "step": step,
+                       "steps": steps, "learning_rate": learning_rate}
+        where = f"epoch {epoch}" + (f" of {epochs}" if epochs else "")
+        if step is not None:
+            where += f", step {step}" + (f" of {steps}" if steps else "")
+        else:
+            where += ", validation pass"
+        rate = "an unknown learning rate" if learning_rate is None \
+            else f"learning rate {learning_rate:g}"
+        lower = "" if learning_rate is None else f" (e.g. --learning-rate {learning_rate / 10:g})"
+        super().__init__(
+            f"training diverged at {where} ({rate}): {what}. Lower the learning rate"
+            f"{lower}, or use --optimizer adam --learning-rate 0.001; deep models at a small "
+            f"image size or batch diverge more easily with SGD at the papers' 0.1")
+        self.run_dir = None
+
+    def __str__(self):
+        text = super().__str__()
+        if self.run_dir is not None:
+            text += f". What the run wrote so far is kept in {self.run_dir}"
+        return text
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Raise :class:`TrainingDiverged` at the first step whose training loss is NaN or
+    infinite, naming the epoch, the step and the learning rate.
+
+    Unlike ``keras.callbacks.TerminateOnNaN`` it stops at once: the epoch is not finished,
+    so no callback evaluates, checkpoints or backs up the non-finite weights, and what the
+    run wrote before (the best checkpoint, the history, the backup of the last whole epoch)
+    stays as it was. Place it first: every callback after it sees finite logs only.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        value = (logs or {}).get("loss")
+        if value is None:
+            return
+        value = float(np.asarray(value))
+        if not np.isfinite(value):
+            raise TrainingDiverged(
+                what=f"the training loss is {value}", epoch=getattr(self, "_epoch", 0) + 1,
+                epochs=self.params.get("epochs"), step=batch + 1,
+                steps=self.params.get("steps"), learning_rate=current_learning_rate(self.model))
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -160,6 +236,13 @@ class ExactValidationAUC(keras.callbacks.Callback):
         if logs is None:
             return
         labels, logits = self.predict()
+        if not np.isfinite(logits).all():
+            bad = int(np.sum(~np.isfinite(logits).all(axis=-1)))
+            raise TrainingDiverged(
+                what=f"the model's validation logits are NaN or infinite for {bad} of "
+                     f"{len(logits)} images", epoch=epoch + 1, epochs=self.params.get("epochs"),
+                step=None, steps=self.params.get("steps"),
+                learning_rate=current_learning_rate(self.model))
         if self.key == "val_auc" and "val_auc" in logs and "val_auc_approx" not in logs:
             logs["val_auc_approx"] = logs["val_auc"]
         logs[self.key] = exact_mean_auc(labels, logits, self.multi_label)

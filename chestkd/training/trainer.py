@@ -21,14 +21,16 @@ import tensorflow as tf
 
 from chestkd.errors import ConfigError
 from chestkd.training.callbacks import (EpochSnapshot, EpochTimer, ExactValidationAUC,
-                                        StudentCheckpoint, WeightAveraging, student_of)
+                                        StopOnDivergence, StudentCheckpoint, TrainingDiverged,
+                                        WeightAveraging, student_of)
 from chestkd.training.distribute import distribution_strategy  # noqa: F401
 from chestkd.training.optimizers import CoupledAdam, CoupledSGD
+from chestkd.training.run import write_json
 
 __all__ = ["MONITOR", "WEIGHT_DECAY_MODES", "EpochSnapshot", "EpochTimer", "ExactValidationAUC",
-           "StudentCheckpoint", "WeightAveraging", "distribution_strategy", "fit", "make_optimizer",
-           "make_schedule", "resolve_jit_compile", "resolve_verbose", "weight_decay_mode",
-           "xla_fallback_reason"]
+           "StopOnDivergence", "StudentCheckpoint", "TrainingDiverged", "WeightAveraging",
+           "distribution_strategy", "fit", "make_optimizer", "make_schedule",
+           "resolve_jit_compile", "resolve_verbose", "weight_decay_mode", "xla_fallback_reason"]
 
 MONITOR = "val_auc"
 
@@ -236,7 +238,8 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
     run_dir.mkdir(parents=True, exist_ok=True)
     epochs = int(config["epochs"] if epochs is None else epochs)
     averaging = weight_averaging
-    callbacks = []
+    # First, so that no callback after it sees (or saves) a non-finite step.
+    callbacks = [StopOnDivergence()]
     jit = bool(config.get("_jit_compile_resolved", getattr(model, "jit_compile", False)))
     if averaging is not None:
         # The raw student's AUC first, then the average goes in for the exact val_auc and the
@@ -261,7 +264,6 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
                                          delete_checkpoint=not keep_backup),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
-        keras.callbacks.TerminateOnNaN(),
     ]
     if snapshot_epochs:
         callbacks.append(EpochSnapshot(run_dir / "snapshots", snapshot_epochs))
@@ -269,6 +271,17 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
     if config.get("schedule") == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(MONITOR, mode="max", factor=0.1,
                                                            patience=5))
-    # shuffle=False: the tf.data pipeline already shuffles, seeded.
-    return model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-                     verbose=resolve_verbose(verbose), shuffle=False)
+    diverged = run_dir / "diverged.json"
+    try:
+        # shuffle=False: the tf.data pipeline already shuffles, seeded.
+        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                            callbacks=callbacks, verbose=resolve_verbose(verbose),
+                            shuffle=False)
+    except TrainingDiverged as error:
+        # The run folder keeps its checkpoint, history and backup; diverged.json says why it
+        # stopped, for a person or a table runner reading the folder later.
+        error.run_dir = run_dir
+        write_json({**error.record, "message": str(error)}, diverged)
+        raise
+    diverged.unlink(missing_ok=True)  # a resumed run that got through
+    return history
