@@ -10,9 +10,10 @@ from keras import layers  # noqa: E402
 from scipy import ndimage, stats  # noqa: E402
 
 from saliency_models import SIZE, flat_and_nested_models  # noqa: E402
-from chestkd.saliency import saliency_map  # noqa: E402
-from chestkd.saliency.sanity import (cascade_steps, label_randomisation,  # noqa: E402
-                                     parameter_randomisation, spearman, ssim, weighted_layers)
+from chestkd.saliency import METHODS, saliency_map  # noqa: E402
+from chestkd.saliency.sanity import (abs_maps, cascade_steps, label_randomisation,  # noqa: E402
+                                     model_copy, parameter_randomisation, reinitialised_clone,
+                                     spearman, ssim, weighted_layers)
 
 
 def test_spearman_matches_scipy_with_ties():
@@ -72,8 +73,7 @@ def test_randomising_the_top_layer_changes_the_gradient_map_on_a_copy():
     # weights: after the full cascade its map is that of a freshly initialised model.
     again = parameter_randomisation(model, images, 1, "vanilla", seed=0)
     assert again[0]["spearman"] == pytest.approx(entries[0]["spearman"])
-    keras.utils.set_random_seed(0)
-    fresh = keras.models.clone_model(model)
+    fresh = reinitialised_clone(model, seed=0)
     np.testing.assert_allclose(entries[-1]["maps"], np.abs(saliency_map(
         fresh, images, 1, "vanilla", raw=True)).max(axis=-1), rtol=1e-5, atol=1e-7)
 
@@ -107,3 +107,56 @@ def test_label_randomisation_on_a_learnable_task():
     # The model that learnt the finding looks at the bright corner; the shuffled one need not.
     real = results["gradcam"]["maps"]["real"]
     assert real[:, 1:7, 1:7].mean() > real[:, 9:, 9:].mean()
+
+
+# --- The cascade must reach every method's graph (issue 15, defect 1) -----------------------
+# Tiny options so each method is cheap; the seeded ones draw the same noise on every call.
+CASCADE_OPTIONS = {"smoothgrad": {"samples": 2, "seed": 0},
+                   "smoothgrad_ig": {"samples": 2, "steps": 2, "seed": 0},
+                   "integrated_gradients": {"steps": 3}, "scorecam": {"max_maps": 4}}
+
+
+def fused_or_unfused_model(fused: bool):
+    """The issue's model: two ReLU convolutions, global pooling, Dense(5) logits; built right
+    after ``set_random_seed(0)``, as chestkd's training builds its models."""
+    keras.utils.set_random_seed(0)
+    if fused:
+        convs = [layers.Conv2D(8, 3, activation="relu"), layers.Conv2D(8, 3, activation="relu")]
+    else:
+        convs = [layers.Conv2D(8, 3), layers.ReLU(), layers.Conv2D(8, 3), layers.ReLU()]
+    return keras.Sequential([keras.Input((32, 32, 3)), *convs,
+                             layers.GlobalAveragePooling2D(), layers.Dense(5)])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "separate_relu"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_cascade_maps_are_those_of_a_reinitialised_clone(method, fused):
+    model = fused_or_unfused_model(fused)
+    images = np.random.default_rng(5).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    options = CASCADE_OPTIONS.get(method, {})
+    donor = reinitialised_clone(model, seed=11)
+    entries = parameter_randomisation(model, images, 1, method, reinitialised=donor,
+                                      keep_maps=True, **options)
+    assert [e["layers_randomised"] for e in entries] == [1, 2, 3]
+    for entry in entries:
+        # Expected: a freshly built method on a copy whose top layers hold the donor's weights.
+        expected_model = model_copy(model)
+        for layer, new in list(zip(weighted_layers(expected_model),
+                                   weighted_layers(donor)))[::-1][:entry["layers_randomised"]]:
+            layer.set_weights(new.get_weights())
+        expected = abs_maps(expected_model, images, 1, method, options)
+        np.testing.assert_allclose(entry["maps"], expected, rtol=1e-4, atol=1e-6 * (
+            np.abs(expected).max() + 1e-12), err_msg=f"step {entry['step']}")
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "separate_relu"])
+def test_default_reinitialisation_differs_from_the_training_initialisation(fused):
+    # The issue's report: a model built after set_random_seed(0) and the default seed 0 gave
+    # Spearman 1.0 at every step: the "re-initialised" weights were the model's own.
+    model = fused_or_unfused_model(fused)
+    images = np.random.default_rng(6).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    entries = parameter_randomisation(model, images, 1, "vanilla")
+    assert entries[0]["spearman"] < 0.9
+    donor = reinitialised_clone(model, seed=0)
+    for layer, new in zip(weighted_layers(model), weighted_layers(donor)):
+        assert not np.allclose(layer.get_weights()[0], new.get_weights()[0])

@@ -149,13 +149,36 @@ def flatten_model(model: keras.Model,
     return FlatGraph(inputs=inputs, output=output, calls=calls)
 
 
+class PreActivation(keras.layers.Layer):
+    """``layer`` called with its fused ``activation=`` switched off, on ``layer``'s own variables.
+
+    A copy of the layer would do the same arithmetic today and go stale tomorrow: the sanity
+    check's cascade re-initialises the model's layers after a method was built, and a copy
+    would keep differentiating the trained weights (issue 15). This wrapper holds no weights
+    of its own; each call (symbolic, traced or eager) runs the wrapped layer with its
+    activation set to the identity for the duration of that call.
+    """
+
+    def __init__(self, layer, **kwargs):
+        kwargs.setdefault("name", f"{layer.name}_preactivation")
+        super().__init__(dtype=layer.dtype_policy, **kwargs)
+        self.wrapped = layer
+
+    def call(self, inputs):
+        activation = self.wrapped.activation
+        self.wrapped.activation = keras.activations.linear
+        try:
+            return self.wrapped(inputs)
+        finally:
+            self.wrapped.activation = activation
+
+    def compute_output_shape(self, input_shape):
+        return self.wrapped.compute_output_shape(input_shape)
+
+
 def linear_twin(layer, tensor):
-    """Call a copy of ``layer`` without its activation on ``tensor`` (weights copied)."""
-    config = dict(layer.get_config(), activation="linear", name=f"{layer.name}_preactivation")
-    twin = layer.__class__.from_config(config)
-    output = twin(tensor)
-    twin.set_weights(layer.get_weights())
-    return output
+    """``layer`` without its activation, called on ``tensor``; shares the layer's variables."""
+    return PreActivation(layer)(tensor)
 
 
 def logits_graph(model: keras.Model, substitute: Callable | None = None) -> FlatGraph:

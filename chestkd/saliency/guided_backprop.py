@@ -12,8 +12,9 @@ tf-keras-vis's ``GuidedBackpropagation`` modifier only swaps ``layer.activation`
 from standalone ``ReLU``/``ReLU(6)``/``Activation("relu")`` layers (MobileNetV2, DenseNet-121)
 silently keep the vanilla gradient. Here the model's flat graph is rebuilt with every
 rectifier replaced: standalone rectifier layers by :class:`GuidedReLU`, and layers with a
-fused ``activation="relu"`` by a linear copy of the layer (same weights) followed by a
-:class:`GuidedReLU`.
+fused ``activation="relu"`` by the same layer called without its activation
+(:class:`~chestkd.saliency.graph.PreActivation`, which reads the layer's own variables, so
+re-initialising the model reaches the guided graph) followed by a :class:`GuidedReLU`.
 """
 from __future__ import annotations
 

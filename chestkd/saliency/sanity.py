@@ -7,7 +7,8 @@ A map that explains a model must change when the model does. Two checks:
   classifier) down, one more layer per step, and compares each step's map with the trained
   model's: Spearman rank correlation of ``|map|`` and SSIM of the ``|map|`` scaled to [0, 1]
   (99th percentile). Re-initialisation uses each layer's own initialisers (a fresh
-  ``keras.models.clone_model``), and everything happens on a copy: the caller's model keeps
+  ``keras.models.clone_model``, drawn from a seed stream of its own: see
+  :func:`reinitialised_clone`), and everything happens on a copy: the caller's model keeps
   its weights. A method whose maps stay similar when the weights are random is not explaining
   the model; guided backpropagation is the known failure (it reconstructs edges whatever the
   weights are).
@@ -30,7 +31,6 @@ import numpy as np
 from chestkd.errors import ConfigError
 from chestkd.saliency import METHODS, saliency_method
 from chestkd.saliency.display import gaussian_kernel, percentile_normalise, signed_to_display
-from chestkd.saliency.graph import ends_in_probability
 
 FAIL_SPEARMAN = 0.9
 SSIM_SIGMA, SSIM_K1, SSIM_K2 = 1.5, 0.01, 0.03     # Wang et al. 2004
@@ -93,6 +93,30 @@ def model_copy(model):
     return clone
 
 
+# Mixed into the cascade's seed: see reinitialised_clone.
+REINITIALISATION_STREAM = 0x5A4E17
+
+
+def reinitialisation_seed(seed: int) -> int:
+    """The global seed the cascade's re-initialisation is drawn with, derived from ``seed``."""
+    return int(np.random.SeedSequence([int(seed), REINITIALISATION_STREAM]).generate_state(1)[0])
+
+
+def reinitialised_clone(model, seed: int = 0):
+    """A model of ``model``'s architecture whose every layer is freshly drawn from its own
+    initialisers (``keras.models.clone_model``).
+
+    The draw is seeded with :func:`reinitialisation_seed` (``seed`` mixed with a constant of
+    this module), not with ``seed`` itself: chestkd's training builds its model right after
+    ``keras.utils.set_random_seed(seed)``, and a clone drawn after the same call repeats that
+    model's initial weights exactly, so the "randomised" layers would be the trained model's
+    own starting point — nothing would be randomised in an untrained model, and the maps of a
+    trained one would stay close to the trained maps wherever training moved the weights little.
+    """
+    keras.utils.set_random_seed(reinitialisation_seed(seed))
+    return keras.models.clone_model(model)
+
+
 def weighted_layers(model) -> list:
     """Leaf layers that hold weights, in graph order (nested models are entered)."""
     found = []
@@ -145,15 +169,19 @@ def compare_maps(reference: np.ndarray, other: np.ndarray) -> dict:
 
 def parameter_randomisation(model, images, class_index, method: str, *, seed: int = 0,
                             max_steps: int | None = None, keep_maps: bool = False,
-                            **options) -> list[dict]:
+                            reinitialised=None, **options) -> list[dict]:
     """Cascading randomisation from the top layer down, on a copy of ``model``.
 
     Args:
         model: the trained keras.Model (left unchanged).
         images: (N, H, W, C) model inputs; class_index: int or one per image.
         method: a saliency method name; ``**options``: its options (samples, steps, ...).
-        seed: seed of the re-initialisation (``keras.utils.set_random_seed``: this also seeds
-            Python's, NumPy's and TensorFlow's global generators).
+        seed: seed of the re-initialisation (through :func:`reinitialisation_seed`, so it
+            never repeats the initialisation of a model built after
+            ``keras.utils.set_random_seed(seed)``; this also seeds Python's, NumPy's and
+            TensorFlow's global generators).
+        reinitialised: a model of the same architecture whose weights are the re-initialised
+            values to use (default: :func:`reinitialised_clone` of ``model`` with ``seed``).
         max_steps: at most this many cascade steps (see :func:`cascade_steps`).
         keep_maps: also return each step's ``|map|`` under ``maps`` (and step 0's in entry 0's
             ``reference``).
@@ -167,15 +195,15 @@ def parameter_randomisation(model, images, class_index, method: str, *, seed: in
         raise ConfigError(f"unknown saliency method {method!r}; choose one of {list(METHODS)}")
     images = np.asarray(images, np.float32)
     working = model_copy(model)
-    keras.utils.set_random_seed(int(seed))
-    fresh = keras.models.clone_model(model)          # each layer's own initialisers
+    fresh = reinitialised if reinitialised is not None else reinitialised_clone(model, seed)
     top_down = weighted_layers(working)[::-1]
     fresh_top_down = weighted_layers(fresh)[::-1]
     build, call = _split_options(method, options)
     built = saliency_method(working, method, **build)
-    # The method's graph calls the working model's own layers, so new weights reach it without
-    # re-tracing; a stripped final sigmoid/softmax is a copied twin layer: rebuild then.
-    rebuild = ends_in_probability(working) is not None
+    # The method's graph calls the working model's own layers (fused activations through
+    # graph.PreActivation), so new weights reach it without re-tracing. Should a method's graph
+    # ever hold a variable of its own (a copied layer), rebuild it at every step instead.
+    rebuild = not reads_only_model_variables(built, working)
     reference = built_abs_maps(built, method, images, class_index, call)
     entries = []
     done = 0
@@ -194,6 +222,12 @@ def parameter_randomisation(model, images, class_index, method: str, *, seed: in
                 entry["reference"] = reference
         entries.append(entry)
     return entries
+
+
+def reads_only_model_variables(built, model) -> bool:
+    """True when every variable of ``built``'s graph is one of ``model``'s own variables."""
+    own = {id(v) for v in model.weights}
+    return all(id(v) in own for v in built.logits_model.weights)
 
 
 def top_half_spearman(entries: list[dict]) -> float:
