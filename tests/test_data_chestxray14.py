@@ -20,6 +20,7 @@ from chestkd.data.__main__ import main
 from chestkd.data.chestxray14 import load_chestxray14
 from chestkd.data.dataset import Dataset
 from chestkd.data.describe import describe
+from chestkd.data.presence import ABSENT_EXCLUDED, ABSENT_REASON
 from chestkd.errors import ConfigError, DataError
 
 FIXTURE = Path(__file__).parent / "data" / "chestxray14"
@@ -176,11 +177,18 @@ def test_zero_validation_makes_an_empty_split_that_subset_rejects():
         load_chestxray14(FIXTURE, val_fraction=1.0)
 
 
-def test_official_split_without_lists_suggests_the_patient_split(copy_dir):
+def test_official_split_without_lists_suggests_the_patient_split(copy_dir, capsys):
     (copy_dir / "test_list.txt").unlink()
     with pytest.raises(DataError, match="test_list.txt.*missing.*split='patient'"):
-        load_chestxray14(copy_dir)
-    assert len(load_chestxray14(copy_dir, split="patient")) == 123
+        load_chestxray14(copy_dir, split="official")
+    patient = load_chestxray14(copy_dir, split="patient")
+    assert len(patient) == 123
+    # no split asked for: the patient split, said in one line (the official one with lists)
+    default = load_chestxray14(copy_dir)
+    assert "test_list.txt" in capsys.readouterr().out
+    np.testing.assert_array_equal(default.split, patient.split)
+    np.testing.assert_array_equal(load_chestxray14(FIXTURE).split,
+                                  load_chestxray14(FIXTURE, split="official").split)
 
 
 def test_patient_in_both_lists_is_named(copy_dir):
@@ -291,14 +299,18 @@ def test_check_and_skip_bad_images(copy_dir):
     data = open(folder / names[8], "rb").read()
     (folder / names[8]).write_bytes(data[:-12])                            # truncated PNG
     (folder / names[9]).unlink()                                           # missing
-    with pytest.raises(DataError, match=f"{names[7]}: empty file"):
+    # the absent file first, counted and named, before any image is opened
+    with pytest.raises(DataError, match=f"122 of the 123 images listed in .* are on disk and 1 "
+                                        f"is absent \\(e.g. {names[9]};"):
         load_chestxray14(copy_dir, check_images=True, workers=2)
+    with pytest.raises(DataError, match=f"{names[7]}: empty file"):
+        load_chestxray14(copy_dir, check_images=True, workers=2, images="present")
     reference = load_chestxray14(copy_dir)
     kept = load_chestxray14(copy_dir, skip_bad_images=True, workers=2)
     assert len(kept) == len(rows) - 3
     assert sorted(Path(p).name for p in kept.skipped["path"]) == sorted(names[7:10])
     reasons = dict(zip((Path(p).name for p in kept.skipped["path"]), kept.skipped["reason"]))
-    assert reasons[names[7]] == "empty file" and reasons[names[9]] == "missing file"
+    assert reasons[names[7]] == "empty file" and reasons[names[9]] == ABSENT_REASON
     assert reasons[names[8]].startswith("truncated PNG")
     # skipping never moves a kept image to another split
     split_of = dict(zip(reference.meta["image"], reference.split))

@@ -14,6 +14,7 @@ import pytest
 from chestkd.data import load_dataset
 from chestkd.data.chexpert import load_chexpert
 from chestkd.data.describe import describe
+from chestkd.data.presence import ABSENT_REASON
 from chestkd.errors import ConfigError, DataError
 
 FIXTURE = Path(__file__).parent / "data" / "chexpert" / "CheXpert-v1.0-small"
@@ -172,10 +173,16 @@ def test_skip_bad_images_lists_missing_and_broken_files(copy_dir, tmp_path):
     assert len(kept) == len(full) - 3
     reasons = dict(zip(kept.skipped["path"], kept.skipped["reason"]))
     assert set(reasons) == {full.paths[0], full.paths[-2], full.paths[-1]}
-    assert reasons[full.paths[-1]] == "missing file"
+    assert reasons[full.paths[-1]] == reasons[full.paths[-2]] == ABSENT_REASON
     assert reasons[full.paths[0]].startswith("truncated JPEG")
-    with pytest.raises(DataError, match="truncated JPEG"):
+    # absent files come first, counted, before any image is decoded
+    with pytest.raises(DataError, match=r"chexpert: \d+ of the \d+ images listed in train.csv "
+                                        r"and valid.csv are on disk and 2 are absent"):
         load_chexpert(copy_dir, check_images=True)
+    present = load_chexpert(copy_dir, images="present")
+    assert len(present) == len(full) - 2 and present.meta["on_disk"].all()
+    with pytest.raises(DataError, match="truncated JPEG"):
+        load_chexpert(copy_dir, check_images=True, images="present")
 
 
 def test_describe_reports_uncertain_labels_and_all_negative_rows():

@@ -1,4 +1,6 @@
 """The CSV loader on a table in the COVID-19 image data collection's metadata.csv layout."""
+import re
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -6,6 +8,7 @@ import pytest
 
 from chestkd.data import load_dataset
 from chestkd.data.csv_table import load_csv
+from chestkd.data.presence import ABSENT_EXCLUDED, ABSENT_REASON
 from chestkd.errors import ConfigError, DataError
 from chestkd.training.config import BASE_DEFAULTS, dataset_options, resolve_config
 from chestkd.training.experiment import load_run_data
@@ -76,13 +79,20 @@ def test_reads_the_collection_with_map_filters_and_patient_wise_splits(collectio
 def test_bad_rows_name_file_line_and_column_or_are_skipped(collection, tmp_path):
     table = write_collection(tmp_path)
     (tmp_path / "images" / table.filename[4]).unlink()
-    with pytest.raises(DataError, match=r"metadata\.csv, line 6: column \['folder', 'filename'\]"
-                                        r": image file .*not found"):
-        load_csv(tmp_path, **OPTIONS)
+    absent = str(tmp_path / "images" / table.filename[4])
+    with pytest.raises(DataError, match=r"csv: 35 of the 36 images named in column\(s\) "
+                                        r"\['folder', 'filename'\] of .*metadata\.csv are on disk "
+                                        r"and 1 is absent \(e\.g\. line 6: " + re.escape(absent)):
+        load_csv(tmp_path, **OPTIONS, check_images=True)
+    counted = load_csv(tmp_path, **OPTIONS)         # not reading the images: counted only
+    assert len(counted) == 36 and int((~counted.meta["on_disk"]).sum()) == 1
+    assert counted.meta.loc[~counted.meta["on_disk"], "line"].tolist() == [6]
     data = load_csv(tmp_path, **OPTIONS, skip_bad_images=True)
-    assert len(data) == 35 and list(data.skipped.path) == [str(tmp_path / "images" /
-                                                               table.filename[4])]
-    assert "line 6" in data.skipped.reason[0]
+    assert len(data) == 35 and list(data.skipped.path) == [absent]
+    assert data.skipped.reason[0] == ABSENT_REASON
+    present = load_csv(tmp_path, **OPTIONS, images="present", check_images=True)
+    assert len(present) == 35 and present.listed == 39
+    assert present.excluded[ABSENT_EXCLUDED] == 1
     # An unknown label (not in classes, not mapped away), a missing column, a bad option.
     with pytest.raises(DataError, match=r"line 2: column 'finding': unknown label\(s\) "
                                         r"\['Pneumonia/Bacterial/Streptococcus'\]"):

@@ -16,6 +16,10 @@ Uncertain labels follow one of the policies of the CheXpert paper:
 Blank cells are read as 0 (negative): the CheXpert labeller leaves an observation blank when
 the report does not mention it, and an unmentioned finding is, clinically, an absent one.
 
+Images absent from disk: counted in ``meta["on_disk"]`` (each image folder listed once), an
+error saying how many when the images are read, unless ``images="present"`` (only the images
+on disk, before the split) or ``skip_bad_images`` (see :mod:`chestkd.data.presence`).
+
 Split: ``valid.csv`` is the test split (it is the only one labelled by radiologists, from the
 images); the validation split is carved out of ``train.csv`` by patient (``patientNNNNN`` in
 the path), seeded.
@@ -32,6 +36,8 @@ import pandas as pd
 from chestkd.data.chestxray14 import read_csv_text
 from chestkd.data.dataset import Dataset, choose_labels
 from chestkd.data.images import resolve_dir, screen_images
+from chestkd.data.presence import (check_images_option, files_present, keep_present,
+                                   settle_absent)
 from chestkd.data.splits import check_no_leakage, patient_split
 from chestkd.errors import ConfigError, DataError
 
@@ -47,7 +53,8 @@ CELL_VALUES = {"": 0.0, "1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, 
 def load_chexpert(data_dir, *, uncertainty: str = "ones", frontal_only: bool = True,
                   labels=None, seed: int = 0, val_fraction: float = 0.1,
                   skip_bad_images: bool = False, check_images: bool = False,
-                  workers: int | None = None, cache_dir=None) -> Dataset:
+                  workers: int | None = None, cache_dir=None,
+                  images: str = "all") -> Dataset:
     """Load CheXpert as a multi-label :class:`Dataset`.
 
     Args:
@@ -62,8 +69,10 @@ def load_chexpert(data_dir, *, uncertainty: str = "ones", frontal_only: bool = T
         workers: threads for the image check.
         cache_dir: a prepared cache of this dataset: ``meta["on_disk"]`` then says whether
             the cache holds each image, and no image file is looked at (223,414 of them).
+        images: ``"all"`` or ``"present"`` (only the images on disk; module doc).
     """
     root = resolve_dir(data_dir, "chexpert")
+    check_images_option(images, "chexpert")
     if uncertainty not in UNCERTAINTY_POLICIES:
         raise ConfigError(f"chexpert: unknown uncertainty policy {uncertainty!r} (option "
                           f"uncertainty); choose one of {UNCERTAINTY_POLICIES}")
@@ -94,6 +103,18 @@ def load_chexpert(data_dir, *, uncertainty: str = "ones", frontal_only: bool = T
 
     patients = np.concatenate([patient_ids(part[0], part[3]) for part in parts])
     check_no_leakage(patients, source, f"{root / TRAIN_FILE} and {root / TEST_FILE}")
+    listed = len(frame)
+    paths = resolve_paths(root, frame["Path"])
+    on_disk = (_in_cache(root, paths, cache_dir) if cache_dir is not None
+               else files_present(paths))
+    where = (f"the prepared cache {cache_dir}" if cache_dir is not None
+             else f"the folders of the Path column under {root}")
+    excluded = {}
+    if images == "present":
+        keep = keep_present(np.ones(len(frame), bool), on_disk, excluded, dataset="chexpert",
+                            where=where, listed=f"listed in {TRAIN_FILE} and {TEST_FILE}")
+        frame, values, source = frame[keep].reset_index(drop=True), values[keep], source[keep]
+        patients, paths, on_disk = patients[keep], paths[keep], on_disk[keep]
     split = source.astype("<U5")
     in_train = source == "train"
     if in_train.any():
@@ -101,7 +122,6 @@ def load_chexpert(data_dir, *, uncertainty: str = "ones", frontal_only: bool = T
                                         seed, names=("train", "val"))
 
     labels_out, mask = apply_uncertainty(values, uncertainty)
-    paths = resolve_paths(root, frame["Path"])
     meta = pd.DataFrame({
         "path_in_csv": frame["Path"].to_numpy(dtype=str),
         "sex": frame["Sex"].to_numpy(dtype=str),
@@ -109,12 +129,13 @@ def load_chexpert(data_dir, *, uncertainty: str = "ones", frontal_only: bool = T
         "frontal_lateral": frame["Frontal/Lateral"].to_numpy(dtype=str),
         "view": frame["AP/PA"].to_numpy(dtype=str),
         "uncertain": (values == -1).sum(1),
-        "on_disk": (_in_cache(root, paths, cache_dir) if cache_dir is not None
-                    else [Path(p).is_file() for p in paths]),
+        "on_disk": on_disk,
     })
     data = Dataset(name="chexpert", class_names=list(class_names), multi_label=True,
                    paths=paths, labels=labels_out, mask=mask, patients=patients, split=split,
-                   meta=meta, root=root)
+                   meta=meta, root=root, excluded=excluded, listed=listed)
+    data = settle_absent(data, required=check_images, skip=skip_bad_images,
+                         listed=f"listed in {TRAIN_FILE} and {TEST_FILE}", where=where)
     return screen_images(data, check_images=check_images, skip_bad_images=skip_bad_images,
                          workers=workers)
 

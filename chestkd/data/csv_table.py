@@ -32,10 +32,16 @@ Splits: ``split_column`` (train/val/test; a table with only train and test gets 
 carved from train) or a seeded patient-wise split by ``fractions``, stratified by class for
 single-label data, as for class folders.
 
-Bad rows (missing image file, unknown label, blank patient, a label value other than 0/1,
-an image listed twice) are a DataError naming the CSV file, its line and the column; with
-``skip_bad_images`` they are left out and listed in ``Dataset.skipped`` (which a run writes
-to ``skipped.csv``). A missing column is always an error naming the file and the column.
+Bad rows (unknown label, blank patient, a label value other than 0/1, an image listed twice)
+are a DataError naming the CSV file, its line and the column; with ``skip_bad_images`` they
+are left out and listed in ``Dataset.skipped`` (which a run writes to ``skipped.csv``). A
+missing column is always an error naming the file and the column.
+
+Rows whose image file is absent are counted as every loader counts them (each image folder
+listed once, ``meta["on_disk"]``; :mod:`chestkd.data.presence`): when the images are read
+(``check_images``, every run) they are one DataError saying how many are absent, naming the
+CSV file, the column and the lines of the first few, unless ``images="present"`` (the rows
+whose image is on disk, before the split) or ``skip_bad_images`` (skipped, listed).
 """
 from __future__ import annotations
 
@@ -49,6 +55,8 @@ from chestkd.data.balance import balance_dataset, check_balance
 from chestkd.data.chestxray14 import read_csv_text
 from chestkd.data.dataset import Dataset
 from chestkd.data.images import SKIP_HINT, resolve_dir, screen_images
+from chestkd.data.presence import (check_images_option, files_present, keep_present,
+                                   settle_absent)
 from chestkd.data.splits import check_fractions, check_no_leakage, patient_split
 from chestkd.errors import ConfigError, DataError
 
@@ -61,9 +69,11 @@ def load_csv(data_dir, *, csv=None, image_dir=None, image_column="filename", lab
              label_columns=None, patient_column=None, label_map=None, filters=None,
              split_column=None, classes=None, fractions=(0.7, 0.1, 0.2), seed: int = 0,
              balance: str | None = None, skip_bad_images: bool = False,
-             check_images: bool = False, workers: int | None = None) -> Dataset:
+             check_images: bool = False, workers: int | None = None,
+             images: str = "all") -> Dataset:
     """Load a CSV table of images as a :class:`Dataset` named ``"csv"`` (module doc)."""
     root = resolve_dir(data_dir, "csv")
+    check_images_option(images, "csv")
     check_balance(balance, "csv")
     fractions = check_fractions(fractions)
     if csv is None:
@@ -104,6 +114,9 @@ def load_csv(data_dir, *, csv=None, image_dir=None, image_column="filename", lab
     labels, bad = _label_matrix(found, class_names, label_column or "label_columns")
     image_base = root if image_dir is None else _within(root, image_dir)
     relative, paths, bad_images = _image_paths(table, image_columns, image_base)
+    on_disk = files_present(paths)
+    listed_rows = len(table) + sum(excluded.values())      # the table's rows
+    named = f"named in column(s) {image_columns} of {path}"
     patients = (relative.to_numpy(dtype=str) if patient_column is None
                 else table[patient_column].str.strip().to_numpy(dtype=str))
     bad += bad_images + [(row, f"column {patient_column!r}: empty patient id")
@@ -115,20 +128,27 @@ def load_csv(data_dir, *, csv=None, image_dir=None, image_column="filename", lab
                       f"not one of train, val, test") for row in np.flatnonzero(pd.isna(split))]
 
     ok, skipped = _screen_rows(bad, table["line"].to_numpy(), paths, path, skip_bad_images)
+    if images == "present":
+        ok = keep_present(ok, on_disk, excluded, dataset="csv", where=str(image_base),
+                          listed=named)
     table, labels, paths, patients = table[ok], labels[ok], paths[ok], patients[ok]
-    split = None if split is None else split[ok]
+    split, on_disk = None if split is None else split[ok], on_disk[ok]
     multi_label = bool((labels.sum(1) != 1).any())
     split = _splits(patients, split, fractions, seed, None if multi_label else labels.argmax(1),
                     f"csv: {path}")
     # meta: the table's own columns, the file name as ``image`` (as every loader's) and the line.
     meta = table.drop(columns="line").reset_index(drop=True).assign(
-        image=[os.path.basename(p) for p in paths], line=table["line"].to_numpy())
+        image=[os.path.basename(p) for p in paths], line=table["line"].to_numpy(),
+        on_disk=on_disk)
     data = Dataset(name="csv", class_names=class_names, multi_label=multi_label,
                    paths=np.asarray(paths, dtype=str), labels=labels, patients=patients,
-                   split=split, meta=meta, root=root, skipped=skipped, excluded=excluded)
+                   split=split, meta=meta, root=root, skipped=skipped, excluded=excluded,
+                   listed=listed_rows)
     if excluded:
         print(f"csv: {path.name}: left out " + ", ".join(f"{n} row(s) ({why})"
                                                          for why, n in excluded.items()))
+    data = settle_absent(data, required=check_images, skip=skip_bad_images, listed=named,
+                         where=str(image_base))
     data = screen_images(data, check_images=check_images, skip_bad_images=skip_bad_images,
                          workers=workers)
     return balance_dataset(data, balance, seed)
@@ -163,7 +183,8 @@ def _label_matrix(found, class_names, column: str):
 
 
 def _image_paths(table: pd.DataFrame, columns, base: Path):
-    """Relative names, full paths and the (row, reason) of missing or repeated images."""
+    """Relative names, full paths and the (row, reason) of unnamed or repeated images
+    (absent ones are the business of :mod:`chestkd.data.presence`)."""
     relative = pd.Series([os.path.join(*cells) for cells in table[columns].to_numpy()],
                          dtype=object)
     paths = np.array([str(base / name) for name in relative], dtype=object)
@@ -171,8 +192,6 @@ def _image_paths(table: pd.DataFrame, columns, base: Path):
     for row, (name, full) in enumerate(zip(relative, paths)):
         if not name.strip():
             bad.append((row, f"column {columns}: empty image name"))
-        elif not os.path.isfile(full):
-            bad.append((row, f"column {columns}: image file {full} not found"))
     for row in np.flatnonzero(pd.Series(paths).duplicated().to_numpy()):
         bad.append((row, f"column {columns}: image {relative.iloc[row]!r} listed again"))
     return relative, paths, bad

@@ -59,7 +59,11 @@ class Dataset:
         skipped: rows dropped because of bad input (with an explicit skip option), as a table
             with columns ``path`` and ``reason``; reported by every run.
         excluded: rows a loader left out on purpose, reason -> count (the csv loader's
-            filters and blank labels); unlike ``skipped`` these are not errors.
+            filters and blank labels, the absent images of ``images="present"``); unlike
+            ``skipped`` these are not errors.
+        listed: how many images the source lists before any row is left out (the 112,120
+            rows of ChestX-ray14's metadata when only some archives are unpacked); None when
+            not known. The model card reports "N of ``listed``" images.
         clean_labels: (N, C) float32 true labels when the dataset knows them and ``labels``
             may be wrong (the phantom with ``label_noise``, see :mod:`chestkd.data.phantom`);
             None for real data, whose truth nobody knows. ``labels`` is always what training
@@ -81,6 +85,7 @@ class Dataset:
         default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
     clean_labels: np.ndarray | None = None
     excluded: dict = field(default_factory=dict)
+    listed: int | None = None
 
     def __post_init__(self):
         n = len(self.paths)

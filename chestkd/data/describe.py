@@ -2,7 +2,13 @@
 
 Reports the images listed and found on disk, positives per label (and, for multi-label data,
 the all-negative rows, i.e. ChestX-ray14's "No Finding"), images and patients per split, and
-a PASS/FAIL check that no patient lies in two splits. It needs only the metadata.
+a PASS/FAIL check that no patient lies in two splits. It needs only the metadata. The
+images on disk are counted from ``meta["on_disk"]``, which every loader fills by listing its
+image folders once (:mod:`chestkd.data.presence`): the same count a run acts on.
+
+:func:`run_summary` is the part a run prints before it trains: images used of those listed,
+positives per split and label, and the splits with fewer than :data:`FEW_POSITIVES` positives
+of a label (their AUC there rests on a handful of images, or is not defined at all).
 
 For ChestX-ray14 the split defaults to ``official`` when ``train_val_list.txt`` and
 ``test_list.txt`` exist and to ``patient`` otherwise; asking for ``official`` without the
@@ -21,10 +27,13 @@ import numpy as np
 
 from chestkd.data import LOADERS, load_dataset
 from chestkd.data.dataset import SPLITS, Dataset
+from chestkd.data.presence import absent_counts
 from chestkd.data.splits import leaked_patients
 from chestkd.errors import ConfigError
 
 NO_FINDING = "No Finding"
+FEW_POSITIVES = 5      # below this many positives a split's AUC for a label is not worth much
+MISSING_EXAMPLES = 5
 ALL_NEGATIVE = "(all negative)"    # used when "No Finding" is itself a class (CheXpert)
 
 
@@ -38,10 +47,10 @@ def loader_options(name: str) -> list[str]:
 
 
 def default_chestxray14_split(data_dir) -> str:
-    """``official`` when both official lists exist in ``data_dir``, else ``patient``."""
-    folder = Path(data_dir) if data_dir is not None else Path(".")
-    lists = [folder / "train_val_list.txt", folder / "test_list.txt"]
-    return "official" if all(path.is_file() for path in lists) else "patient"
+    """``official`` when both official lists exist in ``data_dir``, else ``patient`` (the
+    loader's own default, :func:`chestkd.data.chestxray14.default_split`)."""
+    from chestkd.data.chestxray14 import default_split
+    return default_split(Path(data_dir) if data_dir is not None else Path("."))
 
 
 def load_for_describe(name: str, data_dir, split: str | None = None, options=None):
@@ -103,7 +112,11 @@ def describe(data: Dataset, options=None) -> dict:
             "example": ({"patient": next(iter(leaked)), "splits": next(iter(leaked.values()))}
                         if leaked else None)},
         "skipped": int(len(data.skipped)),
+        "few_positives": few_positives(data),
     }
+    if (~on_disk).any():
+        report["missing_examples"] = [os.path.basename(path) for path in
+                                      data.paths[~on_disk][:MISSING_EXAMPLES]]
     if data.excluded:
         report["excluded"] = {str(k): int(v) for k, v in data.excluded.items()}
     unknown = (data.mask == 0).sum(0)
@@ -116,6 +129,57 @@ def describe(data: Dataset, options=None) -> dict:
                            **{str(k): int(v) for k, v in
                               data.boxes["label"].value_counts().items()}}
     return report
+
+
+def few_positives(data: Dataset, minimum: int = FEW_POSITIVES) -> dict:
+    """{split: {label: positives}} for the labels with fewer than ``minimum`` positive
+    images in a split (splits that hold images only)."""
+    positives = data.labels * data.mask
+    found = {}
+    for split in SPLITS:
+        rows = data.split == split
+        if not rows.any():
+            continue
+        counts = positives[rows].sum(0).astype(int)
+        few = {name: int(n) for name, n in zip(data.class_names, counts) if n < minimum}
+        if few:
+            found[split] = few
+    return found
+
+
+def few_positives_lines(few: dict, minimum: int = FEW_POSITIVES) -> list[str]:
+    """The warning lines for :func:`few_positives` (none when every split has enough)."""
+    if not few:
+        return []
+    lines = [f"fewer than {minimum} positive images (an AUC there rests on these few images; "
+             f"with 0 it is not defined):"]
+    lines += [f"  {split}: " + ", ".join(f"{name} {n}" for name, n in labels.items())
+              for split, labels in few.items()]
+    return lines
+
+
+def images_used(data: Dataset) -> str:
+    """``N of the M images listed``, and why the others are not there."""
+    listed = data.listed if data.listed is not None else len(data)
+    left_out, skipped = absent_counts(data)
+    reasons = []
+    if left_out:
+        reasons.append(f"{left_out:,} not on disk, left out (images: present)")
+    if skipped:
+        reasons.append(f"{skipped:,} not on disk, skipped (--skip-bad-images)")
+    unreadable = len(data.skipped) - skipped
+    if unreadable:
+        reasons.append(f"{unreadable:,} unreadable, skipped")
+    return (f"{len(data):,} of the {listed:,} images listed"
+            + (f" ({'; '.join(reasons)})" if reasons else ""))
+
+
+def run_summary(data: Dataset) -> str:
+    """What a run prints before it trains: the images used of those listed, positives per
+    split and label (and images and patients per split), and the few-positives warnings."""
+    report = describe(data)
+    return "\n".join([f"{data.name}: {images_used(data)}", *_label_lines(report),
+                      *_split_lines(report), *few_positives_lines(report["few_positives"])])
 
 
 def label_noise_summary(data: Dataset) -> dict:
@@ -149,26 +213,18 @@ def format_report(report: dict) -> str:
     images = report["images"]
     options = ", ".join(f"{k}={v}" for k, v in report["options"].items())
     header = f"dataset: {report['dataset']}  ({report['root']})"
+    missing = (f" (e.g. {', '.join(report['missing_examples'])}"
+               f"{', ...' if images['missing'] > len(report['missing_examples']) else ''})"
+               if report.get("missing_examples") else "")
     lines = [header + (f"  [{options}]" if options else ""),
              f"images: {images['listed']:,} listed, {images['on_disk']:,} found on disk, "
-             f"{images['missing']:,} missing",
-             f"patients: {report['patients']:,}",
-             f"labels ({'multi-label' if report['multi_label'] else 'single-label'}, "
-             f"{len(report['classes'])} classes), positive images:"]
-    columns = ["total"] + [s for s in SPLITS if report["splits"][s]["images"]]
-    width = max(len(name) for name in report["labels"]) + 2
-    lines.append("  " + "label".ljust(width) + "".join(c.rjust(10) for c in columns))
-    for name, counts in report["labels"].items():
-        lines.append("  " + name.ljust(width)
-                     + "".join(f"{counts.get(c, 0):,}".rjust(10) for c in columns))
+             f"{images['missing']:,} missing" + missing,
+             f"patients: {report['patients']:,}", *_label_lines(report)]
     if "unknown_labels" in report:
         unknown = ", ".join(f"{k} {v:,}" for k, v in report["unknown_labels"].items() if v)
         lines.append(f"labels left out of the loss (uncertain, U-Ignore): {unknown}")
-    lines.append("splits:")
-    lines.append("  " + "split".ljust(8) + "images".rjust(10) + "patients".rjust(10))
-    for split, counts in report["splits"].items():
-        lines.append("  " + split.ljust(8) + f"{counts['images']:,}".rjust(10)
-                     + f"{counts['patients']:,}".rjust(10))
+    lines += _split_lines(report)
+    lines += few_positives_lines(report.get("few_positives") or {})
     leakage = report["patient_leakage"]
     if leakage["status"] == "PASS":
         lines.append("patient leakage check: PASS (no patient in two splits)")
@@ -194,6 +250,26 @@ def format_report(report: dict) -> str:
             f"{n:,} ({why})" for why, n in report["excluded"].items()))
     lines.append(f"skipped bad images: {report['skipped']:,}")
     return "\n".join(lines)
+
+
+def _label_lines(report: dict) -> list[str]:
+    lines = [f"labels ({'multi-label' if report['multi_label'] else 'single-label'}, "
+             f"{len(report['classes'])} classes), positive images:"]
+    columns = ["total"] + [s for s in SPLITS if report["splits"][s]["images"]]
+    width = max(len(name) for name in report["labels"]) + 2
+    lines.append("  " + "label".ljust(width) + "".join(c.rjust(10) for c in columns))
+    for name, counts in report["labels"].items():
+        lines.append("  " + name.ljust(width)
+                     + "".join(f"{counts.get(c, 0):,}".rjust(10) for c in columns))
+    return lines
+
+
+def _split_lines(report: dict) -> list[str]:
+    lines = ["splits:", "  " + "split".ljust(8) + "images".rjust(10) + "patients".rjust(10)]
+    for split, counts in report["splits"].items():
+        lines.append("  " + split.ljust(8) + f"{counts['images']:,}".rjust(10)
+                     + f"{counts['patients']:,}".rjust(10))
+    return lines
 
 
 def run(name: str, data_dir=None, *, split: str | None = None, options=None,

@@ -41,6 +41,7 @@ import pandas as pd
 from chestkd.data.balance import BALANCE_MODES, balance_dataset, balance_rows, check_balance
 from chestkd.data.dataset import SPLITS, Dataset
 from chestkd.data.images import resolve_dir, screen_images
+from chestkd.data.presence import check_images_option
 from chestkd.data.splits import check_fractions, check_no_leakage, patient_split
 from chestkd.errors import ConfigError, DataError
 
@@ -59,7 +60,8 @@ SPLIT_FOLDER_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "v
 def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1, 0.2),
                 seed: int = 0, patient_regex: str | None = None, balance: str | None = None,
                 val_split: str = "auto", extensions=EXTENSIONS, skip_bad_images: bool = False,
-                check_images: bool = False, workers: int | None = None) -> Dataset:
+                check_images: bool = False, workers: int | None = None,
+                images: str = "all") -> Dataset:
     """Load class folders as a single-label (one-hot) :class:`Dataset`.
 
     Args:
@@ -81,8 +83,11 @@ def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1,
         skip_bad_images: verify the images, drop bad ones into ``Dataset.skipped``.
         check_images: verify the images; the first bad one is a DataError.
         workers: threads for the image check.
+        images: ``"all"`` or ``"present"``, the option every loader takes; the same here,
+            since the images are found by listing the folders (none can be absent).
     """
     root = resolve_dir(data_dir, "folder")
+    check_images_option(images, "folder")
     check_balance(balance, "folder")
     fractions = check_fractions(fractions)
     if len(fractions) != 3:
@@ -147,7 +152,7 @@ def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1,
                                       "class": np.asarray(class_names)[label_index],
                                       "split_folder": table["split"].to_numpy(dtype=str),
                                       "on_disk": True}),
-                   root=root)
+                   root=root, listed=len(table))
     data = screen_images(data, check_images=check_images, skip_bad_images=skip_bad_images,
                          workers=workers)
     return balance_dataset(data, balance, seed)

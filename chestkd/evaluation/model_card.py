@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from chestkd.data.dataset import SPLITS, Dataset
+from chestkd.data.describe import images_used
 from chestkd.io import atomic_write_text
 
 NOT_CLINICAL = ("**Research model, not for clinical use.** It has not been validated "
@@ -131,8 +132,9 @@ def model_card(results: dict, data: Dataset, config: dict) -> str:
              "## Data and split", "",
              f"Dataset `{data.name}`" + (f" from `{config['data_dir']}`"
                                          if config.get("data_dir") else "")
-             + "; splits are patient-wise (no patient in two splits). Positive labels per "
-               "class:", "", *_split_table(data), "",
+             + "; splits are patient-wise (no patient in two splits).", "",
+             f"Images: {images_used(data)}. Positive labels per class:", "",
+             *_split_table(data), "",
              "## Labels", "", f"Label source: {_label_source(data, config)}", "",
              "## Metrics", "", *_metrics_lines(results), "",
              "## Decision thresholds", "", *_threshold_lines(results["thresholds"]), "",

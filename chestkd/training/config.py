@@ -50,6 +50,10 @@ BASE_DEFAULTS = {
     "filters": None,               # keep rows by column values, e.g. {view: [PA, AP]}
     "split_column": None,          # column with train/val/test (None: a seeded patient split)
     "skip_bad_images": False,      # skip and report unreadable images (and bad csv rows)
+    # all: every image the metadata lists must be on disk (absent ones: an error saying how
+    # many, or skipped with skip_bad_images) | present: use the images on disk (a partial
+    # download); the split lists, the patient split and the boxes are restricted to them
+    "images": "all",
     "check_images": True,          # decode every image once before training (not with cache_dir)
     "label_noise": 0.0,            # phantom: fraction of wrong labels (clean labels kept)
     "phantom_images": 1000,        # phantom and pneumonia_phantom: images written
@@ -266,6 +270,8 @@ def dataset_options(config: dict) -> dict:
     """Keyword arguments for ``chestkd.data.load_dataset`` from a run configuration."""
     name = config["dataset"]
     common = {"skip_bad_images": config["skip_bad_images"]}
+    if name not in PHANTOM_DATASETS:
+        common["images"] = config.get("images", "all")
     if name in ("chestxray14", "phantom"):
         options = {"views": config["views"], "labels": config["labels"], "seed": config["seed"]}
         if config["split"]:
@@ -326,6 +332,7 @@ _CHOICES = {
     "teacher_outputs": ("cached", "online"),
     "kd_loss": (None, "hinton", "ho2020_eq5", "ho2020_eq8", "sigmoid"),
     "uncertainty": ("ones", "zeros", "ignore"),
+    "images": ("all", "present"),
     "threshold_rule": ("youden", "f1"),
 }
 

@@ -13,6 +13,8 @@ import yaml
 from chestkd import models
 from chestkd.data import load_dataset
 from chestkd.data.dataset import Dataset
+from chestkd.data.describe import run_summary
+from chestkd.data.presence import ABSENT_REASON, require_on_disk
 from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epoch
 from chestkd.errors import ChestKDError, ConfigError
 from chestkd.training.config import (PHANTOM_DATASETS, dataset_options, resolve_augment,
@@ -44,12 +46,19 @@ def load_run_data(config: dict, run_dir) -> Dataset:
         if config["dataset"] not in PHANTOM_DATASETS or config.get("data_dir"):
             options["check_images"] = bool(config.get("check_images", True))
         data = load_dataset(config["dataset"], config.get("data_dir"), **options)
+        require_on_disk(data)     # absent images: counted, even with check_images: false
+    if config["dataset"] not in PHANTOM_DATASETS:
+        print(run_summary(data))
     for split in ("train", "val", "test"):
         data.subset(split)  # an empty split is an error naming it, before any training
     data.check_patient_leakage()
     if len(data.skipped):
         data.skipped.to_csv(Path(run_dir) / "skipped.csv", index=False)
-        print(f"skipped {len(data.skipped)} unreadable image(s); listed in "
+        absent = int((data.skipped["reason"] == ABSENT_REASON).sum())
+        counts = [f"{n:,} {what}" for n, what in ((absent, "absent from disk"),
+                                                  (len(data.skipped) - absent, "unreadable"))
+                  if n]
+        print(f"skipped {' and '.join(counts)} image(s); listed in "
               f"{Path(run_dir) / 'skipped.csv'}")
     if config["normalization"] == "mean_std" and not config.get("mean_std"):
         image_options(data, config)  # estimated once, on the training split ...
