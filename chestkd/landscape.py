@@ -13,7 +13,9 @@ parameters and every non-trainable variable (moving statistics) get a zero direc
 ``L(w + a d1 + b d2)`` (the model's own: masked BCE per finding, or softmax CE) on a fixed set
 of test images over an ``a, b`` grid in ``[-span, span]`` is written as ``landscape.csv`` and
 drawn as a contour plot ``landscape.png`` (losses clamped at ``clamp`` for display, as the
-paper's figure); the grid's centre is the model's loss on those images.
+paper's figure). The grid always holds the trained model itself, ``a = b = 0``: an even
+``resolution`` (whose evenly spaced points skip 0) gets 0 added to each axis, so
+``centre_loss`` and the basin fraction describe the model, not a perturbed neighbour.
 """
 from __future__ import annotations
 
@@ -95,10 +97,19 @@ def loss_function(model, multi_label: bool, batch_size: int = 64):
     return mean_loss
 
 
+def grid_steps(resolution: int, span: float) -> np.ndarray:
+    """``resolution`` evenly spaced steps in ``[-span, span]``, plus 0 when they miss it (an
+    even ``resolution``): the grid always holds the trained model."""
+    steps = np.linspace(-span, span, resolution)
+    steps[np.isclose(steps, 0.0, rtol=0.0, atol=1e-12 * span)] = 0.0   # odd: exactly 0
+    return steps if np.any(steps == 0.0) else np.sort(np.append(steps, 0.0))
+
+
 def loss_surface(model, images, labels, *, multi_label: bool, resolution: int = 21,
                  span: float = 1.0, seed: int = 0) -> pd.DataFrame:
-    """Losses on the ``resolution x resolution`` grid of ``w + a d1 + b d2``; the model's
-    weights are restored afterwards. Columns ``alpha, beta, loss``."""
+    """Losses on the grid of ``w + a d1 + b d2`` (:func:`grid_steps` on each axis:
+    ``resolution`` points, one more when it is even); the model's weights are restored
+    afterwards. Columns ``alpha, beta, loss``."""
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
         raise ConfigError(f"--resolution {resolution!r}: an integer >= 2")
     if not span > 0:
@@ -109,7 +120,7 @@ def loss_surface(model, images, labels, *, multi_label: bool, resolution: int = 
     second = filter_normalised_direction(model, seed + 1)
     original = [np.asarray(v) for v in model.weights]
     mean_loss = loss_function(model, multi_label)
-    steps = np.linspace(-span, span, resolution)
+    steps = grid_steps(resolution, span)
     rows = []
     try:
         for alpha in steps:
@@ -146,18 +157,20 @@ def plot_surface(surface: pd.DataFrame, path, *, clamp: float = 8.0, title: str 
 def write_landscape(model, images, labels, out, *, multi_label: bool, resolution: int = 21,
                     span: float = 1.0, seed: int = 0, clamp: float = 8.0,
                     title: str = "") -> dict:
-    """``landscape.csv``, ``landscape.png`` and ``landscape.json`` (centre loss, grid
-    minimum and the fraction of the grid within 10 % of the centre loss) into ``out``."""
+    """``landscape.csv``, ``landscape.png`` and ``landscape.json`` (centre loss: the trained
+    model's, at ``a = b = 0``; grid minimum; the fraction of the grid within 10 % of the centre
+    loss) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     surface = loss_surface(model, images, labels, multi_label=multi_label,
                            resolution=resolution, span=span, seed=seed)
     surface.to_csv(out / "landscape.csv", index=False)
     plot_surface(surface, out / "landscape.png", clamp=clamp, title=title)
-    centre = surface.loc[(surface.alpha.abs() + surface.beta.abs()).idxmin(), "loss"]
+    centre = surface.loc[(surface.alpha == 0.0) & (surface.beta == 0.0), "loss"].item()
     summary = {"centre_loss": float(centre), "min_loss": float(surface.loss.min()),
                "basin_fraction_10pct": float((surface.loss <= 1.1 * centre).mean()),
-               "resolution": resolution, "span": span, "images": len(images), "seed": seed}
+               "resolution": resolution, "grid_points": int(len(surface)), "span": span,
+               "images": len(images), "seed": seed}
     atomic_write_json(out / "landscape.json", summary)
     return summary
 

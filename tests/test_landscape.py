@@ -73,3 +73,23 @@ def test_single_label_surface_uses_the_softmax_loss():
     assert surface.loss.max() > centre
     with pytest.raises(ConfigError, match="resolution"):
         loss_surface(model, x, y, multi_label=False, resolution=1)
+
+
+@pytest.mark.parametrize("resolution", [2, 4])
+def test_an_even_resolution_still_evaluates_the_trained_model(tmp_path, resolution):
+    """linspace(-s, s, even) skips 0: the centre and the basin fraction must still be the
+    trained model's, not a corner's."""
+    model = model_with_bn()
+    x, y = data()
+    summary = write_landscape(model, x, y, tmp_path, multi_label=True, resolution=resolution,
+                              span=0.5)
+    z = np.asarray(model(x, training=False), np.float64)
+    expected = np.mean(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))), 1))
+    assert summary["centre_loss"] == pytest.approx(expected, rel=1e-5)
+    surface = np.loadtxt(tmp_path / "landscape.csv", delimiter=",", skiprows=1)
+    axis = np.unique(surface[:, 0])
+    np.testing.assert_allclose(axis, np.sort(np.append(np.linspace(-0.5, 0.5, resolution), 0)))
+    assert surface.shape == ((resolution + 1) ** 2, 3) == (summary["grid_points"], 3)
+    losses = surface[:, 2]
+    assert summary["basin_fraction_10pct"] == pytest.approx(np.mean(losses <= 1.1 * expected))
+    assert summary["min_loss"] == pytest.approx(losses.min())
