@@ -4,7 +4,8 @@ Images of one patient are strongly correlated (follow-up studies of the same che
 split by image would leak patients from training into evaluation and inflate the scores.
 :func:`patient_split` therefore assigns whole patients, and :func:`check_no_leakage` checks
 that a split (ours or one supplied with a dataset) keeps every patient in one split.
-:func:`overlapping_subsets` divides a training split into RoS-KD's overlapping teacher subsets.
+:func:`overlapping_subsets` divides a training split into RoS-KD's overlapping teacher subsets
+(a shared core, or neighbours on a circle).
 """
 from __future__ import annotations
 
@@ -118,9 +119,52 @@ def _check_overlap_options(n, k, overlap) -> tuple[int, int, Fraction]:
     return int(n), int(k), Fraction(float(overlap)).limit_denominator(10 ** 6)
 
 
-def overlapping_subsets(n: int, k: int, overlap: float, seed: int = 0) -> list[np.ndarray]:
+OVERLAP_MODES = ("core", "circle")
+
+
+def overlapping_subsets(n: int, k: int, overlap: float, seed: int = 0,
+                        mode: str = "core") -> list[np.ndarray]:
+    """``k`` index arrays over ``range(n)`` with overlap ratio ``overlap`` (RoS-KD's "k
+    overlapping subsets with an overlap ratio of p"), in one of two readings (``mode``):
+    :func:`shared_core_subsets` (``"core"``: one core common to every subset, the rest
+    disjoint) or :func:`circle_subsets` (``"circle"``: each subset shares ``p`` with its
+    neighbours on a circle). Both give disjoint subsets at ``p = 0``, the full set to every
+    subset at ``p = 1``, and cover every item. Returns ``k`` sorted int64 arrays."""
+    n, k, p = _check_overlap_options(n, k, overlap)
+    if mode == "core":
+        return shared_core_subsets(n, k, overlap, seed)
+    if mode == "circle":
+        return circle_subsets(n, k, overlap, seed)
+    raise ConfigError(f"--overlap-mode {mode!r}: choose one of {list(OVERLAP_MODES)}")
+
+
+def shared_core_subsets(n: int, k: int, overlap: float, seed: int = 0) -> list[np.ndarray]:
+    """``k`` subsets that share one core and split the rest: every pair of subsets shares
+    exactly the core, a fraction ``p`` of each subset.
+
+    The items are shuffled with ``numpy.random.default_rng(seed)``; the first
+    ``c = floor(n p / (p + k (1 - p)))`` form the core (so that ``c`` is a fraction ``p`` of a
+    subset of ``c + (n - c) / k`` items), and the other ``n - c`` are dealt into ``k`` disjoint
+    consecutive blocks whose sizes differ by at most one (the larger blocks first). Subset
+    ``i`` is the core plus block ``i``. Hence every item is in one subset or in all of them;
+    ``p = 0`` gives ``k`` disjoint subsets, ``p = 1`` the full set to every subset, and the
+    ratio means the same for any ``k`` (no saturation).
+
+    Example: ``n=1000, k=5, p=0.4`` gives a core of 117 and subsets of 294, 294, 294, 293,
+    293 items; any two share the 117.
+    """
+    n, k, p = _check_overlap_options(n, k, overlap)
+    order = np.random.default_rng(seed).permutation(n)
+    core = n if p == 1 else math.floor(Fraction(n) * p / (p + k * (1 - p)))
+    rest = order[core:]
+    blocks = np.array_split(rest, k)      # sizes differ by at most one, larger first
+    return [np.sort(np.concatenate([order[:core], block])).astype(np.int64)
+            for block in blocks]
+
+
+def circle_subsets(n: int, k: int, overlap: float, seed: int = 0) -> list[np.ndarray]:
     """``k`` index arrays over ``range(n)`` whose consecutive members share a fraction
-    ``overlap`` of their items (RoS-KD's "k overlapping subsets with overlap ratio p").
+    ``overlap`` of their items.
 
     The items are shuffled with ``numpy.random.default_rng(seed)`` and laid on a circle;
     subset ``i`` starts at position ``i*n/k`` and holds ``n / (k*(1-p))`` consecutive items
@@ -133,7 +177,7 @@ def overlapping_subsets(n: int, k: int, overlap: float, seed: int = 0) -> list[n
     * for ``p <= 0.5`` a subset spans at most two start intervals, so each item is in one
       or two subsets;
     * ``overlap=0`` gives ``k`` disjoint subsets of ``n/k`` items; ``overlap=1`` gives the
-      full set to every subset (Baseline III of RoS-KD: all teachers on the same data);
+      full set to every subset (all teachers on the same data);
       sizes are capped at ``n``, so any ``p >= 1 - 1/k`` also gives the full set (for
       ``k = 2``: ``p >= 0.5``).
 
@@ -159,25 +203,27 @@ def overlapping_subsets(n: int, k: int, overlap: float, seed: int = 0) -> list[n
 
 
 def overlapping_patient_subsets(patients, k: int, overlap: float,
-                                seed: int = 0) -> list[np.ndarray]:
-    """:func:`overlapping_subsets` over patients: ``k`` sorted arrays of image rows, each
-    holding every image of its patients (a patient's images always stay together).
+                                seed: int = 0, mode: str = "core") -> list[np.ndarray]:
+    """:func:`overlapping_subsets` (``mode``) over patients: ``k`` sorted arrays of image
+    rows, each holding every image of its patients (a patient's images always stay
+    together).
 
     The subsets are drawn over the sorted unique patient ids, so sizes and overlap are
     fractions of patients (of images only approximately, as patients have several images).
     """
     patients = np.asarray(patients, dtype=str)
     unique, inverse = np.unique(patients, return_inverse=True)
-    chosen = overlapping_subsets(len(unique), k, overlap, seed)
+    chosen = overlapping_subsets(len(unique), k, overlap, seed, mode)
     return [np.flatnonzero(np.isin(inverse, members)) for members in chosen]
 
 
-def teacher_training_sets(data: Dataset, k: int, overlap: float,
-                          seed: int = 0) -> list[Dataset]:
+def teacher_training_sets(data: Dataset, k: int, overlap: float, seed: int = 0,
+                          mode: str = "core") -> list[Dataset]:
     """``k`` copies of ``data`` whose training split is one overlapping patient subset each
-    (validation and test splits unchanged), for RoS-KD's teachers."""
+    (:func:`overlapping_patient_subsets`, ``mode``; validation and test splits unchanged),
+    for RoS-KD's teachers."""
     train_rows = np.flatnonzero(data.split == "train")
     other_rows = np.flatnonzero(data.split != "train")
-    subsets = overlapping_patient_subsets(data.patients[train_rows], k, overlap, seed)
+    subsets = overlapping_patient_subsets(data.patients[train_rows], k, overlap, seed, mode)
     return [data.select(np.sort(np.concatenate([train_rows[rows], other_rows])))
             for rows in subsets]
