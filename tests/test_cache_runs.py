@@ -73,8 +73,8 @@ def test_the_cache_must_hold_every_image(prepared, tmp_path, monkeypatch):
     stored = PreparedCache(cache)
     part = data.select(np.arange(30))
     monkeypatch.setattr(chestkd.data.cache, "load_gray_uint8",
-                        lambda path, size: stored.read_rows(stored.rows_for(
-                            data.select(np.flatnonzero(data.paths == path))))[0])
+                        lambda path, size: (stored.read_rows(stored.rows_for(
+                            data.select(np.flatnonzero(data.paths == path))))[0], (size, size)))
     partial = prepare(part, tmp_path / "partial", size=SIZE, workers=1, verbose=0)
     no_raw_images(monkeypatch)
     missing = data.meta["image"].iloc[30]

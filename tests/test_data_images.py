@@ -7,7 +7,7 @@ import pytest
 
 from chestkd.data.dataset import Dataset
 from chestkd.data.images import (check_image_file, image_size_of, preprocess, read_image,
-                                 screen_images, to_unit_rgb, verify_images)
+                                 screen_images, to_unit_grey, verify_images)
 from chestkd.errors import ConfigError, DataError
 
 
@@ -48,25 +48,38 @@ def test_gray_16bit_is_scaled_by_65535(tmp_path, rng):
     np.testing.assert_allclose(zero_one[:, :, 1], gray / 65535.0, atol=1e-6)
 
 
-def test_colour_png_is_converted_from_bgr_to_rgb(tmp_path, rng):
+def luma(rgb):
+    """float64 reference of the colour rule: ITU-R BT.601 luma of R, G, B in [0, 1]."""
+    rgb = np.asarray(rgb, np.float64)
+    return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+
+
+def test_colour_png_is_read_as_its_luma_on_three_channels(tmp_path, rng):
     rgb = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
     path = write(tmp_path / "rgb.png", rgb[:, :, ::-1])     # OpenCV writes BGR
-    np.testing.assert_allclose(read_image(path, 8), rgb / 255.0 * 2 - 1, atol=1e-6)
+    image = read_image(path, 8)
+    for channel in range(3):
+        np.testing.assert_allclose(image[:, :, channel], luma(rgb / 255.0) * 2 - 1, atol=1e-5)
+    # an RGB copy of a grey radiograph (equal channels) reads exactly as the grey file
+    grey = rgb[:, :, 0]
+    copy = write(tmp_path / "copy.png", np.repeat(grey[:, :, None], 3, axis=2))
+    np.testing.assert_allclose(read_image(copy, 8)[:, :, 0], grey / 255.0 * 2 - 1, atol=1e-6)
 
 
-def test_rgba_drops_alpha_and_keeps_rgb(tmp_path, rng):
+def test_rgba_drops_alpha_and_keeps_the_colour_luma(tmp_path, rng):
     rgb = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
     alpha = np.full((8, 8, 1), 7, dtype=np.uint8)
     path = write(tmp_path / "rgba.png", np.concatenate([rgb[:, :, ::-1], alpha], axis=2))
     image = read_image(path, (4, 4))
-    np.testing.assert_allclose(image, block_mean(rgb / 255.0, 2) * 2 - 1, atol=1e-5)
+    np.testing.assert_allclose(image[:, :, 1], block_mean(luma(rgb / 255.0), 2) * 2 - 1,
+                               atol=1e-5)
 
 
 def test_gray_alpha_and_single_channel_arrays_give_gray():
     gray = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
     with_alpha = np.stack([gray, np.full_like(gray, 255)], axis=2)
-    np.testing.assert_allclose(to_unit_rgb(with_alpha), gray / 255.0, atol=1e-7)
-    np.testing.assert_allclose(to_unit_rgb(gray[:, :, None]), gray / 255.0, atol=1e-7)
+    np.testing.assert_allclose(to_unit_grey(with_alpha), gray / 255.0, atol=1e-7)
+    np.testing.assert_allclose(to_unit_grey(gray[:, :, None]), gray / 255.0, atol=1e-7)
     out = preprocess(with_alpha, 4)
     assert np.array_equal(out[:, :, 0], out[:, :, 2])
 
@@ -77,7 +90,7 @@ def test_enlarging_stays_in_range_and_imagenet_normalisation_matches_formula(rng
     assert big.shape == (9, 9, 3) and big.min() >= -1.0 and big.max() <= 1.0
     rgb = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    expected = (rgb[:, :, ::-1] / 255.0 - mean) / std      # the array is BGR, output RGB
+    expected = (luma(rgb[:, :, ::-1] / 255.0)[..., None] - mean) / std   # the array is BGR
     np.testing.assert_allclose(preprocess(rgb, 4, "imagenet"), expected, atol=1e-5)
     with pytest.raises(ConfigError, match="normalization 'bogus'"):
         preprocess(rgb, 4, "bogus")

@@ -5,14 +5,17 @@ writes::
 
     CACHE/cache.json          size, shard size, image count, dataset name
     CACHE/index.csv           key (path relative to the dataset root), shard, row, ok
-    CACHE/shard-00000.npy     uint8 (n, size, size) gray images, area-downscaled
-    CACHE/shard-00000.json    written after its shard: row count and checksum (marks it done)
+    CACHE/shard-00000.npy     uint8 (n, size, size) grey images, read by the one reading rule
+    CACHE/shard-00000.json    written after its shard: row count, checksum and each image's
+                              source size (marks it done)
     CACHE/skipped.csv         images that could not be read (with --skip-bad-images)
 
 Why this layout: 112,120 PNGs are slow to list and read on Google Drive; 110 files of ~50 MB are
 fast, and ``numpy.load(mmap_mode="r")`` reads only the rows a batch needs. Chest radiographs are
-single-channel, so one channel is stored (RGB copies are converted with the usual luma weights,
-16-bit images are scaled to 8 bit). A shard is written to a temporary name and renamed, then its
+single-channel, so one channel is stored: the grey image of
+:func:`chestkd.data.images.read_unit_grey` (the rule training on the files, evaluation and
+``chestkd.predict`` use), scaled to 8 bit. The source sizes let a run report how many images it
+upsampled (:meth:`PreparedCache.upsampling`). A shard is written to a temporary name and renamed, then its
 ``.json`` marker is written, so an interrupted run resumes at the first shard without a marker and
 never leaves a half-written shard that looks complete.
 """
@@ -24,13 +27,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from chestkd.data.dataset import Dataset
-from chestkd.data.images import (check_image_file, decode_image, progress_bar, read_bytes,
-                                 to_unit_rgb)
+from chestkd.data.images import (check_image_file, progress_bar, read_unit_grey,
+                                 upsampling_summary)
 from chestkd.errors import DataError
 from chestkd.io import atomic_save_npy, atomic_write, atomic_write_json
 
@@ -47,22 +49,18 @@ def cache_key(data: Dataset, path: str) -> str:
     return os.path.relpath(path, data.root)
 
 
-def load_gray_uint8(path: str, size: int) -> np.ndarray:
-    """Read an image of any channel count and bit depth as uint8 (size, size) gray.
+def load_gray_uint8(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(uint8 (size, size) grey image, (source height, source width))`` of an image file.
 
-    Uses the same checks and decoding as ``chestkd.data.images`` (missing, empty, truncated
-    or undecodable files raise DataError naming the file); RGB is converted with the usual luma
-    weights, then the image is area-downscaled.
+    The checks of ``chestkd.data.images`` (missing, empty, truncated or undecodable files raise
+    DataError naming the file), then :func:`chestkd.data.images.read_unit_grey`, the reading
+    rule of every other consumer, rounded to 8 bit.
     """
     reason = check_image_file(path)
     if reason is not None:
         raise DataError(f"bad image {path}: {reason}")
-    unit = to_unit_rgb(decode_image(read_bytes(path), path))
-    if unit.ndim == 3:
-        unit = cv2.cvtColor(unit, cv2.COLOR_RGB2GRAY)
-    interpolation = cv2.INTER_AREA if max(unit.shape) > size else cv2.INTER_LINEAR
-    unit = cv2.resize(unit, (size, size), interpolation=interpolation)
-    return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)
+    unit, source = read_unit_grey(path, size)
+    return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8), source
 
 
 def _checksum(array: np.ndarray) -> str:
@@ -110,24 +108,26 @@ def prepare(data: Dataset, out, *, size: int = 224, workers: int | None = None,
 
     def load(path):
         try:
-            return load_gray_uint8(path, size), None
+            return *load_gray_uint8(path, size), None
         except DataError as error:
             if not skip_bad_images:
                 raise
-            return np.zeros((size, size), np.uint8), str(error)
+            return np.zeros((size, size), np.uint8), None, str(error)
 
     with ThreadPoolExecutor(workers) as pool:  # cv2 releases the GIL while decoding
         for s in todo:
             paths = data.paths[s * shard_size:(s + 1) * shard_size]
             results = list(pool.map(load, paths))
-            shard = np.stack([image for image, _ in results])
-            bad_rows = [i for i, (_, error) in enumerate(results) if error]
-            skipped += [(paths[i], results[i][1]) for i in bad_rows]
+            shard = np.stack([image for image, _, _ in results])
+            bad_rows = [i for i, (_, _, error) in enumerate(results) if error]
+            skipped += [(paths[i], results[i][2]) for i in bad_rows]
+            sources = [list(source) if source else None for _, source, _ in results]
             atomic_save_npy(out / f"shard-{s:05d}.npy", shard)
             if _checksum(np.load(out / f"shard-{s:05d}.npy")) != _checksum(shard):
                 raise DataError(f"{out / f'shard-{s:05d}.npy'}: verification failed after write")
             atomic_write_json(out / f"shard-{s:05d}.json", {
-                "rows": len(shard), "sha1": _checksum(shard), "bad_rows": bad_rows}, indent=None)
+                "rows": len(shard), "sha1": _checksum(shard), "bad_rows": bad_rows,
+                "source_sizes": sources}, indent=None)
             if bar is not None:
                 bar.add(len(shard))
     if skipped:
@@ -159,6 +159,28 @@ class PreparedCache:
                 bad += [s * self.meta["shard_size"] + r
                         for r in json.loads(marker.read_text())["bad_rows"]]
         self.bad_rows = set(bad)
+
+    def source_sizes(self) -> list:
+        """(height, width) of each cached image's source file, in cache row order (None for
+        images prepare could not read and for caches written before sizes were recorded)."""
+        sizes = []
+        for s in range(self.meta["shards"]):
+            info = json.loads((self.folder / f"shard-{s:05d}.json").read_text())
+            sizes += info.get("source_sizes") or [None] * info["rows"]
+        return sizes
+
+    def upsampling(self, image_size: int, data: Dataset | None = None) -> dict | None:
+        """:func:`chestkd.data.images.upsampling_summary` of the cached images (``data``'s
+        rows only, if given) read at ``image_size``: the detail an image has is the smaller
+        of its source size and the cache's size per axis. None if the sizes were not
+        recorded."""
+        sizes = self.source_sizes()
+        rows = range(len(sizes)) if data is None else self.rows_for(data)
+        chosen = [sizes[r] for r in rows if int(r) not in self.bad_rows]
+        if any(size is None for size in chosen):
+            return None
+        return upsampling_summary([(min(h, self.size), min(w, self.size)) for h, w in chosen],
+                                  image_size)
 
     def verify(self) -> None:
         """Check that every shard is complete, with the right shape and checksum."""

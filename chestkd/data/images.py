@@ -1,16 +1,25 @@
 """Reading and checking image files.
 
-One preprocessing for every consumer (tf.data pipeline, cache, saliency overlays):
+One reading rule for every consumer -- the tf.data pipeline (training and evaluation), the
+prepared cache, ``python -m chestkd.predict`` and saliency overlays all call
+:func:`read_unit_grey` (through :func:`read_image`):
 
-1. decode with OpenCV, ``IMREAD_UNCHANGED`` (so 16-bit files keep their depth);
-2. to RGB: gray and gray+alpha are repeated to 3 channels, BGR(A) becomes RGB, alpha is dropped;
-3. to ``[0, 1]`` by the dtype's maximum, ``u = x / max`` (255 for 8-bit, 65535 for 16-bit);
-4. resize to ``S x S`` (``INTER_AREA`` when shrinking, which averages the source pixels each
-   target pixel covers, so thin structures are not aliased; ``INTER_LINEAR`` when enlarging).
-   Non-square images are stretched: chest radiographs are close to square and all the
-   ImageNet backbones expect a square input;
-5. normalise: ``minus_one_one`` gives ``2u - 1`` in ``[-1, 1]``, ``zero_one`` gives ``u``,
-   ``imagenet`` gives ``(u - mean) / std`` per RGB channel.
+1. decode with OpenCV (``IMREAD_ANYDEPTH | IMREAD_ANYCOLOR``): 16-bit files keep their depth,
+   a JPEG's EXIF orientation is applied (the image is read upright, as a viewer shows it),
+   palette PNGs are expanded and an alpha channel is dropped (radiographs are opaque: the 11
+   RGBA images of the NIH 64 px set all have alpha 255);
+2. to ``[0, 1]`` by the dtype's maximum, ``u = x / max`` (255 for 8-bit, 65535 for 16-bit);
+3. colour to grey: ``0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601 luma). Radiographs are grey;
+   an RGB copy with equal channels reads as that channel (the weights sum to 1). One channel is
+   what the prepared cache stores, so a cached run sees the same image as a run on the files;
+4. resize to ``H x W`` per axis: an axis that shrinks is averaged (``INTER_AREA``: each target
+   pixel is the mean of the source pixels it covers, so thin structures are not aliased), an
+   axis that grows is interpolated (``INTER_LINEAR``). Non-square images are stretched: chest
+   radiographs are close to square and all the ImageNet backbones expect a square input.
+   :func:`read_unit_grey` also returns the source size, so a caller can report upsampling
+   (:func:`upsampling_summary`);
+5. repeat the grey image on 3 channels and normalise: ``minus_one_one`` gives ``2u - 1`` in
+   ``[-1, 1]``, ``zero_one`` gives ``u``, ``imagenet`` gives ``(u - mean) / std`` per channel.
 
 :func:`verify_images` finds missing, empty, truncated and undecodable files before a run
 starts, so a long training does not die on image 80,000. Long steps outside ``fit`` (this
@@ -70,34 +79,45 @@ def _read(path) -> tuple[str | None, bytes]:
     return None, data
 
 
+# ANYDEPTH keeps 16 bit, ANYCOLOR keeps grey as one channel and drops alpha, and any flag other
+# than IMREAD_UNCHANGED makes OpenCV apply a JPEG's EXIF orientation.
+DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+# ITU-R BT.601 luma weights of R, G, B (what cv2.COLOR_RGB2GRAY uses); they sum to 1.
+LUMA_RGB = (0.299, 0.587, 0.114)
+
+
 def decode_image(data: bytes, path="<bytes>") -> np.ndarray:
-    """Decode encoded image bytes with OpenCV (``IMREAD_UNCHANGED``): (H, W) or (H, W, C)."""
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    """Decode encoded image bytes with OpenCV: (H, W) grey or (H, W, 3) BGR, EXIF-upright,
+    8 or 16 bit, no alpha (step 1 of the module doc)."""
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), DECODE_FLAGS)
     if image is None or image.size == 0:
         raise DataError(f"bad image {path}: cannot decode image (not a valid image file)")
     return image
 
 
-def to_unit_rgb(image: np.ndarray) -> np.ndarray:
-    """Decoded OpenCV image -> float32 in [0, 1], (H, W) for gray or (H, W, 3) RGB.
+def to_unit_grey(image: np.ndarray) -> np.ndarray:
+    """Decoded OpenCV image -> float32 (H, W) grey in [0, 1] (steps 2-3 of the module doc).
 
-    Gray stays 2-D here (resizing one channel is 3x cheaper); :func:`preprocess` repeats it.
-    Integer images are divided by their dtype's maximum; float images are taken as [0, 1].
+    Takes (H, W), (H, W, 1), gray+alpha (H, W, 2), BGR (H, W, 3) or BGRA (H, W, 4), so arrays
+    decoded elsewhere follow the same rule. Integer images are divided by their dtype's maximum;
+    float images are taken as [0, 1].
     """
-    if image.ndim == 3 and image.shape[2] == 1:
+    if image.ndim == 3 and image.shape[2] in (1, 2):     # grey (+ alpha)
         image = image[:, :, 0]
-    elif image.ndim == 3 and image.shape[2] == 2:    # gray + alpha
-        image = image[:, :, 0]
-    elif image.ndim == 3 and image.shape[2] == 3:    # OpenCV decodes colour as BGR
-        image = image[:, :, ::-1]
-    elif image.ndim == 3 and image.shape[2] == 4:    # BGRA: drop alpha
-        image = image[:, :, 2::-1]
+    elif image.ndim == 3 and image.shape[2] in (3, 4):   # BGR (+ alpha)
+        image = image[:, :, :3]
     elif image.ndim != 2:
         raise DataError(f"unsupported image shape {image.shape}")
     if np.issubdtype(image.dtype, np.integer):
-        scale = float(np.iinfo(image.dtype).max)
-        return np.ascontiguousarray(image, dtype=np.float32) / np.float32(scale)
-    return np.clip(np.ascontiguousarray(image, dtype=np.float32), 0.0, 1.0)
+        unit = np.asarray(image, dtype=np.float32) / np.float32(np.iinfo(image.dtype).max)
+    else:
+        unit = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    if unit.ndim == 3:
+        blue, green, red = (unit[:, :, c] for c in range(3))
+        unit = (np.float32(LUMA_RGB[0]) * red + np.float32(LUMA_RGB[1]) * green
+                + np.float32(LUMA_RGB[2]) * blue)
+        np.clip(unit, 0.0, 1.0, out=unit)   # equal channels may round a hair above 1
+    return np.ascontiguousarray(unit, dtype=np.float32)
 
 
 def _size_pair(image_size) -> tuple[int, int]:
@@ -111,21 +131,41 @@ def _size_pair(image_size) -> tuple[int, int]:
     return height, width
 
 
-def preprocess(image: np.ndarray, image_size, normalization: str = "minus_one_one") -> np.ndarray:
-    """Decoded OpenCV image -> float32 (S, S, 3) model input (steps 2-5 of the module doc)."""
+def resize_unit(unit: np.ndarray, image_size) -> np.ndarray:
+    """Resize a float image to ``image_size`` (step 4 of the module doc): the one resize rule.
+
+    Axes that shrink are area-averaged first, then axes that grow are linearly interpolated;
+    an image shrunk on one axis and enlarged on the other gets each on its own axis.
+    """
+    height, width = _size_pair(image_size)
+    source = unit.shape[:2]
+    middle = (min(source[0], height), min(source[1], width))
+    if middle != source:
+        unit = cv2.resize(unit, (middle[1], middle[0]), interpolation=cv2.INTER_AREA)
+    if middle != (height, width):
+        unit = cv2.resize(unit, (width, height), interpolation=cv2.INTER_LINEAR)
+    # INTER_LINEAR cannot leave the source range and INTER_AREA is an average: the clip only
+    # undoes float rounding.
+    return np.clip(unit, 0.0, 1.0) if unit.dtype.kind == "f" else unit
+
+
+def read_unit_grey(path, image_size) -> tuple[np.ndarray, tuple[int, int]]:
+    """The one reading function: ``(grey, (source_height, source_width))``.
+
+    ``grey`` is float32 (H, W) in [0, 1] at ``image_size`` (steps 1-4 of the module doc); the
+    source size is the upright decoded size, for :func:`upsampling_summary`. DataError names
+    the file if it is missing, empty or cannot be decoded.
+    """
+    unit = to_unit_grey(decode_image(read_bytes(path), path))
+    return resize_unit(unit, image_size), (int(unit.shape[0]), int(unit.shape[1]))
+
+
+def normalize_unit(grey: np.ndarray, normalization: str = "minus_one_one") -> np.ndarray:
+    """Grey (H, W) in [0, 1] -> float32 (H, W, 3) model input (step 5 of the module doc)."""
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"unknown normalization {normalization!r}; "
                           f"choose one of {NORMALIZATIONS}")
-    unit = to_unit_rgb(image)
-    height, width = _size_pair(image_size)
-    if unit.shape[:2] != (height, width):
-        shrinking = height <= unit.shape[0] and width <= unit.shape[1]
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        unit = cv2.resize(unit, (width, height), interpolation=interpolation)
-        # INTER_LINEAR cannot leave [0, 1], INTER_AREA is an average: only rounding to undo.
-        np.clip(unit, 0.0, 1.0, out=unit)
-    if unit.ndim == 2:
-        unit = np.repeat(unit[:, :, None], 3, axis=2)
+    unit = np.repeat(np.asarray(grey, np.float32)[:, :, None], 3, axis=2)
     if normalization == "minus_one_one":
         return unit * np.float32(2.0) - np.float32(1.0)
     if normalization == "imagenet":
@@ -133,13 +173,60 @@ def preprocess(image: np.ndarray, image_size, normalization: str = "minus_one_on
     return unit
 
 
+def preprocess(image: np.ndarray, image_size, normalization: str = "minus_one_one") -> np.ndarray:
+    """Decoded OpenCV image -> float32 (H, W, 3) model input (steps 2-5 of the module doc)."""
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {normalization!r}; "
+                          f"choose one of {NORMALIZATIONS}")
+    return normalize_unit(resize_unit(to_unit_grey(image), image_size), normalization)
+
+
 def read_image(path, image_size, normalization: str = "minus_one_one") -> np.ndarray:
-    """Read an image file as a float32 (S, S, 3) model input, by default in [-1, 1].
+    """Read an image file as a float32 (H, W, 3) model input, by default in [-1, 1].
 
     ``image_size`` is ``S`` or ``(height, width)``. DataError names the file if it is missing,
-    empty or cannot be decoded.
+    empty or cannot be decoded. Same pixels as the training pipeline and the cache.
     """
-    return preprocess(decode_image(read_bytes(path), path), image_size, normalization)
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {normalization!r}; "
+                          f"choose one of {NORMALIZATIONS}")
+    return normalize_unit(read_unit_grey(path, image_size)[0], normalization)
+
+
+def upsampling_factor(source_size, image_size) -> float:
+    """How much an image of ``source_size`` (height, width) is enlarged to reach
+    ``image_size``: the largest per-axis ratio target / source, or 1.0 if no axis grows."""
+    height, width = _size_pair(image_size)
+    return max(1.0, height / float(source_size[0]), width / float(source_size[1]))
+
+
+def upsampling_summary(source_sizes, image_size) -> dict:
+    """How many images are enlarged to ``image_size``, and by how much.
+
+    ``source_sizes``: (height, width) per image (:func:`read_unit_grey`, :func:`source_sizes`).
+    Returns ``{"images", "upsampled", "fraction_upsampled", "max_factor", "median_factor",
+    "image_size"}``; the factors are over the upsampled images (1.0 when none is).
+    A run on 64 px NIH images at 128 px reports every image upsampled by 2.0.
+    """
+    factors = np.array([upsampling_factor(size, image_size) for size in source_sizes],
+                       np.float64)
+    grown = factors[factors > 1.0]
+    height, width = _size_pair(image_size)
+    return {"images": int(len(factors)), "upsampled": int(len(grown)),
+            "fraction_upsampled": float(len(grown) / len(factors)) if len(factors) else 0.0,
+            "max_factor": float(grown.max()) if len(grown) else 1.0,
+            "median_factor": float(np.median(grown)) if len(grown) else 1.0,
+            "image_size": [height, width]}
+
+
+def source_sizes(paths, *, workers: int | None = None) -> list[tuple[int, int]]:
+    """(height, width) of each image as read (upright): PNG sizes from the header, other
+    formats decoded. For :func:`upsampling_summary` on a run that reads the files."""
+    def size_of(path):
+        width, height = image_size_of(path)
+        return height, width
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        return list(pool.map(size_of, [str(p) for p in paths]))
 
 
 def image_size_of(path) -> tuple[int, int]:

@@ -3,8 +3,12 @@
 Every image goes through the same steps, whether it comes from a raw PNG/JPEG file or from the
 prepared cache (``chestkd.data.cache``):
 
-1. decode (any channel count: gray, gray+alpha, RGB, RGBA; 8 or 16 bit) to 3 channels,
-2. resize to ``image_size`` (area interpolation when shrinking, bilinear when enlarging),
+1. read with :func:`chestkd.data.images.read_unit_grey`, the one reading rule that the cache and
+   ``chestkd.predict`` use too (any channel count and bit depth, EXIF orientation, grey by luma,
+   area-averaged on an axis that shrinks, linear on one that grows); the prepared cache holds
+   that grey image at its own size, resized to ``image_size`` by the same rule
+   (:func:`chestkd.data.images.resize_unit`),
+2. repeat the grey image on 3 channels,
 3. normalise: ``minus_one_one`` maps [0, 1] to [-1, 1] (the papers' convention, and what every
    chestkd model expects); ``zero_one`` keeps [0, 1]; ``imagenet`` uses ImageNet's channel
    mean and std; ``mean_std`` subtracts a dataset mean and divides by its std
@@ -25,8 +29,6 @@ encoded as -1, which the losses and metrics in ``chestkd.training.losses`` leave
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
@@ -37,7 +39,6 @@ from chestkd.errors import ConfigError, DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 NORMALIZATIONS = ("minus_one_one", "zero_one", "imagenet", "mean_std")
-_TF_DECODABLE = (".png", ".jpg", ".jpeg")
 
 
 def encode_labels(data: Dataset) -> np.ndarray:
@@ -62,46 +63,27 @@ def normalize(images01: tf.Tensor, normalization: str = "minus_one_one", mean_st
     raise ConfigError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
 
 
-def _to_three_channels(image: tf.Tensor) -> tf.Tensor:
-    # Gray (1) and gray+alpha (2) are replicated; RGB(A) drops alpha.
-    channels = tf.shape(image)[-1]
-    return tf.cond(channels < 3,
-                   lambda: tf.tile(image[..., :1], [1, 1, 3]),
-                   lambda: image[..., :3])
+def read_files(paths: np.ndarray, image_size: int) -> np.ndarray:
+    """Byte-string paths -> float32 (B, S, S) grey in [0, 1], by
+    :func:`chestkd.data.images.read_unit_grey`."""
+    from chestkd.data.images import read_unit_grey
+    out = np.empty((len(paths), image_size, image_size), np.float32)
+    for k, path in enumerate(paths):
+        out[k] = read_unit_grey(path.decode(), image_size)[0]
+    return out
 
 
-def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    shape = tf.shape(image)
-    shrinking = tf.logical_or(shape[0] > image_size, shape[1] > image_size)
-    size = [image_size, image_size]
-    return tf.cond(shrinking,
-                   lambda: tf.image.resize(image, size, method="area"),
-                   lambda: tf.image.resize(image, size, method="bilinear"))
-
-
-def decode_file(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Read and decode one PNG/JPEG into float32 (S, S, 3) in [0, 1]."""
-    contents = tf.io.read_file(path)
-    image = tf.cond(
-        tf.io.is_jpeg(contents),
-        lambda: tf.cast(tf.io.decode_jpeg(contents, channels=0), tf.float32) / 255.0,
-        lambda: tf.cast(tf.io.decode_png(contents, channels=0, dtype=tf.uint16), tf.float32)
-        / 65535.0)
-    image = _resize(_to_three_channels(image), image_size)
-    image.set_shape([image_size, image_size, 3])
-    return image
-
-
-def _decode_with_cv2(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    # TIFF/BMP and other formats TF cannot decode: fall back to OpenCV (releases the GIL).
-    from chestkd.data.images import read_image
-
-    def read(p):
-        return (read_image(p.decode(), image_size) + 1.0) / 2.0
-
-    image = tf.numpy_function(read, [path], tf.float32, stateful=False)
-    image.set_shape([image_size, image_size, 3])
-    return image
+def resize_cached(images: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 (B, s, s) cached grey images -> float32 (B, S, S) in [0, 1], resized by the
+    reading rule (:func:`chestkd.data.images.resize_unit`) when ``s != S``."""
+    from chestkd.data.images import resize_unit
+    unit = images.astype(np.float32) / np.float32(255.0)
+    if unit.shape[1:] == (image_size, image_size):
+        return unit
+    out = np.empty((len(unit), image_size, image_size), np.float32)
+    for i, image in enumerate(unit):
+        out[i] = resize_unit(image, image_size)
+    return out
 
 
 def _flip(images: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
@@ -178,31 +160,31 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
         from chestkd.data.cache import PreparedCache
         cache = PreparedCache(cache_dir)
         rows = tf.constant(cache.rows_for(data))
-        cache_size = cache.size
         batches = elements.batch(batch_size, drop_remainder=drop_remainder)
 
         def load(i, flips, params):
-            images = tf.numpy_function(lambda r: cache.read_rows(r), [tf.gather(rows, i)],
-                                       tf.uint8, stateful=False)
-            images = tf.cast(images[..., None], tf.float32) / 255.0
-            images.set_shape([None, cache_size, cache_size, 1])
-            images = tf.tile(images, [1, 1, 1, 3])
-            if cache_size != image_size:
-                images = tf.image.resize(images, [image_size, image_size],
-                                         method="area" if cache_size > image_size else "bilinear")
+            images = tf.numpy_function(
+                lambda r: resize_cached(cache.read_rows(r), image_size),
+                [tf.gather(rows, i)], tf.float32, stateful=False)
+            images.set_shape([None, image_size, image_size])
+            images = tf.tile(images[..., None], [1, 1, 1, 3])
             return i, flips, params, _flip(images, flips)
 
         ds = batches.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
         paths = tf.constant(data.paths)
-        tf_decodable = all(os.path.splitext(p)[1].lower() in _TF_DECODABLE for p in data.paths)
-        decode = decode_file if tf_decodable else _decode_with_cv2
+        batches = elements.batch(batch_size, drop_remainder=drop_remainder)
 
-        def load_one(i, f, params):
-            return i, f, params, _flip(decode(paths[i], image_size), f)
+        def load(i, flips, params):
+            # One Python call per batch, not per image: the reading is OpenCV's (GIL released),
+            # the per-call cost of numpy_function is paid once per batch.
+            images = tf.numpy_function(lambda p: read_files(p, image_size),
+                                       [tf.gather(paths, i)], tf.float32, stateful=False)
+            images.set_shape([None, image_size, image_size])
+            images = tf.tile(images[..., None], [1, 1, 1, 3])
+            return i, flips, params, _flip(images, flips)
 
-        ds = elements.map(load_one, num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = batches.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
 
     if ranges is not None:
         ds = ds.map(lambda i, f, p, x: (i, f, p, augment_batch(x, p)),
