@@ -278,18 +278,19 @@ def default_workers() -> int:
 
 
 def progress_bar(total: int, verbose: int = 1, *, unit_name: str = "image",
-                 minimum: int | None = None):
-    """A ``keras.utils.Progbar`` over ``total`` items, or None when quiet or quick.
+                 minimum: int | None = None, label: str | None = None):
+    """A progress reporter over ``total`` items, or None when quiet or quick.
 
-    None when ``verbose`` is 0 or ``total < minimum`` (default ``PROGRESS_MIN_ITEMS``): a
-    progress bar for a few hundred items is noise. Keras is imported only when a bar is shown
-    (it imports TensorFlow).
+    On a terminal a ``keras.utils.Progbar``; when standard output is a file or a pipe (a log)
+    a :class:`chestkd.data.progress.LineProgress`, which writes one plain line per 10 % (led
+    by ``label``) instead of a redrawn bar. None when ``verbose`` is 0 or ``total < minimum``
+    (default ``PROGRESS_MIN_ITEMS``): a progress bar for a few hundred items is noise. Keras
+    is imported only when a bar is shown (it imports TensorFlow).
     """
     if not verbose or total < (PROGRESS_MIN_ITEMS if minimum is None else minimum):
         return None
-    import keras
-    return keras.utils.Progbar(total, verbose=1 if verbose is True else int(verbose),
-                               unit_name=unit_name)
+    from chestkd.data.progress import progress
+    return progress(total, verbose, unit_name=unit_name, label=label or f"{unit_name}s")
 
 
 def verify_images(paths, *, skip: bool = False, workers: int | None = None,

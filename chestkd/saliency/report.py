@@ -33,11 +33,11 @@ import copy
 import math
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from chestkd.data.images import progress_bar
 from chestkd.errors import ChestKDError, ConfigError
 from chestkd.saliency import METHODS, saliency_method
 from chestkd.saliency.display import (DEFAULT_PERCENTILE, display_maps, display_sigma,
@@ -85,16 +85,18 @@ def compute_maps(model, images, classes, methods, options: dict, *, batch_size: 
     failed. The maps are the raw attributions with the method's display sign
     (:func:`chestkd.saliency.display.signed_to_display`), unscaled and unblurred.
 
-    One ``keras.utils.Progbar`` counts (method, image) maps; ``verbose=0`` keeps it quiet.
+    One progress report counts (method, image) maps (a bar on a terminal, a line per 10 % in
+    a log: :func:`chestkd.data.images.progress_bar`); ``verbose=0`` keeps it quiet.
     """
     maps, skipped = {}, {}
     n = len(images)
-    bar = keras.utils.Progbar(len(methods) * n, verbose=verbose, unit_name="map")
+    bar = progress_bar(len(methods) * n, verbose, unit_name="map", minimum=0,
+                       label="saliency maps")
     shown = [0]
 
     def advance(count):
         # Progbar prints its final line on every update at the target: advance only.
-        if count > shown[0]:
+        if bar is not None and count > shown[0]:
             shown[0] = count
             bar.update(count)
 
