@@ -164,9 +164,9 @@ def images_used(data: Dataset) -> str:
     left_out, skipped = absent_counts(data)
     reasons = []
     if left_out:
-        reasons.append(f"{left_out:,} not on disk, left out (images: present)")
+        reasons.append(f"{left_out:,} not on disk, left out by images: present")
     if skipped:
-        reasons.append(f"{skipped:,} not on disk, skipped (--skip-bad-images)")
+        reasons.append(f"{skipped:,} not on disk, skipped by --skip-bad-images")
     unreadable = len(data.skipped) - skipped
     if unreadable:
         reasons.append(f"{unreadable:,} unreadable, skipped")

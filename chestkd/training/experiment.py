@@ -58,7 +58,7 @@ def load_run_data(config: dict, run_dir) -> Dataset:
         counts = [f"{n:,} {what}" for n, what in ((absent, "absent from disk"),
                                                   (len(data.skipped) - absent, "unreadable"))
                   if n]
-        print(f"skipped {' and '.join(counts)} image(s); listed in "
+        print(f"skipped images: {' and '.join(counts)}; listed in "
               f"{Path(run_dir) / 'skipped.csv'}")
     if config["normalization"] == "mean_std" and not config.get("mean_std"):
         image_options(data, config)  # estimated once, on the training split ...
