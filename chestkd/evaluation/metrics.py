@@ -8,6 +8,7 @@ out of the mean, and the table says how many positives each class had so the rea
 from __future__ import annotations
 
 import time
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -24,20 +25,44 @@ def softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_logits(model, dataset, jit_compile: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels for every batch of ``dataset`` (images, y), in order.
+# model -> {(jit_compile, per-image shape, dtype): inference tf.function}. Weak keys, and the
+# functions reach their model through a weak reference, so a cached entry never keeps a model
+# alive.
+_INFERENCE_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-    The model runs through one ``tf.function`` (traced once per batch shape; ``reduce_retracing``
-    lets the smaller last batch share a trace) instead of eagerly per batch, optionally
-    XLA-compiled with ``jit_compile``.
+
+def inference_function(model, image_shape, dtype, jit_compile: bool = False):
+    """The one ``tf.function`` running ``model(x, training=False)`` on batches of
+    ``image_shape`` images of ``dtype``, made once per model, signature and ``jit_compile``.
+
+    Its input signature has a free batch dimension, so it is traced once, whatever the batch
+    sizes and however many times it is called: a new ``tf.function`` per call (or per batch
+    shape) made TensorFlow retrace at every evaluation and warn about it.
     """
     import tensorflow as tf
 
-    infer = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile,
-                        reduce_retracing=True)
+    dtype = tf.as_dtype(dtype)
+    key = (bool(jit_compile), tuple(image_shape), dtype.name)
+    functions = _INFERENCE_FUNCTIONS.setdefault(model, {})
+    if key not in functions:
+        model_ref = weakref.ref(model)
+        functions[key] = tf.function(
+            lambda x: model_ref()(x, training=False), jit_compile=bool(jit_compile),
+            input_signature=[tf.TensorSpec((None, *image_shape), dtype)])
+    return functions[key]
+
+
+def predict_logits(model, dataset, jit_compile: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels for every batch of ``dataset`` (images, y), in order.
+
+    The model runs through one ``tf.function`` (:func:`inference_function`: traced once per
+    model and image shape, for every batch size and every call) instead of eagerly per batch,
+    optionally XLA-compiled with ``jit_compile``.
+    """
     logits, labels = [], []
     for x, y in dataset:
         images = x["image"] if isinstance(x, dict) else x
+        infer = inference_function(model, tuple(images.shape[1:]), images.dtype, jit_compile)
         logits.append(np.asarray(infer(images), np.float64))
         labels.append(np.asarray(y))
     return np.concatenate(logits), np.concatenate(labels)
