@@ -68,8 +68,12 @@ class Distiller(keras.Model):
             weighted ensemble teacher); ``"losses"``: the weighted sum of one divergence per
             teacher, :math:`\\sum_k w_k D(z_s, z^{(k)})` — RoS-KD's Eq. 4, where a draw that
             puts most weight on one teacher makes the step follow that teacher alone. The two
-            differ whenever the teachers disagree (the divergence is convex, so the mixture's
-            is the smaller).
+            differ whenever the teachers disagree, and neither is always the smaller: the KL
+            divergence is convex in the teacher's *distribution*, so a mixture of the teachers'
+            probabilities would diverge no more than the weighted sum, but mixing *logits* gives
+            another distribution (for softmax, the normalised weighted geometric mean of the
+            teachers'), for which no such bound holds — over random logits either can be
+            larger.
         feature_terms: :class:`chestkd.distill.feature_terms.FeatureTerm` objects, each adding
             ``weight * distance(student layer, teacher layer)`` to the loss (and a metric of
             its name). They need live teachers; their adapters train with the student and are
