@@ -270,3 +270,42 @@ def test_fit_saves_the_averaged_model_and_logs_the_raw_score_beside_it(tmp_path)
     conv = keras.Model(saved.inputs[0], saved.get_layer("conv").output)(x[:32]).numpy()
     np.testing.assert_allclose(saved.get_layer("bn").moving_mean.numpy(),
                                conv.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------- the expected time of a schedule
+class ScriptedClock:
+    """A clock that returns the given times, one per call."""
+
+    def __init__(self, times):
+        self.times = list(times)
+
+    def __call__(self):
+        return self.times.pop(0)
+
+
+def test_schedule_estimate_after_the_first_epoch_leaves_out_the_first_steps_tracing(capsys):
+    from chestkd.training.callbacks import ScheduleEstimate, format_duration
+    x = np.zeros((48, 4), "float32")
+    y = np.zeros((48, 2), "float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    # epoch 1 begins at 0; its 3 steps end at 5 (tracing), 6 and 7; validation ends at 8.
+    # Later epochs read no clock.
+    estimate = ScheduleEstimate([{"name": "distillation", "epochs": 4},
+                                 {"name": "fine-tuning", "epochs": 2, "cost": 0.5}],
+                                clock=ScriptedClock([0.0, 5.0, 6.0, 7.0, 8.0]))
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[estimate])
+    # typical step 1 s, so 4 s of the first were one-off; a later epoch: 8 - 4 = 4 s
+    assert estimate.estimate["one_off_seconds"] == pytest.approx(4.0)
+    assert estimate.estimate["later_epoch_seconds"] == pytest.approx(4.0)
+    assert estimate.estimate["schedule_seconds"] == pytest.approx(8.0 + 2 * 4.0)
+    assert [s["seconds"] for s in estimate.estimate["later_stages"]] == [16.0, 4.0]
+    assert estimate.estimate["total_seconds"] == pytest.approx(16.0 + 16.0 + 4.0)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == [
+        "epoch 1 of 3 took 8.0 s (about 4.0 s of it one-off tracing and warm-up); expected: "
+        "4.0 s per later epoch, 8.0 s for the 2 left, 16.0 s for this 3-epoch schedule; "
+        "then distillation: 4 epoch(s), about 16.0 s; then fine-tuning: 2 epoch(s), about "
+        "4.0 s; in all about 36.0 s from the start of this fit"]
+    assert [format_duration(s) for s in (59.94, 245, 7620, 3 * 86400 + 4 * 3600 + 59)] == [
+        "59.9 s", "4 min 05 s", "2 h 07 min", "3 d 04 h"]

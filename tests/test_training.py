@@ -200,3 +200,19 @@ def test_step_epochs_divide_by_ten_after_the_listed_epochs():
     np.testing.assert_allclose(values, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
     with pytest.raises(ConfigError, match="step-epochs"):
         make_optimizer({**config, "step_epochs": [40, 25]}, 10)
+
+
+def test_fit_prints_the_expected_time_of_the_schedule_and_later_stages(tmp_path, capsys):
+    config = {**BASE_DEFAULTS, "epochs": 3, "learning_rate": 0.05, "schedule": "constant",
+              "_later_stages": [{"name": "distillation", "epochs": 5}]}
+    train, val = _data()
+    fit(_model(config), train, val, config, tmp_path, verbose=0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "expected" in line]
+    assert len(lines) == 1  # after the first epoch only
+    assert lines[0].startswith("epoch 1 of 3 took ")
+    assert "for this 3-epoch schedule" in lines[0]
+    assert "then distillation: 5 epoch(s), about " in lines[0]
+    # the schedule's estimate is at least the first epoch, which history.csv also timed
+    seconds = pd.read_csv(tmp_path / "history.csv")["epoch_seconds"]
+    printed = float(lines[0].split(" took ")[1].split(" s ")[0])
+    assert printed == pytest.approx(seconds.iloc[0], abs=0.15)

@@ -115,6 +115,93 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
+def format_duration(seconds: float) -> str:
+    """``12.3 s``, ``4 min 05 s``, ``2 h 07 min``, ``3 d 04 h``: a wait a person can read."""
+    seconds = max(float(seconds), 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours:02d} h"
+
+
+class ScheduleEstimate(keras.callbacks.Callback):
+    """After the first epoch a fit runs, print its wall time and the expected time of the rest
+    of the schedule, and of each later stage the run knows of.
+
+    Why: a schedule can take days (the papers' 200 DenseNet-121 epochs over 78,000 images),
+    far longer than a Colab session; the person should know after one epoch, not find out.
+
+    The first epoch pays one-off costs (tracing, XLA compilation, the input pipeline
+    warming up), most of them in its first step: the later epochs are estimated as the first
+    epoch less (first step - a typical step), the typical step being the mean of the others.
+    The validation pass of epoch 1 also traced once, so the estimate errs a little long.
+
+    Args:
+        later_stages: ``{"name", "epochs", "cost"}`` mappings, in order: a later fit of
+            ``epochs`` epochs, each costing ``cost`` (default 1) times this fit's epoch
+            (self-training's distillation: the same model on the same data, so about 1).
+        clock: the time source (seconds), for tests.
+    """
+
+    def __init__(self, later_stages=(), clock=time.perf_counter):
+        super().__init__()
+        self.later_stages = [dict(stage) for stage in later_stages]
+        self.clock = clock
+        self.estimate = None  # what was printed, as numbers
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.estimate is None:
+            self._start = self.clock()
+            self._first_step, self._last_step, self._steps = None, None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.estimate is None:
+            now = self.clock()
+            self._steps += 1
+            if self._first_step is None:
+                self._first_step = now - self._start
+            self._last_step = now
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.estimate is not None:
+            return
+        seconds = self.clock() - self._start
+        one_off = 0.0
+        if self._steps > 1:
+            typical = (self._last_step - self._start - self._first_step) / (self._steps - 1)
+            one_off = max(self._first_step - typical, 0.0)
+        per_epoch = seconds - one_off
+        epochs = int(self.params.get("epochs") or epoch + 1)
+        remaining = epochs - (epoch + 1)
+        self.estimate = {"epoch": epoch + 1, "epochs": epochs, "epoch_seconds": seconds,
+                         "one_off_seconds": one_off, "later_epoch_seconds": per_epoch,
+                         "remaining_seconds": remaining * per_epoch,
+                         "schedule_seconds": seconds + remaining * per_epoch, "later_stages": []}
+        line = (f"epoch {epoch + 1} of {epochs} took {format_duration(seconds)} (about "
+                f"{format_duration(one_off)} of it one-off tracing and warm-up); expected: "
+                f"{format_duration(per_epoch)} per later epoch, "
+                f"{format_duration(remaining * per_epoch)} for the {remaining} left, "
+                f"{format_duration(seconds + remaining * per_epoch)} for this "
+                f"{epochs}-epoch schedule")
+        total = seconds + remaining * per_epoch
+        for stage in self.later_stages:
+            stage_seconds = int(stage["epochs"]) * per_epoch * float(stage.get("cost", 1.0))
+            total += stage_seconds
+            self.estimate["later_stages"].append({**stage, "seconds": stage_seconds})
+            line += (f"; then {stage['name']}: {int(stage['epochs'])} epoch(s), about "
+                     f"{format_duration(stage_seconds)}")
+        if self.later_stages:
+            line += f"; in all about {format_duration(total)} from the start of this fit"
+        self.estimate["total_seconds"] = total
+        print(line, flush=True)
+
+
 class StudentCheckpoint(keras.callbacks.Callback):
     """Save the student of a :class:`Distiller` (or a plain model) when ``monitor`` improves.
 

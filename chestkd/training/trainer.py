@@ -4,8 +4,11 @@
 the EXACT validation mean AUC as ``val_auc`` (:class:`ExactValidationAUC`; Keras'
 200-threshold value is kept as ``val_auc_approx``), a CSV history with wall seconds per
 epoch, TensorBoard logs, the best model by that exact AUC saved atomically to ``model.keras``
-(the student, never a Distiller wrapper), optional snapshots at chosen epochs, and
-``BackupAndRestore`` so an interrupted run resumes where it stopped (``--resume RUN_DIR``).
+(the student, never a Distiller wrapper), optional snapshots at chosen epochs,
+``BackupAndRestore`` so an interrupted run resumes where it stopped (``--resume RUN_DIR``),
+after the first epoch its time and the expected time of the schedule and of the stages after
+it (:class:`ScheduleEstimate`), and a stop at the first non-finite loss or validation logits
+(:class:`TrainingDiverged`, exit status 2, ``diverged.json`` in the run folder).
 
 ``make_optimizer`` builds SGD/Adam with the papers' coupled (PyTorch-style) L2 weight decay
 (:mod:`chestkd.training.optimizers`); ``resolve_jit_compile`` decides whether the training
@@ -21,15 +24,15 @@ import tensorflow as tf
 
 from chestkd.errors import ConfigError
 from chestkd.training.callbacks import (EpochSnapshot, EpochTimer, ExactValidationAUC,
-                                        StopOnDivergence, StudentCheckpoint, TrainingDiverged,
-                                        WeightAveraging, student_of)
+                                        ScheduleEstimate, StopOnDivergence, StudentCheckpoint,
+                                        TrainingDiverged, WeightAveraging, student_of)
 from chestkd.training.distribute import distribution_strategy  # noqa: F401
 from chestkd.training.optimizers import CoupledAdam, CoupledSGD
 from chestkd.training.run import write_json
 
 __all__ = ["MONITOR", "WEIGHT_DECAY_MODES", "EpochSnapshot", "EpochTimer", "ExactValidationAUC",
-           "StopOnDivergence", "StudentCheckpoint", "TrainingDiverged", "WeightAveraging",
-           "distribution_strategy", "fit", "make_optimizer", "make_schedule",
+           "ScheduleEstimate", "StopOnDivergence", "StudentCheckpoint", "TrainingDiverged",
+           "WeightAveraging", "distribution_strategy", "fit", "make_optimizer", "make_schedule",
            "resolve_jit_compile", "resolve_verbose", "weight_decay_mode", "xla_fallback_reason"]
 
 MONITOR = "val_auc"
@@ -228,6 +231,10 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
             continued later by calling ``fit`` again with more epochs.
         snapshot_epochs: 1-based epochs after which the student is also saved as
             ``run_dir/snapshots/epoch-NNNN.keras``.
+        config: the run's options; ``config["_later_stages"]`` (runtime-only), a list of
+            ``{"name", "epochs", "cost"}``, names the fits that follow this one, whose
+            expected time :class:`~chestkd.training.callbacks.ScheduleEstimate` prints
+            after the first epoch beside this schedule's.
         weight_averaging: a :class:`~chestkd.training.callbacks.WeightAveraging`: from its
             first averaged epoch on, ``val_auc`` (and so ``model.keras``, the selection and
             ``ReduceLROnPlateau``) is the averaged model's, BatchNorm re-estimated, and
@@ -238,6 +245,13 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
     run_dir.mkdir(parents=True, exist_ok=True)
     epochs = int(config["epochs"] if epochs is None else epochs)
     averaging = weight_averaging
+    # config["checkpoint"]: best_val keeps the epoch of the best exact validation AUC; last and
+    # average keep the final epoch's model (a fixed schedule; average: SWA over the last third
+    # of the epochs), since a validation split of a few dozen images picks epochs on noise.
+    selection = config.get("checkpoint", "best_val")
+    if selection == "average" and averaging is None and epochs > 1:
+        averaging = WeightAveraging(epochs - max(1, epochs // 3), bn_data=train_ds,
+                                    state_path=run_dir / "weight_average.npz")
     # First, so that no callback after it sees (or saves) a non-finite step.
     callbacks = [StopOnDivergence()]
     jit = bool(config.get("_jit_compile_resolved", getattr(model, "jit_compile", False)))
@@ -255,11 +269,14 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
     averaged = averaging is not None and epochs > averaging.start_epoch
     callbacks.append(StudentCheckpoint(
         run_dir / "model.keras", monitor=MONITOR, mode="max", state_path=run_dir / "best.json",
-        from_epoch=averaging.start_epoch + 1 if averaged else 1))
+        from_epoch=(epochs if selection != "best_val"
+                    else averaging.start_epoch + 1 if averaged else 1)))
     if averaging is not None:
         callbacks.append(averaging.restore_callback())
     callbacks += [
         EpochTimer(),
+        # After the exact validation AUC and the checkpoint: their time is part of an epoch.
+        ScheduleEstimate(config.get("_later_stages") or ()),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"),
                                          delete_checkpoint=not keep_backup),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
