@@ -12,12 +12,17 @@ on the validation split. A run directory without it falls back to its ``config.y
 ``test_predictions.npz``; a bare model file without it is refused (the preprocessing cannot
 be guessed).
 
-IMAGES are files or folders (searched recursively for .png, .jpg, .jpeg): grey, RGB or RGBA,
-8 or 16 bit, any size, decoded and resized by :mod:`chestkd.data.images`. Writes
+IMAGES are files or folders (searched recursively for .png, .jpg, .jpeg): grey, RGB, RGBA or
+palette, 8 or 16 bit, any size, EXIF-oriented JPEGs, read by
+:func:`chestkd.data.images.read_image` -- the reading rule of training and evaluation, so an
+image of the run's test split gets the logits its evaluation recorded. Writes
 
-* ``predictions.csv``: one row per image: ``image``, ``p_<class>`` per class, ``predicted``
-  (the classes whose probability reaches their threshold, ``;``-separated, ``none`` if none)
-  and, for exclusive classes, ``argmax`` (the most probable class);
+* ``predictions.csv``: one row per image: ``image``, ``p_<class>`` per class and ``predicted``:
+  for independent findings (sigmoid) the findings whose probability reaches their threshold,
+  ``;``-separated, ``none`` if none; for exclusive classes (softmax) the most probable class --
+  the decision, exactly one per image -- and beside it ``per_class_flags``, the classes whose
+  probability reaches their one-vs-rest threshold (zero, one or several: flags for a reader
+  who wants a class's own operating point, not a decision);
 * ``skipped.csv``: images that could not be read, with the reason (they are named on stderr
   and skipped; nothing else stops);
 * with ``--saliency METHOD`` (a Keras model only): ``saliency/<image>.png``, the image and the
@@ -96,6 +101,21 @@ def resolve_model(source) -> tuple[Path, dict]:
         raise ConfigError(f"{meta}: not valid JSON ({error})") from None
 
 
+def quantize_input(x: np.ndarray, details: dict) -> np.ndarray:
+    """Float inputs -> the input tensor's dtype. An integer input ``q = round(x / scale + zero)``
+    saturates at the dtype's range (a value past it would wrap around, e.g. int8 128 -> -128,
+    turning the brightest pixel into the darkest); a float input is cast."""
+    dtype = np.dtype(details["dtype"])
+    x = np.asarray(x, np.float32)
+    if not np.issubdtype(dtype, np.integer):
+        return x.astype(dtype)
+    scale, zero = details["quantization"]
+    if scale:
+        x = np.round(x / np.float32(scale) + np.float32(zero))
+    limits = np.iinfo(dtype)
+    return np.clip(x, limits.min, limits.max).astype(dtype)
+
+
 class TFLiteModel:
     """A ``.tflite`` classifier called like a Keras model on float32 image batches.
 
@@ -118,11 +138,8 @@ class TFLiteModel:
         self.input_shape = tuple(int(v) for v in self.input["shape"])
 
     def _one(self, image: np.ndarray) -> np.ndarray:
-        x = image[None].astype(np.float32)
-        scale, zero = self.input["quantization"]
-        if np.issubdtype(self.input["dtype"], np.integer) and scale:
-            x = np.round(x / scale + zero)
-        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+        self.interpreter.set_tensor(self.input["index"],
+                                    quantize_input(image[None], self.input))
         self.interpreter.invoke()
         y = self.interpreter.get_tensor(self.output["index"])
         scale, zero = self.output["quantization"]
@@ -187,10 +204,20 @@ def collect_images(sources) -> tuple[list[Path], list[dict]]:
     return files, missing
 
 
-def decisions(probs: np.ndarray, names, thresholds) -> list[str]:
-    """The classes whose probability reaches their threshold, per image."""
+def flags(probs: np.ndarray, names, thresholds) -> list[str]:
+    """The classes whose probability reaches their threshold, per image (``;``-separated,
+    ``none`` if none): the decision for independent findings."""
     above = probs >= np.asarray(thresholds, np.float64)[None, :]
     return [";".join(n for n, hit in zip(names, row) if hit) or "none" for row in above]
+
+
+def decisions(probs: np.ndarray, names, thresholds, multi_label: bool = True) -> list[str]:
+    """The decision per image: thresholded findings (:func:`flags`) for independent findings;
+    for exclusive classes the most probable class, one per image (one-vs-rest thresholds can
+    give an image none or two of classes that exclude each other)."""
+    if multi_label:
+        return flags(probs, names, thresholds)
+    return [names[int(i)] for i in np.argmax(probs, axis=1)]
 
 
 def write_overlay(model, image, class_index: int, method: str, path, title: str) -> None:
@@ -237,12 +264,14 @@ def run(argv=None) -> dict:
         if not batch:
             return
         probs = probabilities(classify(np.stack(batch)), info["probability"])
-        for path, image, p, decided in zip(batch_paths, batch, probs,
-                                           decisions(probs, names, thresholds)):
+        multi_label = bool(info["multi_label"])
+        decided = decisions(probs, names, thresholds, multi_label)
+        flagged = flags(probs, names, thresholds)
+        for k, (path, image, p) in enumerate(zip(batch_paths, batch, probs)):
             row = {"image": str(path), **{f"p_{n}": float(v) for n, v in zip(names, p)},
-                   "predicted": decided}
-            if not info["multi_label"]:
-                row["argmax"] = names[int(p.argmax())]
+                   "predicted": decided[k]}
+            if not multi_label:
+                row["per_class_flags"] = flagged[k]
             rows.append(row)
             if keras_model is not None and args.saliency:
                 top = int(p.argmax())

@@ -1,26 +1,84 @@
-"""python -m chestkd.predict on a run directory and a .keras file: the run's preprocessing,
-one row per image with its probabilities and thresholded findings, unreadable images skipped
-and listed, saliency overlays, the two real NIH images in assets/."""
+"""python -m chestkd.predict on a run directory and a .keras file: the logits the run's own
+evaluation recorded (test_predictions.npz) for its test images, whatever their kind; one row
+per image with its probabilities and decision (thresholded findings; the arg-max for exclusive
+classes, with the one-vs-rest flags beside it); unreadable images skipped and listed; saliency
+overlays; integer-input TFLite models saturate instead of wrapping; the two real NIH images in
+assets/."""
 import json
 import shutil
 from pathlib import Path
 
 import cv2
-import keras
 import numpy as np
 import pandas as pd
 import pytest
 
 from chestkd import predict
-from chestkd.data.images import read_image
-from deploy_run import SIZE, tiny_run
+from chestkd.data.phantom import write_phantom
+from chestkd.evaluation import evaluate_model
+from chestkd.training.config import BASE_DEFAULTS, resolve_config
+from chestkd.training.experiment import build_model, load_run_data
+from chestkd.training.run import save_model_atomically, start_run
 
 NIH = sorted((Path(__file__).parents[1] / "assets" / "nih").glob("*.png"))
+SIZE = 32
+
+
+def rewrite_as_other_kinds(images_dir):
+    """Make the phantom's radiographs the kinds real sets hold: every fourth image enlarged
+    (16 px), shrunk on one axis and enlarged on the other (24 x 48), a tinted RGB copy and a
+    16-bit copy; the rest stay 8-bit grey at the run's size."""
+    for k, path in enumerate(sorted(images_dir.glob("*.png"))):
+        grey = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        kind = k % 4
+        if kind == 0:
+            image = cv2.resize(grey, (16, 16), interpolation=cv2.INTER_AREA)
+        elif kind == 1:
+            image = cv2.resize(grey, (48, 24), interpolation=cv2.INTER_LINEAR)
+        elif kind == 2:
+            image = np.dstack([grey // 2, grey, np.full_like(grey, 40)])   # BGR, tinted
+        else:
+            image = grey.astype(np.uint16) * 257 + 100
+        assert cv2.imwrite(str(path), image)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("predict"))[0]
+    """A finished tiny run (untrained conv3_student: these tests check that files agree, not
+    fits) on a 60-image phantom whose files are of the kinds above, evaluated by the run's own
+    pipeline (test_predictions.npz, model_info.json with validation thresholds)."""
+    folder = tmp_path_factory.mktemp("predict")
+    phantom = write_phantom(folder / "phantom", images=60, size=SIZE, seed=1)
+    rewrite_as_other_kinds(phantom / "images")
+    config = resolve_config(["--dataset", "chestxray14", "--data-dir", str(phantom),
+                             "--image-size", str(SIZE), "--batch-size", "16",
+                             "--model", "conv3_student", "--out", str(folder / "runs"),
+                             "split=patient", "bootstrap=0", "latency_images=2",
+                             "jit_compile=false"], BASE_DEFAULTS)
+    run = start_run(config, "base_training")
+    data = load_run_data(config, run)
+    network = build_model("conv3_student", data, config)
+    save_model_atomically(network, run / "model.keras")
+    evaluate_model(network, data, config, run)
+    return run
+
+
+def _recorded(run_dir):
+    """(paths, probabilities) of the run's test split, from its evaluation's own logits."""
+    with np.load(run_dir / "test_predictions.npz") as npz:
+        logits = npz["logits"].astype(np.float64)
+        return [str(p) for p in npz["paths"]], 1 / (1 + np.exp(-logits))
+
+
+def test_predict_gives_the_logits_the_evaluation_recorded_for_every_kind_of_file(run_dir,
+                                                                                 tmp_path):
+    paths, expected = _recorded(run_dir)
+    kinds = {cv2.imread(p, cv2.IMREAD_UNCHANGED).shape for p in paths}
+    assert {(16, 16), (24, 48), (SIZE, SIZE, 3)} <= kinds    # the test split holds each kind
+    frame = predict.run([str(run_dir), *paths, "--out", str(tmp_path)])["predictions"]
+    assert list(frame["image"]) == paths
+    columns = [c for c in frame.columns if c.startswith("p_")]
+    np.testing.assert_allclose(frame[columns].to_numpy(np.float64), expected, atol=2e-5)
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +97,6 @@ def images(tmp_path_factory):
     return folder
 
 
-def _keras_probabilities(run_dir, paths):
-    model = keras.models.load_model(run_dir / "model.keras", compile=False)
-    x = np.stack([read_image(p, SIZE, "minus_one_one") for p in paths])
-    return 1 / (1 + np.exp(-model(x, training=False).numpy().astype(np.float64)))
-
-
 def test_a_run_directory_and_its_keras_file_predict_every_readable_image(run_dir, images,
                                                                           tmp_path, capsys):
     sources = [*map(str, NIH), str(images), str(images / "missing.png")]
@@ -55,9 +107,7 @@ def test_a_run_directory_and_its_keras_file_predict_every_readable_image(run_dir
     assert len(frame) == 6 and list(frame.columns) == ["image", *[f"p_{n}" for n in names],
                                                        "predicted"]
     assert frame["image"].str.endswith("nested.png").any()  # folders are searched
-    expected = _keras_probabilities(run_dir, frame["image"])
-    np.testing.assert_allclose(frame[[f"p_{n}" for n in names]].to_numpy(), expected,
-                               atol=1e-6)
+    expected = frame[[f"p_{n}" for n in names]].to_numpy(np.float64)
     by_name = frame.set_index(frame["image"].map(lambda p: Path(p).name))
     # a 16-bit copy (x 257) and an RGBA copy of the same radiograph read the same
     columns = [f"p_{n}" for n in names]
@@ -111,3 +161,54 @@ def test_user_errors_exit_2_with_one_line(run_dir, images, tmp_path, capsys):
         assert exit_status.value.code == 2, argv
     err = capsys.readouterr().err
     assert "bare_info.json" in err and "no readable image" in err and "nonsense" in err
+
+
+def test_exclusive_classes_are_decided_by_the_arg_max_with_the_flags_beside(run_dir, tmp_path):
+    """Thresholds that flag every class, or none: the decision is still exactly one class."""
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy(run_dir / "model.keras", copy / "model.keras")
+    info = json.loads((run_dir / "model_info.json").read_text())
+    names = info["class_names"]
+    info.update(multi_label=False, probability="softmax")
+    info["thresholds"].update(youden=[0.0] * len(names), f1=[1.01] * len(names))
+    (copy / "model_info.json").write_text(json.dumps(info))
+    for rule, flagged in (("youden", ";".join(names)), ("f1", "none")):
+        frame = predict.run([str(copy), *map(str, NIH), "--out", str(tmp_path / rule),
+                             "--threshold", rule])["predictions"]
+        assert list(frame.columns) == ["image", *[f"p_{n}" for n in names], "predicted",
+                                       "per_class_flags"]
+        p = frame[[f"p_{n}" for n in names]].to_numpy()
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)      # softmax
+        assert list(frame["predicted"]) == [names[i] for i in p.argmax(axis=1)]
+        assert set(frame["per_class_flags"]) == {flagged}
+
+
+def test_an_integer_input_tflite_model_saturates_instead_of_wrapping(tmp_path):
+    """An int8-input model calibrated on [-1, 1]: pixels just past the largest input int8 can
+    hold must read as that largest input (127), not wrap around to the smallest (-128)."""
+    import keras
+    import tensorflow as tf
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    rng = np.random.default_rng(0)
+    converter.representative_dataset = lambda: (
+        [rng.uniform(-1, 1, (1, 4, 4, 3)).astype(np.float32)] for _ in range(20))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    path = tmp_path / "int8_input.tflite"
+    path.write_bytes(converter.convert())
+    tflite = predict.TFLiteModel(path)
+    scale, zero = tflite.input["quantization"]
+    assert tflite.input["dtype"] == np.int8 and scale > 0
+    largest = (127 - zero) * scale                      # the largest input int8 can hold
+    image = np.full((1, 4, 4, 3), largest + scale, np.float32)   # q = 128: wraps to -128
+    saturated = np.full((1, 4, 4, 3), largest, np.float32)
+    darkest = np.full((1, 4, 4, 3), (-128 - zero) * scale, np.float32)
+    assert np.abs(tflite(saturated) - tflite(darkest)).max() > 0.1   # the model can tell
+    np.testing.assert_array_equal(tflite(image), tflite(saturated))
+    assert predict.quantize_input(np.array([3.0, -3.0, 0.0]), tflite.input).tolist() == [
+        127, -128, zero]
