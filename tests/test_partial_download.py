@@ -187,3 +187,16 @@ def test_files_present_lists_each_folder_once(tmp_path, monkeypatch):
     np.testing.assert_array_equal(files_present(paths),
                                   [True, False, True, True, False, False, True])
     assert sorted(listed) == sorted(str(tmp_path / f) for f in ("a", "b", "nowhere"))
+
+
+def test_run_summary_says_where_the_boxes_are_or_that_there_are_none(partial):
+    data = load_chestxray14(partial, split="official", images="present")
+    test_boxes = data.boxes[data.boxes["path"].isin(data.paths[data.split == "test"])]
+    assert run_summary(data).splitlines()[-1] == (
+        f"boxes: {len(data.boxes)} on {data.boxes['image'].nunique()} image(s), "
+        f"{len(test_boxes)} on {test_boxes['image'].nunique()} test image(s)")
+    for path in data.boxes["path"].unique():
+        Path(path).unlink()
+    bare = load_chestxray14(partial, split="official", images="present")
+    assert len(bare.boxes) == 0
+    assert run_summary(bare).splitlines()[-1].startswith("boxes: none of these images has a box")

@@ -179,7 +179,25 @@ def run_summary(data: Dataset) -> str:
     split and label (and images and patients per split), and the few-positives warnings."""
     report = describe(data)
     return "\n".join([f"{data.name}: {images_used(data)}", *_label_lines(report),
-                      *_split_lines(report), *few_positives_lines(report["few_positives"])])
+                      *_split_lines(report), *few_positives_lines(report["few_positives"]),
+                      *boxes_lines(data)])
+
+
+def boxes_lines(data: Dataset) -> list[str]:
+    """Where the localisation boxes are (saliency is scored on the test split's), or that
+    none of the images used has one; nothing for data without a box list."""
+    if data.boxes is None:
+        return []
+    if not len(data.boxes):
+        return ["boxes: none of these images has a box: saliency figures will show no boxes "
+                "and no localisation scores"]
+    test = set(data.paths[data.split == "test"])
+    in_test = data.boxes[data.boxes["path"].isin(test)]
+    line = (f"boxes: {len(data.boxes):,} on {data.boxes['path'].nunique():,} image(s), "
+            f"{len(in_test):,} on {in_test['path'].nunique():,} test image(s)")
+    if not len(in_test):
+        line += ": saliency figures (test split) will show no boxes and no localisation scores"
+    return [line]
 
 
 def label_noise_summary(data: Dataset) -> dict:
