@@ -8,7 +8,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from scipy.stats import wasserstein_distance  # noqa: E402
 
-from chestkd.distill.features import feature_kl, mse, wasserstein  # noqa: E402
+from chestkd.distill.features import (attention_transfer, feature_kl, mse,  # noqa: E402
+                                      wasserstein)
 from chestkd.errors import ConfigError  # noqa: E402
 
 
@@ -99,6 +100,66 @@ def test_attention_feature_kl_equals_numpy_reference_and_ignores_channel_count()
                                4.0 * kl_rows(attention_s / 2, attention_t / 2), rtol=1e-5)
 
 
+def attention_transfer_reference(student, teacher, p=2, squared=False):
+    """Zagoruyko & Komodakis' AT distance in float64: L2-normalised mean_c |A|^p maps."""
+    def normalised(maps):
+        q = (np.abs(maps.astype(np.float64)) ** p).mean(-1).reshape(len(maps), -1)
+        return q / np.linalg.norm(q, axis=1, keepdims=True)
+    distance = np.linalg.norm(normalised(student) - normalised(teacher), axis=1)
+    return distance ** 2 if squared else distance
+
+
+def test_attention_transfer_equals_a_float64_reference_for_any_channel_count():
+    s, t = maps(7, shape=(3, 4, 5, 6)), maps(8, shape=(3, 4, 5, 9), scale=2.0)
+    np.testing.assert_allclose(attention_transfer(s, t), attention_transfer_reference(s, t),
+                               rtol=1e-5)
+    np.testing.assert_allclose(attention_transfer(s, t, squared=True),
+                               attention_transfer_reference(s, t, squared=True), rtol=1e-5)
+    np.testing.assert_allclose(attention_transfer(s, t, p=1),
+                               attention_transfer_reference(s, t, p=1), rtol=1e-5)
+    # With the channel *sum* (the paper's F) instead of the mean: the same, normalisation
+    # removes the 1/C.
+    summed = lambda m: (m.astype(np.float64) ** 2).sum(-1).reshape(3, -1)  # noqa: E731
+    qs, qt = summed(s), summed(t)
+    paper = np.linalg.norm(qs / np.linalg.norm(qs, axis=1, keepdims=True)
+                           - qt / np.linalg.norm(qt, axis=1, keepdims=True), axis=1)
+    np.testing.assert_allclose(attention_transfer(s, t), paper, rtol=1e-5)
+    np.testing.assert_allclose(attention_transfer(t, t), 0.0, atol=1e-6)
+    assert np.all(np.asarray(attention_transfer(s, t)) <= np.sqrt(2) + 1e-6)   # unit vectors
+
+
+@pytest.mark.parametrize("factor", [1e-3, 0.5, 3.0, 1e3])
+def test_attention_transfer_is_invariant_to_the_scale_of_the_features(factor):
+    s, t = maps(11, shape=(2, 6, 6, 4)), maps(12, shape=(2, 6, 6, 8))
+    np.testing.assert_allclose(attention_transfer(factor * s, t), attention_transfer(s, t),
+                               rtol=1e-5)
+    np.testing.assert_allclose(attention_transfer(s, factor * t), attention_transfer(s, t),
+                               rtol=1e-5)
+    # The attention-KL mode is not: a rescaled student gets another loss.
+    assert not np.allclose(feature_kl(factor * s, t, mode="attention"),
+                           feature_kl(s, t, mode="attention"), rtol=1e-3)
+
+
+def test_attention_transfer_gradients_are_finite_also_at_zero_distance_and_zero_maps():
+    s, t = maps(13, shape=(2, 4, 4, 3)), maps(14, shape=(2, 4, 4, 5))
+    for student, teacher in ((s, t), (s, s), (np.zeros_like(s), t)):
+        variable = tf.Variable(student)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(attention_transfer(variable, teacher))
+        gradient = tape.gradient(loss, variable).numpy()
+        assert np.all(np.isfinite(gradient))
+    variable = tf.Variable(s)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(attention_transfer(variable, t))
+    assert np.abs(tape.gradient(loss, variable).numpy()).max() > 0
+    with pytest.raises(ConfigError, match="spatial sizes differ"):
+        attention_transfer(s, maps(1, shape=(2, 3, 4, 3)))
+    with pytest.raises(ConfigError, match="'p'"):
+        attention_transfer(s, t, p=0)
+    with pytest.raises(ConfigError, match="'squared'"):
+        attention_transfer(s, t, squared="yes")
+
+
 def test_mse_and_gradients_of_kl_are_finite_and_non_zero():
     s, t = maps(9), maps(10)
     np.testing.assert_allclose(mse(s, t), ((s.astype(np.float64) - t) ** 2).reshape(3, -1)
@@ -167,12 +228,14 @@ def test_feature_terms_train_student_and_adapter_report_each_term_and_keep_teach
     terms = [FeatureTerm("conv_a", "conv_b", "wasserstein", weight=0.5),  # 16x16x4 vs 8x8x8
              FeatureTerm("conv_b", "conv_a", "feature_kl", weight=2.0,
                          options={"mode": "attention"}),
-             FeatureTerm("features_pool", "features_pool", "mse", name="pooled_hint")]
+             FeatureTerm("features_pool", "features_pool", "mse", name="pooled_hint"),
+             FeatureTerm("conv_a", "conv_a", "attention_transfer", weight=1.5)]  # 4 vs 8 ch.
     distiller = Distiller(student, teacher, loss=KDLoss("sigmoid", 2.0, 0.5), feature_terms=terms)
-    conv_adapter, no_adapter, dense_adapter = (a.projection for a in distiller.feature_alignments)
+    conv_adapter, no_adapter, dense_adapter, no_at_adapter = (
+        a.projection for a in distiller.feature_alignments)
     assert isinstance(conv_adapter, keras.layers.Conv2D) and conv_adapter.kernel.shape == (
         1, 1, 4, 10)
-    assert no_adapter is None  # attention maps need no channel match
+    assert no_adapter is None and no_at_adapter is None  # attention needs no channel match
     assert isinstance(dense_adapter, keras.layers.Dense) and dense_adapter.kernel.shape == (6, 10)
     teacher_before, student_before = all_weights(teacher), all_weights(student)
     adapter_before = all_weights(conv_adapter)
@@ -180,7 +243,8 @@ def test_feature_terms_train_student_and_adapter_report_each_term_and_keep_teach
     x, y = batch()
     history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert set(history.history) == {"loss", "hard_loss", "soft_loss", "wasserstein_conv_a",
-                                    "feature_kl_conv_b", "pooled_hint", "auc"}
+                                    "feature_kl_conv_b", "pooled_hint",
+                                    "attention_transfer_conv_a", "auc"}
     assert all(np.array_equal(a, b) for a, b in zip(all_weights(teacher), teacher_before))
     assert not any(np.array_equal(a, b) for a, b in zip(all_weights(conv_adapter),
                                                         adapter_before))
@@ -205,12 +269,15 @@ def test_feature_terms_train_student_and_adapter_report_each_term_and_keep_teach
     dense_kernel, dense_bias = (np.asarray(v, np.float64) for v in dense_adapter.weights)
     hint_ref = (((s_pool @ dense_kernel + dense_bias) - t_pool) ** 2).mean()
     np.testing.assert_allclose(result["wasserstein_conv_a"], wasserstein_ref, rtol=1e-4)
-    np.testing.assert_allclose(result["feature_kl_conv_b"], attention_ref, rtol=1e-4)
+    np.testing.assert_allclose(result["feature_kl_conv_b"], attention_ref, rtol=1e-4,
+                               atol=1e-6)   # a small KL: float32 rounding is absolute
     np.testing.assert_allclose(result["pooled_hint"], hint_ref, rtol=1e-4)
+    at_ref = attention_transfer_reference(s_a, t_a).mean()
+    np.testing.assert_allclose(result["attention_transfer_conv_a"], at_ref, rtol=1e-4)
     kd_total = float(KDLoss("sigmoid", 2.0, 0.5)(y, s_logits.astype(np.float32),
                                                  t_logits.astype(np.float32)))
     np.testing.assert_allclose(result["loss"], kd_total + 0.5 * wasserstein_ref
-                               + 2.0 * attention_ref + hint_ref, rtol=1e-4)
+                               + 2.0 * attention_ref + hint_ref + 1.5 * at_ref, rtol=1e-4)
 
 
 def test_feature_terms_pull_the_student_maps_towards_the_teachers(tmp_path):

@@ -17,8 +17,9 @@ Shapes rarely match, so each term gets a :class:`FeatureAlignment`:
 * channels: a trainable 1x1 convolution (a Dense layer for pooled (B, D) features) maps the
   student's channels to the teacher's. It is trained with the student but belongs to the
   Distiller, so ``distiller.student`` (what is saved and exported) does not contain it.
-  ``adapter="auto"`` adds it when the channel counts differ, except for attention KL, which
-  compares channel means and needs no match; ``"always"`` / ``"never"`` force it.
+  ``adapter="auto"`` adds it when the channel counts differ, except for attention transfer
+  and attention KL, which compare channel means and need no match; ``"always"`` /
+  ``"never"`` force it.
 
 The teacher side is constant (frozen teachers, outside the gradient tape); the student side
 is pooled first, then adapted (pooling and a 1x1 convolution commute, pooling first is
@@ -45,11 +46,11 @@ class FeatureTerm:
     Args:
         student_layer: name of a student layer with a (B, H, W, C) or (B, D) output.
         teacher_layer: name of a layer of teacher number ``teacher``.
-        distance: ``"wasserstein"``, ``"feature_kl"`` or ``"mse"``.
+        distance: ``"wasserstein"``, ``"feature_kl"``, ``"attention_transfer"`` or ``"mse"``.
         weight: the term's weight (lambda) in the loss, >= 0.
         teacher: index of the teacher in the Distiller's ``teachers``.
         options: keyword options of the distance (``p``, ``per_channel``; ``temperature``,
-            ``mode``).
+            ``mode``; ``p``, ``squared``).
         name: the metric name; default ``"<distance>_<student_layer>"`` (+ ``_t<teacher>``
             for teachers after the first).
         adapter: ``"auto"``, ``"always"`` or ``"never"``.
@@ -94,7 +95,9 @@ class FeatureTerm:
 
     @property
     def needs_matching_channels(self) -> bool:
-        return not (self.distance == "feature_kl" and self.options.get("mode") == "attention")
+        # Attention maps are channel means: any channel counts compare.
+        return not (self.distance == "attention_transfer"
+                    or (self.distance == "feature_kl" and self.options.get("mode") == "attention"))
 
     def distance_per_sample(self, student_maps, teacher_maps):
         """(B,) distance of aligned maps."""
@@ -149,8 +152,8 @@ class FeatureAlignment(keras.layers.Layer):
             raise ConfigError(f"FeatureTerm {term.student_layer!r} -> {term.teacher_layer!r}: "
                               f"both outputs must be (B, H, W, C) maps or (B, D) features, "
                               f"got {student_shape} and {teacher_shape}")
-        if rank == 2 and term.distance == "feature_kl":
-            raise ConfigError(f"FeatureTerm {term.student_layer!r}: feature_kl needs "
+        if rank == 2 and term.distance in ("feature_kl", "attention_transfer"):
+            raise ConfigError(f"FeatureTerm {term.student_layer!r}: {term.distance} needs "
                               f"(B, H, W, C) maps, the layers give pooled features")
         self.rank = rank
         self.grid = None if rank == 2 else (min(student_shape[1], teacher_shape[1]),

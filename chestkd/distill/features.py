@@ -20,14 +20,28 @@ and batch-averages them (:class:`chestkd.distill.feature_terms.FeatureTerm`).
 ``feature_kl(s, t, temperature, mode)``
     ``"channel"``: channel-wise distillation (Shu et al. 2021): per channel a softmax over the
     H·W positions of the map divided by T, :math:`KL(p_t \\| p_s)`, times :math:`T^2`, mean
-    over channels. ``"attention"``: one spatial attention map per sample, the mean over
-    channels of the squared activations (Zagoruyko & Komodakis 2017), a softmax over the
-    positions (of the map divided by T), :math:`KL(p_t \\| p_s)`, times :math:`T^2` (at the
-    default T = 1 exactly the plain KL). Attention maps need no matching channel count.
-    Either is the teacher-assistant paper's :math:`\\lambda_1 E_{x\\sim P}[\\log f_T / f_A]`
-    (Eq. 3) made concrete: a feature map is turned into a distribution over positions, and
+    over channels. ``"attention"``: one spatial map per sample, the mean over channels of the
+    squared activations, a softmax over the positions (of the map divided by T),
+    :math:`KL(p_t \\| p_s)`, times :math:`T^2` (at the default T = 1 exactly the plain KL).
+    The map is Zagoruyko & Komodakis' attention map, but this is *not* their attention
+    transfer (that is :func:`attention_transfer`): the maps are not L2-normalised, so the
+    softmax and the divergence depend on the activations' scale (a student whose features are
+    twice as large gets another loss, and a large scale makes the softmax nearly one-hot);
+    chestkd's own variant, kept for the runs that used it. Attention maps need no matching
+    channel count. Either mode is the teacher-assistant paper's
+    :math:`\\lambda_1 E_{x\\sim P}[\\log f_T / f_A]` (Eq. 3) made concrete: a feature map is turned into a distribution over positions, and
     :math:`E_{x\\sim f_T}[\\log f_T(x) / f_A(x)]` is then the KL divergence of teacher from
     assistant.
+``attention_transfer(s, t, p=2, squared=False)``
+    attention transfer as published (Zagoruyko & Komodakis 2017, Eq. 2 with their
+    :math:`F(A) = \\sum_c |A_c|^p`, p = 2): per sample the attention vector
+    :math:`q = \\mathrm{vec}(\\frac{1}{C}\\sum_c |A_c|^p)` over the H·W positions, L2-normalised,
+    and the L2 distance :math:`\\| q_s / \\|q_s\\|_2 - q_t / \\|q_t\\|_2 \\|_2` (the paper's norm,
+    not squared; the mean over channels instead of their sum is removed by the normalisation).
+    ``squared=True`` returns the squared distance, what the authors' public code minimises
+    (averaged there over the H·W positions, with :math:`\\beta = 10^3`). The paper's
+    :math:`\\beta/2` is the term's ``weight``. Invariant to a positive rescaling of either
+    map. Needs equal H and W; the channel counts may differ (no adapter).
 ``mse(s, t)``
     FitNets' hint (Romero et al. 2015): the mean over all values of :math:`(s - t)^2`.
 
@@ -129,6 +143,38 @@ def feature_kl(student_maps, teacher_maps, temperature=1.0, mode="channel"):
     return t * t * ops.mean(_kl_over_last_axis(student / t, teacher / t), axis=-1)
 
 
+def attention_map(maps, p=2):
+    """(B, H·W) L2-normalised attention vectors of (B, H, W, C) maps: mean over channels of
+    ``|A|**p``, flattened, divided by its L2 norm (an all-zero map stays zero)."""
+    positions = int(maps.shape[1]) * int(maps.shape[2])
+    magnitude = ops.abs(maps)
+    powered = ops.square(magnitude) if p == 2 else ops.power(magnitude, float(p))
+    attention = ops.reshape(ops.mean(powered, axis=-1), (-1, positions))
+    squared_norm = ops.sum(ops.square(attention), axis=-1, keepdims=True)
+    # max(norm, 1e-12) as torch.nn.functional.normalize, with a finite gradient at zero.
+    return attention / ops.sqrt(ops.maximum(squared_norm, 1e-24))
+
+
+def attention_transfer(student_maps, teacher_maps, p=2, squared=False):
+    """(B,) distance of the L2-normalised attention maps (Zagoruyko & Komodakis; docstring)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
+        raise ConfigError(f"attention_transfer: 'p' must be a number > 0, got {p!r}")
+    if not isinstance(squared, bool):
+        raise ConfigError(f"attention_transfer: 'squared' must be true or false, got "
+                          f"{squared!r}")
+    student = ops.cast(student_maps, "float32")
+    teacher = ops.cast(teacher_maps, "float32")
+    if len(student.shape) != 4 or len(teacher.shape) != 4:
+        raise ConfigError(f"attention_transfer: needs (B, H, W, C) feature maps, got "
+                          f"{tuple(student.shape)} and {tuple(teacher.shape)}")
+    if tuple(student.shape[1:3]) != tuple(teacher.shape[1:3]):
+        raise ConfigError(f"attention_transfer: spatial sizes differ, {tuple(student.shape)} "
+                          f"vs {tuple(teacher.shape)} (a FeatureTerm resizes them)")
+    difference = attention_map(student, p) - attention_map(teacher, p)
+    squared_distance = ops.sum(ops.square(difference), axis=-1)
+    return squared_distance if squared else _safe_root(squared_distance, 2.0)
+
+
 def mse(student_maps, teacher_maps):
     """(B,) mean over all values of the squared difference (the FitNets hint)."""
     student, teacher = _pair(student_maps, teacher_maps, "mse")
@@ -139,5 +185,6 @@ def mse(student_maps, teacher_maps):
 DISTANCES = {
     "wasserstein": (wasserstein, ("p", "per_channel")),
     "feature_kl": (feature_kl, ("temperature", "mode")),
+    "attention_transfer": (attention_transfer, ("p", "squared")),
     "mse": (mse, ()),
 }
