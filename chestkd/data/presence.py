@@ -29,7 +29,7 @@ from chestkd.errors import ConfigError, DataError
 
 IMAGES_OPTIONS = ("all", "present")
 ABSENT_REASON = "absent: the file is not on disk"
-ABSENT_EXCLUDED = "image not on disk (images: present)"
+ABSENT_EXCLUDED = "image not on disk, images: present"
 EXAMPLES = 5
 
 
