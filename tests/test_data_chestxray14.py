@@ -394,8 +394,13 @@ def test_cli_phantom_and_prepare_pass_only_given_options(monkeypatch, capsys, tm
     monkeypatch.setattr(cache, "prepare", lambda *a, **k: (_ for _ in ()).throw(
         DataError("cache folder is read-only")))
     assert main(["prepare", "--dataset", "chestxray14", "--data-dir", str(FIXTURE),
-                 "--out", "x", "--workers", "3"]) == 2
+                 "--out", "x", "--workers", "3", "--skip-bad-images"]) == 2
     assert "error: cache folder is read-only" in capsys.readouterr().err
+    # without --skip-bad-images the absent images are counted before prepare starts
+    assert main(["prepare", "--dataset", "chestxray14", "--data-dir", str(FIXTURE),
+                 "--out", "x"]) == 2
+    assert "error: chestxray14: 0 of the 123 images of the dataset are on disk and 123 are " \
+           "absent" in capsys.readouterr().err
 
 
 def test_registry_loads_chestxray14():

@@ -101,6 +101,9 @@ def run_prepare(args) -> None:
     from chestkd.data import load_dataset
     from chestkd.data.cache import prepare             # lazy: describe must not depend on it
     data = load_dataset(args.dataset, args.data_dir, **options_of(args))
+    if not args.skip_bad_images:
+        from chestkd.data.presence import require_on_disk
+        require_on_disk(data)      # absent images: counted at once, not found one by one
     given = {"workers": args.workers} if args.workers is not None else {}
     result = prepare(data, args.out, size=args.size, skip_bad_images=args.skip_bad_images,
                      **given)
