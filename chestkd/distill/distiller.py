@@ -62,6 +62,9 @@ class Distiller(keras.Model):
         seed: seed of the random teacher weights (a stateless draw keyed by (seed, step), so a
             run is reproducible; "random" gives every replica the same weights,
             "random_per_example" folds the replica id in).
+        weight_draw: the random modes' weights: ``"normalised"`` (Dirichlet(1), the default)
+            or ``"exponential"`` (Exp(1) draws as drawn, RoS-KD's Eq. 4 literally; needs
+            ``teacher_combine="losses"``); see :mod:`chestkd.distill.teacher_mixing`.
         confidence_temperature: :math:`\\tau` of ``"confidence"`` (> 0).
         teacher_combine: how the weighted teachers enter the soft term. ``"logits"`` (default):
             one divergence against the mixed logits :math:`\\sum_k w_k z^{(k)}` (a
@@ -93,7 +96,8 @@ class Distiller(keras.Model):
     def __init__(self, student, teachers=None, *, loss: KDLoss, multi_label=True,
                  teacher_weights=None, teacher_sampling="fixed", seed=0,
                  confidence_temperature=DEFAULT_CONFIDENCE_TEMPERATURE, feature_terms=(),
-                 teacher_combine="logits", name="distiller", **kwargs):
+                 teacher_combine="logits", weight_draw="normalised", name="distiller",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         if not isinstance(student, keras.Model):
             raise ConfigError(f"Distiller: 'student' must be a keras.Model, got {type(student)}")
@@ -130,6 +134,8 @@ class Distiller(keras.Model):
                               f"teacher_sampling={teacher_sampling!r} (the weights are drawn "
                               f"or computed each step)")
         self.confidence_temperature = teacher_mixing.check_temperature(confidence_temperature)
+        self.weight_draw = teacher_mixing.check_weight_draw(weight_draw, teacher_sampling,
+                                                            teacher_combine)
         self.student = student
         self.teachers = teachers
         self.kd_loss = loss
@@ -215,7 +221,7 @@ class Distiller(keras.Model):
                               f"each example; call example_teacher_weights(stacked_logits)")
         if self.teacher_sampling == "random" and training:
             seed = teacher_mixing.step_seed(self.seed, self.optimizer.iterations)
-            return teacher_mixing.dirichlet_ones((num_teachers,), seed)
+            return teacher_mixing.random_weights((num_teachers,), seed, self.weight_draw)
         if self.teacher_weights is None:
             return ops.full((num_teachers,), 1.0 / num_teachers, dtype="float32")
         if len(self.teacher_weights) != num_teachers:
@@ -230,7 +236,7 @@ class Distiller(keras.Model):
             seed = teacher_mixing.step_seed(self.seed, self.optimizer.iterations,
                                             per_replica=True)
             shape = (ops.shape(stacked_logits)[0], num_teachers)
-            return teacher_mixing.dirichlet_ones(shape, seed)
+            return teacher_mixing.random_weights(shape, seed, self.weight_draw)
         if training and self.teacher_sampling == "confidence":
             return teacher_mixing.confidence_weights(stacked_logits, self.multi_label,
                                                      self.confidence_temperature)
@@ -400,7 +406,7 @@ class Distiller(keras.Model):
         # what it was for logs and reports.
         return {"name": self.name, "loss": self.kd_loss.get_config(),
                 "multi_label": self.multi_label, "teacher_sampling": self.teacher_sampling,
-                "teacher_combine": self.teacher_combine,
+                "teacher_combine": self.teacher_combine, "weight_draw": self.weight_draw,
                 "confidence_temperature": self.confidence_temperature,
                 "feature_terms": [term.get_config() for term in
                                   (self.feature_set.terms if self.feature_set else ())],

@@ -1,7 +1,8 @@
 """How the Distiller mixes the logits of K teachers into one target per example.
 
 :math:`z_t[b] = \\sum_k w_{b,k} z^{(k)}[b]` with convex weights :math:`w_{b,\\cdot}` (non-negative,
-summing to 1). The sampling modes (``TEACHER_SAMPLING``):
+summing to 1), or, with ``teacher_combine="losses"`` (RoS-KD's Eq. 4), the weighted sum of one
+divergence per teacher. The sampling modes (``TEACHER_SAMPLING``):
 
 ``"fixed"``
     the constructor's ``teacher_weights`` (default the uniform mean), the same for every example.
@@ -13,6 +14,14 @@ summing to 1). The sampling modes (``TEACHER_SAMPLING``):
     every example draws its own Dirichlet(1, ..., 1) weights: the same construction with
     ``U`` of shape (B, K), keyed by ``(seed, step)``; under tf.distribute the replica id is
     folded into the key (``stateless_fold_in``) so replicas do not repeat each other's draws.
+
+The random modes draw in one of two forms (``weight_draw``, ``WEIGHT_DRAWS``):
+``"normalised"`` (the default) divides the K Exp(1) draws by their sum (Dirichlet(1)): the
+soft term keeps the scale ``alpha`` gives it. ``"exponential"`` keeps them as drawn, RoS-KD's
+Eq. 4 taken literally (``w_k ~ Exp(1)``, not normalised): their sum is Gamma(K, 1) (mean K), so
+the soft term is on average K times larger and its size varies from step to step; the
+teachers' relative weights are the same in both forms. Unnormalised weights only make sense
+as weights of divergences, so ``"exponential"`` needs ``teacher_combine="losses"``.
 ``"confidence"`` (a simple, documented substitute for RoS-KD's Baseline IV)
     the RoS-KD paper's Baseline IV learns per-example teacher weights with a reinforcement-
     learning policy; this mode is NOT that policy. It weighs each teacher by how sure it is on
@@ -44,9 +53,18 @@ from chestkd.errors import ConfigError
 
 TEACHER_SAMPLING = ("fixed", "random", "random_per_example", "confidence")
 PER_EXAMPLE_SAMPLING = ("random_per_example", "confidence")
+RANDOM_SAMPLING = ("random", "random_per_example")
+# "normalised": Dirichlet(1) (Exp(1) draws / their sum); "exponential": Exp(1) as drawn (Eq. 4)
+WEIGHT_DRAWS = ("normalised", "exponential")
 # "logits": one divergence to the mixed logits; "losses": the mixed divergences (RoS-KD Eq. 4)
 TEACHER_COMBINE = ("logits", "losses")
 DEFAULT_CONFIDENCE_TEMPERATURE = 0.1
+
+
+def exponential_draws(shape, seed):
+    """Independent Exp(1) weights ``-log U`` of ``shape``, stateless (``seed``: int64 (2,))."""
+    uniform = tf.random.stateless_uniform(shape, seed=seed, minval=1e-12, maxval=1.0)
+    return -ops.log(uniform)
 
 
 def dirichlet_ones(shape, seed):
@@ -54,9 +72,29 @@ def dirichlet_ones(shape, seed):
 
     ``seed`` is an int64 (2,) tensor. Normalised Exp(1) draws ``-log U`` are Dirichlet(1..1).
     """
-    uniform = tf.random.stateless_uniform(shape, seed=seed, minval=1e-12, maxval=1.0)
-    exponential = -ops.log(uniform)
+    exponential = exponential_draws(shape, seed)
     return exponential / ops.sum(exponential, axis=-1, keepdims=True)
+
+
+def random_weights(shape, seed, weight_draw: str = "normalised"):
+    """The random modes' draw: Dirichlet(1) (``"normalised"``) or Exp(1) as drawn
+    (``"exponential"``, RoS-KD's Eq. 4); the same ``-log U`` underneath, so for one key the
+    two differ only by the sum of the draws."""
+    if weight_draw == "exponential":
+        return exponential_draws(shape, seed)
+    return dirichlet_ones(shape, seed)
+
+
+def check_weight_draw(weight_draw, sampling, combine) -> str:
+    """``weight_draw`` checked against the sampling mode and the combination."""
+    if weight_draw not in WEIGHT_DRAWS:
+        raise ConfigError(f"Distiller: unknown option 'weight_draw'={weight_draw!r}; choose "
+                          f"one of {list(WEIGHT_DRAWS)}")
+    if weight_draw == "exponential" and sampling in RANDOM_SAMPLING and combine != "losses":
+        raise ConfigError("Distiller: weight_draw='exponential' (unnormalised Exp(1) weights) "
+                          "needs teacher_combine='losses': unnormalised weights would rescale "
+                          "the mixed logits")
+    return weight_draw
 
 
 def step_seed(seed: int, step, per_replica: bool = False):

@@ -11,16 +11,21 @@ logits, and one distillation per setting (Baselines II-V and RoS-KD itself).
   (:func:`chestkd.distill.teacher_cache.load_or_compute`): a step with five teachers then costs
   what base training costs.
 * :func:`distil_setting` trains one student with the Distiller's ``teacher_sampling``
-  (``fixed``: equal weights; ``random``: Dirichlet(1) = normalised exponential weights per
-  step; ``random_per_example``; ``confidence``: Baseline IV) and, for RoS-KD, weight averaging
+  (``fixed``: equal weights 1/K; ``random``: exponential weights per step, normalised
+  (Dirichlet(1)) or as drawn (``weight_draw``); ``random_per_example``; ``confidence``:
+  Baseline IV) and, for RoS-KD, weight averaging
   (:class:`chestkd.training.callbacks.WeightAveraging`).
+* :func:`setting_model_path`: where a finished setting's model is, the one way every study
+  finds it.
 
 The soft term follows the paper's Eq. 4, ``sum_k w_k KL(q_k, p)`` (the Distiller's
-``teacher_combine="losses"``; the recipe's ``teacher_combine: logits`` instead takes one
-divergence to the weighted mean of the logits); II and III distil from one averaged target.
+``teacher_combine="losses"``; ``teacher_combine: logits`` instead takes one divergence to the
+weighted mean of the logits), for Baseline III too (fixed weights 1/K, the mean of the
+normalised draw); II has one teacher, where the two forms agree.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -32,6 +37,7 @@ from chestkd.data.splits import teacher_training_sets
 from chestkd.distill.distiller import Distiller
 from chestkd.distill.losses import KDLoss
 from chestkd.distill.teacher_cache import load_or_compute
+from chestkd.errors import ChestKDError
 from chestkd.experiments.stages import Stages
 from chestkd.experiments.store import obtain_model, store_root
 from chestkd.training.callbacks import WeightAveraging
@@ -54,8 +60,13 @@ def ros_store(config: dict, subset: str) -> Path:
     return store_root(config) / f"ros_kd{schedule_tag(config)}" / subset
 
 
-def subset_tag(k: int, overlap: float, seed: int, index: int) -> str:
-    return "full" if float(overlap) >= 1.0 else f"k{k}-p{float(overlap):g}-s{seed}-{index}"
+def subset_tag(k: int, overlap: float, seed: int, index: int, mode: str = "core") -> str:
+    """``full``, or the subset's store folder: ``k5-p0.4-core-s0-2`` (shared core) or
+    ``k5-p0.4-s0-2`` (circle, the name from before the shared core existed)."""
+    if float(overlap) >= 1.0:
+        return "full"
+    reading = "" if mode == "circle" else f"-{mode}"
+    return f"k{k}-p{float(overlap):g}{reading}-s{seed}-{index}"
 
 
 def teacher_names(config: dict, k: int) -> list[str]:
@@ -68,15 +79,16 @@ def teacher_names(config: dict, k: int) -> list[str]:
 def obtain_teachers(config: dict, data: Dataset, names, *, overlap: float = 1.0,
                     seed: int = 0) -> list:
     """Teacher ``i`` (``names[i]``) trained on overlapping patient subset ``i`` of the
-    training split (all on the full split when ``overlap = 1``); ``.keras`` files as given.
-    Returns ``[(model, source)]``."""
-    k = len(names)
-    subsets = None if float(overlap) >= 1.0 else teacher_training_sets(data, k, overlap, seed)
+    training split (``config["overlap_mode"]``; all on the full split when ``overlap = 1``);
+    ``.keras`` files as given. Returns ``[(model, source)]``."""
+    k, mode = len(names), config.get("overlap_mode", "core")
+    subsets = None if float(overlap) >= 1.0 else teacher_training_sets(data, k, overlap, seed,
+                                                                        mode)
     epochs = int(config.get("teacher_epochs") or config["epochs"])
     teachers = []
     for index, name in enumerate(names):
         entry = {**config, "teachers_dir": str(ros_store(config, subset_tag(k, overlap, seed,
-                                                                               index)))}
+                                                                               index, mode)))}
         part = data if subsets is None else subsets[index]
         teachers.append(obtain_model(entry, part, name, epochs=epochs))
     return teachers
@@ -100,11 +112,12 @@ def kd_formulation(data: Dataset) -> str:
 
 def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_name: str, *,
                    sampling: str = "random", combine: str = "losses",
-                   averaging: bool = False, seed: int = 0,
+                   weight_draw: str = "normalised", averaging: bool = False, seed: int = 0,
                    extra_callbacks=()):
     """Train ``student_name`` on the cached teachers of ``tables``; returns the model
     selected (the averaged one with ``averaging``). A finished folder returns its model.
-    ``extra_callbacks`` go to :func:`chestkd.training.trainer.fit`."""
+    ``weight_draw`` and ``config["confidence_temperature"]`` go to the Distiller;
+    ``extra_callbacks`` to :func:`chestkd.training.trainer.fit`."""
     folder = Path(folder)
     stages = Stages(folder)
     if stages.done("training"):
@@ -116,7 +129,10 @@ def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_na
     with distribution_strategy(config).scope():
         student = build_model(student_name, data, config)
         distiller = Distiller(student, None, loss=loss, multi_label=data.multi_label,
-                              teacher_sampling=sampling, teacher_combine=combine, seed=seed)
+                              teacher_sampling=sampling, teacher_combine=combine,
+                              weight_draw=weight_draw, seed=seed,
+                              confidence_temperature=float(config.get("confidence_temperature",
+                                                                      0.1)))
         distiller.compile(optimizer=make_optimizer(
             config, steps_per_epoch(data, "train", int(config["batch_size"]))),
             jit_compile=resolve_jit_compile(config, student))
@@ -138,6 +154,38 @@ def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_na
     stages.mark("training", epochs=int(config["epochs"]), sampling=sampling, combine=combine,
                 averaging=bool(averaging))
     return best_model(folder, student)
+
+
+def choices_note(config: dict) -> str:
+    """One sentence for a table's caption: the readings of the paper this run made."""
+    combine = ("Eq. 4 with fixed weights 1/K"
+               if config.get("baseline_iii_combine", "losses") == "losses"
+               else "one KL to the mean of the teachers' logits")
+    teachers = ("RoS-KD's own teachers (overlapping subsets; the paper's Table II caption)"
+                if config.get("baseline_iii_teachers", "subsets") == "subsets"
+                else "the K architectures trained on the full split")
+    draw = {"normalised": "exponential draws normalised to sum 1 (Dirichlet(1))",
+            "exponential": "Exp(1) draws as drawn (Eq. 4 literally)"}[
+        config.get("weight_draw", "normalised")]
+    mode = {"core": "a core shared by all subsets", "circle": "neighbours on a circle"}[
+        config.get("overlap_mode", "core")]
+    return (f"Baseline III: {combine}, on {teachers}. Random teacher weights: {draw}. "
+            f"Overlapping subsets: {mode}.")
+
+
+def setting_model_path(folder) -> Path:
+    """The model of a finished setting: its own ``model.keras``, else the file its
+    ``setting.json`` names (``model``; Baseline I's student lives in the model store). Every
+    study (robustness, landscape) finds a setting's model here."""
+    folder = Path(folder)
+    if (folder / "model.keras").is_file():
+        return folder / "model.keras"
+    info = folder / "setting.json"
+    source = json.loads(info.read_text()).get("model") if info.is_file() else None
+    if source and Path(source).is_file():
+        return Path(source)
+    raise ChestKDError(f"{folder}: no model.keras, and no setting.json naming an existing "
+                       f"model file (found {source!r})")
 
 
 def macro_scores(folder, prefix: str = "") -> dict:

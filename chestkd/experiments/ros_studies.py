@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chestkd.experiments.ros import per_class_frame
+from chestkd.experiments.ros import choices_note, per_class_frame, setting_model_path
 from chestkd.experiments.stages import Stages
 from chestkd.robustness.tables import robustness_table, run_thresholds, split_arrays
 from chestkd.training.experiment import image_options, load_model
@@ -52,7 +52,7 @@ def robustness_rows(experiment, rows) -> pd.DataFrame:
             images, labels = split_arrays(data, max_images=config.get("robustness_images"),
                                           **options)
             thresholds = run_thresholds(folder, data.class_names, multi_label=data.multi_label)
-            table = robustness_table(load_model(folder / "model.keras"), images, labels,
+            table = robustness_table(load_model(setting_model_path(folder)), images, labels,
                                      data.class_names, multi_label=data.multi_label,
                                      normalization=options["normalization"],
                                      mean_std=options["mean_std"],
@@ -72,28 +72,30 @@ def run_studies(experiment, studies, write_table, landscape=None) -> dict:
     """Run the chosen ``studies``; ``write_table(run_dir, name, frame, title)`` writes each
     table, ``landscape(model, images, labels, folder, multi_label)`` draws Fig. 4."""
     config, run_dir, results = experiment.config, experiment.run_dir, {}
+    note = choices_note(config)
     table1 = []
     if "table1" in studies or "robustness" in studies:
         table1 = [experiment.setting(name) for name in _settings(experiment)]
         results["table1"] = write_table(run_dir, "table1", pd.DataFrame(table1),
-                                        "Table I: RoS-KD and its baselines").to_dict("records")
+                                        f"Table I: RoS-KD and its baselines\n\n{note}"
+                                        ).to_dict("records")
     if "overlap" in studies:
         rows = [experiment.setting("ros_kd", overlap=p) for p in _floats(config["overlap_study"])]
         rows.append(experiment.setting("III"))
         results["overlap"] = write_table(run_dir, "overlap", pd.DataFrame(rows),
                                          "Overlap ratio of the teachers' subsets (Fig. 3)"
-                                         ).to_dict("records")
+                                         f"\n\n{note}").to_dict("records")
     if "students" in studies:
         rows = [experiment.setting(name, student=student)
                 for student in _names(config["student_study"]) for name in ("III", "ros_kd")]
         results["students"] = write_table(run_dir, "students", pd.DataFrame(rows),
-                                          "Student architectures (Fig. 2)").to_dict("records")
+                                          f"Student architectures (Fig. 2)\n\n{note}"
+                                          ).to_dict("records")
     if "folds" in studies:
         seeds = [int(s) for s in _floats(config["fold_seeds"])]
         rows = [experiment.setting("ros_kd", seed=seed) for seed in seeds]
-        per_run = [json.loads((experiment.folder("ros_kd", r["student"], r["overlap"],
-                                                 r["noise"], r["seed"]) / "metrics.json")
-                              .read_text()) for r in rows]
+        per_run = [json.loads((Path(r["folder"]) / "metrics.json").read_text())
+                   for r in rows]
         names = list(per_run[0]["per_class_auc"])
         stats = per_class_frame(per_run, names)
         means = [r["mean_auc"] for r in per_run]
@@ -110,7 +112,9 @@ def run_studies(experiment, studies, write_table, landscape=None) -> dict:
         results["table2"] = write_table(run_dir, "table2", frame,
                                         "Table II: scores before and after FGSM / PGD "
                                         f"({config['attack_norm']}, epsilon "
-                                        f"{float(config['epsilon']):.5f})").to_dict("records")
+                                        f"{float(config['epsilon']):.5f} in intensity units; "
+                                        "multi-label decisions at each setting's validation "
+                                        f"thresholds)\n\n{note}").to_dict("records")
     if "noise" in studies:
         if config["dataset"] != "phantom":
             print("noise study skipped: only the phantom can add label noise")
@@ -124,14 +128,13 @@ def run_studies(experiment, studies, write_table, landscape=None) -> dict:
         summaries = []
         for name in [n for n in ("III", "ros_kd") if n in _settings(experiment)]:
             row = experiment.setting(name)
-            folder = experiment.folder(name, row["student"], row["overlap"], row["noise"],
-                                       row["seed"])
+            folder = Path(row["folder"])
             if not Stages(folder).done("landscape"):
                 data = experiment.data(row["noise"], row["seed"])
                 images, labels = split_arrays(
                     data, max_images=int(config["landscape_images"]),
                     **image_options(data, experiment.variant(row["noise"], row["seed"])))
-                landscape(load_model(folder / "model.keras"), images, labels,
+                landscape(load_model(setting_model_path(folder)), images, labels,
                           folder / "landscape", data.multi_label, row["setting"])
                 Stages(folder).mark("landscape")
             summary = json.loads((folder / "landscape" / "landscape.json").read_text())

@@ -6,14 +6,22 @@
         [--temperature 0.5] [--alpha 0.9] [--averaging-start 10] [base-training options]
 
 Settings (each a folder under ``RUN_DIR/settings``, trained once, reused by every study):
-I the student alone; II standard KD from one ``kd_teacher`` (DenseNet-121); III all K
-teachers trained on the full data, equal weights; IV the same K architectures on the
-overlapping subsets, weighted per example by each teacher's confidence (a simple, documented
+I the student alone (its model comes from the model store and is copied into the folder);
+II standard KD from one ``kd_teacher`` (DenseNet-121); III equal fixed weights 1/K in Eq. 4
+(``baseline_iii_combine: losses``; ``logits``: one KL to the mean of the teachers' logits)
+on the same K teacher models as RoS-KD, trained on the overlapping subsets
+(``baseline_iii_teachers: subsets``, the paper's Table II caption; ``full``: the K
+architectures trained on the full split); IV the K teachers on the subsets, weighted per
+example by each teacher's confidence (``confidence_temperature``; a simple, documented
 substitute for the paper's RL-learned weights, NOT that method); V RoS-KD without weight
 averaging (teacher weights drawn per step, ``teacher_sampling: random``, or per example,
-``random_per_example``); ``ros_kd``: V with smooth weight averaging from epoch
-``averaging_start`` (the averaged student, BatchNorm re-estimated, is the one selected and
-reported; the raw student's scores stand beside it as ``raw_*``).
+``random_per_example``, or by confidence, ``confidence``; ``weight_draw: normalised``
+(Dirichlet(1)) or ``exponential`` (Eq. 4's Exp(1) draws as drawn)); ``ros_kd``: V with smooth
+weight averaging from epoch ``averaging_start`` (the averaged student, BatchNorm
+re-estimated, is the one selected and reported; the raw student's scores stand beside it as
+``raw_*``). Subsets (``overlap_mode``): ``core`` (default), one core of patients common to
+every subset, a fraction p of each, the rest split disjointly; ``circle``, each subset shares
+p with its neighbours on a circle.
 
 Studies (``--studies``): ``table1`` (precision, recall, F1, mean AUC per setting),
 ``overlap`` (RoS-KD at each ``overlap_study`` ratio, Fig. 3), ``students`` (III and RoS-KD
@@ -29,11 +37,15 @@ sigmoid form of the loss, single-label data the softmax form of Eq. 4.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from chestkd.cli import main_of
+from chestkd.data.splits import OVERLAP_MODES
+from chestkd.distill.teacher_mixing import (TEACHER_COMBINE, WEIGHT_DRAWS, check_temperature,
+                                            check_weight_draw)
 from chestkd.errors import ConfigError
 from chestkd.evaluation import markdown_table
 from chestkd.experiments.kd import evaluate_once
@@ -56,10 +68,17 @@ DEFAULTS = {
     **BASE_DEFAULTS, "model": None,
     "teachers": PAPER_TEACHERS, "student": "resnet18", "kd_teacher": "densenet121",
     "subsets": 5, "overlap": 0.4, "baselines": list(BASELINES), "studies": list(STUDIES),
-    "teacher_sampling": "random",       # random (per step) | random_per_example
+    "teacher_sampling": "random",       # random (per step) | random_per_example | confidence
+    # normalised: Dirichlet(1), alpha keeps its meaning and III's 1/K is the draw's mean;
+    # exponential: Eq. 4's Exp(1) draws as drawn (the soft term ~K times larger on average)
+    "weight_draw": "normalised",
+    "confidence_temperature": 0.1,      # Baseline IV (and teacher_sampling: confidence)
     # losses: sum_k w_k KL(q_k, p), the paper's Eq. 4 (IV, V, RoS-KD); logits: one KL to the
-    # weighted mean of the teachers' logits. II and III always average outputs (one target).
+    # weighted mean of the teachers' logits.
     "teacher_combine": "losses",
+    "baseline_iii_combine": "losses",   # III: Eq. 4 with fixed weights 1/K | logits (mean)
+    "baseline_iii_teachers": "subsets",  # III: RoS-KD's own teachers (Table II) | full
+    "overlap_mode": "core",             # core: shared by all subsets | circle: neighbours
     "temperature": 0.5, "alpha": 0.9, "averaging_start": 10,
     "bn_batches": 50,                   # BatchNorm re-estimation of the average (None: all)
     "teacher_epochs": None, "step_epochs": [25, 40],
@@ -73,7 +92,7 @@ PHANTOM_ROS = {"teachers": ["resnet32", "baseline_cnn", "conv3_student", "resnet
                             "baseline_cnn"], "kd_teacher": "resnet32",
                "student_study": ["conv3_student", "baseline_cnn", "resnet32"]}
 LABELS = {"I": "Baseline I (student alone)", "II": "Baseline II (KD, one teacher)",
-          "III": "Baseline III (equal weights, full data)",
+          "III": "Baseline III (equal fixed weights)",
           "IV": "Baseline IV (confidence weights; not the paper's RL)",
           "V": "Baseline V (RoS-KD without averaging)", "ros_kd": "RoS-KD"}
 
@@ -94,12 +113,20 @@ def check_ros_config(config: dict) -> None:
                 get_spec(name)
     for key in ("student", "kd_teacher"):
         get_spec(config[key]) if not str(config[key]).endswith(".keras") else None
-    if config["teacher_sampling"] not in ("random", "random_per_example"):
-        raise ConfigError(f"--teacher-sampling {config['teacher_sampling']!r}: choose random "
-                          f"or random_per_example")
-    if config["teacher_combine"] not in ("losses", "logits"):
-        raise ConfigError(f"--teacher-combine {config['teacher_combine']!r}: choose losses "
-                          f"or logits")
+    choices = {"teacher_sampling": ("random", "random_per_example", "confidence"),
+               "teacher_combine": TEACHER_COMBINE, "baseline_iii_combine": TEACHER_COMBINE,
+               "weight_draw": WEIGHT_DRAWS, "overlap_mode": OVERLAP_MODES,
+               "baseline_iii_teachers": ("subsets", "full")}
+    for key, allowed in choices.items():
+        if config[key] not in allowed:
+            raise ConfigError(f"--{key.replace('_', '-')} {config[key]!r}: choose one of "
+                              f"{list(allowed)}")
+    try:
+        check_weight_draw(config["weight_draw"], config["teacher_sampling"],
+                          config["teacher_combine"])
+        check_temperature(config["confidence_temperature"])
+    except ConfigError as error:
+        raise ConfigError(f"ros_kd options: {error}") from None
     if not isinstance(config["subsets"], int) or config["subsets"] < 1:
         raise ConfigError(f"--subsets {config['subsets']!r}: a positive integer")
     for p in [config["overlap"], *_listed(config, "overlap_study", cast=float)]:
@@ -126,7 +153,8 @@ class Experiment:
 
     def folder(self, name, student, overlap, noise, seed) -> Path:
         k = int(self.config["subsets"])
-        subset = "" if name in ("I", "II", "III") else f"-k{k}-p{float(overlap):g}"
+        subset = "" if float(overlap) >= 1.0 and name in ("I", "II", "III") else \
+            f"-k{k}-p{float(overlap):g}"
         return (self.run_dir / "settings" /
                 f"{name}-{Path(str(student)).stem}{subset}-noise{float(noise):g}-seed{seed}")
 
@@ -137,12 +165,30 @@ class Experiment:
         overlap = float(config["overlap"] if overlap is None else overlap)
         noise = float(config.get("label_noise") or 0.0) if noise is None else float(noise)
         seed = int(config["seed"] if seed is None else seed)
-        if name in ("I", "II", "III"):
+        if name in ("I", "II") or (name == "III" and
+                                   config["baseline_iii_teachers"] == "full"):
             overlap = 1.0     # the full training split
         folder = self.folder(name, student, overlap, noise, seed)
         if not Stages(folder).done("evaluation"):
             self._train_and_evaluate(name, folder, student, overlap, noise, seed)
+        elif name == "I" and not (folder / "model.keras").exists():
+            # A Baseline I folder from before its model was copied in: fetch it from the store.
+            self._baseline_student(folder, student, noise, seed)
         return self.row(name, folder, student=student, overlap=overlap, noise=noise, seed=seed)
+
+    def _baseline_student(self, folder, student, noise, seed):
+        """Baseline I: the student alone from the model store, its model copied into the
+        setting folder (so every study and ``python -m chestkd.robustness FOLDER`` find it)
+        and named in ``setting.json``."""
+        config, data = self.variant(noise, seed), self.data(noise, seed)
+        model, source = obtain_model({**config, "teachers_dir": str(ros_store(config, "full"))},
+                                     data, student)
+        source_model = Path(source) / "model.keras" if Path(source).is_dir() else Path(source)
+        if not (folder / "model.keras").exists():
+            shutil.copy2(source_model, folder / "model.keras")
+        write_json({"setting": "I", "model": str(source_model), "source": str(source)},
+                   folder / "setting.json")
+        return model
 
     def _train_and_evaluate(self, name, folder, student, overlap, noise, seed):
         config, data = self.variant(noise, seed), self.data(noise, seed)
@@ -153,12 +199,11 @@ class Experiment:
                      "model": student}, folder / "config.yaml")
         print(f"\n=== {LABELS[name]}: {student}, p={overlap:g}, noise={noise:g}, seed={seed} ===")
         if name == "I":
-            model, _ = obtain_model({**config, "teachers_dir": str(ros_store(config, "full"))},
-                                    data, student)
+            model = self._baseline_student(folder, student, noise, seed)
         else:
             k = int(config["subsets"])
             names = [config["kd_teacher"]] if name == "II" else teacher_names(config, k)
-            p = 1.0 if name in ("II", "III") else overlap
+            p = 1.0 if name == "II" else overlap
             teachers = obtain_teachers(config, data, names, overlap=p, seed=seed)
             # A table belongs to its teachers (store entries name their subset) and the data.
             tag = {"teachers": [str(source) for _, source in teachers],
@@ -167,11 +212,17 @@ class Experiment:
                                   self.run_dir / "teacher_tables" / config_id(tag))
             sampling = {"II": "fixed", "III": "fixed", "IV": "confidence"}.get(
                 name, config["teacher_sampling"])
-            combine = "logits" if name in ("II", "III") else config["teacher_combine"]
+            combine = {"II": "logits", "III": config["baseline_iii_combine"]}.get(
+                name, config["teacher_combine"])
+            draw = config["weight_draw"] if sampling in ("random", "random_per_example") \
+                else "normalised"
             model = distil_setting(config, folder, data, tables, student, sampling=sampling,
-                                   combine=combine, averaging=name == "ros_kd", seed=seed)
+                                   combine=combine, weight_draw=draw,
+                                   averaging=name == "ros_kd", seed=seed)
             write_json({"setting": name, "teachers": [str(s) for _, s in teachers],
-                        "sampling": sampling, "combine": combine}, folder / "setting.json")
+                        "overlap": p, "overlap_mode": config["overlap_mode"],
+                        "sampling": sampling, "combine": combine, "weight_draw": draw,
+                        "model": str(folder / "model.keras")}, folder / "setting.json")
             if name == "ros_kd" and (folder / "raw_model.keras").exists():
                 evaluate_once(load_model(folder / "raw_model.keras"), data, config, folder,
                               prefix="raw_", stage="raw_evaluation", model_name=student)
