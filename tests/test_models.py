@@ -9,6 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from chestkd.errors import ConfigError  # noqa: E402
+from chestkd.models.ensemble import features_layer  # noqa: E402
 from chestkd.models import (  # noqa: E402
     MIN_INPUT_SIZES,
     RECOMMENDED_INPUT_SIZES,
@@ -94,6 +95,13 @@ def test_every_model_builds_flat_with_linear_float32_logits(name):
     assert np.all(np.isfinite(logits))
     # No sigmoid/softmax: raw scores leave [0, 1] (a probability output could not).
     assert np.any((logits < 0) | (logits > 1))
+    # The feature vector the logits read (each ensemble branch's feature-KD target).
+    vector = features_layer(model)
+    assert vector == ("fc1_relu" if name == "baseline_cnn" else "features_pool")
+    features, again = (np.asarray(t, np.float64) for t in feature_model(model, [vector])(images))
+    kernel, bias = (np.asarray(w, np.float64) for w in model.get_layer("logits").get_weights())
+    np.testing.assert_allclose(again, features @ kernel + bias, rtol=1e-5,
+                               atol=1e-5 * max(1.0, float(np.abs(again).max())))
 
     # All models take [-1, 1]; backbones pretrained on another range rescale it themselves.
     reference = {"vgg19": _caffe_reference, "resnet50": _caffe_reference,

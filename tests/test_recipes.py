@@ -123,6 +123,16 @@ def test_self_training_compares_base_and_self_trained(runs):
     assert values["difference"] == pytest.approx(values["mean_auc_b"] - values["mean_auc_a"])
     assert results["self_training"]["kd_loss"] == "sigmoid"  # the multi-label default
     assert "sigmoid KD" in (run / "comparison.md").read_text()  # the title names the loss
+    # one table builder: the per-class p is the patient bootstrap's, Holm-adjusted beside it
+    assert list(table.columns) == ["finding", "base", "base_ci", "self-trained",
+                                   "self-trained_ci", "change", "change_ci", "p", "p_holm",
+                                   "test"]
+    per_class = values["per_class"]
+    for column, key in (("p", "p_value"), ("p_holm", "p_holm")):  # JSON writes NaN as null
+        np.testing.assert_allclose(table[column].iloc[:-1],
+                                   np.array([v[key] for v in per_class.values()], float))
+    assert set(table["test"]) == {"paired patient bootstrap"}
+    assert "p (paired patient bootstrap)" in (run / "comparison.md").read_text()
 
 
 def test_report_base_column_holds_full_base_runs_of_one_setting(runs):

@@ -15,7 +15,10 @@ prediction. The model follows the zoo contract (:mod:`chestkd.models.zoo`) excep
   on the shared ``"image"`` input (then cloned with its weights, so each layer is called
   once). Every layer is therefore
   addressable by name for feature distillation and saliency (e.g. ``branch0_features_pool``,
-  the pooled features of branch 0; ``branch0_logits``, its logits).
+  the pooled features of branch 0; ``branch0_logits``, its logits). Branches differ in their
+  heads (``baseline_cnn`` has Flatten + Dense, no ``features_pool``), so a branch's feature
+  vector is found from its logits, never assumed: :func:`features_layer` and
+  :func:`branch_feature_layers`.
 * output: a float32 ``Add`` (``combine="sum"``) or ``Average`` (``"mean"``) layer named
   ``"logits"`` over the branches' logits. Summing logits multiplies the ensemble's confidence
   by the number of branches; ``mean`` keeps the scale of one branch.
@@ -30,6 +33,7 @@ from typing import List, Sequence
 import keras
 
 from chestkd.errors import ConfigError
+from chestkd.models.features import LOGITS
 from chestkd.models.zoo import build
 
 COMBINE = ("sum", "mean")
@@ -39,6 +43,44 @@ BRANCH_PREFIX = "branch"
 def branch_layer_name(index: int, layer_name: str) -> str:
     """The ensemble's name of ``layer_name`` of branch ``index``."""
     return f"{BRANCH_PREFIX}{index}_{layer_name}"
+
+
+def features_layer(model: keras.Model, logits_layer: str = LOGITS, *,
+                   model_label: str | None = None) -> str:
+    """Name of the layer whose (B, D) output the Dense ``logits_layer`` reads: the feature
+    vector the classifier sees (``features_pool`` for every pooled zoo model, ``fc1_relu`` for
+    ``baseline_cnn``). Dropout layers between it and the logits are skipped (they are the
+    identity at inference and would make a feature target random while training).
+
+    ``model_label`` names the model in errors (e.g. "branch 1 (baseline_cnn)"); default its
+    ``name``. ConfigError when the layer is missing or its input is not one (B, D) tensor.
+    """
+    label = model_label or f"Model '{model.name}'"
+    names = {layer.name for layer in model.layers}
+    if logits_layer not in names:
+        raise ConfigError(f"{label} has no layer named '{logits_layer}' (its logits), so its "
+                          "feature vector cannot be found")
+    node_input = model.get_layer(logits_layer).input
+    if isinstance(node_input, (list, tuple)) or len(node_input.shape) != 2:
+        raise ConfigError(f"{label}: layer '{logits_layer}' does not read one (batch, features)"
+                          f" tensor; its input is {node_input!r}")
+    source = node_input._keras_history.operation
+    while isinstance(source, keras.layers.Dropout):
+        source = source.input._keras_history.operation
+    if isinstance(source, keras.layers.InputLayer) or len(source.output.shape) != 2:
+        raise ConfigError(f"{label}: no (batch, features) layer feeds '{logits_layer}'")
+    return source.name
+
+
+def branch_feature_layers(model: keras.Model, branch_names=None) -> List[str]:
+    """The ensemble's name of each branch's feature vector (:func:`features_layer` of
+    ``branch<i>_logits``), e.g. ``["branch0_features_pool", "branch1_fc1_relu"]``."""
+    count = len(ensemble_branches(model))
+    branch_names = list(branch_names or getattr(model, "branch_names", None) or [None] * count)
+    return [features_layer(model, branch_layer_name(index, LOGITS),
+                           model_label=f"ensemble '{model.name}', branch {index}"
+                           + (f" ({branch_names[index]})" if branch_names[index] else ""))
+            for index in range(count)]
 
 
 def ensemble_student(branch_names: Sequence[str], num_classes: int, input_shape,

@@ -11,10 +11,12 @@
 3. the ensemble student (:func:`chestkd.models.ensemble_student`: the branches on one input,
    ``combine`` = sum of their logits, as in the paper) is distilled from the teacher with the
    one Distiller: the KD loss on the summed logits plus, for every branch, ``feature_weight``
-   times ``feature_distance`` between that branch's pooled features (``branch<i>_features_pool``)
+   times ``feature_distance`` between that branch's feature vector (the layer its logits read:
+   ``branch<i>_features_pool`` for pooled models, ``branch<i>_fc1_relu`` for ``baseline_cnn``)
    through its own trainable projection (a Dense layer, not part of the saved student) and the
-   teacher's pooled features (``features_pool``): the paper's "high-level features produced by
-   the DenseNet-121". Default: ``mse`` (the FitNets hint) with weight 1, FitNets' own weight;
+   teacher's (``features_pool`` for a pooled teacher): the paper's "high-level features
+   produced by the DenseNet-121". Default: ``mse`` (the FitNets hint) with weight 1, FitNets'
+   own weight. Every layer a run needs is checked before anything trains;
 4. ``table1.md``: the paper's Table 1 layout, base training and standard KD per branch model
    (and the teacher's base AUC), plus the ensemble and each of its branches, with parameters
    and latency.
@@ -30,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from chestkd.cli import main_of
-from chestkd.distill.feature_terms import FeatureTerm
+from chestkd.distill.feature_terms import FeatureTerm, FeatureTermSet
 from chestkd.errors import ConfigError
 from chestkd.evaluation import markdown_table
 from chestkd.evaluation.metrics import count_params, latency_per_image
@@ -38,11 +40,11 @@ from chestkd.experiments.chain import copy_stage_results
 from chestkd.experiments.feature_kd import distil_features, mean_test_auc
 from chestkd.experiments.kd import distil, evaluate_once, record_teacher, resolve_kd_loss
 from chestkd.experiments.store import obtain_model
-from chestkd.models import get_spec
-from chestkd.models.ensemble import COMBINE, attach_branches, branch_layer_name, ensemble_student
-from chestkd.models.features import FEATURES_POOL
+from chestkd.models import build, get_spec
+from chestkd.models.ensemble import (COMBINE, attach_branches, branch_feature_layers,
+                                     branch_layer_name, ensemble_student, features_layer)
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, PHANTOM_DATASETS, resolve_config
-from chestkd.training.experiment import load_run_data
+from chestkd.training.experiment import load_model, load_run_data
 from chestkd.training.run import start_run, write_json
 
 PAPER_BRANCHES = ["mobilenet_v1", "vgg19", "resnet32", "resnet50"]
@@ -57,12 +59,38 @@ DEFAULTS = {**BASE_DEFAULTS,
             "feature_weight": 1.0}
 
 
-def pooled_feature_terms(model, config) -> list:
-    """One FeatureTerm per branch: its pooled features -> projection -> teacher's."""
-    return [FeatureTerm(branch_layer_name(index, FEATURES_POOL), FEATURES_POOL,
-                        config["feature_distance"], weight=float(config["feature_weight"]),
-                        adapter="always", name=f"feature_{branch_layer_name(index, 'pool')}")
-            for index in range(len(model.branches))]
+def pooled_feature_terms(model, teacher_layer: str, config) -> list:
+    """One FeatureTerm per branch: its feature vector -> projection -> the teacher's
+    ``teacher_layer`` (metric ``feature_branch<i>_pool``)."""
+    return [FeatureTerm(layer, teacher_layer, config["feature_distance"],
+                        weight=float(config["feature_weight"]), adapter="always",
+                        name=f"feature_{branch_layer_name(index, 'pool')}")
+            for index, layer in enumerate(branch_feature_layers(model))]
+
+
+def teacher_architecture(config, data):
+    """The teacher's architecture, untrained and without downloaded weights (a ``.keras``
+    teacher is loaded as given)."""
+    teacher = str(config["teacher"])
+    if teacher.endswith(".keras"):
+        return load_model(teacher)
+    size = int(config["image_size"])
+    return build(teacher, data.num_classes, (size, size, 3), weights=None)
+
+
+def check_layers(config, data, branches) -> str:
+    """Before anything trains: build the ensemble and the teacher's architecture and resolve
+    every layer the run reads (each branch's logits and feature vector, the teacher's feature
+    vector, the projections between them). A missing one is a ConfigError naming the model
+    and the layer. Returns the teacher's feature layer."""
+    size = int(config["image_size"])
+    ensemble = ensemble_student(branches, data.num_classes, (size, size, 3),
+                                combine=config["combine"], weights=None)
+    teacher = teacher_architecture(config, data)
+    teacher_layer = features_layer(teacher, model_label=f"teacher '{config['teacher']}'")
+    terms = pooled_feature_terms(ensemble, teacher_layer, config)
+    FeatureTermSet(terms, ensemble, [teacher])  # layer names and shapes of every term
+    return teacher_layer
 
 
 def model_row(label, auc, model, config, role) -> dict:
@@ -94,6 +122,7 @@ def run(argv=None) -> dict:
     print(f"run directory: {run_dir}")
     data = load_run_data(config, run_dir)
     resolve_kd_loss(config, data)
+    teacher_layer = check_layers(config, data, branches)
     teacher, source = obtain_model(config, data, config["teacher"])
     record_teacher(run_dir, source)
     teacher_results = copy_stage_results(source, run_dir / "teacher") if Path(source).is_dir() \
@@ -117,7 +146,7 @@ def run(argv=None) -> dict:
         config, run_dir / "ensemble", data, [teacher],
         lambda: ensemble_student(branches, data.num_classes, (size, size, 3),
                                  combine=config["combine"], weights=config.get("weights")),
-        terms_for=lambda model: pooled_feature_terms(model, config))
+        terms_for=lambda model: pooled_feature_terms(model, teacher_layer, config))
     attach_branches(ensemble, branches)
     ensemble_results = evaluate_once(ensemble, data, config, run_dir / "ensemble",
                                      model_name=f"ensemble({', '.join(branches)})")
