@@ -1,11 +1,15 @@
-"""Export a trained model as a TensorFlow SavedModel or a TFLite file, and measure the copy.
+"""Export a trained model as a LiteRT (``.tflite``) file or a TensorFlow SavedModel, and measure
+the copy.
 
-    python -m chestkd.export RUN_DIR|MODEL.keras [--format saved_model|tflite]
+    python -m chestkd.export RUN_DIR|MODEL.keras [--format tflite|saved_model]
         [--quantize none|float16|dynamic|int8 ...] [--out DIR] [--calibration-images N]
         [--latency-repeats N]
 
-The Keras model is written with Keras 3's ``model.export`` (a SavedModel with a ``serve``
-endpoint); ``tflite`` converts that SavedModel with ``tf.lite.TFLiteConverter``:
+``tflite`` (the default) is written by Keras' own LiteRT exporter,
+``model.export(path, format="litert")`` (Keras >= 3.13; ``tf.lite`` is leaving the TensorFlow
+wheels). Every quantisation mode goes through it -- it hands the options below to the LiteRT
+converter -- so no mode needs the older path; that path (the Keras SavedModel converted with
+``tf.lite.TFLiteConverter``) is kept only for Keras < 3.13:
 
 =========  ==================================================================================
 none       float32 weights and arithmetic
@@ -15,20 +19,27 @@ int8       weights and activations int8, calibrated on ``--calibration-images`` 
            of the run (its own preprocessing); the input and output stay float32
 =========  ==================================================================================
 
+The file holds LiteRT's built-in ops only: a model that would need TensorFlow ops ("Flex" ops,
+which the LiteRT runtime cannot execute) is refused with the op named, and ``export.json``
+lists the ops of every file written. ``saved_model`` writes Keras 3's ``model.export`` (a
+SavedModel with a ``serve`` endpoint).
+
 Preprocessing stays OUTSIDE the exported model: inputs are the run's normalised (S, S, 3)
 images, outputs its logits, exactly as for the Keras model. The export folder (default
 ``RUN_DIR/export-<format>-<quantize>``) holds the model (``model.tflite`` or ``saved_model/``),
-(several ``--quantize`` modes: one subfolder per mode, from one SavedModel)
+(several ``--quantize`` modes: one subfolder per mode)
 ``model_info.json`` (the preprocessing, classes and thresholds ``python -m chestkd.predict``
-applies) and ``export.json``: file size, max and mean |delta probability| against the Keras
-model on the test split, test mean AUC before and after, and latency per image (batch 1, median
-after warm-up) of the Keras and the exported model. The TFLite interpreter is
-``ai_edge_litert``'s when installed, else ``tf.lite.Interpreter``.
+applies) and ``export.json``: exporter, runtime and ops, file size, max and mean |delta
+probability| against the Keras model on the test split, test mean AUC before and after, and
+latency per image (batch 1, median after warm-up) of the Keras and the exported model. Exported
+files are run with ``ai_edge_litert``'s interpreter (``pip install ai-edge-litert``), or with
+``tf.lite.Interpreter`` where it is not installed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -82,21 +93,120 @@ def split_images(data, config, split: str, limit: int | None = None):
     return np.concatenate(images), np.concatenate(labels)
 
 
-def convert_tflite(saved_model_dir, quantize: str, calibration=None) -> bytes:
-    """The TFLite flatbuffer of a SavedModel, quantised as ``quantize`` says."""
+def litert_export_available() -> bool:
+    """Whether this Keras exports LiteRT itself (``model.export(..., format="litert")``,
+    Keras >= 3.13)."""
+    import keras
+    try:
+        major, minor = (int(part) for part in keras.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (3, 13)
+
+
+def converter_options(quantize: str, calibration=None) -> dict:
+    """LiteRT converter settings of a quantisation mode (the names are the converter's
+    attributes; ``target_spec`` entries are set on its target spec). Built-in ops only: no
+    TensorFlow ("Flex") fallback, which the LiteRT runtime cannot execute."""
     import tensorflow as tf
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if quantize not in QUANTIZATIONS:
+        raise ConfigError(f"--quantize {quantize!r}: choose one of {', '.join(QUANTIZATIONS)}")
+    options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
     if quantize != "none":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
+        options["target_spec"]["supported_types"] = [tf.float16]
     elif quantize == "int8":
+        if calibration is None or not len(calibration):
+            raise ConfigError("--quantize int8 needs calibration images")
+
         def representative():
             for image in calibration:
                 yield [image[None].astype(np.float32)]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+        options["representative_dataset"] = representative
+        options["target_spec"]["supported_ops"] = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return options
+
+
+def _flex_refusal(error: Exception, path) -> ConfigError | None:
+    """A ConfigError naming the TensorFlow ops of a conversion that failed for want of
+    built-in kernels, or None if ``error`` is about something else."""
+    message = str(error)
+    if "not supported by the native TFLite runtime" not in message \
+            and "Select TF" not in message and "Flex" not in message:
+        return None
+    ops = sorted(set(re.findall(r"\btf\.([A-Z][A-Za-z0-9]+)", message)))
+    return ConfigError(f"{path}: the model uses TensorFlow ops that LiteRT has no built-in "
+                       f"kernel for ({', '.join(ops) or 'see the converter message above'}), "
+                       "so the LiteRT runtime could not run it; export --format saved_model, "
+                       "or replace the layers that use them")
+
+
+def export_litert(model, path, quantize: str = "none", calibration=None) -> str:
+    """Write ``model`` as a LiteRT file at ``path``; returns the exporter used.
+
+    Keras' LiteRT exporter where this Keras has it, else the SavedModel + ``TFLiteConverter``
+    path (same converter, same options). Built-in ops only (:func:`converter_options`).
+    """
+    options = converter_options(quantize, calibration)
+    path = Path(path)
+    try:
+        if litert_export_available():
+            model.export(str(path), format="litert", verbose=False, **options)
+            return "keras litert"
+        import tensorflow as tf
+        with tempfile.TemporaryDirectory() as staging:
+            model.export(staging, format="tf_saved_model", verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(staging)
+            for name, value in options.items():
+                if name == "target_spec":
+                    for key, item in value.items():
+                        setattr(converter.target_spec, key, item)
+                else:
+                    setattr(converter, name, value)
+            path.write_bytes(converter.convert())
+        return "tf.lite converter (Keras < 3.13)"
+    except ConfigError:
+        raise
+    except Exception as error:  # the converter raises its own ConverterError
+        refused = _flex_refusal(error, path)
+        if refused is not None:
+            raise refused from None
+        raise
+
+
+def interpreter_class():
+    """(Interpreter class, runtime name): ``ai_edge_litert``'s, else ``tf.lite``'s."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "ai_edge_litert"
+    except ImportError:
+        import tensorflow as tf
+        return tf.lite.Interpreter, "tf.lite"
+
+
+def tflite_ops(path) -> list[str]:
+    """The op names of a LiteRT file (no delegate applied), sorted; TensorFlow fallback ops
+    are named ``Flex<Op>``."""
+    Interpreter, runtime = interpreter_class()
+    try:
+        if runtime == "ai_edge_litert":
+            from ai_edge_litert.interpreter import OpResolverType
+        else:
+            import tensorflow as tf
+            OpResolverType = tf.lite.experimental.OpResolverType
+        interpreter = Interpreter(
+            model_path=str(path),
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    except (ImportError, AttributeError):
+        interpreter = Interpreter(model_path=str(path))
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+def flex_ops(path) -> list[str]:
+    """The TensorFlow-fallback ("Flex") ops of a LiteRT file, which the LiteRT runtime cannot
+    execute (empty for a file chestkd exports)."""
+    return [name for name in tflite_ops(path) if name.startswith("Flex")]
 
 
 def median_latency_ms(fn, image, *, repeats: int, warmup: int = 3) -> float:
@@ -196,31 +306,42 @@ def export_model(model_path, *, fmt: str = "tflite", quantize=("none",), out=Non
     calibration = (split_images(data, config, "train", calibration_images)[0]
                    if "int8" in quantize else None)
     reports = {}
-    with tempfile.TemporaryDirectory(dir=out) as staging:
-        saved = Path(staging) / "saved_model"
-        model.export(str(saved), format="tf_saved_model", verbose=False)
-        for mode in quantize:
-            folder = out if len(quantize) == 1 else out / mode
-            folder.mkdir(parents=True, exist_ok=True)
-            if fmt == "saved_model":
-                target = folder / "saved_model"
+    for mode in quantize:
+        folder = out if len(quantize) == 1 else out / mode
+        folder.mkdir(parents=True, exist_ok=True)
+        if fmt == "saved_model":
+            target = folder / "saved_model"
+            with tempfile.TemporaryDirectory(dir=folder) as staging:
+                model.export(str(Path(staging) / "saved_model"), format="tf_saved_model",
+                             verbose=False)
                 if target.exists():
                     shutil.rmtree(target)
-                shutil.copytree(saved, target)
-            else:
-                flatbuffer = convert_tflite(saved, mode, calibration)
-                target = folder / "model.tflite"
-                atomic_write(target, lambda tmp: Path(tmp).write_bytes(flatbuffer))
-            atomic_write_json(folder / "model_info.json", info)  # what predict applies
-            exported, runtime = _exported_fn(target, fmt)
-            report = {"source": str(model_path), "format": fmt, "quantize": mode,
-                      "file": str(target), "runtime": runtime, "file_bytes": folder_size(target),
-                      "keras_file_bytes": folder_size(model_path),
-                      "calibration_images": len(calibration) if mode == "int8" else 0}
-            reports[mode] = measure(report, exported, keras_logits, info, test,
-                                    latency_repeats, data is not None
-                                    and data.clean_labels is not None)
-            atomic_write_json(folder / "export.json", reports[mode])
+                shutil.move(str(Path(staging) / "saved_model"), target)
+            exporter, ops = "keras tf_saved_model", None
+        else:
+            target = folder / "model.tflite"
+            used = []
+            atomic_write(target, lambda tmp, mode=mode: used.append(
+                export_litert(model, tmp, mode, calibration)))
+            exporter = used[0]
+            ops = tflite_ops(target)
+            flex = [name for name in ops if name.startswith("Flex")]
+            if flex:   # built-in ops were asked for; a converter that ignores it is caught
+                raise ConfigError(f"{target}: holds TensorFlow-fallback ops {', '.join(flex)} "
+                                  "that the LiteRT runtime cannot execute")
+        atomic_write_json(folder / "model_info.json", info)  # what predict applies
+        exported, runtime = _exported_fn(target, fmt)
+        report = {"source": str(model_path), "format": fmt, "quantize": mode,
+                  "file": str(target), "exporter": exporter, "runtime": runtime,
+                  "file_bytes": folder_size(target),
+                  "keras_file_bytes": folder_size(model_path),
+                  "calibration_images": len(calibration) if mode == "int8" else 0}
+        if ops is not None:
+            report["ops"] = ops
+        reports[mode] = measure(report, exported, keras_logits, info, test,
+                                latency_repeats, data is not None
+                                and data.clean_labels is not None)
+        atomic_write_json(folder / "export.json", reports[mode])
     return reports
 
 
