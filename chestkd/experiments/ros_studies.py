@@ -106,6 +106,9 @@ def run_studies(experiment, studies, write_table, landscape=None) -> dict:
                                "runs": len(seeds)}])
         results["table3"] = write_table(run_dir, "table3", frame,
                                         f"Table III: RoS-KD per-class AUC over seeds {seeds}"
+                                        " (the paper's 3-fold cross-validation read as one "
+                                        "seeded patient-wise random split per seed: test sets "
+                                        "may overlap, they do not partition the data)"
                                         ).to_dict("records")
     if "robustness" in studies:
         frame = robustness_rows(experiment, table1)
