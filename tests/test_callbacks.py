@@ -283,29 +283,43 @@ class ScriptedClock:
         return self.times.pop(0)
 
 
-def test_schedule_estimate_after_the_first_epoch_leaves_out_the_first_steps_tracing(capsys):
+def test_schedule_estimate_leaves_out_the_first_batches_tracing_then_uses_a_steady_epoch(
+        capsys):
     from chestkd.training.callbacks import ScheduleEstimate, format_duration
-    x = np.zeros((48, 4), "float32")
-    y = np.zeros((48, 2), "float32")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 4)).astype("float32"), np.zeros((64, 2), "float32")
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.compile("sgd", "mse")
-    # epoch 1 begins at 0; its 3 steps end at 5 (tracing), 6 and 7; validation ends at 8.
-    # Later epochs read no clock.
+    # fit begins at 0, epoch 1 at 1; its 3 steps end at 6 (tracing), 7 and 8; validation
+    # (2 batches) begins at 8 and its batches end at 10 (tracing) and 10.5; the epoch ends
+    # at 11. Epoch 2: 11 to 15 (steps 12, 13, 14; validation 14, batches 14.5, 15), ends 15.
+    # Epoch 3 reads no clock.
+    clock = ScriptedClock([0, 1, 6, 7, 8, 8, 10, 10.5, 11,
+                           11, 12, 13, 14, 14, 14.5, 15, 15])
     estimate = ScheduleEstimate([{"name": "distillation", "epochs": 4},
                                  {"name": "fine-tuning", "epochs": 2, "cost": 0.5}],
-                                clock=ScriptedClock([0.0, 5.0, 6.0, 7.0, 8.0]))
-    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[estimate])
-    # typical step 1 s, so 4 s of the first were one-off; a later epoch: 8 - 4 = 4 s
-    assert estimate.estimate["one_off_seconds"] == pytest.approx(4.0)
-    assert estimate.estimate["later_epoch_seconds"] == pytest.approx(4.0)
-    assert estimate.estimate["schedule_seconds"] == pytest.approx(8.0 + 2 * 4.0)
-    assert [s["seconds"] for s in estimate.estimate["later_stages"]] == [16.0, 4.0]
-    assert estimate.estimate["total_seconds"] == pytest.approx(16.0 + 16.0 + 4.0)
+                                clock=clock)
+    model.fit(x[:48], y[:48], batch_size=16, epochs=3, verbose=0, callbacks=[estimate],
+              validation_data=(x[48:], y[48:]), validation_batch_size=8)
+    first, second = estimate.estimates
+    # typical step 1 s: 4 s of the first step were one-off; typical validation batch 0.5 s:
+    # 1.5 s of the first one; a later epoch: 10 - 5.5 = 4.5 s
+    assert first["one_off_seconds"] == pytest.approx(5.5)
+    assert first["later_epoch_seconds"] == pytest.approx(4.5)
+    assert first["schedule_seconds"] == pytest.approx(11 + 2 * 4.5)
+    assert [s["seconds"] for s in first["later_stages"]] == [18.0, 4.5]
+    assert first["total_seconds"] == pytest.approx(20 + 18 + 4.5)
+    # the second epoch took 4 s, all of it steady
+    assert (second["one_off_seconds"], second["later_epoch_seconds"]) == (0.0, 4.0)
+    assert second["schedule_seconds"] == pytest.approx(15 + 4)
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed == [
-        "epoch 1 of 3 took 8.0 s (about 4.0 s of it one-off tracing and warm-up); expected: "
-        "4.0 s per later epoch, 8.0 s for the 2 left, 16.0 s for this 3-epoch schedule; "
-        "then distillation: 4 epoch(s), about 16.0 s; then fine-tuning: 2 epoch(s), about "
-        "4.0 s; in all about 36.0 s from the start of this fit"]
+        "epoch 1 of 3 took 10.0 s (about 5.5 s of it one-off tracing and warm-up); expected: "
+        "4.5 s per later epoch, 9.0 s for the 2 left, 20.0 s for this 3-epoch fit; "
+        "then distillation: 4 epoch(s), about 18.0 s; then fine-tuning: 2 epoch(s), about "
+        "4.5 s; in all about 42.5 s from the start of this fit",
+        "epoch 2 of 3 took 4.0 s; expected: 4.0 s per later epoch, 4.0 s for the 1 left, "
+        "19.0 s for this 3-epoch fit; then distillation: 4 epoch(s), about 16.0 s; then "
+        "fine-tuning: 2 epoch(s), about 4.0 s; in all about 39.0 s from the start of this fit"]
     assert [format_duration(s) for s in (59.94, 245, 7620, 3 * 86400 + 4 * 3600 + 59)] == [
         "59.9 s", "4 min 05 s", "2 h 07 min", "3 d 04 h"]

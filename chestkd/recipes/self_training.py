@@ -29,15 +29,16 @@ import json
 from pathlib import Path
 
 from chestkd.cli import main_of
+from chestkd.distill.teacher_cache import load_or_compute
 from chestkd.evaluation.statistics import (compare_predictions, comparison_markdown,
                                            comparison_table)
 from chestkd.experiments.kd import distil, evaluate_once, record_teacher, resolve_kd_loss
 from chestkd.experiments.repeat import over_seeds
-from chestkd.experiments.stages import Stages
+from chestkd.experiments.stages import Stages, StageTimer
 from chestkd.experiments.store import copy_results, obtain_model
 from chestkd.saliency.report import write_saliency_report
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, resolve_config
-from chestkd.training.experiment import load_run_data
+from chestkd.training.experiment import image_options, load_run_data
 from chestkd.training.run import start_run, write_json
 
 # The model teaches itself: no teacher/student names, strategy or defective options.
@@ -73,19 +74,43 @@ def saliency_stage(config, data, run_dir, base, student) -> dict:
                                  **settings)
 
 
+def teacher_pass(config, run_dir, data, teacher) -> None:
+    """The teacher's logits for both flips of every training and validation image, written
+    where :func:`~chestkd.experiments.kd.distil` reads them, so the stage timing shows the
+    teacher pass apart from the distillation (online teacher outputs: nothing to do here)."""
+    if config.get("teacher_outputs", "cached") == "online" or Stages(run_dir).done("training"):
+        return
+    for split in ("train", "val"):
+        load_or_compute(Path(run_dir) / f"teacher_logits_{split}.npy", teacher, data, split,
+                        **image_options(data, config))
+
+
 def run_once(config: dict) -> dict:
+    # Wall time per stage, in the log and metrics.json ("stage_seconds"). base_training
+    # includes the base model's first scoring in the model store (0 when the store had it).
+    timer = StageTimer()
     run_dir = start_run(config, "self_training")
     stages = Stages(run_dir)
     print(f"run directory: {run_dir}")
-    data = load_run_data(config, run_dir)
+    with timer.stage("phantom"):  # reading (or generating) the data and its set-up
+        data = load_run_data(config, run_dir)
     loss = resolve_kd_loss(config, data)
-    base, base_dir = obtain_model(config, data, config["model"])
+    # The base training's first epoch also estimates the distillation after it.
+    config["_later_stages"] = [{"name": "distillation", "epochs": int(config["epochs"])}]
+    with timer.stage("base_training"):
+        base, base_dir = obtain_model(config, data, config["model"])
+    config.pop("_later_stages")
     record_teacher(run_dir, base_dir)
-    base_metrics = base_results(config, data, run_dir, base, base_dir)
+    with timer.stage("evaluation"):
+        base_metrics = base_results(config, data, run_dir, base, base_dir)
     fresh = config.get("student_init", "fresh") == "fresh"
-    student = distil(config, run_dir, data, base, config["model"],
-                     seed=int(config["seed"]) + 1 if fresh else None,
-                     init_from=None if fresh else base)
+    with timer.stage("teacher_pass"):
+        teacher_pass(config, run_dir, data, base)
+    with timer.stage("distillation"):
+        student = distil(config, run_dir, data, base, config["model"],
+                         seed=int(config["seed"]) + 1 if fresh else None,
+                         init_from=None if fresh else base)
+    timer.start("evaluation")  # the self-trained model's scores, the comparison, its tables
     results = evaluate_once(student, data, config, run_dir,
                             title="ROC curves, self-trained (test split)")
     summary, _ = compare_predictions(run_dir / "base_test_predictions.npz",
@@ -119,13 +144,18 @@ def run_once(config: dict) -> dict:
     for key in ("noisy_mean_auc", "noisy_per_class_auc"):
         if key in base_metrics:
             results[f"base_{key}"] = base_metrics[key]
-    if config.get("saliency") and data.boxes is not None and len(data.boxes):
-        if not stages.done("figures"):
-            report = saliency_stage(config, data, run_dir, base, student)
-            write_json(report, run_dir / "saliency" / "report.json")
-            stages.mark("figures")
-        results["saliency"] = json.loads((run_dir / "saliency" / "report.json").read_text())
-        print(f"saliency figures: {run_dir / 'saliency'}")
+    timer.stop("evaluation")
+    with timer.stage("saliency"):
+        if config.get("saliency") and data.boxes is not None and len(data.boxes):
+            if not stages.done("figures"):
+                report = saliency_stage(config, data, run_dir, base, student)
+                write_json(report, run_dir / "saliency" / "report.json")
+                stages.mark("figures")
+            results["saliency"] = json.loads((run_dir / "saliency" / "report.json")
+                                             .read_text())
+            print(f"saliency figures: {run_dir / 'saliency'}")
+    results["stage_seconds"] = timer.seconds()
+    print(timer.line())
     write_json(results, run_dir / "metrics.json")
     return results
 

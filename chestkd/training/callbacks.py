@@ -132,15 +132,18 @@ def format_duration(seconds: float) -> str:
 
 class ScheduleEstimate(keras.callbacks.Callback):
     """After the first epoch a fit runs, print its wall time and the expected time of the rest
-    of the schedule, and of each later stage the run knows of.
+    of the schedule and of each later stage the run knows of; after the second, the same from
+    a steady epoch.
 
     Why: a schedule can take days (the papers' 200 DenseNet-121 epochs over 78,000 images),
     far longer than a Colab session; the person should know after one epoch, not find out.
 
-    The first epoch pays one-off costs (tracing, XLA compilation, the input pipeline
-    warming up), most of them in its first step: the later epochs are estimated as the first
-    epoch less (first step - a typical step), the typical step being the mean of the others.
-    The validation pass of epoch 1 also traced once, so the estimate errs a little long.
+    The first epoch pays one-off costs (tracing, XLA compilation, the input pipeline warming
+    up), most of them in its first training step and its first validation batch: later
+    epochs are estimated as the first one less (first step - a typical step) and (first
+    validation batch - a typical one), the typical ones being the means of the others. What
+    traces without batches (the exact validation AUC's first pass) stays in, so the first
+    estimate errs long; the second epoch's line needs no such correction.
 
     Args:
         later_stages: ``{"name", "epochs", "cost"}`` mappings, in order: a later fit of
@@ -149,56 +152,86 @@ class ScheduleEstimate(keras.callbacks.Callback):
         clock: the time source (seconds), for tests.
     """
 
+    REPORTS = 2  # epochs after which a line is printed: the first, then a steady one
+
     def __init__(self, later_stages=(), clock=time.perf_counter):
         super().__init__()
         self.later_stages = [dict(stage) for stage in later_stages]
         self.clock = clock
-        self.estimate = None  # what was printed, as numbers
+        self.estimates = []  # what was printed, as numbers
+        self.estimate = None  # the latest of them
+
+    def _active(self):
+        return len(self.estimates) < self.REPORTS
+
+    def on_train_begin(self, logs=None):
+        self._fit_start = self.clock()
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.estimate is None:
+        if self._active():
             self._start = self.clock()
-            self._first_step, self._last_step, self._steps = None, None, 0
+            self._steps = {"train": [], "test": []}  # clock at the end of each batch
+            self._test_start = None
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.estimate is None:
-            now = self.clock()
-            self._steps += 1
-            if self._first_step is None:
-                self._first_step = now - self._start
-            self._last_step = now
+        if self._active():
+            self._steps["train"].append(self.clock())
+
+    def on_test_begin(self, logs=None):
+        if self._active():
+            self._test_start = self.clock()
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self._active() and self._test_start is not None:
+            self._steps["test"].append(self.clock())
+
+    @staticmethod
+    def _one_off(start, ends) -> float:
+        """How much longer the first batch took than a typical later one (>= 0)."""
+        if start is None or len(ends) < 2:
+            return 0.0
+        typical = (ends[-1] - ends[0]) / (len(ends) - 1)
+        return max(ends[0] - start - typical, 0.0)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.estimate is not None:
+        if not self._active():
             return
-        seconds = self.clock() - self._start
+        now = self.clock()
+        seconds = now - self._start
         one_off = 0.0
-        if self._steps > 1:
-            typical = (self._last_step - self._start - self._first_step) / (self._steps - 1)
-            one_off = max(self._first_step - typical, 0.0)
-        per_epoch = seconds - one_off
+        if not self.estimates:  # the first epoch this fit runs
+            one_off = (self._one_off(self._start, self._steps["train"])
+                       + self._one_off(self._test_start, self._steps["test"]))
+        per_epoch = max(seconds - one_off, 0.0)
         epochs = int(self.params.get("epochs") or epoch + 1)
         remaining = epochs - (epoch + 1)
-        self.estimate = {"epoch": epoch + 1, "epochs": epochs, "epoch_seconds": seconds,
-                         "one_off_seconds": one_off, "later_epoch_seconds": per_epoch,
-                         "remaining_seconds": remaining * per_epoch,
-                         "schedule_seconds": seconds + remaining * per_epoch, "later_stages": []}
-        line = (f"epoch {epoch + 1} of {epochs} took {format_duration(seconds)} (about "
-                f"{format_duration(one_off)} of it one-off tracing and warm-up); expected: "
-                f"{format_duration(per_epoch)} per later epoch, "
+        if self.estimates and not remaining and not self.later_stages:
+            self.estimates.append(None)  # nothing left to estimate
+            return
+        elapsed = now - self._fit_start
+        schedule = elapsed + remaining * per_epoch
+        estimate = {"epoch": epoch + 1, "epochs": epochs, "epoch_seconds": seconds,
+                    "one_off_seconds": one_off, "later_epoch_seconds": per_epoch,
+                    "remaining_seconds": remaining * per_epoch, "schedule_seconds": schedule,
+                    "later_stages": []}
+        took = f"epoch {epoch + 1} of {epochs} took {format_duration(seconds)}"
+        if not self.estimates:
+            took += f" (about {format_duration(one_off)} of it one-off tracing and warm-up)"
+        line = (f"{took}; expected: {format_duration(per_epoch)} per later epoch, "
                 f"{format_duration(remaining * per_epoch)} for the {remaining} left, "
-                f"{format_duration(seconds + remaining * per_epoch)} for this "
-                f"{epochs}-epoch schedule")
-        total = seconds + remaining * per_epoch
+                f"{format_duration(schedule)} for this {epochs}-epoch fit")
+        total = schedule
         for stage in self.later_stages:
             stage_seconds = int(stage["epochs"]) * per_epoch * float(stage.get("cost", 1.0))
             total += stage_seconds
-            self.estimate["later_stages"].append({**stage, "seconds": stage_seconds})
+            estimate["later_stages"].append({**stage, "seconds": stage_seconds})
             line += (f"; then {stage['name']}: {int(stage['epochs'])} epoch(s), about "
                      f"{format_duration(stage_seconds)}")
         if self.later_stages:
             line += f"; in all about {format_duration(total)} from the start of this fit"
-        self.estimate["total_seconds"] = total
+        estimate["total_seconds"] = total
+        self.estimates.append(estimate)
+        self.estimate = estimate
         print(line, flush=True)
 
 
