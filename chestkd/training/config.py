@@ -1,7 +1,9 @@
 """Run configuration: defaults, YAML files, command-line options and ``key=value`` overrides.
 
-Precedence, lowest first: the recipe's defaults, the phantom profile (only when the dataset is
-the phantom and the key was not set anywhere), ``--config FILE.yaml``, ``--option value``
+Precedence, lowest first: the recipe's defaults, a profile (:data:`PROFILES`, for the keys not
+set anywhere: ``--profile NAME``; by default ``phantom`` on the phantoms and ``small-real`` on
+real data with fewer than :data:`SMALL_REAL_MAX_TRAIN_IMAGES` training images, the latter
+chosen once the data is loaded, with a printed line), ``--config FILE.yaml``, ``--option value``
 flags, trailing ``key=value`` pairs. Every key can be set in each of these places; an unknown key
 is an error naming it. The resolved configuration is saved in the run directory.
 """
@@ -70,6 +72,14 @@ BASE_DEFAULTS = {
     # model
     "model": "densenet121",
     "weights": None,               # imagenet | None | path to a weights file
+    # a named set of defaults for the keys not set anywhere (PROFILES): phantom | small-real |
+    # papers (none: the papers' defaults); None: phantom on the phantoms, small-real on real
+    # data with fewer than SMALL_REAL_MAX_TRAIN_IMAGES training images, else the papers'
+    "profile": None,
+    # which weights a run keeps as model.keras: best_val (the epoch of the best exact
+    # validation mean AUC) | last (the fixed schedule's final epoch) | average (the mean of the
+    # last third of the epochs' weights, BatchNorm re-estimated: SWA)
+    "checkpoint": "best_val",
     # optimisation
     "optimizer": "sgd",            # sgd | adam | adamw
     "learning_rate": 0.1,
@@ -114,6 +124,37 @@ PHANTOM_PROFILE = {
     "weight_decay_mode": "decoupled",  # as measured with this profile (Adam, Keras' decay)
     "label_noise": 0.1,            # like ChestX-ray14's NLP-mined labels (>90 % accurate)
 }
+
+# Real data with few training images (issue 16): chosen on 469 real ChestX-ray14 images of 158
+# patients (benchmarks/real_data.py, patient-grouped cross-validation; RESULTS.md). A small
+# network at 64 px, Adam with a low rate and strong decoupled weight decay, light
+# augmentation, and a FIXED schedule: a validation split of a few dozen images picks
+# checkpoints on noise, so the run keeps the average of its last epochs' weights.
+SMALL_REAL_PROFILE = {
+    "model": "conv3_student",
+    "image_size": 64,
+    "batch_size": 32,
+    "epochs": 30,
+    "optimizer": "adam",
+    "learning_rate": 3e-4,
+    "weight_decay": 1e-2,
+    "weight_decay_mode": "decoupled",
+    "schedule": "cosine",
+    "augment": "light",
+    "checkpoint": "average",
+    "teacher": "conv3_student",    # KD recipes: networks of the size that learns here
+    "student": "conv3_student",
+    "teacher_outputs": "online",   # a cached teacher table cannot follow light augmentation
+}
+# ... and with ``weights: imagenet`` (the setting to prefer online; not measurable offline):
+# the ImageNet DenseNet-121 fine-tuned at its own input size with a 10x lower rate. Its own
+# preprocessing is the model's ``input_adapter`` (chestkd.models.zoo).
+SMALL_REAL_IMAGENET = {"model": "densenet121", "image_size": 224, "learning_rate": 3e-5,
+                       "epochs": 15}
+# Below this many training images a real-data run takes the small-real profile by itself
+# (with a printed line); --profile papers keeps the papers' defaults.
+SMALL_REAL_MAX_TRAIN_IMAGES = 2000
+PROFILES = {"phantom": PHANTOM_PROFILE, "small-real": SMALL_REAL_PROFILE, "papers": {}}
 
 PHANTOM_DATASETS = ("phantom", "pneumonia_phantom")
 MULTI_LABEL_PHANTOM_ONLY = frozenset({"label_noise"})
@@ -254,16 +295,65 @@ def resolve_config(argv, defaults: dict, description: str = "") -> dict:
         given[key] = on_command_line[key] = _parse_value(value)
     config = copy.deepcopy(defaults)
     dataset = given.get("dataset", config["dataset"])
-    if dataset in PHANTOM_DATASETS:
-        config.update({k: v for k, v in PHANTOM_PROFILE.items() if k in config
-                       and (dataset == "phantom" or k not in MULTI_LABEL_PHANTOM_ONLY)})
+    profile = given.get("profile", config.get("profile"))
+    if profile is None and dataset in PHANTOM_DATASETS:
+        profile = "phantom"
+    if profile is not None:
+        apply_profile(config, profile, dataset=dataset, explicit=given)
     config.update(given)
     if config_file:
         config["config_file"] = str(config_file)
     config["_given"] = sorted(on_command_line)
+    config["_explicit"] = sorted(given)   # set anywhere: an automatic profile keeps them
     if "augment" in config and "dataset" in config:
         resolve_augment(config)   # recorded resolved, so the saved run says what ran
     return config
+
+
+def apply_profile(config: dict, name, *, dataset: str, explicit: dict) -> dict:
+    """Give the keys of profile ``name`` (:data:`PROFILES`) that ``config`` has and that are
+    not in ``explicit`` (the options set in a file, a flag or key=value, with their values)
+    the profile's values; records ``config["profile"]``. The phantom's label noise goes to
+    the 14-finding phantom only; with ``weights: imagenet`` small-real fine-tunes the ImageNet
+    DenseNet-121 (:data:`SMALL_REAL_IMAGENET`); a cached teacher table the user asked for
+    keeps the flip (it holds the flipped view only)."""
+    if name not in PROFILES:
+        raise ConfigError(f"--profile {name!r}: choose one of {', '.join(PROFILES)}")
+    values = dict(PROFILES[name])
+    if name == "phantom" and dataset != "phantom":
+        values = {k: v for k, v in values.items() if k not in MULTI_LABEL_PHANTOM_ONLY}
+    if name == "small-real":
+        if str(explicit.get("weights", config.get("weights"))).lower() == "imagenet":
+            values.update(SMALL_REAL_IMAGENET)
+        if explicit.get("teacher_outputs") == "cached":
+            values.pop("augment", None)
+    config.update({k: v for k, v in values.items() if k in config and k not in explicit})
+    config["profile"] = name
+    return config
+
+
+def apply_small_data_profile(config: dict, train_images: int) -> bool:
+    """Choose the small-real profile for a run on real data with fewer than
+    :data:`SMALL_REAL_MAX_TRAIN_IMAGES` training images and no ``profile`` of its own, and
+    print a line saying so. Keys set anywhere (``config["_explicit"]``) keep their values.
+    Only a configuration fresh from :func:`resolve_config` changes (never a saved run's).
+    Returns True when the profile was applied (the caller saves the configuration again)."""
+    if ("_explicit" not in config or config.get("profile") is not None
+            or config.get("dataset") in PHANTOM_DATASETS
+            or int(train_images) >= SMALL_REAL_MAX_TRAIN_IMAGES):
+        return False
+    explicit = {k: config.get(k) for k in config["_explicit"]}
+    if "augment" not in explicit and "augment" in config:
+        config["augment"] = None   # resolved anew below (it was resolved without a profile)
+    apply_profile(config, "small-real", dataset=config["dataset"], explicit=explicit)
+    if "augment" in config:
+        resolve_augment(config)
+    kept = sorted(set(explicit) & set(SMALL_REAL_PROFILE))
+    print(f"profile small-real chosen automatically: {int(train_images)} training images "
+          f"(fewer than {SMALL_REAL_MAX_TRAIN_IMAGES}); "
+          + (f"kept your {', '.join(kept)}; " if kept else "")
+          + "--profile papers keeps the papers' defaults", flush=True)
+    return True
 
 
 def dataset_options(config: dict) -> dict:
@@ -334,6 +424,8 @@ _CHOICES = {
     "uncertainty": ("ones", "zeros", "ignore"),
     "images": ("all", "present"),
     "threshold_rule": ("youden", "f1"),
+    "profile": (None, *PROFILES),
+    "checkpoint": ("best_val", "last", "average"),
 }
 
 # Keys that say where and how a run is kept or shown, not what it computes: two runs that
@@ -342,13 +434,14 @@ BOOKKEEPING_KEYS = frozenset({
     "out", "run_name", "resume", "run_dir", "config_file", "seeds", "teachers_dir",
     "latency_images", "saliency", "bootstrap", "check_images", "jit_compile", "distribute",
     "config_id",
+    "profile",   # a profile's effect is in the values it set
 })
 
 
 # Options added after chestkd 0.1, with the value that reproduces 0.1's behaviour. At that
 # value a key is left out of ``config_id``, so runs, table cells and model-store entries
 # written before the option existed are still found (tests/test_legacy_runs.py).
-ADDED_OPTION_DEFAULTS: dict = {}
+ADDED_OPTION_DEFAULTS: dict = {"checkpoint": "best_val", "images": "all"}
 
 
 def config_id(config: dict, keys=None) -> str:

@@ -17,8 +17,8 @@ from chestkd.data.describe import run_summary
 from chestkd.data.presence import ABSENT_REASON, require_on_disk
 from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epoch
 from chestkd.errors import ChestKDError, ConfigError
-from chestkd.training.config import (PHANTOM_DATASETS, dataset_options, resolve_augment,
-                                     save_config)
+from chestkd.training.config import (PHANTOM_DATASETS, apply_small_data_profile,
+                                     dataset_options, resolve_augment, save_config)
 from chestkd.training.losses import MaskedAUC, hard_loss_for
 from chestkd.training.run import seed_everything
 from chestkd.training.trainer import distribution_strategy, fit, make_optimizer
@@ -52,6 +52,8 @@ def load_run_data(config: dict, run_dir) -> Dataset:
     for split in ("train", "val", "test"):
         data.subset(split)  # an empty split is an error naming it, before any training
     data.check_patient_leakage()
+    if apply_small_data_profile(config, int((data.split == "train").sum())):
+        save_config(config, Path(run_dir) / "config.yaml")  # the run records what it uses
     if len(data.skipped):
         data.skipped.to_csv(Path(run_dir) / "skipped.csv", index=False)
         absent = int((data.skipped["reason"] == ABSENT_REASON).sum())
