@@ -157,7 +157,7 @@ def test_two_finished_runs_are_compared_from_their_predictions(data, tmp_path):
     assert summary["comparison"]["calibration_a"]["ece"] == pytest.approx(
         first["calibration"]["ece"])
     assert 0 <= summary["comparison"]["p_value"] <= 1
-    assert "DeLong" in set(table["test"])
+    assert set(table["test"]) == {"paired patient bootstrap"}  # per class too: patient-aware
     # a run on other test images is refused
     other = data.select(np.r_[np.arange(20), np.arange(21, 60), 20])
     evaluate_model(_model(), other, {**CONFIG, "bootstrap": 0}, tmp_path, prefix="o_")
