@@ -207,3 +207,47 @@ def test_upsampling_is_counted_with_its_factors(kinds, consumers):
     assert at64["upsampled"] == len(KINDS) and at64["max_factor"] == 4.0
     assert at64["median_factor"] == 2.0
     assert cache.upsampling(SIZE) == report
+
+
+def test_a_run_reports_its_upsampling_from_the_files_or_the_cache(kinds, consumers,
+                                                                    monkeypatch):
+    from chestkd.data import cache as cache_module
+    from chestkd.data import images
+    from chestkd.data.cache import upsampling_of
+    from chestkd.data.images import describe_upsampling
+    data = consumers["data"]
+    on_files = upsampling_of(data, 64)
+    # at 64 px: every kind smaller than 64 on an axis is upsampled, the 16 px ones 4x
+    expected = upsampling_summary([source for _, _, source in kinds.values()], 64)
+    assert on_files == expected and on_files["max_factor"] == 4.0
+    assert on_files["upsampled"] == 2     # the 16 px image and the 16x64 one (rows)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an image was decoded to learn its size")
+    monkeypatch.setattr(images, "decode_image", refuse)    # sizes come from the headers
+    assert upsampling_of(data, 64) == on_files
+    monkeypatch.setattr(cache_module, "source_sizes", refuse)   # the cache opens no file
+    from_cache = upsampling_of(data, 64, cache_dir=consumers["cache_folders"][1])
+    assert from_cache == on_files
+    line = describe_upsampling(on_files)
+    assert line.startswith("2 of 11 images are smaller than the input size (64 px)")
+    assert "median 4.00, max 4.00" in line
+    assert "none upsampled" in describe_upsampling(upsampling_of(data, 16, consumers[
+        "cache_folders"][0]))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_jpeg_size_is_read_from_its_header_as_the_decoder_turns_it(tmp_path, orientation,
+                                                                      mode):
+    from chestkd.data.images import image_size_of
+    rng = np.random.default_rng(orientation)
+    shape = (20, 37) if mode == "L" else (20, 37, 3)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "turned.jpg"
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(
+        path, "JPEG", exif=exif.tobytes(), progressive=orientation % 2 == 0)
+    upright = read_unit_grey(path, 8)[1]
+    assert image_size_of(path) == (upright[1], upright[0])
+    assert upright == ((37, 20) if orientation >= 5 else (20, 37))
