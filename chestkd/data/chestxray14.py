@@ -169,15 +169,16 @@ def load_chestxray14(data_dir, *, split: str | None = None, seed: int = 0,
         split_names = patient_split(patients, check_fractions(fractions), seed)
 
     paths, on_disk = all_paths[keep], all_on_disk[keep]
-    # boxes: with a cache no file is opened for its size
-    readable = on_disk if cache_dir is None else np.zeros(len(paths), dtype=bool)
-    meta = _meta(frame, on_disk)
-    boxes = read_boxes_for(root, frame["image"], paths, readable, class_names)
     data = Dataset(name="chestxray14", class_names=list(class_names), multi_label=True,
                    paths=paths, labels=multi_hot, patients=patients, split=split_names,
-                   meta=meta, boxes=boxes, root=root, excluded=excluded, listed=listed)
+                   meta=_meta(frame, on_disk), root=root, excluded=excluded, listed=listed)
+    # absent images first: their message must not wait for anything else
     data = settle_absent(data, required=check_images, skip=skip_bad_images,
                          listed=f"listed in {metadata_path}", where=where)
+    # boxes of the rows kept; with a cache no file is opened for its size
+    readable = (data.meta["on_disk"].to_numpy(dtype=bool) if cache_dir is None
+                else np.zeros(len(data), dtype=bool))
+    data.boxes = read_boxes_for(root, data.meta["image"], data.paths, readable, class_names)
     return screen_images(data, check_images=check_images, skip_bad_images=skip_bad_images,
                          workers=workers)
 
