@@ -126,7 +126,7 @@ def test_self_training_compares_base_and_self_trained(runs):
     # one table builder: the per-class p is the patient bootstrap's, Holm-adjusted beside it
     assert list(table.columns) == ["finding", "base", "base_ci", "self-trained",
                                    "self-trained_ci", "change", "change_ci", "p", "p_holm",
-                                   "test"]
+                                   "test", "p_clustered_delong"]
     per_class = values["per_class"]
     for column, key in (("p", "p_value"), ("p_holm", "p_holm")):  # JSON writes NaN as null
         np.testing.assert_allclose(table[column].iloc[:-1],

@@ -373,7 +373,12 @@ def test_compare_predictions_on_clean_and_noisy_labels(tmp_path):
     json.dumps(summary)  # JSON-ready
     assert list(table["finding"]) == ["a", "b", "c", "**mean**"]
     assert {"model1", "model1_ci", "model2", "model2_ci", "change", "change_ci", "p", "p_holm",
-            "test"} <= set(table.columns)
+            "test", "p_clustered_delong"} <= set(table.columns)
+    for c, name in enumerate("abc"):
+        expected = st.clustered_delong_test(a["clean_labels"][:, c], prob_a[:, c], prob_b[:, c],
+                                            a["patients"])
+        assert comparison["per_class"][name]["clustered_delong_p"] == pytest.approx(expected[3])
+        assert table["p_clustered_delong"].iloc[c] == pytest.approx(expected[3])
     # the table's per-class p is the paired patient bootstrap's (same resamples), Holm beside it
     np.testing.assert_allclose(table["p"][:3], paired["per_class_p_value"])
     np.testing.assert_allclose(table["p_holm"][:3], st.holm(paired["per_class_p_value"]))
@@ -385,6 +390,7 @@ def test_compare_predictions_on_clean_and_noisy_labels(tmp_path):
     np.testing.assert_allclose(table["model1_ci"].iloc[3], alone["mean_ci"])
     text = st.comparison_markdown(comparison, "model1", "model2")
     assert "p (paired patient bootstrap)" in text and "p Holm-adjusted (3 findings)" in text
+    assert "p (clustered DeLong)" in text
     assert "ECE model1" in text and "(single test)" in text
 
 
@@ -395,6 +401,7 @@ def test_compare_predictions_without_clean_labels_and_without_bootstrap():
     assert np.isnan(summary["comparison"]["p_value"])
     assert np.isfinite(summary["comparison"]["per_class"]["a"]["delong_p"])
     assert table["p"].isna().all() and set(table["test"]) == {"none (bootstrap=0)"}
+    assert np.isfinite(table["p_clustered_delong"].iloc[:3]).all()  # no bootstrap needed
     assert "bootstrap was off" in st.comparison_markdown(summary["comparison"])
 
 
@@ -460,9 +467,82 @@ def test_table_p_is_patient_aware_when_images_of_a_patient_repeat():
     # the patient bootstrap sees 40 patients: the interval includes 0 and p agrees with it
     assert lo < 0 < hi
     assert row["p"] > 0.2 and row["p_holm"] == row["p"]  # one finding: Holm leaves it
+    # the analytic patient-aware test agrees: clustered DeLong = DeLong on the 40 patients
+    on_patients = st.delong_test(a["labels"][::25, 0], a["logits"][::25, 0], b["logits"][::25, 0])
+    assert row["p_clustered_delong"] == pytest.approx(on_patients[3]) and on_patients[3] > 0.2
     assert summary["comparison"]["per_class"]["finding"]["delong_p"] == pytest.approx(
         image_level_p)
     # the cluster bootstrap is blind to copies: one image per patient gives the same p
     one_a, one_b = _duplicated_patients(copies=1)
     _, single = st.compare_predictions(one_a, one_b, n_boot=500, seed=0)
     assert single["p"].iloc[0] == pytest.approx(row["p"])
+
+
+def _clustered_delong_reference(y, scores, groups):
+    """Obuchowski (1997) written out with explicit loops in float64."""
+    y, scores, groups = np.asarray(y, float), np.atleast_2d(scores), np.asarray(groups)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    M, N = len(pos), len(neg)
+
+    def psi(x, z):
+        return 1.0 if x > z else 0.5 if x == z else 0.0
+
+    k = len(scores)
+    v10 = np.array([[sum(psi(s[i], s[j]) for j in neg) / N for i in pos] for s in scores])
+    v01 = np.array([[sum(psi(s[i], s[j]) for i in pos) / M for j in neg] for s in scores])
+    auc = v10.mean(axis=1)
+    patients = list(dict.fromkeys(groups[(y == 0) | (y == 1)]))
+    d10 = np.zeros((k, len(patients)))
+    d01 = np.zeros((k, len(patients)))
+    for c, patient in enumerate(patients):
+        mine_pos = [a for a, i in enumerate(pos) if groups[i] == patient]
+        mine_neg = [b for b, j in enumerate(neg) if groups[j] == patient]
+        for r in range(k):
+            d10[r, c] = v10[r, mine_pos].sum() - len(mine_pos) * auc[r]
+            d01[r, c] = v01[r, mine_neg].sum() - len(mine_neg) * auc[r]
+    i10 = sum(any(groups[i] == p for i in pos) for p in patients)
+    i01 = sum(any(groups[j] == p for j in neg) for p in patients)
+    n_all = len(patients)
+    cov = np.zeros((k, k))
+    for r in range(k):
+        for s in range(k):
+            s10 = i10 / ((i10 - 1) * M) * sum(d10[r, c] * d10[s, c] for c in range(n_all))
+            s01 = i01 / ((i01 - 1) * N) * sum(d01[r, c] * d01[s, c] for c in range(n_all))
+            s11 = n_all / (n_all - 1) * sum(d10[r, c] * d01[s, c] for c in range(n_all))
+            s11t = n_all / (n_all - 1) * sum(d10[s, c] * d01[r, c] for c in range(n_all))
+            cov[r, s] = s10 / M + s01 / N + (s11 + s11t) / (M * N)
+    return auc, cov
+
+
+def test_clustered_delong_matches_a_loop_reference_with_mixed_patients():
+    rng = np.random.default_rng(4)
+    groups = np.repeat([f"p{i}" for i in range(14)], rng.integers(1, 5, 14))
+    n = len(groups)
+    y = (rng.random(n) < 0.4).astype(float)
+    y[rng.random(n) < 0.1] = -1  # unknown labels are left out
+    scores = np.stack([y + rng.normal(size=n), np.round(y + rng.normal(size=n), 1)])  # ties
+    aucs, cov = st.clustered_delong_covariance(y, scores, groups)
+    ref_aucs, ref_cov = _clustered_delong_reference(y, scores, groups)
+    np.testing.assert_allclose(aucs, ref_aucs, rtol=1e-12)
+    np.testing.assert_allclose(cov, ref_cov, rtol=1e-10, atol=1e-15)
+    assert aucs[0] == pytest.approx(st.exact_auc(y, scores[0]))
+
+
+def test_clustered_delong_is_delong_with_one_image_per_patient_and_blind_to_copies():
+    rng = np.random.default_rng(5)
+    y = (rng.random(60) < 0.5).astype(float)
+    a, b = y + rng.normal(size=60), y + 1.5 * rng.normal(size=60)
+    plain = st.delong_covariance(y, np.stack([a, b]))
+    clustered = st.clustered_delong_covariance(y, np.stack([a, b]), np.arange(60))
+    np.testing.assert_allclose(clustered[1], plain[1], rtol=1e-12)
+    expected = st.delong_test(y, a, b)
+    assert st.clustered_delong_test(y, a, b, np.arange(60)) == pytest.approx(expected)
+    copies = 7  # each patient's image 7 times: a patient still counts once
+    repeated = st.clustered_delong_test(np.repeat(y, copies), np.repeat(a, copies),
+                                        np.repeat(b, copies), np.repeat(np.arange(60), copies))
+    assert repeated == pytest.approx(expected)
+    assert st.delong_test(np.repeat(y, copies), np.repeat(a, copies),
+                          np.repeat(b, copies))[3] < expected[3]  # image-level: overconfident
+    # too few patients with a positive: no variance
+    _, cov = st.clustered_delong_covariance([1, 1, 0, 0], [0.9, 0.8, 0.1, 0.2], [0, 0, 1, 2])
+    assert np.isnan(cov).all()

@@ -14,6 +14,8 @@ number without an interval says little. This module gives:
 * :func:`delong_test`: DeLong's test of two correlated ROC AUCs (the fast algorithm of
   Sun & Xu 2014); it treats images as independent, so it is kept for reference only: the
   comparison table's per-class p is the paired patient bootstrap's;
+* :func:`clustered_delong_test`: DeLong's test with the patient as the unit (Obuchowski
+  1997), the analytic patient-aware per-class test, beside the bootstrap's;
 * :func:`holm`: Holm's step-down adjustment of p-values across findings;
 * :func:`expected_calibration_error`, :func:`brier_score`, :func:`reliability_curve`;
 * :func:`compare_predictions`: all of the above for two finished runs' saved test predictions,
@@ -413,6 +415,83 @@ def delong_test(y, scores_a, scores_b) -> tuple[float, float, float, float]:
     """
     aucs, cov = delong_covariance(y, np.stack([np.asarray(scores_a, np.float64),
                                                np.asarray(scores_b, np.float64)]))
+    return _z_test(aucs, cov)
+
+
+def clustered_delong_covariance(y, scores, groups) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of k models on one class and their (k, k) covariance for clustered data: several
+    images per patient (Obuchowski 1997, "Nonparametric analysis of clustered ROC curve data").
+
+    The structural components are :func:`delong_covariance`'s, V10(X) = (1/N) sum of psi(X, Y)
+    over the N negative images and V01(Y) = (1/M) sum of psi(X, Y) over the M positive ones,
+    summed per patient i (V10_i, V01_i); patient i has m_i positive and n_i negative images;
+    I patients, I10 of them with a positive image and I01 with a negative one::
+
+        S10 = I10 / ((I10 - 1) M) sum_i (V10_i - m_i AUC)(V10_i - m_i AUC)'
+        S01 = I01 / ((I01 - 1) N) sum_i (V01_i - n_i AUC)(V01_i - n_i AUC)'
+        S11 = I / (I - 1)        sum_i (V10_i - m_i AUC)(V01_i - n_i AUC)'
+        Cov = S10 / M + S01 / N + (S11 + S11') / (M N)
+
+    With one image per patient S11 = 0 and S10, S01 are DeLong's: the result equals
+    :func:`delong_covariance` exactly. Repeating every patient's images k times changes
+    nothing (a patient counts once), where image-level DeLong's variance shrinks k-fold.
+
+    Returns:
+        (aucs (k,), covariance (k, k)); NaN covariance with fewer than two patients with a
+        positive or with a negative (NaN AUCs without a positive or a negative).
+    """
+    y = np.asarray(y, np.float64)
+    scores = np.atleast_2d(np.asarray(scores, np.float64))
+    if y.ndim != 1 or scores.shape[1] != len(y):
+        raise DataError(f"clustered delong: labels have shape {y.shape} and scores "
+                        f"{scores.shape}; expected (N,) and (N,) or (k, N)")
+    _as_2d(y, scores[0])
+    if not np.isfinite(scores).all():
+        raise DataError("clustered delong: scores contain non-finite values")
+    patient, n_patients = _patient_index(groups, len(y))
+    known = y >= 0
+    y, scores, patient = y[known], scores[:, known], patient[known]
+    pos, neg = y == 1, y == 0
+    m, n, k = int(pos.sum()), int(neg.sum()), len(scores)
+    if m == 0 or n == 0:
+        return np.full(k, np.nan), np.full((k, k), np.nan)
+    positives, negatives = scores[:, pos], scores[:, neg]
+    tx = stats.rankdata(positives, axis=1)
+    ty = stats.rankdata(negatives, axis=1)
+    tz = stats.rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
+    v10 = (tz[:, :m] - tx) / n
+    v01 = 1.0 - (tz[:, m:] - ty) / m
+    aucs = v10.mean(axis=1)
+    per_patient = lambda values, where: np.stack(  # noqa: E731  (k, I) sums per patient
+        [np.bincount(patient[where], weights=row, minlength=n_patients) for row in values])
+    m_i = np.bincount(patient[pos], minlength=n_patients).astype(np.float64)
+    n_i = np.bincount(patient[neg], minlength=n_patients).astype(np.float64)
+    d10 = per_patient(v10, pos) - m_i * aucs[:, None]
+    d01 = per_patient(v01, neg) - n_i * aucs[:, None]
+    i_all = int(((m_i + n_i) > 0).sum())
+    i10, i01 = int((m_i > 0).sum()), int((n_i > 0).sum())
+    if i10 < 2 or i01 < 2:
+        return aucs, np.full((k, k), np.nan)
+    s10 = i10 / ((i10 - 1) * m) * (d10 @ d10.T)
+    s01 = i01 / ((i01 - 1) * n) * (d01 @ d01.T)
+    s11 = i_all / (i_all - 1) * (d10 @ d01.T)
+    return aucs, s10 / m + s01 / n + (s11 + s11.T) / (m * n)
+
+
+def clustered_delong_test(y, scores_a, scores_b, groups) -> tuple[float, float, float, float]:
+    """:func:`delong_test` with :func:`clustered_delong_covariance`: the two-sided test of two
+    correlated AUCs that counts a patient, not an image, as the unit of evidence.
+
+    Returns:
+        (auc_a, auc_b, z, p_value).
+    """
+    aucs, cov = clustered_delong_covariance(
+        y, np.stack([np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)]),
+        groups)
+    return _z_test(aucs, cov)
+
+
+def _z_test(aucs, cov) -> tuple[float, float, float, float]:
     auc_a, auc_b = float(aucs[0]), float(aucs[1])
     variance = cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1]
     difference = auc_b - auc_a
@@ -614,17 +693,20 @@ PER_CLASS_TEST = "paired patient bootstrap"
 
 def _compare_on(labels, prob_a, prob_b, groups, class_names, multi_label, n_boot, seed,
                 bins) -> dict:
-    """Paired patient bootstrap per class and of the mean, Holm across the classes, DeLong
-    (image-level, for reference) per class and both calibrations on one label set."""
+    """Paired patient bootstrap per class and of the mean, Holm across the classes, clustered
+    DeLong per class, image-level DeLong (for reference) and both calibrations on one label
+    set."""
     labels = np.asarray(labels, np.float64)
     nan2 = [float("nan")] * 2
     per_class = {}
     for c, name in enumerate(class_names):
         # Single-label data: each class one-vs-rest (its probability column against the rest).
         auc_a, auc_b, z, p = delong_test(labels[:, c], prob_a[:, c], prob_b[:, c])
+        *_, cz, cp = clustered_delong_test(labels[:, c], prob_a[:, c], prob_b[:, c], groups)
         per_class[str(name)] = {"auc_a": auc_a, "auc_b": auc_b, "ci_a": nan2, "ci_b": nan2,
                                 "difference": auc_b - auc_a, "difference_ci": nan2,
                                 "p_value": float("nan"), "p_holm": float("nan"),
+                                "clustered_delong_z": cz, "clustered_delong_p": cp,
                                 "delong_z": z, "delong_p": p}
     if n_boot > 0:
         paired = paired_bootstrap(labels, prob_a, prob_b, groups, n_boot=n_boot, seed=seed)
@@ -664,20 +746,24 @@ def comparison_table(comparison: dict, name_a: str = "A", name_b: str = "B") -> 
     ``p`` (two-sided paired patient-bootstrap p, from the same resamples as the intervals, so a
     row cannot say "interval includes 0" and "p < 0.05" beyond the resampling's granularity);
     ``p_holm`` (Holm-adjusted across the findings; none for the mean, a single test); and
-    ``test`` naming the test behind ``p``. Image-level DeLong p-values (which count a patient's
-    images as independent) stay in the comparison's JSON (``delong_p``), not in this table.
+    ``test`` naming the test behind ``p``; ``p_clustered_delong``, the analytic
+    patient-aware test (:func:`clustered_delong_test`, also there when the bootstrap is off).
+    Image-level DeLong p-values (which count a patient's images as independent) stay in the
+    comparison's JSON (``delong_p``), not in this table.
     """
     rows = [{"finding": name, name_a: v["auc_a"], f"{name_a}_ci": v.get("ci_a"),
              name_b: v["auc_b"], f"{name_b}_ci": v.get("ci_b"), "change": v["difference"],
              "change_ci": v["difference_ci"], "p": v["p_value"], "p_holm": v["p_holm"],
-             "test": comparison["per_class_test"]}
+             "test": comparison["per_class_test"],
+             "p_clustered_delong": v.get("clustered_delong_p", float("nan"))}
             for name, v in comparison["per_class"].items()]
     rows.append({"finding": "**mean**", name_a: comparison["mean_auc_a"],
                  f"{name_a}_ci": comparison.get("mean_ci_a"), name_b: comparison["mean_auc_b"],
                  f"{name_b}_ci": comparison.get("mean_ci_b"), "change": comparison["difference"],
                  "change_ci": comparison["difference_ci"], "p": comparison["p_value"],
                  "p_holm": float("nan"),
-                 "test": PER_CLASS_TEST if comparison["n_boot"] > 0 else "none (bootstrap=0)"})
+                 "test": PER_CLASS_TEST if comparison["n_boot"] > 0 else "none (bootstrap=0)",
+                 "p_clustered_delong": float("nan")})
     return pd.DataFrame(rows)
 
 
@@ -703,20 +789,25 @@ def comparison_markdown(comparison: dict, name_a: str = "A", name_b: str = "B") 
     tested = comparison["multiplicity"].split(" over ")[-1]
     headers = ["finding", f"{name_a} AUC [95% CI]", f"{name_b} AUC [95% CI]",
                f"{name_b} - {name_a} [95% CI]",
-               f"p ({comparison['per_class_test']})", f"p Holm-adjusted ({tested})"]
+               f"p ({comparison['per_class_test']})", f"p Holm-adjusted ({tested})",
+               "p (clustered DeLong)"]
     cells = [[str(r["finding"]), _with_interval(r[name_a], r[f"{name_a}_ci"]),
               _with_interval(r[name_b], r[f"{name_b}_ci"]),
               _with_interval(r["change"], r["change_ci"]), _p_text(r["p"]),
-              _p_text(r["p_holm"]) if r["finding"] != "**mean**" else "(single test)"]
+              _p_text(r["p_holm"]) if r["finding"] != "**mean**" else "(single test)",
+              _p_text(r["p_clustered_delong"]) if r["finding"] != "**mean**" else "--"]
              for _, r in frame.iterrows()]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
              *("| " + " | ".join(row) + " |" for row in cells)]
     if n_boot > 0:
         note = (f"Intervals and p from {n_boot} patient resamples (a patient's images stay "
                 "together), both models on the same resamples; p is two-sided, "
-                "+1-corrected. Holm controls the family-wise error across the findings.")
+                "+1-corrected. Holm controls the family-wise error across the findings. "
+                "Clustered DeLong (Obuchowski 1997): the analytic test with the patient as "
+                "the unit.")
     else:
-        note = "No intervals and no p-values: the bootstrap was off (bootstrap=0)."
+        note = ("No intervals and no bootstrap p-values: the bootstrap was off (bootstrap=0); "
+                "the clustered DeLong p (Obuchowski 1997) counts each patient once.")
     cal_a, cal_b = comparison["calibration_a"], comparison["calibration_b"]
     calibration = (f"Calibration ({cal_a['bins']} bins; lower is better): ECE {name_a} "
                    f"{cal_a['ece']:.4f}, {name_b} {cal_b['ece']:.4f}; Brier {name_a} "
@@ -753,9 +844,10 @@ def compare_predictions(pred_a, pred_b, *, n_boot: int = 1000, seed: int = 0,
         ``mean_ci_a``, ``mean_ci_b``, ``difference_sd``, ``p_value`` (paired bootstrap),
         ``per_class`` {class: ``auc_a``, ``auc_b``, ``ci_a``, ``ci_b``, ``difference``,
         ``difference_ci``, ``p_value`` (paired patient bootstrap), ``p_holm`` (Holm across the
-        classes), ``delong_z``, ``delong_p`` (image-level DeLong: it ignores patients, kept for
-        reference only)}, ``per_class_test``, ``multiplicity``, ``n_boot``,
-        ``calibration_a`` and ``calibration_b``; with clean labels also ``noisy_comparison``,
+        classes), ``clustered_delong_z``, ``clustered_delong_p`` (Obuchowski 1997), ``delong_z``,
+        ``delong_p`` (image-level DeLong: it ignores patients, kept for reference only)},
+        ``per_class_test``, ``multiplicity``, ``n_boot``, ``calibration_a`` and
+        ``calibration_b``; with clean labels also ``noisy_comparison``,
         the same against the noisy labels. ``table`` is :func:`comparison_table` of
         ``comparison``.
     """
