@@ -92,8 +92,9 @@ def absent_message(data, on_disk: np.ndarray, *, listed: str, where: str) -> str
     ways = (f"To train on the images you have, choose one:\n"
             f"  images: present (--images present): use the {present:,} image(s) on disk; "
             f"the split lists, the patient split and the boxes are restricted to them;\n"
-            f"  --skip-bad-images: keep the split of all {total:,} listed images and leave "
-            f"out the absent ones, listed in skipped.csv in the run folder.")
+            f"  --skip-bad-images: keep the split drawn over all {total:,} listed images (the "
+            f"present ones may fall unevenly into it) and leave out the absent ones, listed "
+            f"in skipped.csv in the run folder.")
     if not present:
         ways = ("None is there: check --data-dir and where the image archives were unpacked "
                 "(images/ or images_*/images/ for ChestX-ray14).")
