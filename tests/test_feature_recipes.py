@@ -1,8 +1,10 @@
 """ensemble_kd and assistant_kd (through recipes/covid19.yaml) end to end on tiny phantoms.
 
 One module fixture runs both recipes once with the smallest settings that still exercise
-every stage: 32 px images, 1 epoch, conv3_student everywhere (the cheapest model to trace),
-one shared model store, so the teacher of one stage is reused as the base model of another.
+every stage: 32 px images, 1 epoch, one shared model store, so the teacher of one stage is
+reused as the base model of another. The chain mixes two architectures (conv3_student ->
+baseline_cnn -> conv3_student), so its feature terms pair layers of different models by depth
+and need channel adapters (64 vs 32 and 128 vs 64 channels) and, for one pair, none.
 """
 import json
 from pathlib import Path
@@ -11,6 +13,8 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from scipy.stats import wasserstein_distance
 
 from chestkd.recipes import assistant_kd, ensemble_kd
 
@@ -36,7 +40,7 @@ def runs(tmp_path_factory):
     chain = assistant_kd.run([
         "--config", str(REPO / "recipes" / "covid19.yaml"), *TINY, *store,
         "--data-dir", str(pneumonia), "phantom_images=60", "phantom_size=32",
-        "chain=[conv3_student, conv3_student, conv3_student]",
+        "chain=[conv3_student, baseline_cnn, conv3_student]",
         "learning_rates=[0.01, 0.01, 0.01]", "ablation=true"])
     return out, ensemble, chain
 
@@ -87,7 +91,8 @@ def test_assistant_kd_covid_yaml_writes_table2_confusion_matrices_and_the_ablati
                                          "macro avg", "weighted avg"]
         assert (run_dir / stage / "confusion_matrix.png").exists()
     history = pd.read_csv(run_dir / "assistant" / "history.csv")
-    assert {"hard_loss", "soft_loss", "feature_kl_conv3_relu"} <= set(history.columns)
+    # baseline_cnn's last map (8x8x64) against the teacher's (8x8x128): through an adapter.
+    assert {"hard_loss", "soft_loss", "feature_kl_conv2_pool"} <= set(history.columns)
     student_history = pd.read_csv(run_dir / "student" / "history.csv")
     assert {"wasserstein_conv1_relu", "wasserstein_conv2_relu",
             "wasserstein_conv3_relu"} <= set(student_history.columns)
@@ -98,3 +103,41 @@ def test_assistant_kd_covid_yaml_writes_table2_confusion_matrices_and_the_ablati
     macro = student_report.set_index("class").loc["macro avg"]
     assert ablation["f1"].iloc[3] == pytest.approx(macro["f1"])
     assert ablation[["precision", "recall", "f1", "auc"]].stack().between(0, 1).all()
+
+
+def test_chain_feature_terms_pair_two_architectures_and_log_the_recomputed_distance(runs):
+    _, _, results = runs
+    run_dir = Path(results["run_dir"])
+    history = pd.read_csv(run_dir / "student" / "history.csv")
+    # Depth pairs of conv3_student (ends conv1/2/3_relu) with baseline_cnn (conv1_relu,
+    # conv2_relu, conv2_pool): conv1 64 vs 32 channels and conv3 128 vs 64 need adapters.
+    for layer in ("conv1_relu", "conv2_relu", "conv3_relu"):
+        values = history[[f"wasserstein_{layer}", f"val_wasserstein_{layer}"]].to_numpy()
+        assert np.all(np.isfinite(values)) and np.all(values > 0)
+    assistant_kl = pd.read_csv(run_dir / "assistant" / "history.csv")[
+        ["feature_kl_conv2_pool", "val_feature_kl_conv2_pool"]].to_numpy()
+    assert np.all(np.isfinite(assistant_kl)) and np.all(assistant_kl > 0)
+    # conv2_relu meets baseline_cnn's conv2_relu (16x16x64 both): no adapter, so the logged
+    # validation distance is the mean over validation images of the 1-Wasserstein distance
+    # of the saved student's and saved assistant's maps (one epoch: the saved models are the
+    # ones the epoch's validation ran).
+    from chestkd.training.experiment import image_options, load_run_data, make_dataset
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    data = load_run_data(config, run_dir)
+    val = make_dataset(data, "val", batch_size=16, training=False,
+                       **image_options(data, config))
+    images = np.concatenate([np.asarray(x["image"] if isinstance(x, dict) else x)
+                             for x, _ in val])
+
+    def maps(stage):
+        model = keras.models.load_model(run_dir / stage / "model.keras", compile=False)
+        tap = keras.Model(model.input, model.get_layer("conv2_relu").output)
+        return np.asarray(tap(images, training=False), np.float64)
+
+    student, assistant = maps("student"), maps("assistant")
+    assert student.shape == assistant.shape == (len(images), 16, 16, 64)
+    expected = np.mean([wasserstein_distance(s.ravel(), a.ravel())
+                        for s, a in zip(student, assistant)])
+    assert expected > 0
+    np.testing.assert_allclose(history["val_wasserstein_conv2_relu"].iloc[-1], expected,
+                               rtol=1e-4)

@@ -46,8 +46,12 @@ def inference_function(model, image_shape, dtype, jit_compile: bool = False):
     functions = _INFERENCE_FUNCTIONS.setdefault(model, {})
     if key not in functions:
         model_ref = weakref.ref(model)
+
+        def infer(images):
+            return model_ref()(images, training=False)
+
         functions[key] = tf.function(
-            lambda x: model_ref()(x, training=False), jit_compile=bool(jit_compile),
+            infer, jit_compile=bool(jit_compile),
             input_signature=[tf.TensorSpec((None, *image_shape), dtype)])
     return functions[key]
 

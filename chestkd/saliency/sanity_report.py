@@ -97,7 +97,8 @@ def write_sanity_section(model, images, classes, out_dir, *, methods=SANITY_METH
     table.to_csv(paths["table"], index=False)
     lines = ["# Sanity check: cascading model-parameter randomisation", "",
              f"{len(images)} image(s); layers re-initialised from the top with their own "
-             "initialisers (Adebayo et al. 2018). A method FAILS when the mean Spearman "
+             "initialisers (Adebayo et al. 2018), drawn from a seed stream of the check's own "
+             "(never the training's initial weights). A method FAILS when the mean Spearman "
              "correlation of |map| over the steps that re-initialise the top half of the layers "
              f"is still >= {FAIL_SPEARMAN}: its maps barely depend on what the model learnt.", "",
              "| method | top layer random: Spearman | SSIM | top half random: mean Spearman | "
