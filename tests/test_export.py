@@ -18,10 +18,12 @@ from trained_run import trained_run
 
 FAST = ["--latency-repeats", "3", "--calibration-images", "32"]
 # (largest |delta probability|, largest |delta mean AUC|) each mode may cost on the test split
+# (32 images, 16 per class: one pair of images swapped in the ranking moves the AUC by 1/256)
 # of the trained model: float16 rounds weights to 11 significant bits, dynamic quantises
-# weights to 8 bits, int8 weights and activations.
-TOLERANCE = {"none": (1e-4, 1e-9), "float16": (0.01, 0.01), "dynamic": (0.05, 0.03),
-             "int8": (0.1, 0.05)}
+# weights to 8 bits, int8 weights and activations. Measured on this model: 1.4e-4, 6.1e-4 and
+# 1.2e-3 in probability, no AUC change; the bounds leave room for another machine's training.
+TOLERANCE = {"none": (1e-4, 1e-9), "float16": (2e-3, 0.01), "dynamic": (0.01, 0.02),
+             "int8": (0.02, 0.02)}
 
 
 @pytest.fixture(scope="module")
