@@ -20,7 +20,7 @@ from chestkd.data.__main__ import main
 from chestkd.data.chestxray14 import load_chestxray14
 from chestkd.data.dataset import Dataset
 from chestkd.data.describe import describe
-from chestkd.data.presence import ABSENT_EXCLUDED, ABSENT_REASON
+from chestkd.data.presence import ABSENT_REASON
 from chestkd.errors import ConfigError, DataError
 
 FIXTURE = Path(__file__).parent / "data" / "chestxray14"
