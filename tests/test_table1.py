@@ -35,6 +35,7 @@ def test_the_papers_cells_are_found_from_any_working_directory(tmp_path, monkeyp
     for cell in summary["cells"]:
         config = cell["config"]
         assert (config["out"], config["epochs"], config["batch_size"]) == (str(out), 2, 8)
+        assert config["teachers_dir"] == str(out / "teachers")  # the store follows --out
         assert config["learning_rate"] == 0.1 and config["weight_decay"] == 0.0005
         assert Path(config["config_file"]).is_relative_to(table1.PAPER_CELLS)
     assert not out.exists()  # a dry run writes nothing

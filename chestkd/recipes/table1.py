@@ -9,7 +9,8 @@ default ``--recipes`` works from any folder; ``--recipes DIR`` runs your own cel
 Each file names its recipe (``recipe: kd`` with ``strategy: standard``, ``base_training``,
 ``self_training``) and inherits the paper's shared settings (``defaults: ../paper.yaml``).
 Every other option, as a flag (``--out DIR``, ``--epochs 2``) or ``key=value``, applies to
-every cell (e.g. ``--epochs 2 --dataset phantom data_dir=null`` for a smoke test). A cell is
+every cell (e.g. ``--epochs 2 --dataset phantom data_dir=null --out runs/smoke`` for a smoke
+test; the model store follows ``--out`` unless ``teachers_dir`` is given). A cell is
 done only when a finished run with the same resolved configuration (file, overrides and
 defaults; :func:`chestkd.training.config.config_id`) exists under its ``out`` folder — a smoke
 run with ``--epochs 2`` never marks the real cell done — so an interrupted table resumes, and
@@ -107,6 +108,11 @@ def run(argv=None) -> dict:
     files = [f for f in sorted(folder.glob("*.yaml")) if fnmatch.fnmatch(f.name, args.only)]
     if not files:
         raise ConfigError(f"--recipes {folder}: no YAML file matches {args.only!r}")
+    _, probe = resolved_cell(files[0], options)
+    if "out" in probe["_given"] and "teachers_dir" not in probe["_given"]:
+        # The paper's cells keep their model store in runs/table1/teachers: with another
+        # --out (a smoke test) the store goes there too, not into the real table's.
+        options = [*options, f"teachers_dir={Path(probe['out']) / 'teachers'}"]
     cells = []
     for path in files:  # every cell resolves (and its options are checked) before any runs
         recipe, config = resolved_cell(path, options)
