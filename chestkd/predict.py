@@ -14,8 +14,9 @@ be guessed).
 
 IMAGES are files or folders (searched recursively for .png, .jpg, .jpeg): grey, RGB, RGBA or
 palette, 8 or 16 bit, any size, EXIF-oriented JPEGs, read by
-:func:`chestkd.data.images.read_image` -- the reading rule of training and evaluation, so an
-image of the run's test split gets the logits its evaluation recorded. Writes
+:func:`chestkd.data.images.read_unit_grey` -- the reading rule of training and evaluation, so an
+image of the run's test split gets the logits its evaluation recorded. A closing line says how
+many images were smaller than the model's input size and upsampled, and by how much. Writes
 
 * ``predictions.csv``: one row per image: ``image``, ``p_<class>`` per class and ``predicted``:
   for independent findings (sigmoid) the findings whose probability reaches their threshold,
@@ -42,7 +43,8 @@ import numpy as np
 import pandas as pd
 
 from chestkd.cli import main_of
-from chestkd.data.images import read_image
+from chestkd.data.images import (describe_upsampling, normalize_unit, read_unit_grey,
+                                 upsampling_summary)
 from chestkd.errors import ChestKDError, ConfigError, DataError
 from chestkd.io import atomic_write, atomic_write_text
 
@@ -181,13 +183,21 @@ def probabilities(logits, kind: str) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def preprocess_file(path, info: dict) -> np.ndarray:
-    """One image file as the model's (S, S, 3) float32 input, the run's way."""
+def read_file(path, info: dict) -> tuple[np.ndarray, tuple[int, int]]:
+    """(the model's (S, S, 3) float32 input, the file's (height, width)) of one image file,
+    read by the run's reading rule (:func:`chestkd.data.images.read_unit_grey`)."""
     size, normalization = int(info["image_size"]), info["normalization"]
+    grey, source = read_unit_grey(path, size)
     if normalization == "mean_std":
         mean, std = info["mean_std"]
-        return (read_image(path, size, "zero_one") - np.float32(mean)) / np.float32(std)
-    return read_image(path, size, normalization)
+        image = (normalize_unit(grey, "zero_one") - np.float32(mean)) / np.float32(std)
+        return image, source
+    return normalize_unit(grey, normalization), source
+
+
+def preprocess_file(path, info: dict) -> np.ndarray:
+    """One image file as the model's (S, S, 3) float32 input, the run's way."""
+    return read_file(path, info)[0]
 
 
 def collect_images(sources) -> tuple[list[Path], list[dict]]:
@@ -281,10 +291,13 @@ def run(argv=None) -> dict:
         batch.clear()
         batch_paths.clear()
 
+    sources = []
     for path in files:
         try:
-            batch.append(preprocess_file(path, info))
+            image, source = read_file(path, info)
+            batch.append(image)
             batch_paths.append(path)
+            sources.append(source)
         except DataError as error:
             skipped.append({"path": str(path), "reason": str(error)})
             continue
@@ -303,8 +316,10 @@ def run(argv=None) -> dict:
     print(f"{len(rows)} image(s) predicted with {model_path} ({rule} thresholds, chosen on: "
           f"{info['thresholds'].get('split', 'n/a')}): "
           f"{out / 'predictions.csv'}" + (f"; {len(skipped)} skipped" if skipped else ""))
+    upsampling = upsampling_summary(sources, int(info["image_size"]))
+    print(describe_upsampling(upsampling))
     return {"predictions": frame, "skipped": skipped, "model": str(model_path),
-            "threshold_rule": rule, "out": str(out)}
+            "threshold_rule": rule, "out": str(out), "upsampling": upsampling}
 
 
 main = main_of(run)

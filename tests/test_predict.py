@@ -75,10 +75,17 @@ def test_predict_gives_the_logits_the_evaluation_recorded_for_every_kind_of_file
     paths, expected = _recorded(run_dir)
     kinds = {cv2.imread(p, cv2.IMREAD_UNCHANGED).shape for p in paths}
     assert {(16, 16), (24, 48), (SIZE, SIZE, 3)} <= kinds    # the test split holds each kind
-    frame = predict.run([str(run_dir), *paths, "--out", str(tmp_path)])["predictions"]
+    result = predict.run([str(run_dir), *paths, "--out", str(tmp_path)])
+    frame = result["predictions"]
     assert list(frame["image"]) == paths
     columns = [c for c in frame.columns if c.startswith("p_")]
     np.testing.assert_allclose(frame[columns].to_numpy(np.float64), expected, atol=2e-5)
+    # the 16 px files are upsampled 2x, the 24 x 48 ones 32/24 on their rows
+    enlarged = [max(SIZE / h, SIZE / w) for h, w in (
+        cv2.imread(p, cv2.IMREAD_UNCHANGED).shape[:2] for p in paths) if min(h, w) < SIZE]
+    assert result["upsampling"]["upsampled"] == len(enlarged) > 0
+    assert result["upsampling"]["max_factor"] == 2.0
+    assert result["upsampling"]["median_factor"] == pytest.approx(np.median(enlarged))
 
 
 @pytest.fixture(scope="module")
