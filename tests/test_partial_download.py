@@ -200,3 +200,21 @@ def test_run_summary_says_where_the_boxes_are_or_that_there_are_none(partial):
     bare = load_chestxray14(partial, split="official", images="present")
     assert len(bare.boxes) == 0
     assert run_summary(bare).splitlines()[-1].startswith("boxes: none of these images has a box")
+
+
+def test_main_job_exits_2_with_the_message_before_any_model(partial, tmp_path, capsys,
+                                                            monkeypatch, no_decoding):
+    from chestkd.experiments import store
+    from chestkd.recipes import self_training
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the absent images were reported")
+    monkeypatch.setattr(store, "obtain_model", no_model)
+    monkeypatch.setattr(self_training, "obtain_model", no_model)
+    with pytest.raises(SystemExit) as exit_status:
+        self_training.main(["--dataset", "chestxray14", "--data-dir", str(partial),
+                            "--out", str(tmp_path / "runs")])
+    assert exit_status.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: chestxray14: {len(PRESENT)} of the 123 images listed in " in err
+    assert "Traceback" not in err
