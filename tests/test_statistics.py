@@ -546,3 +546,22 @@ def test_clustered_delong_is_delong_with_one_image_per_patient_and_blind_to_copi
     # too few patients with a positive: no variance
     _, cov = st.clustered_delong_covariance([1, 1, 0, 0], [0.9, 0.8, 0.1, 0.2], [0, 0, 1, 2])
     assert np.isnan(cov).all()
+
+
+def test_a_finding_of_one_patient_gets_no_p_and_is_left_out_of_holm():
+    rng = np.random.default_rng(6)
+    patients = np.repeat([f"p{i}" for i in range(30)], 3)
+    common = (rng.random(90) < 0.4).astype(float)
+    rare = (patients == "p0").astype(float)  # every positive image is one patient's
+    labels = np.stack([common, rare], axis=1)
+    pred = {"labels": labels, "patients": patients, "class_names": np.array(["common", "rare"]),
+            "paths": np.array([f"/x/{i}.png" for i in range(90)]), "multi_label": np.array(True)}
+    a = {**pred, "logits": labels * 2 + rng.normal(size=(90, 2))}
+    b = {**pred, "logits": labels * 3 + rng.normal(size=(90, 2))}
+    summary, table = st.compare_predictions(a, b, n_boot=200, seed=0)
+    rare_entry = summary["comparison"]["per_class"]["rare"]
+    assert rare_entry["patients_with"] == {"positive": 1, "negative": 29}
+    assert np.isnan(table["p"].iloc[1]) and np.isnan(table["p_holm"].iloc[1])
+    assert np.isnan(table["p_clustered_delong"].iloc[1])  # one positive patient: no variance
+    assert np.isfinite(table["p"].iloc[0]) and table["p_holm"].iloc[0] == table["p"].iloc[0]
+    assert summary["comparison"]["multiplicity"] == "Holm over 1 findings"

@@ -707,18 +707,26 @@ def _compare_on(labels, prob_a, prob_b, groups, class_names, multi_label, n_boot
                                 "difference": auc_b - auc_a, "difference_ci": nan2,
                                 "p_value": float("nan"), "p_holm": float("nan"),
                                 "clustered_delong_z": cz, "clustered_delong_p": cp,
-                                "delong_z": z, "delong_p": p}
+                                "delong_z": z, "delong_p": p,
+                                "patients_with": {
+                                    kind: int(len(np.unique(groups[labels[:, c] == value])))
+                                    for kind, value in (("positive", 1), ("negative", 0))}}
     if n_boot > 0:
         paired = paired_bootstrap(labels, prob_a, prob_b, groups, n_boot=n_boot, seed=seed)
         mean = {k: paired[k] for k in ("mean_auc_a", "mean_auc_b", "mean_ci_a", "mean_ci_b",
                                        "difference", "difference_ci", "difference_sd",
                                        "p_value")}
-        adjusted = holm(paired["per_class_p_value"])
+        # A class seen in one patient (or missing in all but one) has no patient-level
+        # evidence: resampling that patient in or out only gives one answer, so no p-value.
+        p_values = [p if min(per_class[str(name)]["patients_with"].values()) >= 2
+                    else float("nan")
+                    for p, name in zip(paired["per_class_p_value"], class_names)]
+        adjusted = holm(p_values)
         for c, name in enumerate(class_names):
             per_class[str(name)].update(
                 ci_a=paired["per_class_ci_a"][c], ci_b=paired["per_class_ci_b"][c],
                 difference_ci=paired["per_class_difference_ci"][c],
-                p_value=paired["per_class_p_value"][c], p_holm=float(adjusted[c]))
+                p_value=p_values[c], p_holm=float(adjusted[c]))
         test = PER_CLASS_TEST
     else:
         point_a, point_b = exact_auc(labels, prob_a), exact_auc(labels, prob_b)
@@ -802,7 +810,9 @@ def comparison_markdown(comparison: dict, name_a: str = "A", name_b: str = "B") 
     if n_boot > 0:
         note = (f"Intervals and p from {n_boot} patient resamples (a patient's images stay "
                 "together), both models on the same resamples; p is two-sided, "
-                "+1-corrected. Holm controls the family-wise error across the findings. "
+                "+1-corrected; none for a finding with fewer than two patients with a "
+                "positive or with a negative. Holm controls the family-wise error across the "
+                "findings. "
                 "Clustered DeLong (Obuchowski 1997): the analytic test with the patient as "
                 "the unit.")
     else:
@@ -843,7 +853,8 @@ def compare_predictions(pred_a, pred_b, *, n_boot: int = 1000, seed: int = 0,
         ``mean_auc_a``, ``mean_auc_b``, ``difference`` (b - a), ``difference_ci``,
         ``mean_ci_a``, ``mean_ci_b``, ``difference_sd``, ``p_value`` (paired bootstrap),
         ``per_class`` {class: ``auc_a``, ``auc_b``, ``ci_a``, ``ci_b``, ``difference``,
-        ``difference_ci``, ``p_value`` (paired patient bootstrap), ``p_holm`` (Holm across the
+        ``difference_ci``, ``p_value`` (paired patient bootstrap; NaN with fewer than two
+        patients with a positive or with a negative), ``p_holm`` (Holm across the
         classes), ``clustered_delong_z``, ``clustered_delong_p`` (Obuchowski 1997), ``delong_z``,
         ``delong_p`` (image-level DeLong: it ignores patients, kept for reference only)},
         ``per_class_test``, ``multiplicity``, ``n_boot``, ``calibration_a`` and
