@@ -29,9 +29,9 @@ and batch-averages them (:class:`chestkd.distill.feature_terms.FeatureTerm`).
     twice as large gets another loss, and a large scale makes the softmax nearly one-hot);
     chestkd's own variant, kept for the runs that used it. Attention maps need no matching
     channel count. Either mode is the teacher-assistant paper's
-    :math:`\\lambda_1 E_{x\\sim P}[\\log f_T / f_A]` (Eq. 3) made concrete: a feature map is turned into a distribution over positions, and
-    :math:`E_{x\\sim f_T}[\\log f_T(x) / f_A(x)]` is then the KL divergence of teacher from
-    assistant.
+    :math:`\\lambda_1 E_{x\\sim P}[\\log f_T / f_A]` (Eq. 3) made concrete: a feature map is
+    turned into a distribution over positions, and :math:`E_{x\\sim f_T}[\\log f_T(x) / f_A(x)]`
+    is then the KL divergence of teacher from assistant.
 ``attention_transfer(s, t, p=2, squared=False)``
     attention transfer as published (Zagoruyko & Komodakis 2017, Eq. 2 with their
     :math:`F(A) = \\sum_c |A_c|^p`, p = 2): per sample the attention vector
