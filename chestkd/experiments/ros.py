@@ -2,10 +2,12 @@
 logits, and one distillation per setting (Baselines II-V and RoS-KD itself).
 
 * Teachers come from the model store (:func:`chestkd.experiments.store.obtain_model`). A
-  teacher trained on a subset lives under ``<store>/ros_kd<schedule>/k<k>-p<p>-s<seed>-<i>/``
+  teacher trained on a subset lives under
+  ``<store>/ros_kd<schedule>/k<k>-p<p>-core-s<seed>-<i>/`` (``-core`` left out for ``circle``)
   so its entry is keyed by its subset too (the store's own key holds every base-training
   option; the folder adds the subset and the step epochs); full-data teachers (``p = 1``,
-  Baselines II and III, Baseline I's student) share ``<store>/ros_kd<schedule>/full/``.
+  Baseline II's teacher, Baseline I's student, III's teachers with
+  ``baseline_iii_teachers: full``) share ``<store>/ros_kd<schedule>/full/``.
 * The K teachers' logits of both views of every training (and validation) image are cached
   once per teacher set as one (images x 2 x K x C) table
   (:func:`chestkd.distill.teacher_cache.load_or_compute`): a step with five teachers then costs
