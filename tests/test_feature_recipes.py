@@ -2,9 +2,11 @@
 
 One module fixture runs both recipes once with the smallest settings that still exercise
 every stage: 32 px images, 1 epoch, one shared model store, so the teacher of one stage is
-reused as the base model of another. The chain mixes two architectures (conv3_student ->
-baseline_cnn -> conv3_student), so its feature terms pair layers of different models by depth
-and need channel adapters (64 vs 32 and 128 vs 64 channels) and, for one pair, none.
+reused as the base model of another. The ensemble (conv3_student teacher and branches) reads
+each branch's pooled features through an adapter. The chain mixes two architectures
+(conv3_student -> baseline_cnn -> conv3_student), so its feature terms pair layers of
+different models by depth and need channel adapters (64 vs 32 and 128 vs 64 channels) and,
+for one pair, none.
 """
 import json
 from pathlib import Path
@@ -74,6 +76,9 @@ def test_ensemble_kd_writes_table1_and_the_ensemble_is_the_sum_of_its_branches(r
     history = pd.read_csv(run_dir / "ensemble" / "history.csv")
     assert {"hard_loss", "soft_loss", "feature_branch0_pool", "feature_branch1_pool"} <= set(
         history.columns)
+    # Each branch's pooled features reach the teacher's through a Dense adapter (always).
+    pooled = history[["feature_branch0_pool", "feature_branch1_pool"]].to_numpy()
+    assert np.all(np.isfinite(pooled)) and np.all(pooled > 0)
 
 
 def test_assistant_kd_covid_yaml_writes_table2_confusion_matrices_and_the_ablation(runs):
