@@ -80,8 +80,9 @@ def test_describe_counts_the_same_images_the_run_uses(partial):
     assert report["images"] == {"listed": 123, "on_disk": len(PRESENT),
                                 "missing": len(absent)}
     assert report["missing_examples"] == [n for n in data.meta["image"] if n in absent][:5]
-    assert f"{len(absent)} missing (e.g. {report['missing_examples'][0]}" in \
-        format_report(report)
+    text = format_report(report)
+    assert f"{len(absent)} missing (e.g. {report['missing_examples'][0]}" in text
+    assert f"a run on the {len(PRESENT)} images on disk: images: present" in text
     # describe with images=present sees exactly the run's dataset
     present = load_chestxray14(partial, split="patient", images="present")
     assert describe(present)["images"] == {"listed": len(PRESENT), "on_disk": len(PRESENT),

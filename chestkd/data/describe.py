@@ -238,6 +238,10 @@ def format_report(report: dict) -> str:
              f"images: {images['listed']:,} listed, {images['on_disk']:,} found on disk, "
              f"{images['missing']:,} missing" + missing,
              f"patients: {report['patients']:,}", *_label_lines(report)]
+    if images["missing"] and images["on_disk"]:
+        lines.insert(2, f"  a run on the {images['on_disk']:,} images on disk: images: present "
+                        f"(--images present; here --option images=present), or "
+                        f"--skip-bad-images to keep the split of all {images['listed']:,}")
     if "unknown_labels" in report:
         unknown = ", ".join(f"{k} {v:,}" for k, v in report["unknown_labels"].items() if v)
         lines.append(f"labels left out of the loss (uncertain, U-Ignore): {unknown}")
