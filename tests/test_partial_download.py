@@ -219,3 +219,13 @@ def test_main_job_exits_2_with_the_message_before_any_model(partial, tmp_path, c
     err = capsys.readouterr().err
     assert f"error: chestxray14: {len(PRESENT)} of the 123 images listed in " in err
     assert "Traceback" not in err
+
+
+def test_images_option_values_are_checked(partial):
+    from chestkd.errors import ConfigError
+    from chestkd.training.config import check_config
+    with pytest.raises(ConfigError, match=r"--images 'some': choose one of all, present"):
+        check_config(resolve_config(["--dataset", "chestxray14", "--images", "some"],
+                                    BASE_DEFAULTS))
+    with pytest.raises(ConfigError, match=r"images='some': choose one of all, present"):
+        load_chestxray14(partial, images="some")
