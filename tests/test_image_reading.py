@@ -236,6 +236,20 @@ def test_a_run_reports_its_upsampling_from_the_files_or_the_cache(kinds, consume
         "cache_folders"][0]))
 
 
+def test_a_cache_without_recorded_sizes_reports_nothing_rather_than_failing(consumers,
+                                                                            tmp_path):
+    import json
+    import shutil
+    from chestkd.data.cache import upsampling_of
+    old = tmp_path / "old_cache"
+    shutil.copytree(consumers["cache_folders"][0], old)
+    for marker in old.glob("shard-*.json"):          # as prepare wrote them before
+        info = json.loads(marker.read_text())
+        del info["source_sizes"]
+        marker.write_text(json.dumps(info))
+    assert upsampling_of(consumers["data"], 64, cache_dir=old) is None
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_a_jpeg_size_is_read_from_its_header_as_the_decoder_turns_it(tmp_path, orientation,

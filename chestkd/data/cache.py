@@ -63,21 +63,18 @@ def load_gray_uint8(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8), source
 
 
-def upsampling_of(data: Dataset, image_size: int, cache_dir=None) -> dict:
+def upsampling_of(data: Dataset, image_size: int, cache_dir=None) -> dict | None:
     """How many of ``data``'s images a run at ``image_size`` upsamples, and by how much
     (:func:`chestkd.data.images.upsampling_summary`), for the run to print
     (:func:`chestkd.data.images.describe_upsampling`) and record.
 
     A run on the files reads each image's size from its header (PNG, JPEG: no decoding); a run
     on a prepared cache takes the source sizes ``prepare`` recorded, capped at the cache's size
-    (the detail the cache holds), and opens no original file.
+    (the detail the cache holds), and opens no original file: None for a cache prepared before
+    the sizes were recorded (a report, not a reason to stop a run).
     """
     if cache_dir is not None:
-        summary = PreparedCache(cache_dir).upsampling(image_size, data)
-        if summary is not None:
-            return summary
-        raise DataError(f"{cache_dir}: the cache was prepared before source sizes were "
-                        "recorded; prepare it again into a new folder to report upsampling")
+        return PreparedCache(cache_dir).upsampling(image_size, data)
     return upsampling_summary(source_sizes(data.paths), image_size)
 
 
