@@ -10,7 +10,8 @@
    ``teacher`` starts from the teacher's weights;
 3. per-class and mean test AUC of both, with 95 % patient-bootstrap intervals, a paired test
    of the two models on the same test images (paired patient bootstrap of each finding's and
-   of the mean-AUC difference, Holm-adjusted across findings; the table is
+   of the mean-AUC difference, Holm-adjusted across findings, and the clustered DeLong test
+   with the patient as the unit; the table is
    :func:`chestkd.evaluation.statistics.comparison_table`) and both models' calibration (ECE,
    Brier), on clean and noisy labels when the data has both (the phantom with
    ``label_noise``);
