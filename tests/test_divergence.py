@@ -65,13 +65,15 @@ def test_a_nan_loss_stops_the_fit_naming_epoch_step_and_learning_rate(tmp_path):
     assert "epoch 2 of 3" in message and "step 2 of 3" in message
     # the rate of the failing step (the 5th, index 4, of a 9-step cosine decay)
     rate = 0.05 * 0.5 * (1 + np.cos(np.pi * 4 / 9))
-    assert f"learning rate {rate:g}" in message and "--learning-rate" in message
+    assert f"learning rate {rate:g} at this step; the schedule starts at 0.05" in message
+    assert "--learning-rate 0.005" in message  # a tenth of the rate the user gave
     # what the run wrote is kept: epoch 1's history row, its checkpoint, the backup to resume
     assert len(pd.read_csv(tmp_path / "history.csv")) == 1
     assert (tmp_path / "model.keras").exists() and (tmp_path / "backup").exists()
     record = json.loads((tmp_path / "diverged.json").read_text())
     assert (record["epoch"], record["step"]) == (2, 2)
     assert record["learning_rate"] == pytest.approx(rate)
+    assert record["initial_learning_rate"] == pytest.approx(0.05)
     # the checkpoint is epoch 1's model, not the NaN weights of the failing step
     saved = keras.models.load_model(tmp_path / "model.keras", compile=False)
     assert all(np.isfinite(w).all() for w in saved.get_weights())
@@ -102,7 +104,8 @@ def test_a_diverging_recipe_run_exits_2_with_one_line(tmp_path, capsys):
         code = exit_info.code
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
-    assert "diverged" in err and "epoch 1 of 1" in err and "learning rate 1e+30" in err
+    assert "diverged" in err and "epoch 1 of 1" in err and "(learning rate 1e+30)" in err
+    assert "--learning-rate 1e+29" in err
     assert "Traceback" not in err
     # the run kept its folder and configuration
     assert len(list(out.glob("base_training-conv3_student-*/config.yaml"))) == 1

@@ -30,8 +30,9 @@ def student_of(model):
     return getattr(model, "student", model)
 
 
-def current_learning_rate(model) -> float | None:
-    """The learning rate of the optimizer's last step (a schedule evaluated at that step)."""
+def current_learning_rate(model, *, initial: bool = False) -> float | None:
+    """The learning rate of the optimizer's last step (a schedule evaluated at that step), or
+    with ``initial`` the schedule's first one; None when there is no optimizer."""
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return None
@@ -39,7 +40,7 @@ def current_learning_rate(model) -> float | None:
         schedule = getattr(optimizer, "_learning_rate", None)
         if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
             # optimizer.learning_rate is the NEXT step's rate: the iteration count has moved on
-            step = max(int(np.asarray(optimizer.iterations)) - 1, 0)
+            step = 0 if initial else max(int(np.asarray(optimizer.iterations)) - 1, 0)
             return float(np.asarray(schedule(step)))
         return float(np.asarray(optimizer.learning_rate))
     except (TypeError, ValueError, AttributeError):
@@ -55,9 +56,11 @@ class TrainingDiverged(ChestKDError):
     """
 
     def __init__(self, *, what: str, epoch: int, epochs: int | None, step: int | None,
-                 steps: int | None, learning_rate: float | None):
+                 steps: int | None, learning_rate: float | None,
+                 initial_learning_rate: float | None = None):
         self.record = {"what": what, "epoch": epoch, "epochs": epochs, "step": step,
-                       "steps": steps, "learning_rate": learning_rate}
+                       "steps": steps, "learning_rate": learning_rate,
+                       "initial_learning_rate": initial_learning_rate}
         where = f"epoch {epoch}" + (f" of {epochs}" if epochs else "")
         if step is not None:
             where += f", step {step}" + (f" of {steps}" if steps else "")
@@ -65,7 +68,11 @@ class TrainingDiverged(ChestKDError):
             where += ", validation pass"
         rate = "an unknown learning rate" if learning_rate is None \
             else f"learning rate {learning_rate:g}"
-        lower = "" if learning_rate is None else f" (e.g. --learning-rate {learning_rate / 10:g})"
+        start = initial_learning_rate if initial_learning_rate is not None else learning_rate
+        if start is not None and learning_rate is not None and \
+                not np.isclose(start, learning_rate):
+            rate += f" at this step; the schedule starts at {start:g}"
+        lower = "" if start is None else f" (e.g. --learning-rate {start / 10:g})"
         super().__init__(
             f"training diverged at {where} ({rate}): {what}. Lower the learning rate"
             f"{lower}, or use --optimizer adam --learning-rate 0.001; deep models at a small "
@@ -101,7 +108,8 @@ class StopOnDivergence(keras.callbacks.Callback):
             raise TrainingDiverged(
                 what=f"the training loss is {value}", epoch=getattr(self, "_epoch", 0) + 1,
                 epochs=self.params.get("epochs"), step=batch + 1,
-                steps=self.params.get("steps"), learning_rate=current_learning_rate(self.model))
+                steps=self.params.get("steps"), learning_rate=current_learning_rate(self.model),
+                initial_learning_rate=current_learning_rate(self.model, initial=True))
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -362,7 +370,8 @@ class ExactValidationAUC(keras.callbacks.Callback):
                 what=f"the model's validation logits are NaN or infinite for {bad} of "
                      f"{len(logits)} images", epoch=epoch + 1, epochs=self.params.get("epochs"),
                 step=None, steps=self.params.get("steps"),
-                learning_rate=current_learning_rate(self.model))
+                learning_rate=current_learning_rate(self.model),
+                initial_learning_rate=current_learning_rate(self.model, initial=True))
         if self.key == "val_auc" and "val_auc" in logs and "val_auc_approx" not in logs:
             logs["val_auc_approx"] = logs["val_auc"]
         logs[self.key] = exact_mean_auc(labels, logits, self.multi_label)
