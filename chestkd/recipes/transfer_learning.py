@@ -7,19 +7,24 @@
 On the same data, split and augmentation (``light`` by default):
 
 1. ``baseline_model`` (``baseline_cnn``: two conv + max-pool blocks, two dense layers with
-   dropout) trained from scratch for ``epochs + finetune_epochs``;
+   dropout) trained from scratch for ``baseline_epochs`` (default ``epochs +
+   finetune_epochs``);
 2. ``transfer_model`` (ResNet-18) as a fixed feature extractor: pretrained base frozen, a new
-   head trained for ``epochs``;
-3. the same model fine-tuned in two stages, the Keras convention: stage 1 is setup 2, then
-   every layer except BatchNorm (kept frozen, in inference mode) is unfrozen and trained for
-   ``finetune_epochs`` at ``finetune_lr_factor`` (0.01: 100x lower) times the learning rate;
+   head trained for ``epochs`` at ``head_lr_factor`` times the learning rate;
+3. the same model fine-tuned in two stages: stage 1 is setup 2, then every layer is unfrozen
+   and trained for ``finetune_epochs`` at ``finetune_lr_factor`` (0.1) times the learning
+   rate. ``finetune_batchnorm: train`` (default) trains BatchNorm too, moving statistics
+   included, as PyTorch's fine-tuning does (the paper's framework: "the entire ResNet-18
+   network is fine-tuned"); ``frozen`` keeps it in inference mode, the Keras convention for
+   ImageNet weights, which left a phantom-pretrained ResNet-18 near chance (RESULTS.md);
 4. ``teacher_model`` (ResNet-50) fine-tuned the same way, distilled into a ``transfer_model``
    student that starts from the pretrained weights, with the paper's total loss
    (1 - alpha) KL(p_t^T || p_s^T) + alpha CE(y, p_s): the paper's ``alpha`` (``paper_alpha``)
    weighs the LABELS, the opposite of chestkd's ``alpha``; the recipe sets chestkd's alpha
    to 1 - paper_alpha. ``kd_loss: ho2020_eq8`` is that KL with no T^2 factor, as printed;
    ``hinton`` adds it. The student trains ``epochs + finetune_epochs`` epochs, as long as
-   setup 3 in total; the teacher runs online (its cached table only covers flips). A
+   setup 3 in total, every layer at the full learning rate; the teacher's outputs are cached
+   once per image and flip when the only augmentation is the flip, else it runs online. A
    teacher of the same model and weights as setup 3 IS setup 3's model (not trained twice).
 
 Pretrained weights (``weights`` for ResNet-18, ``teacher_weights`` for ResNet-50):
@@ -31,7 +36,9 @@ is random. Transferred weights are copied by layer name, the head is re-initiali
 classes differ, and ``transfer.json`` lists what was and was not copied.
 
 Writes ``table4_1.md`` / ``.csv`` (the paper's Table 4.1 extended: accuracy, precision, recall
-and F1 of the positive class, AUC with its 95 % interval, parameters, latency per image),
+and F1 of the positive class at its threshold chosen on the validation split, the arg-max
+accuracy, AUC with its 95 % interval, parameters, latency per image; below it, where the
+pretrained weights came from and whether the table tells the paper's story),
 ``confusion_<setup>.png`` per setup, and a full run folder per setup (``model.keras``,
 metrics, ``model_card.md``, ``model_info.json``: ``python -m chestkd.predict RUN/<setup>``).
 With no data given: the two-class pneumonia phantom (normal vs. pneumonia) at 64 px.
@@ -64,12 +71,20 @@ DEFAULTS = {**BASE_DEFAULTS, "dataset": "pneumonia_phantom", "classes": ["normal
             "augment": "light", "baseline_model": "baseline_cnn", "transfer_model": "resnet18",
             "teacher_model": "resnet50", "weights": "phantom", "teacher_weights": "phantom",
             "pretrain_epochs": 5, "pretrain_images": 1000, "finetune_epochs": 5,
-            "finetune_lr_factor": 0.01, "kd_loss": "ho2020_eq8", "temperature": 4.0,
+            "finetune_lr_factor": 0.1, "finetune_batchnorm": "train", "head_lr_factor": 1.0,
+            "baseline_epochs": None, "kd_loss": "ho2020_eq8", "temperature": 4.0,
             "paper_alpha": 0.5, "threshold_rule": "youden", "positive_class": None}
 # The no-data job, on top of the phantom profile (keys given anywhere win): 64 px, so the
-# ResNet-50 teacher trains in minutes on a CPU.
+# ResNet-50 teacher trains in minutes on a CPU. Measured on this phantom (RESULTS.md,
+# "Transfer-learning demo"): baseline_cnn needs ~30 epochs (10 left it at the class prior;
+# an epoch costs a small fraction of a ResNet-18 one); a new head on the frozen
+# phantom-pretrained features moves faster at 10x the rate; the flip as the only
+# augmentation lets the student read a cached teacher table instead of running the
+# ResNet-50 at every step.
 PHANTOM_RECIPE_PROFILE = {"image_size": 64, "phantom_size": 64, "phantom_images": 1000,
-                          "epochs": 5}
+                          "epochs": 4, "finetune_epochs": 4, "baseline_epochs": 30,
+                          "head_lr_factor": 10.0, "augment": "flip"}
+FINETUNE_BATCHNORM = ("train", "frozen")
 SETUPS = (("baseline", "Baseline CNN"),
           ("feature_extractor", "Transfer learning (ResNet-18 fixed extractor)"),
           ("fine_tuned", "Transfer learning (ResNet-18 fine-tuned)"),
@@ -85,6 +100,9 @@ def resolve(argv) -> dict:
     if config["dataset"] in PHANTOM_DATASETS:
         config.update({k: v for k, v in PHANTOM_RECIPE_PROFILE.items() if k not in given})
     config["model"] = config["transfer_model"]   # names the run folder
+    if config["finetune_batchnorm"] not in FINETUNE_BATCHNORM:
+        raise ConfigError(f"--finetune-batchnorm {config['finetune_batchnorm']!r}: choose "
+                          f"{' or '.join(FINETUNE_BATCHNORM)}")
     check_weights(config)
     return config
 
@@ -146,13 +164,39 @@ def train_stage(model, data, config: dict, folder, *, epochs: int, lr_factor: fl
     return best_model(folder, model)
 
 
+def unfrozen(model, batchnorm: str):
+    """Every layer of ``model`` trainable for stage 2; BatchNormalization too with
+    ``batchnorm: train`` (PyTorch's fine-tuning, the paper's framework: the moving statistics
+    follow the new data), or frozen in inference mode with ``frozen`` (the Keras convention
+    for ImageNet weights)."""
+    if batchnorm == "frozen":
+        return unfreeze_backbone(model)
+    for layer in model.layers:
+        layer.trainable = True
+    return model
+
+
+def baseline_epochs(config: dict) -> int:
+    """Setup 1's epochs: ``baseline_epochs``, by default as many as setup 3 in total."""
+    given = config.get("baseline_epochs")
+    return int(given) if given is not None else (int(config["epochs"])
+                                                 + int(config["finetune_epochs"]))
+
+
+def teacher_outputs(config: dict) -> str:
+    """``cached`` (the teacher runs once per training image and flip) when the only
+    augmentation is the flip, else ``online`` (a cached table cannot follow an affine map)."""
+    return "cached" if config.get("augment") in (None, "flip") else "online"
+
+
 def two_stage(config, data, name, source, run_dir, prefix: str):
     """Setups 2 and 3 for ``name``: (frozen-base model, fine-tuned model, transfer report)."""
     model, report = initial_model(config, data, name, source, run_dir)
     frozen = train_stage(freeze_backbone(model), data, config, run_dir / f"{prefix}frozen",
-                         epochs=int(config["epochs"]))
-    tuned = train_stage(unfreeze_backbone(load_model(run_dir / f"{prefix}frozen" /
-                                                     "model.keras")),
+                         epochs=int(config["epochs"]),
+                         lr_factor=float(config["head_lr_factor"]))
+    tuned = train_stage(unfrozen(load_model(run_dir / f"{prefix}frozen" / "model.keras"),
+                                 config["finetune_batchnorm"]),
                         data, config, run_dir / f"{prefix}fine_tuned",
                         epochs=int(config["finetune_epochs"]),
                         lr_factor=float(config["finetune_lr_factor"]))
@@ -166,32 +210,139 @@ def score(model, data, config, folder, label: str) -> dict:
 
 def table_row(setup: str, title: str, folder: Path, results: dict, positive: int) -> dict:
     """One row of the table, from the setup's saved test predictions (clean labels when the
-    data has them, as its metrics); writes the setup's confusion-matrix figure."""
+    data has them, as its metrics); writes the setup's confusion-matrix figure.
+
+    Two classes: accuracy, precision, recall and F1 are those of the decision
+    ``p(positive) >= t``, ``t`` the positive class's threshold chosen on the VALIDATION split
+    (``threshold_rule``); the arg-max accuracy is kept beside it. A model whose logits are
+    shifted (a KD student pulled towards a teacher's soft outputs, a head that learnt only
+    the class prior) can rank well and still put every film in one class at 0.5. More
+    classes: the arg-max, macro-averaged."""
     with np.load(folder / "test_predictions.npz", allow_pickle=False) as npz:
         logits = npz["logits"]
         truth = npz["clean_labels"] if "clean_labels" in npz.files else npz["labels"]
         names = [str(n) for n in npz["class_names"]]
     shifted = np.exp(logits - logits.max(1, keepdims=True))
     probs = shifted / shifted.sum(1, keepdims=True)
-    report = classification_report(truth, probs, names, multi_label=False).set_index("class")
     binary = len(names) == 2
-    row = report.loc[names[positive]] if binary else report.loc["macro avg"]
-    auc_key = names[positive] if binary else None
-    auc = results["per_class_auc"][auc_key] if binary else results["mean_auc"]
-    ci = ((results.get("per_class_auc_ci") or {}).get(auc_key) if binary
-          else results.get("mean_auc_ci"))
+    argmax_accuracy = float((truth.argmax(1) == probs.argmax(1)).mean())
+    if binary:
+        threshold = float(results["thresholds"]["values"][positive])
+        is_positive = truth.argmax(1) == positive
+        said_positive = probs[:, positive] >= threshold
+        tp = int((is_positive & said_positive).sum())
+        fp = int((~is_positive & said_positive).sum())
+        fn = int((is_positive & ~said_positive).sum())
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        accuracy = float((is_positive == said_positive).mean())
+        auc_key = names[positive]
+        auc = results["per_class_auc"][auc_key]
+        ci = (results.get("per_class_auc_ci") or {}).get(auc_key)
+    else:
+        threshold = None
+        report = classification_report(truth, probs, names, multi_label=False).set_index("class")
+        row = report.loc["macro avg"]
+        precision, recall, f1 = (float(row[k]) for k in ("precision", "recall", "f1"))
+        accuracy = argmax_accuracy
+        auc, ci = results["mean_auc"], results.get("mean_auc_ci")
     confusion_matrix_figure(truth, probs, names, folder.parent / f"confusion_{setup}.png",
                             title=f"{title} (test split)")
-    return {"setup": title, "model": results["model"],
-            "accuracy": float(report.loc["accuracy", "precision"]),
-            "precision": float(row["precision"]), "recall": float(row["recall"]),
-            "f1": float(row["f1"]), "auc": auc, "auc_ci": ci,
+    return {"setup": title, "model": results["model"], "accuracy": accuracy,
+            "precision": float(precision), "recall": float(recall), "f1": float(f1),
+            "threshold": threshold, "accuracy_argmax": argmax_accuracy,
+            "auc": auc, "auc_ci": ci,
             "parameters": int(results["params"]["total"]),
             "latency_ms": float(results["latency"]["median_ms"])}
 
 
+def verdict(rows: list[dict]) -> str:
+    """Plain sentences on whether the table tells the paper's story: every setup learnt (its
+    AUC interval above 0.5), transfer beat the baseline, the student came near its teacher."""
+    by_setup = dict(zip((s for s, _ in SETUPS), rows))
+    failed = [r["setup"] for r in rows
+              if (r["auc_ci"][0] <= 0.5 if r["auc_ci"] else r["auc"] <= 0.5)]
+    lines = []
+    if failed:
+        lines.append("NOT the paper's story: these setups did not learn (AUC interval reaches "
+                     "0.5, or AUC <= 0.5 without one): " + "; ".join(failed) + ".")
+    else:
+        lines.append("Every setup learnt: each AUC interval lies above 0.5.")
+    base = by_setup["baseline"]["auc"]
+    best_transfer = max(by_setup["feature_extractor"]["auc"], by_setup["fine_tuned"]["auc"])
+    lines.append(f"Transfer vs. baseline: best ResNet-18 transfer setup AUC {best_transfer:.3f} "
+                 f"vs. baseline CNN {base:.3f} ("
+                 + ("transfer ahead, as in the paper" if best_transfer > base
+                    else "NOT ahead, unlike the paper") + ").")
+    teacher, student = by_setup["teacher"]["auc"], by_setup["student"]["auc"]
+    lines.append(f"Student vs. teacher: AUC {student:.3f} vs. {teacher:.3f} with "
+                 f"{by_setup['student']['parameters'] / by_setup['teacher']['parameters']:.0%} "
+                 "of its parameters ("
+                 + ("within 0.02 of the teacher or above it, as in the paper"
+                    if student >= teacher - 0.02 else "more than 0.02 below the teacher")
+                 + "). Differences between rows smaller than their intervals are not "
+                 "evidence either way.")
+    return " ".join(lines)
+
+
+def weights_sentence(config: dict) -> str:
+    """Where the pretrained weights came from, in one sentence per model (the paper's are
+    ImageNet's)."""
+    def one(model, source):
+        if source == "phantom":
+            return (f"{model} is phantom-pretrained offline (not ImageNet, the paper's): "
+                    f"{config['pretrain_epochs']} epochs on {config['pretrain_images']} films "
+                    f"of the 14-finding phantom at {config['image_size']} px")
+        if source == "imagenet":
+            return f"{model} starts from Keras' ImageNet weights"
+        if source is None:
+            return f"{model} starts from random weights"
+        return f"{model} starts from the chestkd model {source}"
+    return ("Pretrained weights: " + one(config["transfer_model"], config["weights"]) + "; "
+            + one(config["teacher_model"], config["teacher_weights"]) + ".")
+
+
+def plan(config: dict) -> str:
+    """What the run will train, in order (printed before anything starts)."""
+    lr, factor = float(config["learning_rate"]), float(config["finetune_lr_factor"])
+    head = int(config["epochs"])
+    tune, total = int(config["finetune_epochs"]), head + int(config["finetune_epochs"])
+    data = (f"{config['dataset']} ({config['phantom_images']} films written at "
+            f"{config['phantom_size']} px)" if config["dataset"] in PHANTOM_DATASETS
+            else f"{config['dataset']} {config.get('data_dir') or ''}".rstrip())
+    lines = [f"transfer_learning: {data}, images at {config['image_size']} px, batch "
+             f"{config['batch_size']}, {config['optimizer']} lr {lr:g} ({config['schedule']}), "
+             f"augment {config['augment']}; it trains, in order:"]
+    pretrained = sorted({config[m] for m, w in (("transfer_model", "weights"),
+                                                ("teacher_model", "teacher_weights"))
+                         if config[w] == "phantom"})
+    if pretrained:
+        lines.append(f"  0. pretraining of {' and '.join(pretrained)} on the 14-finding phantom "
+                     f"({config['pretrain_images']} films, {config['pretrain_epochs']} epochs; "
+                     "reused from the model store when it holds them)")
+    bn = ("BatchNorm trained too" if config["finetune_batchnorm"] == "train"
+          else "BatchNorm frozen")
+    head_lr = lr * float(config["head_lr_factor"])
+    lines += [f"  1. {config['baseline_model']} from scratch: {baseline_epochs(config)} epochs",
+              f"  2. {config['transfer_model']} fixed extractor ({config['weights']} weights): "
+              f"new head only, {head} epochs at lr {head_lr:g}",
+              f"  3. {config['transfer_model']} fine-tuned: setup 2, then every layer ({bn}) "
+              f"{tune} epochs at lr {lr * factor:g}",
+              f"  4. {config['teacher_model']} teacher ({config['teacher_weights']} weights), "
+              f"stages 2 and 3 ({head} + {tune} epochs), then a {config['transfer_model']} "
+              f"student distilled from it for {total} epochs (teacher "
+              f"{teacher_outputs(config)})",
+              f"then it scores the five on the test split (bootstrap {config['bootstrap']}). "
+              + ("This is the no-data demo; the paper's settings (224 px, ImageNet teacher): "
+                 "--config recipes/transfer_learning.yaml --data-dir chest_xray"
+                 if config["dataset"] in PHANTOM_DATASETS else "")]
+    return "\n".join(lines)
+
+
 def run(argv=None) -> dict:
     config = resolve(argv)
+    print(plan(config), flush=True)
     run_dir = start_run(config, "transfer_learning")
     print(f"run directory: {run_dir}")
     set_precision(config)
@@ -207,7 +358,7 @@ def run(argv=None) -> dict:
     baseline, _ = initial_model(config, data, config["baseline_model"], None, run_dir)
     folders["baseline"] = run_dir / "baseline"
     baseline = train_stage(baseline, data, config, folders["baseline"],
-                           epochs=int(config["epochs"]) + int(config["finetune_epochs"]))
+                           epochs=baseline_epochs(config))
 
     frozen, tuned, transfers["transfer_model"] = two_stage(
         config, data, config["transfer_model"], config["weights"], run_dir, "")
@@ -227,7 +378,7 @@ def run(argv=None) -> dict:
     student_init, transfers["student"] = initial_model(config, data, config["transfer_model"],
                                                        config["weights"], run_dir)
     kd_config = {**config, "weights": None, "alpha": 1.0 - float(config["paper_alpha"]),
-                 "teacher_outputs": "online", "kd_loss_used": config["kd_loss"],
+                 "teacher_outputs": teacher_outputs(config), "kd_loss_used": config["kd_loss"],
                  "epochs": int(config["epochs"]) + int(config["finetune_epochs"])}
     folders["student"] = run_dir / "student"
     folders["student"].mkdir(exist_ok=True)
@@ -251,12 +402,18 @@ def run(argv=None) -> dict:
     shown = table.drop(columns=["auc_ci"]).assign(auc=[
         f"{a:.4f}" + (f" [{c[0]:.3f}, {c[1]:.3f}]" if c else "")
         for a, c in zip(table["auc"], table["auc_ci"])])
-    scores_of = (f"class {names[positive]!r}" if len(names) == 2 else "macro average")
+    if len(names) == 2:
+        decision = (f"Accuracy, precision, recall and F1 of class {names[positive]!r} at the "
+                    f"decision p({names[positive]}) >= the threshold chosen on the validation "
+                    f"split ({config.get('threshold_rule') or 'youden'}; column threshold); "
+                    "accuracy_argmax: at the arg-max (p >= 0.5)")
+    else:
+        decision = "Accuracy, precision, recall and F1 (macro average) at the arg-max decision"
     text = (f"# Table 4.1 extended: {data.name} ({', '.join(names)}), "
             f"{results['baseline']['test_images']} test images\n\n"
-            + markdown_table(shown) + f"\n\nPrecision, recall and F1 of {scores_of} at the "
-            "arg-max decision; AUC with its 95 % patient-bootstrap interval; latency: median "
-            "of batch-1 calls after warm-up on this machine.\n")
+            + markdown_table(shown) + f"\n\n{decision}; AUC with its 95 % patient-bootstrap "
+            "interval; latency: median of batch-1 calls after warm-up on this machine. "
+            + weights_sentence(config) + "\n\n" + verdict(rows) + "\n")
     (run_dir / "table4_1.md").write_text(text)
     print("\n" + text)
     summary = {"recipe": "transfer_learning", "table": rows, "transfer": transfers,
