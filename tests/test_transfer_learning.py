@@ -76,6 +76,26 @@ def test_frozen_base_and_fine_tuning_keep_batchnorm_in_inference_mode():
     assert not changed["conv1_bn"]  # neither gamma/beta nor the moving statistics move
 
 
+def test_fine_tuning_by_default_trains_batchnorm_as_pytorch_does():
+    """Stage 2's default (``finetune_batchnorm: train``): every layer trains, BatchNorm's
+    gamma, beta and moving statistics included; ``frozen`` is the Keras convention."""
+    assert transfer_learning.DEFAULTS["finetune_batchnorm"] == "train"
+    keras.utils.set_random_seed(0)
+    model = freeze_backbone(build("conv3_student", 2, SHAPE))
+    transfer_learning.unfrozen(model, "train")
+    assert all(layer.trainable for layer in model.layers)
+    x = np.random.default_rng(0).uniform(-1, 1, (8, *SHAPE)).astype("float32")
+    y = np.eye(2, dtype="float32")[[0, 1] * 4]
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    before = [w.copy() for w in model.get_layer("conv1_bn").get_weights()]
+    model.train_on_batch(x, y)
+    after = model.get_layer("conv1_bn").get_weights()
+    assert all(not np.array_equal(a, b) for a, b in zip(after, before))  # gamma, beta, mean, var
+    transfer_learning.unfrozen(model, "frozen")
+    assert not model.get_layer("conv1_bn").trainable and model.get_layer("conv1").trainable
+
+
 @pytest.fixture(scope="module")
 def recipe_run(tmp_path_factory):
     """The recipe at 32 px, 1 epoch per stage; ResNet-18 and the teacher are conv3_student,
