@@ -118,7 +118,7 @@ def test_load_run_data_applies_the_profile_and_records_it(tmp_path, capsys):
     assert "profile small-real chosen automatically" in capsys.readouterr().out
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["profile"] == "small-real" and saved["model"] == "conv3_student"
-    assert saved["learning_rate"] == 0.002 and saved["image_size"] == 64
+    assert saved["learning_rate"] == 0.002 and saved["image_size"] == SMALL_REAL_PROFILE["image_size"]
     assert int((data.split == "train").sum()) < SMALL_REAL_MAX_TRAIN_IMAGES
 
 

@@ -125,16 +125,18 @@ PHANTOM_PROFILE = {
     "label_noise": 0.1,            # like ChestX-ray14's NLP-mined labels (>90 % accurate)
 }
 
-# Real data with few training images (issue 16): chosen on 469 real ChestX-ray14 images of 158
-# patients (benchmarks/real_data.py, patient-grouped cross-validation; RESULTS.md). A small
-# network at 64 px, Adam with a low rate and strong decoupled weight decay, light
-# augmentation, and a FIXED schedule: a validation split of a few dozen images picks
-# checkpoints on noise, so the run keeps the average of its last epochs' weights.
+# Real data with few training images (issue 16): measured on 469 real ChestX-ray14 images of
+# 158 patients (benchmarks/real_data.py, patient-grouped 5-fold cross-validation; RESULTS.md):
+# a small network at 32 px (what a CPU shared by many jobs could afford; the set is 64 px),
+# Adam with a low rate and strong decoupled weight decay, light augmentation, and a FIXED
+# schedule: a validation split of a few dozen images picks checkpoints on noise, so the run
+# keeps the average of the last third of its epochs' weights (SWA). It did NOT beat logistic
+# regression on 32x32 pixels there; with internet prefer weights: imagenet.
 SMALL_REAL_PROFILE = {
     "model": "conv3_student",
-    "image_size": 64,
+    "image_size": 32,
     "batch_size": 32,
-    "epochs": 30,
+    "epochs": 10,
     "optimizer": "adam",
     "learning_rate": 3e-4,
     "weight_decay": 1e-2,
