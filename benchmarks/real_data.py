@@ -83,6 +83,9 @@ SETTINGS = {
     # the same at 32 px: 4x less compute, for a machine shared by many jobs
     "conv3-32px": {**COMMON, "model": "conv3_student", "image_size": 32, "learning_rate": 3e-4,
                    "weight_decay": 1e-2, "epochs": 10},
+    "conv3-32px-phantom-ft": {**COMMON, "model": "conv3_student", "image_size": 32,
+                              "learning_rate": 3e-4, "weight_decay": 1e-2, "epochs": 10,
+                              "init": "phantom"},
     "resnet32-adam3e-4": {**COMMON, "model": "resnet32", "learning_rate": 3e-4,
                           "weight_decay": 1e-2, "epochs": 20},
 }
@@ -469,8 +472,8 @@ def run(argv=None) -> dict:
 
         inputs = {"pixels-lr": pixels, "phantom-probe": features}
         for name in BASELINES:
-            if (args.baselines == "cached" or (args.baselines == "pixels"
-                                                 and name != "pixels-lr")) \
+            if (args.baselines == "cached" or k not in run_folds
+                    or (args.baselines == "pixels" and name != "pixels-lr")) \
                     and not (folder / f"{name}.npz").exists():
                 continue
             result = cached(name, lambda: {"scores": logistic_scores(
@@ -513,11 +516,30 @@ def run(argv=None) -> dict:
         tables[part] = {"findings": [CHESTXRAY14_FINDINGS[i] for i in np.flatnonzero(findings)],
                         "images": int(rows.sum()), "patients": int(len(np.unique(patients[rows]))),
                         "rows": frame.to_dict("records")}
+        selection_rows = []
+        for name in settings:
+            reference = f"{name} [best-val]"
+            if reference not in names:
+                continue
+            for rule in ("last", "swa"):
+                other = f"{name} [{rule}]"
+                paired = paired_bootstrap(labels[rows][:, findings],
+                                          pooled[reference][rows][:, findings],
+                                          pooled[other][rows][:, findings], patients[rows],
+                                          n_boot=args.bootstrap, seed=args.seed)
+                selection_rows.append(
+                    f"| {name} | {rule} minus best-val | {paired['difference']:+.3f} "
+                    f"[{paired['difference_ci'][0]:+.3f}, {paired['difference_ci'][1]:+.3f}] "
+                    f"| {paired['p_value']:.3f} |")
+        selection = ("\n\nModel selection, same training runs (paired patient bootstrap):\n\n"
+                     "| setting | comparison | difference in mean AUC [95 % CI] | p |\n"
+                     "|---|---|---|---|\n"
+                     + "\n".join(selection_rows)) if selection_rows else ""
         header = (f"{part} part: folds {sorted(set(fold[rows].tolist()))}, {int(rows.sum())} "
                   f"images, {tables[part]['patients']} patients; mean AUC over "
                   f"{int(findings.sum())} findings with >= {args.min_positives} positives: "
                   f"{', '.join(tables[part]['findings'])}")
-        text = header + "\n\n" + markdown(frame) + "\n"
+        text = header + "\n\n" + markdown(frame) + selection + "\n"
         (out / f"table_{part}.md").write_text(text)
         print("\n" + text, flush=True)
     summary = {"args": {k: v for k, v in vars(args).items()}, "tables": tables,
