@@ -40,7 +40,7 @@ def test_the_main_job_logs_and_records_the_seconds_of_each_stage(tmp_path, capsy
         "--model", "conv3_student", "--epochs", "2", "--batch-size", "16", "--image-size", "32",
         "phantom_images=120", "phantom_size=32", "--out", str(out), "latency_images=2",
         "bootstrap=10", "jit_compile=false", "--no-saliency"])
-    stages = ("phantom", "base_training", "evaluation", "teacher_pass", "distillation",
+    stages = ("data", "base_training", "evaluation", "teacher_pass", "distillation",
               "saliency")
     seconds = results["stage_seconds"]
     assert list(seconds) == [*stages, "total"]
@@ -51,7 +51,7 @@ def test_the_main_job_logs_and_records_the_seconds_of_each_stage(tmp_path, capsy
     run_dir = next(Path(out).glob("self_training-*"))
     assert json.loads((run_dir / "metrics.json").read_text())["stage_seconds"] == seconds
     printed = capsys.readouterr().out
-    assert "stage seconds: phantom " in printed and ", saliency " in printed
+    assert "stage seconds: data " in printed and ", saliency " in printed
     # the base training's first epoch also estimates the distillation that follows it
     assert "then distillation: 2 epoch(s), about " in printed
     # the teacher pass wrote the tables the distillation read

@@ -93,7 +93,7 @@ def run_once(config: dict) -> dict:
     run_dir = start_run(config, "self_training")
     stages = Stages(run_dir)
     print(f"run directory: {run_dir}")
-    with timer.stage("phantom"):  # reading (or generating) the data and its set-up
+    with timer.stage("data"):  # generating the phantom, or reading a dataset, and its set-up
         data = load_run_data(config, run_dir)
     loss = resolve_kd_loss(config, data)
     # The base training's first epoch also estimates the distillation after it.
