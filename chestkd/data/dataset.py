@@ -68,6 +68,9 @@ class Dataset:
             may be wrong (the phantom with ``label_noise``, see :mod:`chestkd.data.phantom`);
             None for real data, whose truth nobody knows. ``labels`` is always what training
             sees; ``clean_labels`` is for measuring what the noise did.
+        upsampling: how many images a run enlarges to its input size, and by how much
+            (:func:`chestkd.data.images.upsampling_summary`), set by the run that reads the
+            data at a known size; None until then. The model card reports it.
     """
 
     name: str
@@ -86,6 +89,7 @@ class Dataset:
     clean_labels: np.ndarray | None = None
     excluded: dict = field(default_factory=dict)
     listed: int | None = None
+    upsampling: dict | None = None
 
     def __post_init__(self):
         n = len(self.paths)

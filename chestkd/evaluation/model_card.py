@@ -14,6 +14,7 @@ import numpy as np
 
 from chestkd.data.dataset import SPLITS, Dataset
 from chestkd.data.describe import images_used
+from chestkd.data.images import describe_upsampling
 from chestkd.io import atomic_write_text
 
 NOT_CLINICAL = ("**Research model, not for clinical use.** It has not been validated "
@@ -133,7 +134,9 @@ def model_card(results: dict, data: Dataset, config: dict) -> str:
              f"Dataset `{data.name}`" + (f" from `{config['data_dir']}`"
                                          if config.get("data_dir") else "")
              + "; splits are patient-wise (no patient in two splits).", "",
-             f"Images: {images_used(data)}. Positive labels per class:", "",
+             f"Images: {images_used(data)}."
+             + (f" {describe_upsampling(data.upsampling)}." if data.upsampling else "")
+             + " Positive labels per class:", "",
              *_split_table(data), "",
              "## Labels", "", f"Label source: {_label_source(data, config)}", "",
              "## Metrics", "", *_metrics_lines(results), "",

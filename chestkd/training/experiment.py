@@ -13,14 +13,16 @@ import yaml
 from chestkd import models
 from chestkd.data import load_dataset
 from chestkd.data.dataset import Dataset
+from chestkd.data.cache import upsampling_of
 from chestkd.data.describe import run_summary
+from chestkd.data.images import describe_upsampling
 from chestkd.data.presence import ABSENT_REASON, require_on_disk
 from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epoch
 from chestkd.errors import ChestKDError, ConfigError
 from chestkd.training.config import (PHANTOM_DATASETS, apply_small_data_profile,
                                      dataset_options, resolve_augment, save_config)
 from chestkd.training.losses import MaskedAUC, hard_loss_for
-from chestkd.training.run import seed_everything
+from chestkd.training.run import seed_everything, write_json
 from chestkd.training.trainer import distribution_strategy, fit, make_optimizer
 
 
@@ -54,6 +56,8 @@ def load_run_data(config: dict, run_dir) -> Dataset:
     data.check_patient_leakage()
     if apply_small_data_profile(config, int((data.split == "train").sum())):
         save_config(config, Path(run_dir) / "config.yaml")  # the run records what it uses
+    if config["dataset"] not in PHANTOM_DATASETS or config.get("data_dir"):
+        record_upsampling(data, int(config["image_size"]), config.get("cache_dir"), run_dir)
     if len(data.skipped):
         data.skipped.to_csv(Path(run_dir) / "skipped.csv", index=False)
         absent = int((data.skipped["reason"] == ABSENT_REASON).sum())
@@ -66,6 +70,15 @@ def load_run_data(config: dict, run_dir) -> Dataset:
         image_options(data, config)  # estimated once, on the training split ...
         save_config(config, Path(run_dir) / "config.yaml")  # ... and recorded with the run
     return data
+
+
+def record_upsampling(data: Dataset, image_size: int, cache_dir, run_dir) -> None:
+    """Say how many images the run enlarges to ``image_size`` (64 px NIH exports at 128 px:
+    all of them, by 2), keep it on ``data`` for the model card and in ``upsampling.json``."""
+    data.upsampling = upsampling_of(data, image_size, cache_dir)
+    if data.upsampling is not None:
+        print(describe_upsampling(data.upsampling))
+        write_json(data.upsampling, Path(run_dir) / "upsampling.json")
 
 
 def image_options(data: Dataset, config: dict) -> dict:
