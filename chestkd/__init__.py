@@ -3,7 +3,8 @@
 The package reads as the method. Each layer imports only the layers above it in this list
 (checked by ``tests/test_layers.py``):
 
-1. ``errors``, ``io`` (atomic writes), ``cli`` (exit codes): plumbing;
+1. ``errors``, ``io`` (atomic writes), ``cli`` (exit codes): plumbing; ``scores``: probabilities
+   from logits and the exact AUC (NumPy), the one home of both;
 2. ``data``: one Dataset interface, the loaders, the phantom, the tf.data pipeline;
 3. ``models``: the model zoo (flat logit models);
 4. ``training``: configuration, run directories, optimisers, callbacks, the fit loop;

@@ -51,7 +51,8 @@ import numpy as np
 from chestkd.cli import main_of
 from chestkd.errors import ConfigError
 from chestkd.io import atomic_write, atomic_write_json
-from chestkd.predict import TFLiteModel, probabilities, resolve_model
+from chestkd.predict import TFLiteModel, resolve_model
+from chestkd.scores import probabilities_from_logits
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -259,7 +260,8 @@ def measure(report: dict, exported, keras_logits, info: dict, test, repeats: int
     probe = np.zeros((1, size, size, 3), np.float32)
     if test is not None:
         images, labels, p_keras = test
-        p_export = probabilities(exported(images), info["probability"])
+        p_export = probabilities_from_logits(exported(images),
+                                             multi_label=info["probability"] == "sigmoid")
         delta = np.abs(p_keras - p_export)
         report.update(test_images=int(len(images)), max_abs_delta_probability=float(delta.max()),
                       mean_abs_delta_probability=float(delta.mean()),
@@ -302,7 +304,8 @@ def export_model(model_path, *, fmt: str = "tflite", quantize=("none",), out=Non
     test = None
     if data is not None:
         images, labels = split_images(data, config, "test")
-        test = (images, labels, probabilities(keras_logits(images), info["probability"]))
+        test = (images, labels, probabilities_from_logits(
+            keras_logits(images), multi_label=info["probability"] == "sigmoid"))
     calibration = (split_images(data, config, "train", calibration_images)[0]
                    if "int8" in quantize else None)
     reports = {}

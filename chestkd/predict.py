@@ -47,6 +47,7 @@ from chestkd.data.images import (describe_upsampling, normalize_unit, read_unit_
                                  upsampling_summary)
 from chestkd.errors import ChestKDError, ConfigError, DataError
 from chestkd.io import atomic_write, atomic_write_text
+from chestkd.scores import probabilities_from_logits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 THRESHOLD_RULES = ("youden", "f1")
@@ -174,15 +175,6 @@ def load_classifier(model_path):
     return (lambda images: np.asarray(infer(np.asarray(images, np.float32)), np.float64)), model
 
 
-def probabilities(logits, kind: str) -> np.ndarray:
-    """Sigmoid per class or softmax across classes of (N, C) logits."""
-    logits = np.asarray(logits, np.float64)
-    if kind == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def read_file(path, info: dict) -> tuple[np.ndarray, tuple[int, int]]:
     """(the model's (S, S, 3) float32 input, the file's (height, width)) of one image file,
     read by the run's reading rule (:func:`chestkd.data.images.read_unit_grey`)."""
@@ -273,7 +265,8 @@ def run(argv=None) -> dict:
     def flush():
         if not batch:
             return
-        probs = probabilities(classify(np.stack(batch)), info["probability"])
+        probs = probabilities_from_logits(classify(np.stack(batch)),
+                                          multi_label=info["probability"] == "sigmoid")
         multi_label = bool(info["multi_label"])
         decided = decisions(probs, names, thresholds, multi_label)
         flagged = flags(probs, names, thresholds)

@@ -3,7 +3,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "chestkd"
-LAYERS = [{"errors", "io", "cli"}, {"data"}, {"models"}, {"training"}, {"distill"},
+LAYERS = [{"errors", "io", "cli", "scores"}, {"data"}, {"models"}, {"training"}, {"distill"},
           {"evaluation"}, {"saliency", "robustness"}, {"experiments"},
           {"recipes", "report", "predict", "export", "landscape"}]
 

@@ -35,9 +35,14 @@ from chestkd.evaluation.classification import (THRESHOLD_RULES, choose_threshold
                                                classification_report, report_summary)
 from chestkd.evaluation.model_card import write_model_card
 from chestkd.evaluation.metrics import (count_params, latency_per_image, mean_auc, per_class_auc,
-                                        predict_logits, sigmoid, single_label_metrics, softmax)
+                                        predict_logits, single_label_metrics)
+from chestkd.scores import probabilities_from_logits
 from chestkd.training.experiment import image_options
 from chestkd.training.run import write_json
+
+# Deprecated name of chestkd.scores.probabilities_from_logits, kept for
+# chestkd.experiments.feature_kd until it imports that function.
+probabilities_of = probabilities_from_logits
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
@@ -100,11 +105,6 @@ def write_predictions(path, *, logits, labels, clean_labels, test: Dataset, clas
     return path
 
 
-def probabilities_of(logits, multi_label: bool) -> np.ndarray:
-    """Sigmoid of each logit for independent findings, softmax across exclusive classes."""
-    return sigmoid(logits) if multi_label else softmax(logits)
-
-
 def validation_thresholds(model, data: Dataset, config: dict) -> dict:
     """Per-class thresholds of both rules on the validation split, and the rule in use.
 
@@ -122,7 +122,7 @@ def validation_thresholds(model, data: Dataset, config: dict) -> dict:
                        **image_options(data, config))
     logits, y = predict_logits(model, val,
                                jit_compile=bool(config.get("_jit_compile_resolved", False)))
-    p = probabilities_of(logits, data.multi_label)
+    p = probabilities_from_logits(logits, data.multi_label)
     chosen = {r: choose_thresholds(y, p, rule=r).tolist() for r in THRESHOLD_RULES}
     return {"rule": rule, "split": f"val ({len(y)} images)", "class_names": names,
             "values": chosen[rule], **chosen}
@@ -151,7 +151,7 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
                         **image_options(data, config))
     logits, y = predict_logits(model, test,
                                jit_compile=bool(config.get("_jit_compile_resolved", False)))
-    scores = probabilities_of(logits, data.multi_label)
+    scores = probabilities_from_logits(logits, data.multi_label)
     groups = test_data.patients
     if len(groups) != len(y):
         raise DataError(f"{data.name}: the test pipeline gave {len(y)} images, the test split "

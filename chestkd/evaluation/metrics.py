@@ -1,28 +1,27 @@
 """Test-split metrics: per-class AUC, single-label scores, parameters and latency.
 
-AUCs come from scikit-learn on the full test split (not the batch-averaged Keras metric); their
-bootstrap intervals, paired tests and calibration are in ``chestkd.evaluation.statistics``. A
-class whose test labels are all one value has no AUC; it is reported as missing (NaN) and left
+AUCs are exact (:func:`chestkd.scores.exact_auc`) on the full test split (not the
+batch-averaged Keras metric); their bootstrap intervals, paired tests and calibration are in
+``chestkd.evaluation.statistics``. A class whose test labels are all one value has no AUC; it is reported as missing (NaN) and left
 out of the mean, and the table says how many positives each class had so the reader can judge.
 """
 from __future__ import annotations
 
 import time
 import weakref
+from functools import partial
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-
-def sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+from chestkd.scores import exact_auc, probabilities_from_logits
 
 
-def softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+# Deprecated spellings of chestkd.scores.probabilities_from_logits, kept for
+# chestkd.experiments.kd until it calls that function.
+sigmoid = partial(probabilities_from_logits, multi_label=True)
+softmax = partial(probabilities_from_logits, multi_label=False)
 
 
 # model -> {(jit_compile, per-image shape, dtype): inference tf.function}. Weak keys, and the
@@ -73,16 +72,14 @@ def predict_logits(model, dataset, jit_compile: bool = False) -> tuple[np.ndarra
 
 
 def per_class_auc(y_true: np.ndarray, scores: np.ndarray, class_names) -> pd.DataFrame:
-    """ROC AUC per class; labels of -1 (unknown) are left out of that class."""
-    rows = []
-    for c, name in enumerate(class_names):
-        known = y_true[:, c] >= 0
-        y, s = y_true[known, c], scores[known, c]
-        positives = int((y == 1).sum())
-        negatives = int((y == 0).sum())
-        auc = skm.roc_auc_score(y, s) if positives and negatives else np.nan
-        rows.append({"class": name, "auc": auc, "positives": positives, "negatives": negatives})
-    return pd.DataFrame(rows)
+    """The table of :func:`chestkd.scores.exact_auc` per class with each class's known
+    positives and negatives; labels of -1 (unknown) are left out of that class."""
+    y_true = np.asarray(y_true)
+    aucs = exact_auc(y_true, scores)
+    return pd.DataFrame([{"class": name, "auc": float(aucs[c]),
+                          "positives": int((y_true[:, c] == 1).sum()),
+                          "negatives": int((y_true[:, c] == 0).sum())}
+                         for c, name in enumerate(class_names)])
 
 
 def mean_auc(table: pd.DataFrame) -> float:

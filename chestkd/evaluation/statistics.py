@@ -3,10 +3,10 @@
 A test split of a few hundred images gives AUCs that move by 0.02-0.03 between seeds, so a
 number without an interval says little. This module gives:
 
-* :func:`exact_auc`: the exact ROC AUC (the Mann-Whitney statistic, ties counted one half,
-  equal to ``sklearn.metrics.roc_auc_score``), vectorised over classes and over many sets of
-  per-image integer weights, so a bootstrap resample is scored from its counts without
-  materialising it;
+* :func:`~chestkd.scores.exact_auc` (defined in :mod:`chestkd.scores`, the one home of the
+  exact AUC): the Mann-Whitney statistic, ties counted one half, equal to
+  ``sklearn.metrics.roc_auc_score``, vectorised over classes and over many sets of per-image
+  integer weights, so a bootstrap resample is scored from its counts without materialising it;
 * :func:`bootstrap_auc`: percentile intervals of per-class and mean AUC from a cluster
   bootstrap over patients;
 * :func:`paired_bootstrap`: the difference in mean AUC of two models scored on the same images,
@@ -24,7 +24,7 @@ number without an interval says little. This module gives:
 
 Label conventions (as ``chestkd.data.pipeline``): labels are 1 (positive), 0 (negative) or -1
 (unknown); an unknown label is left out of its class. A class with no positive or no negative
-has no AUC: it is NaN and left out of the mean over classes, as ``metrics.per_class_auc`` does.
+has no AUC: it is NaN and left out of the mean over classes (:func:`mean_over_classes`).
 
 No TensorFlow here: ``keras.utils.Progbar`` is imported only when a progress bar is asked for.
 """
@@ -37,6 +37,9 @@ import pandas as pd
 from scipy import stats
 
 from chestkd.errors import ConfigError, DataError
+# The one home of the exact AUC and of logits -> probabilities; imported here for this
+# module and for the callers that know them as chestkd.evaluation.statistics names.
+from chestkd.scores import checked_labels_and_scores, exact_auc, probabilities_from_logits
 
 # A bootstrap scores its resamples in chunks of about this many (resample, image) weights, so
 # memory stays bounded for a test split of tens of thousands of images.
@@ -46,24 +49,6 @@ PROGRESS_THRESHOLD = 50_000_000
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def _as_2d(y_true, scores, what: str = "scores") -> tuple[np.ndarray, np.ndarray, bool]:
-    """float64 (N, C) labels and scores; ``True`` when the input was one class, 1-D."""
-    y = np.asarray(y_true, dtype=np.float64)
-    s = np.asarray(scores, dtype=np.float64)
-    one = y.ndim == 1
-    if one:
-        y, s = y[:, None], (s[:, None] if s.ndim == 1 else s)
-    if y.ndim != 2 or s.shape != y.shape:
-        raise DataError(f"labels have shape {np.shape(y_true)} but {what} have shape "
-                        f"{np.shape(scores)}; expected the same (N,) or (N, C)")
-    bad = ~np.isin(y, (-1.0, 0.0, 1.0))
-    if bad.any():
-        raise DataError(f"labels must be 1, 0 or -1 (unknown); found {np.unique(y[bad])[:5]}")
-    if not np.isfinite(s).all():
-        raise DataError(f"{what} contain {int((~np.isfinite(s)).sum())} non-finite value(s)")
-    return y, s, one
 
 
 def _patient_index(groups, n: int) -> tuple[np.ndarray, int]:
@@ -97,67 +82,7 @@ def _check_confidence(confidence: float, n_boot: int) -> None:
         raise ConfigError(f"n_boot must be a positive number of resamples; got {n_boot}")
 
 
-# --------------------------------------------------------------------------- exact AUC
-
-
-def _class_auc(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted Mann-Whitney AUC of one class for each row of ``weights`` (B, n).
-
-    With w_i the weight (count) of image i, P and N the positive and negative images::
-
-        AUC = sum_{i in P, j in N} w_i w_j ([s_i > s_j] + 1/2 [s_i = s_j]) / (W_P W_N)
-
-    Computed in O(B n) after one sort: scores are grouped into runs of equal value; for each
-    run g, the positive weight times (the negative weight of all lower runs + half the negative
-    weight of run g) is summed.
-    """
-    known = y >= 0
-    y, s, weights = y[known], s[known], weights[:, known]
-    order = np.argsort(s, kind="mergesort")
-    s_sorted = s[order]
-    positive = (y[order] == 1).astype(np.float64)
-    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-    w = weights[:, order]
-    if w.shape[1] == 0:
-        return np.full(len(weights), np.nan)
-    pos = np.add.reduceat(w * positive, starts, axis=1)
-    neg = np.add.reduceat(w * (1.0 - positive), starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg  # negative weight strictly below each run
-    numerator = (pos * (below + 0.5 * neg)).sum(axis=1)
-    denominator = pos.sum(axis=1) * neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1),
-                        np.nan)
-
-
-def exact_auc(y_true, scores, weights=None) -> np.ndarray | float:
-    """Exact ROC AUC per class, optionally with integer per-image weights.
-
-    Args:
-        y_true: (N,) or (N, C) labels 1 / 0 / -1 (unknown, left out of that class).
-        scores: the same shape; any real numbers (logits or probabilities).
-        weights: None, (N,) or (B, N) non-negative weights. A weight k counts an image k times,
-            so a bootstrap resample's AUC comes from its counts (equal to scoring the repeated
-            rows with ``roc_auc_score``).
-
-    Returns:
-        (C,) or, for (B, N) weights, (B, C); a 1-D ``y_true`` drops the class axis (a float for
-        no weights). NaN where a class has no positive or no negative (of positive weight).
-    """
-    y, s, one = _as_2d(y_true, scores)
-    n = len(y)
-    batched = weights is not None and np.ndim(weights) == 2
-    w = np.atleast_2d(np.ones(n) if weights is None else np.asarray(weights, np.float64))
-    if w.shape[1] != n or (w < 0).any():
-        raise DataError(f"weights have shape {np.shape(weights)}; expected non-negative "
-                        f"({n},) or (B, {n})")
-    out = np.stack([_class_auc(y[:, c], s[:, c], w) for c in range(y.shape[1])], axis=1)
-    if not batched:
-        out = out[0]
-    if one:
-        out = out[..., 0]
-        return float(out) if out.ndim == 0 else out
-    return out
+# --------------------------------------------------------------------------- mean AUC
 
 
 def mean_over_classes(aucs: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -239,7 +164,7 @@ def bootstrap_auc(y_true, scores, groups, *, n_boot: int = 1000, confidence: flo
         ``confidence``, ``seed``, ``patients`` and ``images``.
     """
     _check_confidence(confidence, n_boot)
-    y, s, _ = _as_2d(y_true, scores)
+    y, s, _ = checked_labels_and_scores(y_true, scores)
     point = exact_auc(y, s)
     valid = np.isfinite(point)
     (boot,), n_patients = _bootstrap_samples(y, [s], groups, int(n_boot), seed, verbose)
@@ -317,8 +242,8 @@ def paired_bootstrap(y_true, scores_a, scores_b, groups, *, n_boot: int = 1000,
         interval), and ``n_boot``, ``confidence``, ``seed``, ``patients``, ``images``.
     """
     _check_confidence(confidence, n_boot)
-    y, a, _ = _as_2d(y_true, scores_a, "scores_a")
-    _, b, _ = _as_2d(y_true, scores_b, "scores_b")
+    y, a, _ = checked_labels_and_scores(y_true, scores_a, "scores_a")
+    _, b, _ = checked_labels_and_scores(y_true, scores_b, "scores_b")
     point_a, point_b = exact_auc(y, a), exact_auc(y, b)
     valid = np.isfinite(point_a) & np.isfinite(point_b)
     (boot_a, boot_b), n_patients = _bootstrap_samples(y, [a, b], groups, int(n_boot), seed,
@@ -384,7 +309,7 @@ def delong_covariance(y, scores) -> tuple[np.ndarray, np.ndarray]:
     if y.ndim != 1 or scores.shape[1] != len(y):
         raise DataError(f"delong: labels have shape {y.shape} and scores {scores.shape}; "
                         "expected (N,) and (N,) or (k, N)")
-    _as_2d(y, scores[0])  # the same label and finiteness checks as everywhere else
+    checked_labels_and_scores(y, scores[0])  # the label and finiteness checks of everywhere
     if not np.isfinite(scores).all():
         raise DataError("delong: scores contain non-finite values")
     positives, negatives = scores[:, y == 1], scores[:, y == 0]
@@ -445,7 +370,7 @@ def clustered_delong_covariance(y, scores, groups) -> tuple[np.ndarray, np.ndarr
     if y.ndim != 1 or scores.shape[1] != len(y):
         raise DataError(f"clustered delong: labels have shape {y.shape} and scores "
                         f"{scores.shape}; expected (N,) and (N,) or (k, N)")
-    _as_2d(y, scores[0])
+    checked_labels_and_scores(y, scores[0])
     if not np.isfinite(scores).all():
         raise DataError("clustered delong: scores contain non-finite values")
     patient, n_patients = _patient_index(groups, len(y))
@@ -526,7 +451,7 @@ def _binary_ece(outcome: np.ndarray, confidence: np.ndarray, bins: int) -> float
 
 
 def _check_probabilities(y_true, probabilities):
-    y, p, one = _as_2d(y_true, probabilities, "probabilities")
+    y, p, one = checked_labels_and_scores(y_true, probabilities, "probabilities")
     if (p < 0).any() or (p > 1).any():
         raise DataError("probabilities must lie in [0, 1] (apply sigmoid or softmax first)")
     return y, p, one
@@ -629,16 +554,6 @@ def calibration_summary(y_true, probabilities, class_names, *, multi_label: bool
 # --------------------------------------------------------------------------- two runs
 
 PREDICTION_KEYS = ("logits", "labels", "patients", "paths", "class_names")
-
-
-def probabilities_from_logits(logits, multi_label: bool) -> np.ndarray:
-    """Sigmoid (multi-label) or softmax (single-label) of logits, in float64."""
-    z = np.asarray(logits, np.float64)
-    if multi_label:
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def load_predictions(source) -> dict:

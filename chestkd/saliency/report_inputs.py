@@ -14,6 +14,7 @@ import pandas as pd
 from chestkd.data.pipeline import NORMALIZATIONS, make_dataset
 from chestkd.errors import ConfigError
 from chestkd.saliency.graph import logits_graph
+from chestkd.scores import probabilities_from_logits
 
 
 def _round_robin(groups: list[list]) -> list:
@@ -115,8 +116,5 @@ def read_inputs(dataset, paths, image_size: int, normalization: str = "minus_one
 def predict_probabilities(model, images: np.ndarray, multi_label: bool) -> np.ndarray:
     """Class probabilities: sigmoid (multi-label) or softmax of the model's logits."""
     graph = logits_graph(model)
-    logits = np.asarray(graph.model(graph.output).predict([images], verbose=0), np.float64)
-    if multi_label:
-        return 1.0 / (1.0 + np.exp(-logits))
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    logits = graph.model(graph.output).predict([images], verbose=0)
+    return probabilities_from_logits(logits, multi_label)

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from chestkd.scores import exact_auc, probabilities_from_logits
+
 _PACKAGE = "chestkd"
 
 
@@ -178,44 +180,21 @@ class MaskedAUC(keras.metrics.AUC):
                 "num_thresholds": self.num_thresholds, "name": self.name, "dtype": self.dtype}
 
 
-def auc_scores(logits, multi_label: bool) -> np.ndarray:
-    """float64 ranking scores from logits: ``sigmoid(z)`` (independent findings) or
-    ``softmax(z)`` over the classes (exclusive classes), as :class:`MaskedAUC` ranks them.
-
-    In float64 the sigmoid saturates only beyond |z| ~ 36, so it does not tie scores that the
-    logits order (float32 ties them from |z| ~ 17).
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    if multi_label:
-        return 0.5 * (1.0 + np.tanh(0.5 * logits))  # = 1 / (1 + exp(-z)), no overflow
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exponentials = np.exp(shifted)
-    return exponentials / exponentials.sum(axis=-1, keepdims=True)
-
-
-def exact_per_class_auc(y_true, scores) -> np.ndarray:
-    """(C,) exact one-vs-rest ROC AUC per class (scikit-learn's ``roc_auc_score``, ties
-    counted one half: the Mann-Whitney statistic), unknown (-1) labels left out; NaN for a
-    class without both a known positive and a known negative."""
-    from sklearn.metrics import roc_auc_score  # import on use: it is slow to import
-
-    y_true, scores = np.asarray(y_true), np.asarray(scores)
-    result = np.full(y_true.shape[-1], np.nan)
-    for c in range(y_true.shape[-1]):
-        known = y_true[:, c] >= 0
-        labels = y_true[known, c] > 0.5
-        if labels.any() and not labels.all():
-            result[c] = roc_auc_score(labels, scores[known, c])
-    return result
+# The ranking scores and the per-class AUC are chestkd.scores' (their one home); these names
+# are kept for the callers and tests that import them from here.
+auc_scores = probabilities_from_logits
+exact_per_class_auc = exact_auc
 
 
 def exact_mean_auc(y_true, logits, multi_label: bool) -> float:
-    """Mean over the DEFINED classes of :func:`exact_per_class_auc` of :func:`auc_scores`,
-    the exact counterpart of :class:`MaskedAUC`; 0 when no class is defined (as MaskedAUC).
+    """Mean over the DEFINED classes of :func:`chestkd.scores.exact_auc` of
+    :func:`chestkd.scores.probabilities_from_logits` (sigmoid or softmax scores, as
+    :class:`MaskedAUC` ranks them), the exact counterpart of :class:`MaskedAUC`; 0 when no class
+    is defined (as MaskedAUC). Unknown (-1) labels are left out of their class.
 
     .. math:: \\mathrm{AUC}_c = \\frac{1}{P_c N_c} \\sum_{i \\in P_c} \\sum_{j \\in N_c}
               \\left([s_{ic} > s_{jc}] + \\tfrac12 [s_{ic} = s_{jc}]\\right)
     """
-    per_class = exact_per_class_auc(y_true, auc_scores(logits, multi_label))
+    per_class = exact_auc(y_true, probabilities_from_logits(logits, multi_label))
     defined = per_class[~np.isnan(per_class)]
     return float(defined.mean()) if defined.size else 0.0
