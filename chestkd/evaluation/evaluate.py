@@ -36,9 +36,9 @@ from chestkd.evaluation.classification import (THRESHOLD_RULES, choose_threshold
 from chestkd.evaluation.model_card import write_model_card
 from chestkd.evaluation.metrics import (count_params, latency_per_image, mean_auc, per_class_auc,
                                         predict_logits, single_label_metrics)
+from chestkd.io import atomic_write_json
 from chestkd.scores import probabilities_from_logits
 from chestkd.training.experiment import image_options
-from chestkd.training.run import write_json
 
 # Deprecated name of chestkd.scores.probabilities_from_logits, kept for
 # chestkd.experiments.feature_kd until it imports that function.
@@ -227,9 +227,9 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
             results["epoch_seconds_mean"] = float(history["epoch_seconds"].mean())
         results["epochs_trained"] = int(len(history))
         plots.plot_training_curves(history, run_dir / f"{prefix}training_curves.png")
-    write_json(model_info(data, config, thresholds, results["model"]),
-               run_dir / f"{prefix}model_info.json")
-    write_json(results, run_dir / f"{prefix}metrics.json")
+    atomic_write_json(run_dir / f"{prefix}model_info.json",
+                      model_info(data, config, thresholds, results["model"]))
+    atomic_write_json(run_dir / f"{prefix}metrics.json", results)
     write_model_card(run_dir / f"{prefix}model_card.md", results, data, config)
     return results
 

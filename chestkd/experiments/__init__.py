@@ -5,4 +5,24 @@
 * :mod:`~chestkd.experiments.kd`: obtain a teacher, distil, evaluate, record;
 * :mod:`~chestkd.experiments.stages`: the finished stages of a run, for resuming;
 * :mod:`~chestkd.experiments.repeat`: one experiment over several seeds.
+
+The names in ``__all__`` are imported on first use.
 """
+from __future__ import annotations
+
+import importlib
+
+# public name -> the submodule defining it
+_PUBLIC = {
+    "obtain_model": "store", "copy_results": "store",
+    "kd_experiment": "kd", "distil": "kd", "resolve_kd_loss": "kd",
+    "Stages": "stages",
+    "over_seeds": "repeat",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'chestkd.experiments' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"chestkd.experiments.{_PUBLIC[name]}"), name)
