@@ -24,7 +24,10 @@
 
 Loss: the paper's L = H + lambda F + S is ``2 [(1 - a) H + a S + (lambda / 2) F]`` at
 ``alpha`` a = 0.5, so a weight here equals the paper's lambda / 2.
-With no data given it runs on the phantom with ``PHANTOM_CHAIN`` (small models).
+With no data given it runs on the phantom with :data:`PHANTOM_ASSISTANT` laid over the phantom
+profile (small models at 64 px: minutes on two CPU cores); the paper's settings are
+``--config recipes/assistant_kd.yaml`` (CheXpert) or ``recipes/covid19.yaml``. The run prints
+its plan first.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ import pandas as pd
 from chestkd.cli import main_of
 from chestkd.evaluation import markdown_table
 from chestkd.experiments.chain import chain_settings, copy_stage_results, run_chain
-from chestkd.experiments.feature_kd import distil_features, feature_terms_for
+from chestkd.errors import ConfigError
+from chestkd.experiments.feature_kd import distil_features, feature_terms_for, member_names
 from chestkd.experiments.kd import evaluate_once, resolve_kd_loss
 from chestkd.experiments.store import obtain_model
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, PHANTOM_DATASETS, resolve_config
@@ -44,16 +48,48 @@ from chestkd.training.experiment import build_model, load_run_data
 from chestkd.training.run import start_run, write_json
 
 PAPER_CHAIN = [["efficientnet_b6", "efficientnet_b7"], "densenet121", "conv3_student"]
-PHANTOM_CHAIN = [["resnet18", "resnet34"], "resnet32", "conv3_student"]
 DEFAULTS = {**BASE_DEFAULTS, "kd_loss": KD_DEFAULTS["kd_loss"],
             "temperature": 20.0, "alpha": 0.5,
-            "chain": None,              # None: PAPER_CHAIN, or PHANTOM_CHAIN on a phantom
+            "chain": PAPER_CHAIN,
             "learning_rates": None,     # one per stage; None: learning_rate for every stage
             "feature_distances": None,  # one per distillation stage (chestkd.experiments.chain)
             "feature_weights": None,
             "feature_layers": None,
             "feature_options": None,
             "ablation": True}
+# The recipe's phantom profile (laid over chestkd.training.config.PHANTOM_PROFILE, keys you
+# set win): an ensemble teacher of two small networks of different families, a ResNet-32
+# assistant and the 3-conv student at 64 px, so the chain and the ablation finish in minutes
+# on two CPU cores.
+PHANTOM_ASSISTANT = {"chain": [["resnet32", "baseline_cnn"], "resnet32", "conv3_student"],
+                     "image_size": 64, "phantom_size": 64, "phantom_images": 2000,
+                     "epochs": 10}
+RECIPE_PROFILES = {"phantom": PHANTOM_ASSISTANT}
+
+
+def plan(config, chain, settings) -> str:
+    """What the run will train, printed before anything is read or trained."""
+    images = (f"the phantom, {config['phantom_images']} films written at "
+              f"{config['phantom_size']} px" if config["dataset"] in PHANTOM_DATASETS
+              and not config.get("data_dir") else f"{config['dataset']} from "
+              f"{config.get('data_dir')}")
+    members = member_names(chain[0])
+    lines = [f"assistant_kd plan ({config.get('profile') or 'no'} profile): {images}; "
+             f"{config['image_size']} px, {config['epochs']} epochs per training, batch "
+             f"{config['batch_size']}, {config['optimizer']}, learning rates "
+             f"{', '.join(f'{float(r):g}' for r in settings['learning_rates'])} per stage",
+             f"  1. teacher {' + '.join(map(str, members))}: base training (model store)"
+             + (", logits averaged" if len(members) > 1 else "")]
+    for k, entry in enumerate(chain[1:]):
+        teacher = " + ".join(map(str, member_names(chain[k])))
+        lines.append(f"  {k + 2}. {entry} distilled from {teacher}: KD loss + "
+                     f"{settings['distances'][k]} x {settings['weights'][k]:g}")
+    if config.get("ablation"):
+        lines.append(f"  ablation: {chain[-1]} base-trained alone (model store) and "
+                     f"distilled straight from the teacher")
+    lines.append("  the paper's settings: --config recipes/assistant_kd.yaml "
+                 "(recipes/covid19.yaml: the COVID-19 case study)")
+    return "\n".join(lines)
 
 
 def scores_row(label: str, results: dict, stage_dir, multi_label: bool) -> dict:
@@ -106,11 +142,13 @@ def ablation(config, data, run_dir, chain, outcome) -> list:
 
 
 def run(argv=None) -> dict:
-    config = resolve_config(argv, DEFAULTS, __doc__)
-    chain = config.get("chain") or (PHANTOM_CHAIN if config["dataset"] in PHANTOM_DATASETS
-                                    and not config.get("data_dir") else PAPER_CHAIN)
-    config["chain"] = chain
-    chain_settings(config, chain)  # a bad option fails before any data is read
+    config = resolve_config(argv, DEFAULTS, __doc__, recipe_profiles=RECIPE_PROFILES)
+    chain = config.get("chain")
+    if not chain:
+        raise ConfigError(f"--chain {chain!r}: a list of stages, e.g. "
+                          f"[[efficientnet_b6, efficientnet_b7], densenet121, conv3_student]")
+    settings = chain_settings(config, chain)  # a bad option fails before any data is read
+    print(plan(config, chain, settings), flush=True)
     if not config.get("run_name") and not config.get("resume"):
         config["run_name"] = f"assistant_kd-{Path(str(chain[-1])).stem}"
     run_dir = start_run(config, "assistant_kd")

@@ -15,20 +15,27 @@
    ``branch<i>_features_pool`` for pooled models, ``branch<i>_fc1_relu`` for ``baseline_cnn``)
    through its own trainable projection (a Dense layer, not part of the saved student) and the
    teacher's (``features_pool`` for a pooled teacher): the paper's "high-level features
-   produced by the DenseNet-121". Default: ``mse`` (the FitNets hint) with weight 1, FitNets'
-   own weight. Every layer a run needs is checked before anything trains;
+   produced by the DenseNet-121". Default: ``mse`` (the FitNets hint) with weight 1, divided
+   by the mean square of the teacher's feature values on training images
+   (``feature_scale: teacher``; ``none`` keeps the raw hint). The paper gives neither the
+   distance nor a weight or scale; unscaled, a ResNet-32 teacher's pooled features (values
+   ~10^2) made the hint ~10^4 times the label loss and the ensemble stayed below its branches.
+   Every layer a run needs is checked before anything trains;
 4. ``table1.md``: the paper's Table 1 layout, base training and standard KD per branch model
-   (and the teacher's base AUC), plus the ensemble and each of its branches, with parameters
-   and latency.
+   (``standalone``: which of the two each branch model gets alone) and the teacher's base AUC,
+   plus the ensemble and each of its branches, with parameters and latency.
 
-With no data given it runs on the phantom; the profile's teacher is ``resnet32`` and the
-branches ``PHANTOM_BRANCHES`` (small models).
+With no data given it runs on the phantom with :data:`PHANTOM_ENSEMBLE` laid over the phantom
+profile (a ResNet-32 teacher and two small branches at 64 px: minutes on two CPU cores); the
+paper's settings are ``--config recipes/ensemble_kd.yaml``. The run prints its plan first.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import keras
+import numpy as np
 import pandas as pd
 
 from chestkd.cli import main_of
@@ -44,7 +51,8 @@ from chestkd.models import build, get_spec
 from chestkd.models.ensemble import (COMBINE, attach_branches, branch_feature_layers,
                                      branch_layer_name, ensemble_student, features_layer)
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, PHANTOM_DATASETS, resolve_config
-from chestkd.training.experiment import load_model, load_run_data
+from chestkd.data.pipeline import make_dataset
+from chestkd.training.experiment import image_options, load_model, load_run_data
 from chestkd.training.run import start_run, write_json
 
 PAPER_BRANCHES = ["mobilenet_v1", "vgg19", "resnet32", "resnet50"]
@@ -53,22 +61,38 @@ PAPER_BRANCHES = ["mobilenet_v1", "vgg19", "resnet32", "resnet50"]
 MOBILENET_NOTE = ("MobileNet: the ensemble paper's method names MobileNetV1, its Table 1 "
                   "MobileNetV2 (with Ho & Gwak's MobileNet-v1 AUCs); chestkd's paper default "
                   "is mobilenet_v1.")
-PHANTOM_BRANCHES = ["conv3_student", "resnet18", "resnet32"]
+STANDALONE = ("base", "kd")
+FEATURE_SCALES = ("teacher", "none")
+# Mean square of the teacher's feature values over at most this many training images.
+FEATURE_SCALE_IMAGES = 256
 DEFAULTS = {**BASE_DEFAULTS,
             **{k: KD_DEFAULTS[k] for k in ("kd_loss", "temperature", "alpha",
                                            "teacher_outputs")},
             "teacher": "densenet121",
-            "branches": None,           # None: PAPER_BRANCHES, or PHANTOM_BRANCHES on a phantom
+            "branches": PAPER_BRANCHES,
             "combine": "sum",
             "feature_distance": "mse",
-            "feature_weight": 1.0}
+            "feature_weight": 1.0,
+            # teacher: the feature term divided by the teacher features' mean square (a
+            # relative error, the same at any feature scale) | none: the raw distance
+            "feature_scale": "teacher",
+            # what each branch model gets alone, beside the ensemble: base training (model
+            # store) and/or standard KD from the teacher (Table 1's two columns)
+            "standalone": list(STANDALONE)}
+# The recipe's phantom profile (laid over chestkd.training.config.PHANTOM_PROFILE, keys you
+# set win): a ResNet-32 teacher and two small branches of different families at 64 px, so the
+# teacher, the 2 x 2 standalone trainings and the ensemble finish in minutes on two CPU cores.
+PHANTOM_ENSEMBLE = {"teacher": "resnet32", "branches": ["conv3_student", "baseline_cnn"],
+                    "image_size": 64, "phantom_size": 64, "phantom_images": 2000,
+                    "epochs": 10}
+RECIPE_PROFILES = {"phantom": PHANTOM_ENSEMBLE}
 
 
-def pooled_feature_terms(model, teacher_layer: str, config) -> list:
+def pooled_feature_terms(model, teacher_layer: str, config, scale: float = 1.0) -> list:
     """One FeatureTerm per branch: its feature vector -> projection -> the teacher's
-    ``teacher_layer`` (metric ``feature_branch<i>_pool``)."""
+    ``teacher_layer`` (metric ``feature_branch<i>_pool``), weight ``feature_weight / scale``."""
     return [FeatureTerm(layer, teacher_layer, config["feature_distance"],
-                        weight=float(config["feature_weight"]), adapter="always",
+                        weight=float(config["feature_weight"]) / float(scale), adapter="always",
                         name=f"feature_{branch_layer_name(index, 'pool')}")
             for index, layer in enumerate(branch_feature_layers(model))]
 
@@ -106,15 +130,76 @@ def model_row(label, auc, model, config, role) -> dict:
                 repeats=int(config.get("latency_images", 32)))["median_ms"])}
 
 
-def run(argv=None) -> dict:
-    config = resolve_config(argv, DEFAULTS, __doc__)
-    phantom = config["dataset"] in PHANTOM_DATASETS and not config.get("data_dir")
-    branches = config.get("branches") or (PHANTOM_BRANCHES if phantom else PAPER_BRANCHES)
-    if isinstance(branches, str) or not all(isinstance(b, str) for b in branches):
+def teacher_feature_scale(teacher, layer: str, data, config) -> float:
+    """Mean square of the teacher's ``layer`` values over the first
+    :data:`FEATURE_SCALE_IMAGES` training images (no augmentation); 1 with ``feature_scale:
+    none``. Dividing the feature term by it makes the term a relative error."""
+    if config["feature_scale"] == "none":
+        return 1.0
+    features = keras.Model(teacher.inputs, teacher.get_layer(layer).output)
+    images = make_dataset(data, "train", batch_size=int(config["batch_size"]),
+                          shuffle=False, **image_options(data, config))
+    total, count = 0.0, 0
+    for batch in images:
+        values = np.asarray(features(batch[0], training=False), np.float64)
+        total, count = total + float(np.sum(values ** 2)), count + values.size
+        if count >= FEATURE_SCALE_IMAGES * values[0].size:
+            break
+    scale = total / max(count, 1)
+    if not np.isfinite(scale) or scale <= 0:
+        raise ConfigError(f"feature_scale teacher: the teacher's {layer} values are all zero "
+                          f"(or not finite) on the training images; use feature_scale=none")
+    return scale
+
+
+def check_options(config) -> list:
+    """The branch list, after checking every option this recipe adds (before any data)."""
+    branches = config.get("branches")
+    if isinstance(branches, str) or not branches or not all(isinstance(b, str)
+                                                            for b in branches):
         raise ConfigError(f"--branches {branches!r}: a list of model names, e.g. "
                           f"[mobilenet_v1, vgg19, resnet32, resnet50]")
     if config["combine"] not in COMBINE:
         raise ConfigError(f"--combine {config['combine']!r}: choose one of {', '.join(COMBINE)}")
+    if config["feature_scale"] not in FEATURE_SCALES:
+        raise ConfigError(f"--feature-scale {config['feature_scale']!r}: choose one of "
+                          f"{', '.join(FEATURE_SCALES)}")
+    standalone = config.get("standalone") or []
+    if isinstance(standalone, str) or set(standalone) - set(STANDALONE):
+        raise ConfigError(f"--standalone {standalone!r}: a list of {', '.join(STANDALONE)} "
+                          f"(or [] for the ensemble alone)")
+    return list(branches)
+
+
+def plan(config, branches) -> str:
+    """What the run will train, printed before anything is read or trained."""
+    images = (f"the phantom, {config['phantom_images']} films written at "
+              f"{config['phantom_size']} px" if config["dataset"] in PHANTOM_DATASETS
+              and not config.get("data_dir") else f"{config['dataset']} from "
+              f"{config.get('data_dir')}")
+    standalone = [s for s in STANDALONE if s in (config.get("standalone") or [])]
+    alone = {"base": "base training", "kd": "standard KD from the teacher"}
+    return "\n".join([
+        f"ensemble_kd plan ({config.get('profile') or 'no'} profile): {images}; "
+        f"{config['image_size']} px, {config['epochs']} epochs per training, batch "
+        f"{config['batch_size']}, {config['optimizer']} lr {config['learning_rate']:g}",
+        f"  1. teacher {config['teacher']}: "
+        + ("loaded" if str(config["teacher"]).endswith(".keras") else
+           "base training (model store)"),
+        "  2. each branch model alone: "
+        + (" and ".join(alone[s] for s in standalone) if standalone else "nothing (standalone=[])")
+        + f" ({', '.join(dict.fromkeys(branches))})",
+        f"  3. the ensemble student ({config['combine']} of {' + '.join(branches)}) distilled "
+        f"from the teacher: KD loss + {config['feature_distance']} feature term x "
+        f"{config['feature_weight']:g} per branch"
+        + (" / the teacher features' mean square" if config["feature_scale"] == "teacher"
+           else ""),
+        "  the paper's settings: --config recipes/ensemble_kd.yaml"])
+
+
+def run(argv=None) -> dict:
+    config = resolve_config(argv, DEFAULTS, __doc__, recipe_profiles=RECIPE_PROFILES)
+    branches = check_options(config)
     # Every model name is checked before anything trains (a typo is exit 2, not a teacher
     # trained for nothing).
     for name in [*branches, *([] if str(config["teacher"]).endswith(".keras")
@@ -123,6 +208,7 @@ def run(argv=None) -> dict:
     config["branches"] = list(branches)
     if not config.get("run_name") and not config.get("resume"):
         config["run_name"] = f"ensemble_kd-{Path(str(config['teacher'])).stem}"
+    print(plan(config, branches), flush=True)
     run_dir = start_run(config, "ensemble_kd")
     print(f"run directory: {run_dir}")
     data = load_run_data(config, run_dir)
@@ -136,22 +222,33 @@ def run(argv=None) -> dict:
               "base training": teacher_results["mean_auc"], "standard KD": None,
               "EKD branch": None, "EKD": None,
               "params": teacher_results["params"]["total"]}]
-    for name in dict.fromkeys(branches):
-        _, base_source = obtain_model(config, data, name)
-        base = json.loads((Path(base_source) / "metrics.json").read_text()) \
-            if Path(base_source).is_dir() else {"mean_auc": float("nan")}
-        kd_dir = run_dir / f"standard_kd_{name}"
-        student = distil(config, kd_dir, data, teacher, name)
-        kd_results = evaluate_once(student, data, config, kd_dir, model_name=name)
-        table.append({"model": name, "role": "branch model", "base training": base["mean_auc"],
-                      "standard KD": kd_results["mean_auc"], "EKD branch": None, "EKD": None,
-                      "params": kd_results["params"]["total"]})
+    standalone = config.get("standalone") or []
     size = int(config["image_size"])
+    for name in dict.fromkeys(branches):
+        row = {"model": name, "role": "branch model", "base training": None,
+               "standard KD": None, "EKD branch": None, "EKD": None,
+               "params": int(count_params(build(name, data.num_classes, (size, size, 3),
+                                                weights=None))["total"])}
+        if "base" in standalone:
+            _, base_source = obtain_model(config, data, name)
+            row["base training"] = json.loads(
+                (Path(base_source) / "metrics.json").read_text())["mean_auc"] \
+                if Path(base_source).is_dir() else float("nan")
+        if "kd" in standalone:
+            kd_dir = run_dir / f"standard_kd_{name}"
+            student = distil(config, kd_dir, data, teacher, name)
+            row["standard KD"] = evaluate_once(student, data, config, kd_dir,
+                                               model_name=name)["mean_auc"]
+        table.append(row)
+    scale = teacher_feature_scale(teacher, teacher_layer, data, config)
+    print(f"feature term: {config['feature_distance']} x {config['feature_weight']:g} / "
+          f"{scale:.4g} (the teacher's {teacher_layer} mean square; feature_scale="
+          f"{config['feature_scale']})", flush=True)
     ensemble = distil_features(
         config, run_dir / "ensemble", data, [teacher],
         lambda: ensemble_student(branches, data.num_classes, (size, size, 3),
                                  combine=config["combine"], weights=config.get("weights")),
-        terms_for=lambda model: pooled_feature_terms(model, teacher_layer, config))
+        terms_for=lambda model: pooled_feature_terms(model, teacher_layer, config, scale))
     attach_branches(ensemble, branches)
     ensemble_results = evaluate_once(ensemble, data, config, run_dir / "ensemble",
                                      model_name=f"ensemble({', '.join(branches)})")
@@ -177,8 +274,10 @@ def run(argv=None) -> dict:
         f"# Ensemble KD on {data.name}: {config['teacher']} -> {' + '.join(branches)}", "",
         f"Mean test AUC. KD loss {config['kd_loss_used']}, T = {config['temperature']:g}, "
         f"alpha = {config['alpha']:g}; feature term {config['feature_distance']} x "
-        f"{config['feature_weight']:g} per branch (its feature vector, the layer its logits "
-        f"read, projected onto the teacher's {teacher_layer})."
+        f"{config['feature_weight']:g} / {scale:.4g} per branch (its feature vector, the layer "
+        f"its logits read, projected onto the teacher's {teacher_layer}; the divisor is the "
+        f"teacher features' mean square, feature_scale={config['feature_scale']}: the paper "
+        f"gives no weight or scale)."
         + (f" {MOBILENET_NOTE}" if {"mobilenet_v1", "mobilenet_v2"} & set(branches) else ""),
         "",
         markdown_table(frame.astype(object).where(frame.notna(), "--"), ".4f"), "",
@@ -187,6 +286,7 @@ def run(argv=None) -> dict:
     print("\n" + text)
     results = {"recipe": "ensemble_kd", "teacher": str(config["teacher"]),
                "teacher_source": str(source), "branches": branches,
+               "feature_scale": {"mode": config["feature_scale"], "value": scale},
                "table1": json.loads(frame.to_json(orient="records")),
                "branch_table": branch_rows, "ensemble": {
                    k: ensemble_results[k] for k in ("mean_auc", "params", "latency")},

@@ -16,18 +16,53 @@ strategies of Ho & Gwak (2020), one recipe with the strategy as an option.
 ``--kd-loss`` unset follows the data: ``sigmoid`` for multi-label findings, ``hinton`` for
 exclusive classes. ``python -m chestkd.recipes.standard_kd`` (``reversed_kd``,
 ``defective_kd``) is this recipe with that strategy.
+
+With no data given it runs on the phantom with the phantom profile
+(:data:`chestkd.training.config.PHANTOM_PROFILE`: a ResNet-32 teacher, the 3-conv student,
+the main job's phantom and schedule); the paper's settings are ``--config recipes/X.yaml``
+(``recipes/table1/standard_kd-resnet152-densenet121.yaml``: one file per Table 1
+cell, on the shared ``recipes/paper_kd.yaml``). The run prints its plan first.
 """
 from chestkd.cli import main_of
 from chestkd.experiments.kd import kd_experiment
 from chestkd.experiments.repeat import over_seeds
-from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, resolve_config
+from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, PHANTOM_DATASETS, resolve_config
 
 DEFAULTS = {**BASE_DEFAULTS, **KD_DEFAULTS}
+
+
+def plan(config) -> str:
+    """What the run will train, printed before anything is read or trained."""
+    images = (f"the phantom, {config['phantom_images']} films written at "
+              f"{config['phantom_size']} px" if config["dataset"] in PHANTOM_DATASETS
+              and not config.get("data_dir") else f"{config['dataset']} from "
+              f"{config.get('data_dir')}")
+    strategy = config["strategy"]
+    teacher, student = config["teacher"], config["student"]
+    if strategy == "reversed":
+        teacher, student = student, teacher
+    teacher_epochs = int(config.get("teacher_epochs") or config["epochs"])
+    how = ("loaded" if str(teacher).endswith(".keras") else
+           f"base training, {teacher_epochs} epochs (model store)"
+           + (f", its checkpoint at {float(config['defective_fraction']):g} of them"
+              if strategy == "defective" else ""))
+    seeds = f"; once per seed {config['seeds']}" if config.get("seeds") else ""
+    return "\n".join([
+        f"kd plan ({config.get('profile') or 'no'} profile, {strategy} KD): {images}; "
+        f"{config['image_size']} px, batch {config['batch_size']}, {config['optimizer']} lr "
+        f"{config['learning_rate']:g}{seeds}",
+        f"  1. teacher {teacher}: {how}",
+        f"  2. student {student} distilled from it, {config['epochs']} epochs (KD loss "
+        f"{config['kd_loss'] or 'by the data'}, T = {config['temperature']:g}, alpha = "
+        f"{config['alpha']:g}, {config['teacher_outputs']} teacher outputs)",
+        "  the paper's settings: --config recipes/table1/"
+        f"{strategy}_kd-resnet152-densenet121.yaml (one file per Table 1 cell)"])
 
 
 def run(argv=None, *, strategy: str | None = None) -> dict:
     defaults = DEFAULTS if strategy is None else {**DEFAULTS, "strategy": strategy}
     config = resolve_config(argv, defaults, __doc__)
+    print(plan(config), flush=True)
     return over_seeds(kd_experiment, config) if config.get("seeds") else kd_experiment(config)
 
 

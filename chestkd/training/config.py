@@ -273,8 +273,13 @@ def _bare_booleans(argv: list, defaults: dict) -> list:
     return out
 
 
-def resolve_config(argv, defaults: dict, description: str = "") -> dict:
+def resolve_config(argv, defaults: dict, description: str = "",
+                   recipe_profiles: dict | None = None) -> dict:
     """Merge defaults, the phantom profile, a YAML file, flags and key=value pairs.
+
+    ``recipe_profiles`` (profile name -> values): a recipe's own values for a profile, laid
+    over :data:`PROFILES` (e.g. the ensemble recipe's smaller phantom: its branches, image size,
+    epochs); they apply exactly when and where that profile does.
 
     ``config["_given"]`` lists the keys set on the command line (keys starting with ``_``
     are runtime-only and never saved).
@@ -302,18 +307,21 @@ def resolve_config(argv, defaults: dict, description: str = "") -> dict:
     if profile is None and dataset in PHANTOM_DATASETS:
         profile = "phantom"
     if profile is not None:
-        apply_profile(config, profile, dataset=dataset, explicit=given)
+        apply_profile(config, profile, dataset=dataset, explicit=given,
+                      recipe_values=(recipe_profiles or {}).get(profile))
     config.update(given)
     if config_file:
         config["config_file"] = str(config_file)
     config["_given"] = sorted(on_command_line)
     config["_explicit"] = sorted(given)   # set anywhere: an automatic profile keeps them
+    config["_recipe_profiles"] = dict(recipe_profiles or {})
     if "augment" in config and "dataset" in config:
         resolve_augment(config)   # recorded resolved, so the saved run says what ran
     return config
 
 
-def apply_profile(config: dict, name, *, dataset: str, explicit: dict) -> dict:
+def apply_profile(config: dict, name, *, dataset: str, explicit: dict,
+                  recipe_values: dict | None = None) -> dict:
     """Give the keys of profile ``name`` (:data:`PROFILES`) that ``config`` has and that are
     not in ``explicit`` (the options set in a file, a flag or key=value, with their values)
     the profile's values; records ``config["profile"]``. The phantom's label noise goes to
@@ -322,7 +330,7 @@ def apply_profile(config: dict, name, *, dataset: str, explicit: dict) -> dict:
     keeps the flip (it holds the flipped view only)."""
     if name not in PROFILES:
         raise ConfigError(f"--profile {name!r}: choose one of {', '.join(PROFILES)}")
-    values = dict(PROFILES[name])
+    values = {**PROFILES[name], **(recipe_values or {})}   # the recipe's own values win
     if name == "phantom" and dataset != "phantom":
         values = {k: v for k, v in values.items() if k not in MULTI_LABEL_PHANTOM_ONLY}
     if name == "small-real":
@@ -348,7 +356,8 @@ def apply_small_data_profile(config: dict, train_images: int) -> bool:
     explicit = {k: config.get(k) for k in config["_explicit"]}
     if "augment" not in explicit and "augment" in config:
         config["augment"] = None   # resolved anew below (it was resolved without a profile)
-    apply_profile(config, "small-real", dataset=config["dataset"], explicit=explicit)
+    apply_profile(config, "small-real", dataset=config["dataset"], explicit=explicit,
+                  recipe_values=config.get("_recipe_profiles", {}).get("small-real"))
     if "augment" in config:
         resolve_augment(config)
     kept = sorted(set(explicit) & set(SMALL_REAL_PROFILE))
