@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import cv2
-import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,12 +14,17 @@ from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import make_dataset
 from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model, print_results, statistics
-from chestkd.evaluation.metrics import per_class_auc, predict_logits, sigmoid
+from chestkd.evaluation.metrics import per_class_auc, predict_logits
+from chestkd.scores import probabilities_from_logits
 
 SIZE = 16
 CLASSES = ["a", "b", "c"]
 CONFIG = {"batch_size": 8, "image_size": SIZE, "normalization": "zero_one", "seed": 0,
           "bootstrap": 200, "latency_images": 2, "model": "tiny"}
+
+
+def sigmoid_of(logits):
+    return probabilities_from_logits(logits, multi_label=True)
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +48,11 @@ def data(tmp_path_factory):
     return Dataset("toy", CLASSES, True, np.array(paths), labels, patients, split, root=folder)
 
 
-def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(4, 8, strides=8),
-                             keras.layers.Flatten(), keras.layers.Dense(3)])
+@pytest.fixture
+def model_of(tiny_classifier):
+    """This file's model of a seed: a strided Conv2D(4, 8), Flatten, Dense(3) logits."""
+    return lambda seed=0: tiny_classifier((SIZE, SIZE, 3), 3, seed=seed,
+                                          conv={"filters": 4, "kernel_size": 8, "strides": 8})
 
 
 def _with_clean_labels(data, flip=0.25):
@@ -60,8 +65,8 @@ def _with_clean_labels(data, flip=0.25):
     return copy
 
 
-def test_predict_logits_runs_one_tf_function_equal_to_the_eager_model(data):
-    model = _model()
+def test_predict_logits_runs_one_tf_function_equal_to_the_eager_model(data, model_of):
+    model = model_of()
     test = make_dataset(data, "test", batch_size=16, image_size=SIZE, normalization="zero_one")
     logits, y = predict_logits(model, test)  # batches of 16, 16, 8: the last one retraces
     images = np.concatenate([x.numpy() for x, _ in test])
@@ -72,8 +77,9 @@ def test_predict_logits_runs_one_tf_function_equal_to_the_eager_model(data):
     np.testing.assert_allclose(compiled, logits, rtol=1e-4, atol=1e-5)
 
 
-def test_evaluate_model_reports_intervals_calibration_and_predictions(data, tmp_path, capsys):
-    model = _model()
+def test_evaluate_model_reports_intervals_calibration_and_predictions(data, tmp_path, capsys,
+                                                                      model_of):
+    model = model_of()
     results = evaluate_model(model, data, dict(CONFIG), tmp_path)
     assert results["labels"] == "as given" and not any(k.startswith("noisy_") for k in results)
     assert results["test_images"] == 40 and results["test_patients"] == 20
@@ -83,7 +89,7 @@ def test_evaluate_model_reports_intervals_calibration_and_predictions(data, tmp_
     assert results["bootstrap"]["resamples"] == 200 and results["bootstrap"]["unit"] == "patient"
     # the same numbers as the statistics module on the pipeline's outputs
     test = data.subset("test")
-    boot = statistics.bootstrap_auc(test.labels, sigmoid(predict_logits(model, make_dataset(
+    boot = statistics.bootstrap_auc(test.labels, sigmoid_of(predict_logits(model, make_dataset(
         data, "test", batch_size=8, image_size=SIZE, normalization="zero_one"))[0]),
         test.patients, n_boot=200, seed=0)
     assert results["mean_auc_ci"] == pytest.approx(boot["mean_ci"])
@@ -108,7 +114,7 @@ def test_evaluate_model_reports_intervals_calibration_and_predictions(data, tmp_
         np.testing.assert_array_equal(npz["paths"], test.paths)
         np.testing.assert_array_equal(npz["patients"], test.patients)
         assert list(npz["class_names"]) == CLASSES
-        assert per_class_auc(npz["labels"], sigmoid(npz["logits"]), CLASSES)["auc"].tolist() \
+        assert per_class_auc(npz["labels"], sigmoid_of(npz["logits"]), CLASSES)["auc"].tolist() \
             == pytest.approx(list(results["per_class_auc"].values()))
 
     print_results(results)
@@ -118,9 +124,9 @@ def test_evaluate_model_reports_intervals_calibration_and_predictions(data, tmp_
 
 
 def test_clean_labels_are_the_headline_and_noisy_ones_are_reported_beside(data, tmp_path,
-                                                                        capsys):
+                                                                        capsys, model_of):
     noisy_data = _with_clean_labels(data)
-    model = _model()
+    model = model_of()
     results = evaluate_model(model, noisy_data, dict(CONFIG), tmp_path, prefix="x_")
     assert results["labels"] == "clean"
     plain = evaluate_model(model, data, {**CONFIG, "bootstrap": 0}, tmp_path, prefix="plain_")
@@ -142,10 +148,10 @@ def test_clean_labels_are_the_headline_and_noisy_ones_are_reported_beside(data, 
     assert "mean_auc_ci" not in plain and "bootstrap" not in plain
 
 
-def test_two_finished_runs_are_compared_from_their_predictions(data, tmp_path):
+def test_two_finished_runs_are_compared_from_their_predictions(data, tmp_path, model_of):
     noisy_data = _with_clean_labels(data)
     for seed in (0, 1):
-        evaluate_model(_model(seed), noisy_data, dict(CONFIG), tmp_path, prefix=f"m{seed}_",
+        evaluate_model(model_of(seed), noisy_data, dict(CONFIG), tmp_path, prefix=f"m{seed}_",
                        model_name=f"model{seed}")
     summary, table = statistics.compare_predictions(tmp_path / "m0_test_predictions.npz",
                                                     tmp_path / "m1_test_predictions.npz",
@@ -160,7 +166,7 @@ def test_two_finished_runs_are_compared_from_their_predictions(data, tmp_path):
     assert set(table["test"]) == {"paired patient bootstrap"}  # per class too: patient-aware
     # a run on other test images is refused
     other = data.select(np.r_[np.arange(20), np.arange(21, 60), 20])
-    evaluate_model(_model(), other, {**CONFIG, "bootstrap": 0}, tmp_path, prefix="o_")
+    evaluate_model(model_of(), other, {**CONFIG, "bootstrap": 0}, tmp_path, prefix="o_")
     with pytest.raises(ConfigError, match="same images"):
         statistics.compare_predictions(tmp_path / "m0_test_predictions.npz",
                                        tmp_path / "o_test_predictions.npz", n_boot=10, seed=0)
@@ -201,16 +207,16 @@ def _youden(y, p, threshold):
     return decided[y == 1].mean() - decided[y == 0].mean()
 
 
-def test_thresholds_are_chosen_on_the_validation_split_and_recorded_with_the_model(data,
-                                                                                   tmp_path):
+def test_thresholds_are_chosen_on_the_validation_split_and_recorded_with_the_model(
+        data, tmp_path, model_of):
     with_val = _with_val_split(data)
-    model = _model()
+    model = model_of()
     results = evaluate_model(model, with_val, {**CONFIG, "bootstrap": 0}, tmp_path)
     thresholds = results["thresholds"]
     assert thresholds["rule"] == "youden" and thresholds["values"] == thresholds["youden"]
     assert thresholds["split"].startswith("val (10 images)")
     val = with_val.subset("val")
-    p = sigmoid(predict_logits(model, make_dataset(with_val, "val", batch_size=8,
+    p = sigmoid_of(predict_logits(model, make_dataset(with_val, "val", batch_size=8,
                                                    image_size=SIZE,
                                                    normalization="zero_one"))[0])
     for c in range(3):  # Youden's J at the chosen cut is the best over every possible cut
@@ -240,7 +246,7 @@ def test_thresholds_are_chosen_on_the_validation_split_and_recorded_with_the_mod
                        tmp_path, prefix="x_")
 
 
-def test_without_a_validation_split_every_threshold_is_one_half(data, tmp_path):
-    results = evaluate_model(_model(), data, {**CONFIG, "bootstrap": 0}, tmp_path)
+def test_without_a_validation_split_every_threshold_is_one_half(data, tmp_path, model_of):
+    results = evaluate_model(model_of(), data, {**CONFIG, "bootstrap": 0}, tmp_path)
     assert results["thresholds"]["values"] == [0.5] * 3
     assert "no validation split" in results["thresholds"]["split"]

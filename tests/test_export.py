@@ -110,10 +110,10 @@ def test_tensorflow_fallback_ops_are_found_and_refused(tmp_path):
         export.export_litert(model, tmp_path / "refused.tflite")
 
 
-def test_without_keras_litert_or_ai_edge_litert_the_older_paths_are_used(tmp_path,
-                                                                          monkeypatch):
-    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
-                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+def test_without_keras_litert_or_ai_edge_litert_the_older_paths_are_used(tmp_path, monkeypatch,
+                                                                          tiny_classifier):
+    model = tiny_classifier((8, 8, 3), 2, conv={"filters": 4, "kernel_size": 3},
+                            pooling="average", seed=None)
     monkeypatch.setattr(export, "litert_export_available", lambda: False)
     path = tmp_path / "old.tflite"
     assert export.export_litert(model, path) == "tf.lite converter (Keras < 3.13)"

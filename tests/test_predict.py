@@ -191,14 +191,12 @@ def test_exclusive_classes_are_decided_by_the_arg_max_with_the_flags_beside(run_
         assert set(frame["per_class_flags"]) == {flagged}
 
 
-def test_an_integer_input_tflite_model_saturates_instead_of_wrapping(tmp_path):
+def test_an_integer_input_tflite_model_saturates_instead_of_wrapping(tmp_path,
+                                                                      tiny_classifier):
     """An int8-input model calibrated on [-1, 1]: pixels just past the largest input int8 can
     hold must read as that largest input (127), not wrap around to the smallest (-128)."""
-    import keras
     import tensorflow as tf
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(),
-                              keras.layers.Dense(2)])
+    model = tiny_classifier((4, 4, 3), 2, seed=0)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     rng = np.random.default_rng(0)
