@@ -453,7 +453,9 @@ BOOKKEEPING_KEYS = frozenset({
 # Options added after chestkd 0.1, with the value that reproduces 0.1's behaviour. At that
 # value a key is left out of ``config_id``, so runs, table cells and model-store entries
 # written before the option existed are still found (tests/test_legacy_runs.py).
-ADDED_OPTION_DEFAULTS: dict = {"checkpoint": "best_val", "images": "all"}
+ADDED_OPTION_DEFAULTS: dict = {"checkpoint": "best_val", "images": "all",
+                               # ensemble_kd (issue 18): the raw hint, both standalone columns
+                               "feature_scale": "none", "standalone": ["base", "kd"]}
 
 
 def config_id(config: dict, keys=None) -> str:
