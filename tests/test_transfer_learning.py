@@ -237,6 +237,10 @@ def test_the_verdict_names_setups_whose_interval_reaches_one_half():
                 [2, 11, 11, 23, 11])]
     text = transfer_learning.verdict(rows)
     assert text.startswith("NOT the paper's story") and transfer_learning.SETUPS[2][1] in text
+    assert "within 0.02 of the teacher" in text
+    rows[3]["auc_ci"], rows[3]["auc"] = [0.42, 0.67], 0.54     # a teacher at chance
+    assert "not from distillation" in transfer_learning.verdict(rows)
+    rows[3]["auc_ci"], rows[3]["auc"] = [0.8, 0.95], 0.90
     assert transfer_learning.SETUPS[1][1] not in text.split("Transfer vs.")[0]
     rows[2]["auc_ci"] = [0.7, 0.95]
     text = transfer_learning.verdict(rows)

@@ -276,10 +276,14 @@ def verdict(rows: list[dict]) -> str:
                  + ("transfer ahead, as in the paper" if best_transfer > base
                     else "NOT ahead, unlike the paper") + ").")
     teacher, student = by_setup["teacher"]["auc"], by_setup["student"]["auc"]
+    failed_aucs = {r["auc"] for r in rows if r["setup"] in failed}
     lines.append(f"Student vs. teacher: AUC {student:.3f} vs. {teacher:.3f} with "
                  f"{by_setup['student']['parameters'] / by_setup['teacher']['parameters']:.0%} "
                  "of its parameters ("
-                 + ("within 0.02 of the teacher or above it, as in the paper"
+                 + ("far above a teacher that did not learn: the student's AUC comes from "
+                    "its labels and its own end-to-end training, not from distillation"
+                    if teacher in failed_aucs and student > teacher + 0.02
+                    else "within 0.02 of the teacher or above it, as in the paper"
                     if student >= teacher - 0.02 else "more than 0.02 below the teacher")
                  + "). Differences between rows smaller than their intervals are not "
                  "evidence either way.")
