@@ -94,6 +94,19 @@ def test_every_exact_auc_caller_gives_sklearns_value_with_ties_unknowns_and_one_
         np.mean([roc_auc_score(one_hot[:, c], softmax[:, c]) for c in range(3)]), abs=1e-15)
 
 
+def test_large_negative_logits_keep_their_ranking_in_every_auc():
+    # A badly calibrated model (one epoch: logits of -250) ranked these films perfectly; the
+    # former clip at -60 (evaluation) and tanh form (validation AUC) scored the class 0.5.
+    from chestkd.evaluation.metrics import per_class_auc
+    from chestkd.training.losses import exact_mean_auc
+
+    logits = np.linspace(-250.0, -61.0, 12)[:, None]
+    labels = (np.arange(12) >= 6).astype(np.float64)[:, None]
+    p = probabilities_from_logits(logits, multi_label=True)
+    assert per_class_auc(labels, p, ["finding"])["auc"].tolist() == [1.0]
+    assert exact_mean_auc(labels, logits, multi_label=True) == 1.0
+
+
 SIGMOID = re.compile(r"1(\.0)?\s*/\s*\(\s*1(\.0)?\s*\+\s*(np\.)?exp")
 SOFTMAX = re.compile(r"exp\(\s*\w+\s*-\s*\w+\.max\(")
 AUC = re.compile(r"roc_auc_score\(|reduceat\(")
