@@ -60,6 +60,7 @@ from chestkd.experiments.stages import Stages
 from chestkd.experiments.store import obtain_model
 from chestkd.models.weights import source_model_file, transfer_weights
 from chestkd.models.zoo import build, freeze_backbone, get_spec, unfreeze_backbone
+from chestkd.scores import probabilities_from_logits
 from chestkd.training.config import (BASE_DEFAULTS, PHANTOM_DATASETS, load_yaml,
                                      resolve_config, save_config)
 from chestkd.training.experiment import (best_model, compile_classifier, load_model,
@@ -222,8 +223,7 @@ def table_row(setup: str, title: str, folder: Path, results: dict, positive: int
         logits = npz["logits"]
         truth = npz["clean_labels"] if "clean_labels" in npz.files else npz["labels"]
         names = [str(n) for n in npz["class_names"]]
-    shifted = np.exp(logits - logits.max(1, keepdims=True))
-    probs = shifted / shifted.sum(1, keepdims=True)
+    probs = probabilities_from_logits(logits, multi_label=False)
     binary = len(names) == 2
     argmax_accuracy = float((truth.argmax(1) == probs.argmax(1)).mean())
     if binary:
