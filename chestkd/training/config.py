@@ -455,7 +455,13 @@ BOOKKEEPING_KEYS = frozenset({
 # written before the option existed are still found (tests/test_legacy_runs.py).
 ADDED_OPTION_DEFAULTS: dict = {"checkpoint": "best_val", "images": "all",
                                # ensemble_kd (issue 18): the raw hint, both standalone columns
-                               "feature_scale": "none", "standalone": ["base", "kd"]}
+                               "feature_scale": "none", "standalone": ["base", "kd"],
+                               # ros_kd (issue 15): 0.1's overlap reading, draw and Baseline III
+                               "overlap_mode": "circle", "weight_draw": "normalised",
+                               "confidence_temperature": 0.1, "baseline_iii_combine": "logits",
+                               "baseline_iii_teachers": "full",
+                               # transfer_learning (issue 15): 0.1's fine-tuning
+                               "finetune_batchnorm": "frozen", "head_lr_factor": 1.0}
 
 
 def config_id(config: dict, keys=None) -> str:
