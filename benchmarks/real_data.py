@@ -83,6 +83,11 @@ SETTINGS = {
     # the same at 32 px: 4x less compute, for a machine shared by many jobs
     "conv3-32px": {**COMMON, "model": "conv3_student", "image_size": 32, "learning_rate": 3e-4,
                    "weight_decay": 1e-2, "epochs": 10},
+    "conv3-32px-classweight": {**COMMON, "model": "conv3_student", "image_size": 32,
+                               "learning_rate": 3e-4, "weight_decay": 1e-2, "epochs": 10,
+                               "class_weight": True},
+    "conv3-32px-adam1e-3": {**COMMON, "model": "conv3_student", "image_size": 32,
+                            "learning_rate": 1e-3, "weight_decay": 1e-4, "epochs": 10},
     "conv3-32px-phantom-ft": {**COMMON, "model": "conv3_student", "image_size": 32,
                               "learning_rate": 3e-4, "weight_decay": 1e-2, "epochs": 10,
                               "init": "phantom"},
