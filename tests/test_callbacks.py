@@ -12,8 +12,8 @@ from chestkd.distill import Distiller, KDLoss
 from chestkd.errors import ConfigError
 from chestkd.training.callbacks import EpochSnapshot, ExactValidationAUC
 from chestkd.training.config import BASE_DEFAULTS
-from chestkd.training.losses import (MaskedAUC, MaskedBinaryCrossentropy, auc_scores,
-                                     exact_mean_auc, exact_per_class_auc)
+from chestkd.scores import exact_auc, probabilities_from_logits
+from chestkd.training.losses import MaskedAUC, MaskedBinaryCrossentropy, exact_mean_auc
 from chestkd.training.trainer import fit
 
 
@@ -36,7 +36,7 @@ def test_exact_mean_auc_leaves_out_unknown_labels_and_undefined_classes():
     known = y[:, 0] >= 0
     expected = [roc_auc_score(y[known, 0], sigmoid(logits[known, 0])),
                 roc_auc_score(y[:, 1], sigmoid(logits[:, 1]))]
-    per_class = exact_per_class_auc(y, auc_scores(logits, multi_label=True))
+    per_class = exact_auc(y, probabilities_from_logits(logits, multi_label=True))
     np.testing.assert_allclose(per_class[:2], expected)
     assert np.isnan(per_class[2])
     assert exact_mean_auc(y, logits, multi_label=True) == pytest.approx(np.mean(expected))

@@ -5,8 +5,6 @@ import configparser
 import json
 from pathlib import Path
 
-import pytest
-
 from chestkd.recipes import table1
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,11 +17,6 @@ from chestkd.distill.teacher_mixing import (
     teacher_confidence,
 )
 
-# Deprecated re-exports of training's names, outside __all__: kept only because
-# tests/test_distiller.py imports them from here; import them from chestkd.training instead.
-from chestkd.training.run import save_model_atomically  # noqa: F401
-from chestkd.training.trainer import StudentCheckpoint  # noqa: F401
-
 __all__ = ["Distiller", "FeatureTerm", "KDLoss", "FORMULATIONS", "TEACHER_SAMPLING",
            "attention_transfer", "confidence_weights", "distillation_loss", "feature_kl", "mse",
            "teacher_confidence", "wasserstein"]

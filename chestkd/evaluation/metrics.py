@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import time
 import weakref
-from functools import partial
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from chestkd.scores import exact_auc, probabilities_from_logits
-
-
-# Deprecated spellings of chestkd.scores.probabilities_from_logits, kept for
-# chestkd.experiments.kd until it calls that function.
-sigmoid = partial(probabilities_from_logits, multi_label=True)
-softmax = partial(probabilities_from_logits, multi_label=False)
+from chestkd.scores import exact_auc
 
 
 # model -> {(jit_compile, per-image shape, dtype): inference tf.function}. Weak keys, and the

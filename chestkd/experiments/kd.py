@@ -26,9 +26,10 @@ from chestkd.distill.losses import KDLoss
 from chestkd.distill.teacher_cache import load_or_compute
 from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model, print_results
-from chestkd.evaluation.metrics import predict_logits, sigmoid, softmax
+from chestkd.evaluation.metrics import predict_logits
 from chestkd.experiments.stages import Stages
 from chestkd.experiments.store import obtain_model, snapshot_epoch
+from chestkd.scores import probabilities_from_logits
 from chestkd.training.experiment import (best_model, build_model, image_options,
                                          load_run_data, pipelines, set_precision)
 from chestkd.training.run import seed_everything, start_run, write_json
@@ -117,10 +118,10 @@ def agreement(student, teacher, data: Dataset, config: dict) -> float:
     for multi-label data, the softmax for exclusive classes."""
     test = make_dataset(data, "test", batch_size=int(config["batch_size"]),
                         **image_options(data, config))
-    probability = sigmoid if data.multi_label else softmax
     s, _ = predict_logits(student, test)
     t, _ = predict_logits(teacher, test)
-    return float(np.mean(np.abs(probability(s) - probability(t))))
+    return float(np.mean(np.abs(probabilities_from_logits(s, data.multi_label)
+                                - probabilities_from_logits(t, data.multi_label))))
 
 
 def record_teacher(run_dir, teacher_source) -> None:

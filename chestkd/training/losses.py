@@ -180,12 +180,6 @@ class MaskedAUC(keras.metrics.AUC):
                 "num_thresholds": self.num_thresholds, "name": self.name, "dtype": self.dtype}
 
 
-# The ranking scores and the per-class AUC are chestkd.scores' (their one home); these names
-# are kept for the callers and tests that import them from here.
-auc_scores = probabilities_from_logits
-exact_per_class_auc = exact_auc
-
-
 def exact_mean_auc(y_true, logits, multi_label: bool) -> float:
     """Mean over the DEFINED classes of :func:`chestkd.scores.exact_auc` of
     :func:`chestkd.scores.probabilities_from_logits` (sigmoid or softmax scores, as
