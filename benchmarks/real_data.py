@@ -88,6 +88,9 @@ SETTINGS = {
                                "class_weight": True},
     "conv3-32px-adam1e-3": {**COMMON, "model": "conv3_student", "image_size": 32,
                             "learning_rate": 1e-3, "weight_decay": 1e-4, "epochs": 10},
+    # the small-real profile at the set's native 64 px (is the downsampling to 32 px a loss?)
+    "conv3-64px-adam1e-3": {**COMMON, "model": "conv3_student", "image_size": 64,
+                            "learning_rate": 1e-3, "weight_decay": 1e-4, "epochs": 10},
     "conv3-32px-phantom-ft": {**COMMON, "model": "conv3_student", "image_size": 32,
                               "learning_rate": 3e-4, "weight_decay": 1e-2, "epochs": 10,
                               "init": "phantom"},
