@@ -282,6 +282,31 @@ def paired_bootstrap(y_true, scores_a, scores_b, groups, *, n_boot: int = 1000,
 # --------------------------------------------------------------------------- DeLong
 
 
+def _delong_inputs(y, scores, name: str):
+    """Labels (N,) and scores (k, N) as float64, checked as everywhere else."""
+    y = np.asarray(y, np.float64)
+    scores = np.atleast_2d(np.asarray(scores, np.float64))
+    if y.ndim != 1 or scores.shape[1] != len(y):
+        raise DataError(f"{name}: labels have shape {y.shape} and scores {scores.shape}; "
+                        "expected (N,) and (N,) or (k, N)")
+    checked_labels_and_scores(y, scores[0])  # the label and finiteness checks of everywhere
+    if not np.isfinite(scores).all():
+        raise DataError(f"{name}: scores contain non-finite values")
+    return y, scores
+
+
+def _structural_components(positives, negatives):
+    """DeLong's placement values of (k, m) positive and (k, n) negative scores: V10 (k, m),
+    V01 (k, n) and the AUCs (k,), ties counted one half (mid-ranks)."""
+    m, n = positives.shape[1], negatives.shape[1]
+    tx = stats.rankdata(positives, axis=1)
+    ty = stats.rankdata(negatives, axis=1)
+    tz = stats.rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
+    v10 = (tz[:, :m] - tx) / n
+    v01 = 1.0 - (tz[:, m:] - ty) / m
+    return v10, v01, v10.mean(axis=1)
+
+
 def delong_covariance(y, scores) -> tuple[np.ndarray, np.ndarray]:
     """AUCs of k models on one class and DeLong's (k, k) covariance of them (Sun & Xu 2014).
 
@@ -304,24 +329,12 @@ def delong_covariance(y, scores) -> tuple[np.ndarray, np.ndarray]:
         (aucs (k,), covariance (k, k)); NaN where the class lacks a positive or a negative, and
         NaN covariance with fewer than two of either.
     """
-    y = np.asarray(y, np.float64)
-    scores = np.atleast_2d(np.asarray(scores, np.float64))
-    if y.ndim != 1 or scores.shape[1] != len(y):
-        raise DataError(f"delong: labels have shape {y.shape} and scores {scores.shape}; "
-                        "expected (N,) and (N,) or (k, N)")
-    checked_labels_and_scores(y, scores[0])  # the label and finiteness checks of everywhere
-    if not np.isfinite(scores).all():
-        raise DataError("delong: scores contain non-finite values")
+    y, scores = _delong_inputs(y, scores, "delong")
     positives, negatives = scores[:, y == 1], scores[:, y == 0]
     m, n, k = positives.shape[1], negatives.shape[1], len(scores)
     if m == 0 or n == 0:
         return np.full(k, np.nan), np.full((k, k), np.nan)
-    tx = stats.rankdata(positives, axis=1)
-    ty = stats.rankdata(negatives, axis=1)
-    tz = stats.rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
-    v10 = (tz[:, :m] - tx) / n
-    v01 = 1.0 - (tz[:, m:] - ty) / m
-    aucs = v10.mean(axis=1)
+    v10, v01, aucs = _structural_components(positives, negatives)
     if m < 2 or n < 2:
         return aucs, np.full((k, k), np.nan)
     cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
@@ -365,14 +378,7 @@ def clustered_delong_covariance(y, scores, groups) -> tuple[np.ndarray, np.ndarr
         (aucs (k,), covariance (k, k)); NaN covariance with fewer than two patients with a
         positive or with a negative (NaN AUCs without a positive or a negative).
     """
-    y = np.asarray(y, np.float64)
-    scores = np.atleast_2d(np.asarray(scores, np.float64))
-    if y.ndim != 1 or scores.shape[1] != len(y):
-        raise DataError(f"clustered delong: labels have shape {y.shape} and scores "
-                        f"{scores.shape}; expected (N,) and (N,) or (k, N)")
-    checked_labels_and_scores(y, scores[0])
-    if not np.isfinite(scores).all():
-        raise DataError("clustered delong: scores contain non-finite values")
+    y, scores = _delong_inputs(y, scores, "clustered delong")
     patient, n_patients = _patient_index(groups, len(y))
     known = y >= 0
     y, scores, patient = y[known], scores[:, known], patient[known]
@@ -380,13 +386,7 @@ def clustered_delong_covariance(y, scores, groups) -> tuple[np.ndarray, np.ndarr
     m, n, k = int(pos.sum()), int(neg.sum()), len(scores)
     if m == 0 or n == 0:
         return np.full(k, np.nan), np.full((k, k), np.nan)
-    positives, negatives = scores[:, pos], scores[:, neg]
-    tx = stats.rankdata(positives, axis=1)
-    ty = stats.rankdata(negatives, axis=1)
-    tz = stats.rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
-    v10 = (tz[:, :m] - tx) / n
-    v01 = 1.0 - (tz[:, m:] - ty) / m
-    aucs = v10.mean(axis=1)
+    v10, v01, aucs = _structural_components(scores[:, pos], scores[:, neg])
     per_patient = lambda values, where: np.stack(  # noqa: E731  (k, I) sums per patient
         [np.bincount(patient[where], weights=row, minlength=n_patients) for row in values])
     m_i = np.bincount(patient[pos], minlength=n_patients).astype(np.float64)

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from chestkd.errors import ChestKDError, DataError
+from chestkd.cli import main_of
+from chestkd.errors import DataError
 from chestkd.saliency.display import percentile_normalise
 from chestkd.saliency.figures import METHOD_TITLES, display_image
 from chestkd.saliency.report_inputs import read_inputs
@@ -114,13 +115,7 @@ def run(argv=None) -> dict:
             "results": results}
 
 
-def main(argv=None) -> int:
-    try:
-        run(argv)
-    except ChestKDError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+main = main_of(run)
 
 
 if __name__ == "__main__":
