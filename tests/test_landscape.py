@@ -5,7 +5,8 @@ import pytest
 
 from chestkd.errors import ConfigError
 
-from chestkd.landscape import (filter_normalised_direction, loss_surface, write_landscape)
+from chestkd.robustness.landscape import (filter_normalised_direction, loss_surface,
+                                          write_landscape)
 
 
 def model_with_bn():

@@ -55,7 +55,7 @@ from chestkd.experiments.ros_studies import run_studies
 from chestkd.experiments.stages import Stages
 from chestkd.experiments.store import MODEL_KEYS, obtain_model
 from chestkd.io import atomic_write_text
-from chestkd.landscape import write_landscape
+from chestkd.robustness.landscape import write_landscape
 from chestkd.models import get_spec
 from chestkd.training.config import BASE_DEFAULTS, config_id, resolve_config, save_config
 from chestkd.training.experiment import load_model, load_run_data
