@@ -46,7 +46,7 @@ from chestkd.data.cache import prepare  # noqa: E402
 from chestkd.data.phantom import write_phantom  # noqa: E402
 from chestkd.data.pipeline import encode_labels, make_dataset  # noqa: E402
 from chestkd.distill import Distiller, KDLoss  # noqa: E402
-from chestkd.distill.teacher_cache import teacher_logits_table  # noqa: E402
+from chestkd.training.teacher_cache import teacher_logits_table  # noqa: E402
 from chestkd.training.losses import masked_binary_crossentropy  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from chestkd.data import load_dataset  # noqa: E402
-from chestkd.distill.teacher_cache import teacher_logits_table  # noqa: E402
+from chestkd.training.teacher_cache import teacher_logits_table  # noqa: E402
 from chestkd.experiments.ros import distil_setting  # noqa: E402
 from chestkd.recipes.ros_kd import DEFAULTS  # noqa: E402
 from chestkd.training.experiment import build_model, train_classifier  # noqa: E402

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from chestkd.distill import Distiller, KDLoss
-from chestkd.training.run import save_model_atomically
+from chestkd.models.weights import save_model_atomically
 from chestkd.training.trainer import StudentCheckpoint
 from chestkd.errors import ConfigError  # noqa: E402
 from chestkd.training.losses import MaskedAUC  # noqa: E402

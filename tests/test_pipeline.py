@@ -178,7 +178,7 @@ def test_prepare_and_teacher_tables_show_progress_only_when_asked(tmp_path, caps
     import keras
 
     import chestkd.data.images as images
-    from chestkd.distill.teacher_cache import load_or_compute, teacher_logits_table
+    from chestkd.training.teacher_cache import load_or_compute, teacher_logits_table
     data, _ = _dataset(tmp_path)
     monkeypatch.setattr(images, "PROGRESS_MIN_ITEMS", 4)   # 8 training images count as "long"
     prepare(data, tmp_path / "quiet", size=SIZE, verbose=0)

@@ -16,9 +16,10 @@ import pytest
 from chestkd import predict
 from chestkd.data.phantom import write_phantom
 from chestkd.evaluation import evaluate_model
+from chestkd.models.weights import save_model_atomically
 from chestkd.training.config import BASE_DEFAULTS, resolve_config
 from chestkd.training.experiment import build_model, load_run_data
-from chestkd.training.run import save_model_atomically, start_run
+from chestkd.training.run import start_run
 
 NIH = sorted((Path(__file__).parents[1] / "assets" / "nih").glob("*.png"))
 SIZE = 32

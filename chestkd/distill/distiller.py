@@ -36,8 +36,8 @@ from chestkd.distill.teacher_mixing import (
     TEACHER_SAMPLING,
 )
 from chestkd.errors import ConfigError
+from chestkd.models.weights import save_model_atomically
 from chestkd.training.losses import MaskedAUC
-from chestkd.training.run import save_model_atomically
 
 
 class Distiller(keras.Model):

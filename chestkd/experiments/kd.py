@@ -23,7 +23,7 @@ from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import make_dataset, steps_per_epoch
 from chestkd.distill.distiller import Distiller
 from chestkd.distill.losses import KDLoss
-from chestkd.distill.teacher_cache import load_or_compute
+from chestkd.training.teacher_cache import load_or_compute
 from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model, print_results
 from chestkd.evaluation.metrics import predict_logits

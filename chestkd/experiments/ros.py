@@ -10,7 +10,7 @@ logits, and one distillation per setting (Baselines II-V and RoS-KD itself).
   ``baseline_iii_teachers: full``) share ``<store>/ros_kd<schedule>/full/``.
 * The K teachers' logits of both views of every training (and validation) image are cached
   once per teacher set as one (images x 2 x K x C) table
-  (:func:`chestkd.distill.teacher_cache.load_or_compute`): a step with five teachers then costs
+  (:func:`chestkd.training.teacher_cache.load_or_compute`): a step with five teachers then costs
   what base training costs.
 * :func:`distil_setting` trains one student with the Distiller's ``teacher_sampling``
   (``fixed``: equal weights 1/K; ``random``: exponential weights per step, normalised
@@ -38,7 +38,7 @@ from chestkd.data.pipeline import make_dataset, steps_per_epoch
 from chestkd.data.splits import teacher_training_sets
 from chestkd.distill.distiller import Distiller
 from chestkd.distill.losses import KDLoss
-from chestkd.distill.teacher_cache import load_or_compute
+from chestkd.training.teacher_cache import load_or_compute
 from chestkd.errors import ChestKDError
 from chestkd.experiments.stages import Stages
 from chestkd.experiments.store import obtain_model, store_root

@@ -12,7 +12,7 @@ for the parallel-branch ensemble student (``ensemble_student``).
 
 from chestkd.models.ensemble import ensemble_branches, ensemble_student
 from chestkd.models.features import default_feature_layer, feature_layer_names, feature_model
-from chestkd.models.weights import copy_weights_by_name, load_weights_file
+from chestkd.models.weights import copy_weights_by_name, load_weights_file, save_model_atomically
 from chestkd.models.zoo import (
     IMAGENET_MODELS,
     MIN_INPUT_SIZES,
@@ -38,4 +38,5 @@ __all__ = [
     "feature_model",
     "get_spec",
     "load_weights_file",
+    "save_model_atomically",
 ]

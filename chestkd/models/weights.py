@@ -20,6 +20,9 @@ saying how to fall back to ``weights=None``.
 Transfer learning (:func:`transfer_weights`): a chestkd model trained on another chest X-ray
 task initialises a new one layer by layer, by name; the classifier head is re-initialised when
 the number of classes differs, and the copied and not-copied layers are reported.
+
+:func:`save_model_atomically` writes a ``.keras`` file so that a crash mid-save leaves the
+previous file intact.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Union
 import keras
 
 from chestkd.errors import ConfigError
+from chestkd.io import atomic_write
 
 IMAGENET = "imagenet"
 WEIGHTS_FILE_SUFFIXES = (".weights.h5", ".keras")
@@ -197,3 +201,16 @@ def transfer_weights(source: keras.Model, target: keras.Model, *, source_label: 
     for layer, values in assignments:
         layer.set_weights(values)
     return {"source": source_label, "copied": copied, "not_copied": not_copied}
+
+
+# ----------------------------------------------------------------------------- model files
+
+def save_model_atomically(model, path):
+    """``model.save(path)`` through a temporary file in the same folder and ``os.replace``.
+
+    A crash mid-save leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ConfigError(f"model path {str(path)!r} must end in '.keras'")
+    atomic_write(path, lambda tmp: model.save(tmp, overwrite=True))

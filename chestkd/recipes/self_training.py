@@ -30,7 +30,7 @@ import json
 from pathlib import Path
 
 from chestkd.cli import main_of
-from chestkd.distill.teacher_cache import load_or_compute
+from chestkd.training.teacher_cache import load_or_compute
 from chestkd.evaluation.statistics import (compare_predictions, comparison_markdown,
                                            comparison_table)
 from chestkd.experiments.kd import distil, evaluate_once, record_teacher, resolve_kd_loss

@@ -21,8 +21,9 @@ import tensorflow as tf
 
 from chestkd.errors import ChestKDError, ConfigError
 from chestkd.io import atomic_write
+from chestkd.models.weights import save_model_atomically
 from chestkd.training.losses import exact_mean_auc
-from chestkd.training.run import save_model_atomically, write_json
+from chestkd.training.run import write_json
 
 
 def student_of(model):

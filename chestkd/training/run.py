@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from chestkd.errors import ConfigError
-from chestkd.io import atomic_write, atomic_write_json
+from chestkd.io import atomic_write_json
 from chestkd.training.config import check_config, config_id, load_yaml, save_config
 
 
@@ -97,17 +97,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     keras.utils.set_random_seed(seed)
-
-
-def save_model_atomically(model, path):
-    """``model.save(path)`` through a temporary file in the same folder and ``os.replace``.
-
-    A crash mid-save leaves the previous file intact, never a truncated one.
-    """
-    path = Path(path)
-    if path.suffix != ".keras":
-        raise ConfigError(f"model path {str(path)!r} must end in '.keras'")
-    atomic_write(path, lambda tmp: model.save(tmp, overwrite=True))
 
 
 def write_json(payload: dict, path) -> None:
