@@ -25,7 +25,7 @@
 Loss: the paper's L = H + lambda F + S is ``2 [(1 - a) H + a S + (lambda / 2) F]`` at
 ``alpha`` a = 0.5, so a weight here equals the paper's lambda / 2.
 With no data given it runs on the phantom with :data:`PHANTOM_ASSISTANT` laid over the phantom
-profile (small models at 64 px: minutes on two CPU cores); the paper's settings are
+profile (small models at 32 px: minutes on two CPU cores); the paper's settings are
 ``--config recipes/assistant_kd.yaml`` (CheXpert) or ``recipes/covid19.yaml``. The run prints
 its plan first.
 """
@@ -59,11 +59,12 @@ DEFAULTS = {**BASE_DEFAULTS, "kd_loss": KD_DEFAULTS["kd_loss"],
             "ablation": True}
 # The recipe's phantom profile (laid over chestkd.training.config.PHANTOM_PROFILE, keys you
 # set win): an ensemble teacher of two small networks of different families, a ResNet-32
-# assistant and the 3-conv student at 64 px, so the chain and the ablation finish in minutes
-# on two CPU cores.
+# assistant and the 3-conv student at 32 px, so the chain and the ablation finish in minutes
+# on two CPU cores (benchmarks/RESULTS.md, "Every recipe's no-data default": at 64 px and
+# 2,000 films they took over 22 min).
 PHANTOM_ASSISTANT = {"chain": [["resnet32", "baseline_cnn"], "resnet32", "conv3_student"],
-                     "image_size": 64, "phantom_size": 64, "phantom_images": 2000,
-                     "epochs": 10}
+                     "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
+                     "epochs": 8, "ablation": True}
 RECIPE_PROFILES = {"phantom": PHANTOM_ASSISTANT}
 
 
@@ -169,7 +170,11 @@ def run(argv=None) -> dict:
             f"alpha = {config['alpha']:g}; feature terms: "
             + "; ".join(f"{d} x {w:g} ({l if isinstance(l, str) else 'pairs'})" for d, w, l in
                         zip(outcome["settings"]["distances"], outcome["settings"]["weights"],
-                            outcome["settings"]["layers"])), "",
+                            outcome["settings"]["layers"]))
+            + (f". A demo on the phantom profile ({config['phantom_images']} films at "
+               f"{config['image_size']} px, {config['epochs']} epochs, small models): it shows "
+               f"the recipe run, NOT the paper's numbers (--config recipes/assistant_kd.yaml)."
+               if config.get("profile") == "phantom" else ""), "",
             "## The chain (test split)", "", markdown_table(chain_table, ".4f"), "",
             "## Classification reports (test split)", "", per_class_reports(run_dir, names)]
     results = {"recipe": "assistant_kd", "chain": chain, "kd_loss": config["kd_loss_used"],

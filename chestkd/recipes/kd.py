@@ -56,7 +56,9 @@ def plan(config) -> str:
         f"{config['kd_loss'] or 'by the data'}, T = {config['temperature']:g}, alpha = "
         f"{config['alpha']:g}, {config['teacher_outputs']} teacher outputs)",
         "  the paper's settings: --config recipes/table1/"
-        f"{strategy}_kd-resnet152-densenet121.yaml (one file per Table 1 cell)"])
+        f"{strategy}_kd-resnet152-densenet121.yaml (one file per Table 1 cell)"
+        + ("; this phantom demo's numbers are NOT the paper's"
+           if config.get("profile") == "phantom" else "")])
 
 
 def run(argv=None, *, strategy: str | None = None) -> dict:
