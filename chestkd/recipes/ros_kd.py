@@ -33,6 +33,11 @@ clean labels) and ``landscape`` (Fig. 4 for III and RoS-KD). Tables are built fr
 settings only; ``--resume RUN_DIR`` continues a run. tau = 0.5 < 1 SHARPENS the teachers'
 distributions rather than softening them (the paper's choice). Multi-label data use the
 sigmoid form of the loss, single-label data the softmax form of Eq. 4.
+
+With no data given it runs on the phantom with :data:`PHANTOM_ROS` laid over the phantom
+profile (Table I only: three small teachers on overlapping subsets, the 3-conv student,
+3,000 films at 32 px, 8 epochs: minutes on two CPU cores); the paper's settings are
+``--config recipes/ros_kd.yaml``. The run prints its plan first.
 """
 from __future__ import annotations
 
@@ -57,7 +62,8 @@ from chestkd.experiments.store import MODEL_KEYS, obtain_model
 from chestkd.io import atomic_write_text
 from chestkd.robustness.landscape import write_landscape
 from chestkd.models import get_spec
-from chestkd.training.config import BASE_DEFAULTS, config_id, resolve_config, save_config
+from chestkd.training.config import (BASE_DEFAULTS, PHANTOM_DATASETS, config_id,
+                                     resolve_config, save_config)
 from chestkd.training.experiment import load_model, load_run_data
 from chestkd.training.run import start_run, write_json
 
@@ -87,10 +93,17 @@ DEFAULTS = {
     "epsilon": 1.28 / 255, "attack_norm": "l2", "pgd_steps": 10, "robustness_images": 256,
     "landscape_images": 128, "landscape_resolution": 11,
 }
-# With the phantom and nothing chosen: small teachers and students, minutes on a CPU.
-PHANTOM_ROS = {"teachers": ["resnet32", "baseline_cnn", "conv3_student", "resnet32",
-                            "baseline_cnn"], "kd_teacher": "resnet32",
+# The recipe's phantom profile (laid over chestkd.training.config.PHANTOM_PROFILE, keys you
+# set win): Table I only, K = 3 small teachers of different families, the 3-conv student, a
+# phantom of 3,000 films at 32 px and 8 epochs (averaging after epoch 4), so the five baselines
+# and RoS-KD finish in minutes on two CPU cores (benchmarks/RESULTS.md, "Every recipe's
+# no-data default"). Not the paper's numbers: --config recipes/ros_kd.yaml has its settings.
+PHANTOM_ROS = {"teachers": ["resnet32", "baseline_cnn", "conv3_student"], "subsets": 3,
+               "kd_teacher": "resnet32", "student": "conv3_student",
+               "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
+               "epochs": 8, "averaging_start": 4, "studies": ["table1"],
                "student_study": ["conv3_student", "baseline_cnn", "resnet32"]}
+RECIPE_PROFILES = {"phantom": PHANTOM_ROS}
 LABELS = {"I": "Baseline I (student alone)", "II": "Baseline II (KD, one teacher)",
           "III": "Baseline III (equal fixed weights)",
           "IV": "Baseline IV (confidence weights; not the paper's RL)",
@@ -247,34 +260,66 @@ def write_table(run_dir, name, frame: pd.DataFrame, title: str) -> pd.DataFrame:
     return frame
 
 
+def plan(config: dict) -> str:
+    """What the run will train, printed before anything is read or trained."""
+    images = (f"the phantom, {config['phantom_images']} films written at "
+              f"{config['phantom_size']} px" if config["dataset"] in PHANTOM_DATASETS
+              and not config.get("data_dir") else f"{config['dataset']} from "
+              f"{config.get('data_dir')}")
+    k = int(config["subsets"])
+    settings = {"I": "I the student alone (model store)",
+                "II": f"II standard KD from {config['kd_teacher']} (full split)",
+                "III": "III fixed weights 1/K", "IV": "IV confidence weights",
+                "V": f"V random weights ({config['teacher_sampling']})"}
+    chosen = [settings[b] for b in _listed(config, "baselines", BASELINES, empty=True)]
+    return "\n".join([
+        f"ros_kd plan ({config.get('profile') or 'no'} profile): {images}; "
+        f"{config['image_size']} px, {config['epochs']} epochs per training, batch "
+        f"{config['batch_size']}, {config['optimizer']} lr {config['learning_rate']:g}",
+        f"  1. K = {k} teachers ({', '.join(teacher_names(config, k))}), each base-trained on "
+        f"one of {k} overlapping patient subsets (overlap {float(config['overlap']):g}, "
+        f"{config['overlap_mode']}; model store)",
+        f"  2. student {config['student']}: " + "; ".join(chosen + [
+            f"RoS-KD (V + weight averaging after epoch {config['averaging_start']})"]),
+        f"  studies: {', '.join(_listed(config, 'studies', STUDIES))} (of {', '.join(STUDIES)})",
+        "  the paper's settings: --config recipes/ros_kd.yaml"])
+
+
+def demo_note(config: dict) -> str:
+    """The tables' last caption line on the phantom profile: these are not the paper's
+    numbers."""
+    if config.get("profile") != "phantom":
+        return ""
+    return (f"\n\nA demo on the phantom ({config['phantom_images']} films at "
+            f"{config['image_size']} px, {config['epochs']} epochs, small teachers and "
+            f"student): it shows the recipe run, NOT the paper's numbers (those need "
+            f"ChestX-ray14 and --config recipes/ros_kd.yaml).")
+
+
 def run_once(config: dict) -> dict:
     check_ros_config(config)
+    print(plan(config), flush=True)
     config["run_name"] = config.get("run_name") or f"ros_kd-{Path(str(config['student'])).stem}"
     run_dir = start_run(config, "ros_kd")
     print(f"run directory: {run_dir}")
+    note = demo_note(config)
+
+    def table(run_dir, name, frame, title):
+        return write_table(run_dir, name, frame, title + note)
 
     def landscape(model, images, labels, folder, multi_label, title):
         write_landscape(model, images, labels, folder, multi_label=multi_label,
                         resolution=int(config["landscape_resolution"]), title=title)
 
     results = run_studies(Experiment(config, run_dir), _listed(config, "studies", STUDIES),
-                          write_table, landscape=landscape)
+                          table, landscape=landscape)
     write_json(results, run_dir / "metrics.json")
     return results
 
 
 def run(argv=None) -> dict:
-    argv = list(argv) if argv is not None else None
-    config = resolve_config(argv, DEFAULTS, __doc__)
-    if config["dataset"] == "phantom":
-        config.update({k: v for k, v in PHANTOM_ROS.items() if k not in config["_given"]
-                       and k not in _from_file(config)})
+    config = resolve_config(argv, DEFAULTS, __doc__, recipe_profiles=RECIPE_PROFILES)
     return run_once(config)
-
-
-def _from_file(config) -> set:
-    from chestkd.training.config import load_yaml
-    return set(load_yaml(config["config_file"])) if config.get("config_file") else set()
 
 
 main = main_of(run)
