@@ -163,7 +163,7 @@ def load_classifier(model_path):
             return TFLiteModel(model_path), None
         except (ValueError, RuntimeError) as error:
             raise ConfigError(f"{model_path}: not a readable TFLite model ({error})") from None
-    from chestkd.training.experiment import load_model
+    from chestkd.training.run import load_model
     try:
         model = load_model(model_path)
     except ChestKDError:

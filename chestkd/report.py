@@ -35,9 +35,9 @@ from chestkd.cli import main_of
 from chestkd.errors import ChestKDError
 from chestkd.evaluation.evaluate import markdown_table
 from chestkd.evaluation.plots import plot_training_curves
-from chestkd.experiments.stages import Stages
 from chestkd.experiments.store import MODEL_KEYS
 from chestkd.training.config import config_id
+from chestkd.training.run import Stages, history
 
 PUBLISHED = Path(__file__).with_name("evaluation") / "published_auc.csv"
 # What makes two runs comparable cells of one table: all model-shaping options but the
@@ -224,10 +224,10 @@ def write_report(root, out=None) -> dict:
         (out / f"{name}.md").write_text(markdown_table(table, ".3f") + "\n")
         written[name] = out / f"{name}.md"
     for _, run in runs[runs.strategy == "self_training"].iterrows():
-        history = Path(run.run) / "history.csv"
-        if history.exists() and run.base_history.exists():
+        curves = history(run.run)
+        if curves is not None and run.base_history.exists():
             path = out / f"fig6-{Path(run.run).name}.png"
-            plot_training_curves(pd.read_csv(history), path, label="self-training",
+            plot_training_curves(curves, path, label="self-training",
                                  other=pd.read_csv(run.base_history), other_label="base",
                                  title=f"{run.model}: self-training vs. base (Fig. 6)")
             written[path.stem] = path

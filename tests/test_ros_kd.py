@@ -11,7 +11,7 @@ import yaml
 
 from chestkd.errors import ConfigError
 from chestkd.recipes import ros_kd
-from chestkd.training.experiment import load_model
+from chestkd.training.run import load_model
 
 EIGHT = "[Atelectasis,Cardiomegaly,Effusion,Infiltration,Mass,Nodule,Pneumonia,Pneumothorax]"
 

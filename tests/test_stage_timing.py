@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from chestkd.experiments.stages import StageTimer
+from chestkd.training.run import StageTimer
 
 
 class ScriptedClock:

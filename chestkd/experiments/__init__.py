@@ -3,7 +3,6 @@
 * :mod:`~chestkd.experiments.store`: the model store (every base-trained model, teachers
   included, trained once and reused; defective teachers as checkpoints of a full schedule);
 * :mod:`~chestkd.experiments.kd`: obtain a teacher, distil, evaluate, record;
-* :mod:`~chestkd.experiments.stages`: the finished stages of a run, for resuming;
 * :mod:`~chestkd.experiments.repeat`: one experiment over several seeds.
 
 The names in ``__all__`` are imported on first use.
@@ -16,7 +15,6 @@ import importlib
 _PUBLIC = {
     "obtain_model": "store", "copy_results": "store",
     "kd_experiment": "kd", "distil": "kd", "resolve_kd_loss": "kd",
-    "Stages": "stages",
     "over_seeds": "repeat",
 }
 __all__ = sorted(_PUBLIC)

@@ -23,16 +23,15 @@ from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import make_dataset, steps_per_epoch
 from chestkd.distill.distiller import Distiller
 from chestkd.distill.losses import KDLoss
-from chestkd.training.teacher_cache import load_or_compute
 from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model, print_results
 from chestkd.evaluation.metrics import predict_logits
-from chestkd.experiments.stages import Stages
 from chestkd.experiments.store import obtain_model, snapshot_epoch
 from chestkd.scores import probabilities_from_logits
-from chestkd.training.experiment import (best_model, build_model, image_options,
-                                         load_run_data, pipelines, set_precision)
-from chestkd.training.run import seed_everything, start_run, write_json
+from chestkd.training.experiment import (build_model, image_options, load_run_data, pipelines,
+                                         set_precision)
+from chestkd.training.run import Stages, best_model, seed_everything, start_run, write_json
+from chestkd.training.teacher_cache import load_or_compute
 from chestkd.training.trainer import (distribution_strategy, fit, make_optimizer,
                                       resolve_jit_compile)
 

@@ -38,14 +38,12 @@ from chestkd.data.pipeline import make_dataset, steps_per_epoch
 from chestkd.data.splits import teacher_training_sets
 from chestkd.distill.distiller import Distiller
 from chestkd.distill.losses import KDLoss
-from chestkd.training.teacher_cache import load_or_compute
 from chestkd.errors import ChestKDError
-from chestkd.experiments.stages import Stages
 from chestkd.experiments.store import obtain_model, store_root
 from chestkd.training.callbacks import WeightAveraging
-from chestkd.training.experiment import (best_model, build_model, image_options, pipelines,
-                                         set_precision)
-from chestkd.training.run import seed_everything
+from chestkd.training.experiment import build_model, image_options, pipelines, set_precision
+from chestkd.training.run import Stages, best_model, seed_everything
+from chestkd.training.teacher_cache import load_or_compute
 from chestkd.training.trainer import (distribution_strategy, fit, make_optimizer,
                                       resolve_jit_compile)
 

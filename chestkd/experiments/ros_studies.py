@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from chestkd.experiments.ros import choices_note, per_class_frame, setting_model_path
-from chestkd.experiments.stages import Stages
 from chestkd.robustness.tables import robustness_table, run_thresholds, split_arrays
-from chestkd.training.experiment import image_options, load_model
+from chestkd.training.experiment import image_options
+from chestkd.training.run import Stages, load_model
 
 
 def _settings(experiment) -> list[str]:

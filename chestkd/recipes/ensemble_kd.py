@@ -52,8 +52,8 @@ from chestkd.models.ensemble import (COMBINE, attach_branches, branch_feature_la
                                      branch_layer_name, ensemble_student, features_layer)
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, PHANTOM_DATASETS, resolve_config
 from chestkd.data.pipeline import make_dataset
-from chestkd.training.experiment import image_options, load_model, load_run_data
-from chestkd.training.run import start_run, write_json
+from chestkd.training.experiment import image_options, load_run_data
+from chestkd.training.run import load_model, start_run, write_json
 
 PAPER_BRANCHES = ["mobilenet_v1", "vgg19", "resnet32", "resnet50"]
 # The paper's method names MobileNetV1, its Table 1 MobileNetV2 (with Ho & Gwak's MobileNet-v1

@@ -57,15 +57,14 @@ from chestkd.experiments.kd import evaluate_once
 from chestkd.experiments.ros import (distil_setting, logit_tables, macro_scores,
                                      obtain_teachers, ros_store, teacher_names)
 from chestkd.experiments.ros_studies import run_studies
-from chestkd.experiments.stages import Stages
 from chestkd.experiments.store import MODEL_KEYS, obtain_model
 from chestkd.io import atomic_write_text
 from chestkd.robustness.landscape import write_landscape
 from chestkd.models import get_spec
 from chestkd.training.config import (BASE_DEFAULTS, PHANTOM_DATASETS, config_id,
                                      resolve_config, save_config)
-from chestkd.training.experiment import load_model, load_run_data
-from chestkd.training.run import start_run, write_json
+from chestkd.training.experiment import load_run_data
+from chestkd.training.run import Stages, load_model, start_run, write_json
 
 BASELINES = ("I", "II", "III", "IV", "V")
 STUDIES = ("table1", "overlap", "students", "folds", "robustness", "noise", "landscape")

@@ -30,17 +30,16 @@ import json
 from pathlib import Path
 
 from chestkd.cli import main_of
-from chestkd.training.teacher_cache import load_or_compute
 from chestkd.evaluation.statistics import (compare_predictions, comparison_markdown,
                                            comparison_table)
 from chestkd.experiments.kd import distil, evaluate_once, record_teacher, resolve_kd_loss
 from chestkd.experiments.repeat import over_seeds
-from chestkd.experiments.stages import Stages, StageTimer
 from chestkd.experiments.store import copy_results, obtain_model
 from chestkd.saliency.report import write_saliency_report
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, resolve_config
 from chestkd.training.experiment import image_options, load_run_data
-from chestkd.training.run import start_run, write_json
+from chestkd.training.run import Stages, StageTimer, start_run, write_json
+from chestkd.training.teacher_cache import load_or_compute
 
 # The model teaches itself: no teacher/student names, strategy or defective options.
 DEFAULTS = {**BASE_DEFAULTS,

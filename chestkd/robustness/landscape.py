@@ -33,8 +33,8 @@ from chestkd.errors import ConfigError
 from chestkd.io import atomic_write_json
 from chestkd.robustness.attacks import attack_loss
 from chestkd.robustness.tables import split_arrays
-from chestkd.training.experiment import (finished_run, image_options, load_model,
-                                         load_run_data)
+from chestkd.training.experiment import image_options, load_run_data
+from chestkd.training.run import finished_run, load_model
 
 
 def _depthwise_kernels(model) -> set:

@@ -27,8 +27,9 @@ from chestkd.data.pipeline import NORMALIZATIONS
 from chestkd.errors import ChestKDError, ConfigError, DataError
 from chestkd.saliency import METHODS
 from chestkd.saliency.report import DEFAULT_METHODS, write_saliency_report
+from chestkd.training.experiment import image_options
 # The project's one model loader (saliency may import training; training never imports saliency).
-from chestkd.training.experiment import finished_run, image_options, load_model
+from chestkd.training.run import finished_run, load_model
 
 SIMPLE_BOX_COLUMNS = ("image", "label", "x", "y", "w", "h")
 CHESTXRAY14_BOX_SPACE = 1024

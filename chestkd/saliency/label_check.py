@@ -26,7 +26,7 @@ from chestkd.saliency.display import percentile_normalise
 from chestkd.saliency.figures import METHOD_TITLES, display_image
 from chestkd.saliency.report_inputs import read_inputs
 from chestkd.saliency.sanity import label_randomisation
-from chestkd.training.experiment import finished_run
+from chestkd.training.run import finished_run
 
 METHODS = ("vanilla", "guided_backprop", "integrated_gradients", "gradcam")
 OPTIONS = {"integrated_gradients": {"steps": 16}}

@@ -10,7 +10,8 @@ import importlib
 # public name -> the submodule defining it
 _PUBLIC = {
     "resolve_config": "config", "config_id": "config", "save_config": "config",
-    "start_run": "run", "seed_everything": "run",
+    "start_run": "run", "seed_everything": "run", "Stages": "run", "StageTimer": "run",
+    "finished_run": "run", "load_model": "run",
     "fit": "trainer",
     "MaskedBinaryCrossentropy": "losses", "CategoricalCrossentropyFromLogits": "losses",
     "MaskedAUC": "losses", "hard_loss_for": "losses", "exact_mean_auc": "losses",

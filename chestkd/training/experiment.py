@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import pandas as pd
-import yaml
 
 from chestkd import models
 from chestkd.data import load_dataset
@@ -18,11 +16,10 @@ from chestkd.data.describe import run_summary
 from chestkd.data.images import describe_upsampling
 from chestkd.data.presence import ABSENT_REASON, require_on_disk
 from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epoch
-from chestkd.errors import ChestKDError, ConfigError
 from chestkd.training.config import (PHANTOM_DATASETS, apply_small_data_profile,
                                      dataset_options, resolve_augment, save_config)
 from chestkd.training.losses import MaskedAUC, hard_loss_for
-from chestkd.training.run import seed_everything, write_json
+from chestkd.training.run import best_model, load_model, seed_everything, write_json
 from chestkd.training.trainer import distribution_strategy, fit, make_optimizer
 
 
@@ -118,31 +115,6 @@ def build_model(name: str, data: Dataset, config: dict, weights=None):
                         weights=config.get("weights") if weights is None else weights)
 
 
-def load_model(path):
-    if not Path(path).exists():
-        raise ChestKDError(f"{path}: model file not found")
-    return keras.models.load_model(path, compile=False)
-
-
-def finished_run(run_dir, *, option: str = "run directory", model: bool = True) -> dict:
-    """The saved configuration of a finished run; a ConfigError naming what is missing.
-
-    Commands that work on a run (saliency, robustness, landscape, label checks) read it here,
-    so they all refuse a half-written or mistyped folder the same way.
-    """
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(f"{option} {run_dir}: no config.yaml in the run directory")
-    if model and not (run_dir / "model.keras").is_file():
-        raise ConfigError(f"{option} {run_dir}: no model.keras (the run has not finished "
-                          f"training)")
-    config = yaml.safe_load(config_path.read_text()) or {}
-    if not isinstance(config, dict) or "dataset" not in config:
-        raise ConfigError(f"{config_path}: not a chestkd run configuration (no 'dataset')")
-    return config
-
-
 def compile_classifier(model, data: Dataset, config: dict):
     """Compile ``model`` for base training: the run's optimizer, the hard-label loss, the
     approximate ``auc`` metric, and XLA as :func:`~chestkd.training.trainer.resolve_jit_compile`
@@ -173,13 +145,3 @@ def train_classifier(config: dict, run_dir, data: Dataset, model_name: str, *,
     fit(model, train, val, config, run_dir, epochs=stop_epoch, multi_label=data.multi_label,
         **fit_options)
     return best_model(run_dir, model)
-
-
-def best_model(run_dir, fallback):
-    path = Path(run_dir) / "model.keras"
-    return load_model(path) if path.exists() else fallback
-
-
-def history(run_dir) -> pd.DataFrame | None:
-    path = Path(run_dir) / "history.csv"
-    return pd.read_csv(path) if path.exists() else None

@@ -11,16 +11,28 @@ A run directory holds::
                        continues after the last one
     metrics.json       test-split results; per_class_auc.csv; plots (*.png)
     skipped.csv        images skipped with --skip-bad-images, if any
+
+This module is the one place that knows that layout: it makes run directories
+(:func:`start_run`), records their finished stages (:class:`Stages`) and the wall time of each
+(:class:`StageTimer`), and reads finished runs back (:func:`finished_run`, :func:`load_model`,
+:func:`best_model`, :func:`history`). A stage is marked only after everything it writes is on
+disk, so a crash inside a stage re-runs that stage alone (training itself resumes from Keras'
+``BackupAndRestore`` state, epoch by epoch).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import random
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import yaml
 
-from chestkd.errors import ConfigError
+from chestkd.errors import ChestKDError, ConfigError
 from chestkd.io import atomic_write_json
 from chestkd.training.config import check_config, config_id, load_yaml, save_config
 
@@ -101,3 +113,116 @@ def seed_everything(seed: int) -> None:
 
 def write_json(payload: dict, path) -> None:
     atomic_write_json(path, payload)
+
+
+# ----------------------------------------------------------------------------- stages
+
+class Stages:
+    """``stages.json`` of ``run_dir``: ``done(name)``, ``mark(name, **info)``, ``info(name)``."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / "stages.json"
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def done(self, name: str) -> bool:
+        return name in self._read()
+
+    def info(self, name: str) -> dict | None:
+        return self._read().get(name)
+
+    def mark(self, name: str, **info) -> None:
+        stages = self._read()
+        stages[name] = {"finished": datetime.datetime.now().isoformat(timespec="seconds"),
+                        **info}
+        atomic_write_json(self.path, stages)
+
+    def __repr__(self):
+        return f"Stages({sorted(self._read())})"
+
+
+class StageTimer:
+    """Wall seconds per named stage of one process's run, and in total since it was made.
+
+    ``with timer.stage("distillation"): ...`` adds the block's wall time to that stage (a
+    stage entered twice adds up); :meth:`seconds` gives every stage and ``total``, which
+    includes the time between stages, so the stages never sum to more than the total.
+    :meth:`line` is the one line a log shows. A resumed run times only what it re-does.
+    """
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self._start = clock()
+        self._stages: dict[str, float] = {}
+        self._running: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
+
+    def start(self, name: str) -> None:
+        """Start timing ``name`` (for a stage that spans code a ``with`` block cannot)."""
+        if name in self._running:
+            raise RuntimeError(f"stage {name!r} is already being timed")
+        self._stages.setdefault(name, 0.0)
+        self._running[name] = self.clock()
+
+    def stop(self, name: str) -> None:
+        self._stages[name] += self.clock() - self._running.pop(name)
+
+    def seconds(self) -> dict:
+        """``{stage: seconds, ..., "total": seconds}``."""
+        return {**self._stages, "total": self.clock() - self._start}
+
+    def line(self, labels: dict | None = None) -> str:
+        """``stage seconds: phantom 12.3, base training 216.0, ..., total 500.1``."""
+        labels = labels or {}
+        return "stage seconds: " + ", ".join(
+            f"{labels.get(name, name.replace('_', ' '))} {value:.1f}"
+            for name, value in self.seconds().items())
+
+
+# ------------------------------------------------------------------ reading a finished run
+
+def finished_run(run_dir, *, option: str = "run directory", model: bool = True) -> dict:
+    """The saved configuration of a finished run; a ConfigError naming what is missing.
+
+    Commands that work on a run (saliency, robustness, landscape, label checks) read it here,
+    so they all refuse a half-written or mistyped folder the same way.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"{option} {run_dir}: no config.yaml in the run directory")
+    if model and not (run_dir / "model.keras").is_file():
+        raise ConfigError(f"{option} {run_dir}: no model.keras (the run has not finished "
+                          f"training)")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    if not isinstance(config, dict) or "dataset" not in config:
+        raise ConfigError(f"{config_path}: not a chestkd run configuration (no 'dataset')")
+    return config
+
+
+def load_model(path):
+    """A saved ``.keras`` model, uncompiled; a ChestKDError naming a missing file."""
+    import keras
+    if not Path(path).exists():
+        raise ChestKDError(f"{path}: model file not found")
+    return keras.models.load_model(path, compile=False)
+
+
+def best_model(run_dir, fallback):
+    """The run's ``model.keras`` (the best epoch by validation mean AUC), else ``fallback``."""
+    path = Path(run_dir) / "model.keras"
+    return load_model(path) if path.exists() else fallback
+
+
+def history(run_dir) -> pd.DataFrame | None:
+    """The run's ``history.csv`` (one row per epoch), or None before the first epoch ends."""
+    path = Path(run_dir) / "history.csv"
+    return pd.read_csv(path) if path.exists() else None
