@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from chestkd.errors import ChestKDError
+from chestkd.errors import ChestKDError, ConfigError
 
 
 @contextlib.contextmanager
@@ -31,3 +31,53 @@ def main_of(run):
         return 0
     main.__doc__ = "Command-line entry: exit 0 on success, 2 on a user error."
     return main
+
+
+_KINDS = {int: "an integer", float: "a number", str: "a name"}
+
+
+def list_option(value, option: str, *, cast=str, allowed=None, empty: bool = False) -> list:
+    """The items of a list-valued option, however it was written.
+
+    ``value`` is a YAML list (``branches=[a, b]``, a config file), one string of
+    comma-separated items (``--seeds 0,1,2``, ``--attacks "fgsm, pgd"``, ``"[a, b]"`` where YAML
+    did not read the brackets), or one value (``--seeds 3``, which YAML reads as a number).
+    Each item is stripped of spaces and of one pair of quotes, then ``cast`` (``int``,
+    ``float``); with ``allowed``, each must be one of those. ``empty=True``: ``none``, an empty
+    string or an empty list mean no items (and a ``none`` item is dropped); otherwise at least
+    one item is required. Anything else is a ConfigError naming ``option`` and the value.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        items = []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        items = text.split(",") if text.strip() else []
+    else:
+        items = [value]
+    parsed = []
+    for item in items:
+        text = str(item).strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1].strip()
+        if not text:
+            raise ConfigError(f"{option} {value!r}: an empty item (two commas in a row, or a "
+                              f"comma at an end?)")
+        if empty and text == "none":
+            continue
+        try:
+            parsed.append(cast(text))
+        except (TypeError, ValueError):
+            kind = _KINDS.get(cast, getattr(cast, "__name__", str(cast)))
+            raise ConfigError(f"{option} {value!r}: {text!r} is not {kind}") from None
+    if allowed is not None:
+        unknown = [item for item in parsed if item not in allowed]
+        if unknown:
+            raise ConfigError(f"{option} {value!r}: unknown {unknown}; choose from "
+                              f"{list(allowed)}")
+    if not parsed and not empty:
+        raise ConfigError(f"{option} {value!r}: expected at least one item")
+    return parsed

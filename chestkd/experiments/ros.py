@@ -38,6 +38,7 @@ from chestkd.data.pipeline import make_dataset, steps_per_epoch
 from chestkd.data.splits import teacher_training_sets
 from chestkd.distill.distiller import Distiller
 from chestkd.distill.losses import KDLoss
+from chestkd.cli import list_option
 from chestkd.errors import ChestKDError
 from chestkd.experiments.store import obtain_model, store_root
 from chestkd.training.callbacks import WeightAveraging
@@ -71,8 +72,7 @@ def subset_tag(k: int, overlap: float, seed: int, index: int, mode: str = "core"
 
 def teacher_names(config: dict, k: int) -> list[str]:
     """``k`` teacher architectures: ``--teachers`` in order, repeated if shorter than k."""
-    names = config["teachers"]
-    names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    names = list_option(config["teachers"], "--teachers")
     return [names[i % len(names)] for i in range(int(k))]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chestkd.cli import list_option
 from chestkd.experiments.ros import choices_note, per_class_frame, setting_model_path
 from chestkd.robustness.tables import robustness_table, run_thresholds, split_arrays
 from chestkd.training.experiment import image_options
@@ -26,17 +27,7 @@ from chestkd.training.run import Stages, load_model
 
 def _settings(experiment) -> list[str]:
     """The chosen baselines (``none``: no baseline), then RoS-KD."""
-    baselines = experiment.config["baselines"]
-    baselines = baselines.split(",") if isinstance(baselines, str) else list(baselines or [])
-    return [b.strip() for b in baselines if b.strip() not in ("", "none")] + ["ros_kd"]
-
-
-def _floats(value) -> list[float]:
-    return [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
-
-
-def _names(value) -> list[str]:
-    return [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+    return list_option(experiment.config["baselines"], "--baselines", empty=True) + ["ros_kd"]
 
 
 def robustness_rows(experiment, rows) -> pd.DataFrame:
@@ -80,19 +71,19 @@ def run_studies(experiment, studies, write_table, landscape=None) -> dict:
                                         f"Table I: RoS-KD and its baselines\n\n{note}"
                                         ).to_dict("records")
     if "overlap" in studies:
-        rows = [experiment.setting("ros_kd", overlap=p) for p in _floats(config["overlap_study"])]
+        rows = [experiment.setting("ros_kd", overlap=p) for p in list_option(config["overlap_study"], "--overlap-study", cast=float)]
         rows.append(experiment.setting("III"))
         results["overlap"] = write_table(run_dir, "overlap", pd.DataFrame(rows),
                                          "Overlap ratio of the teachers' subsets (Fig. 3)"
                                          f"\n\n{note}").to_dict("records")
     if "students" in studies:
         rows = [experiment.setting(name, student=student)
-                for student in _names(config["student_study"]) for name in ("III", "ros_kd")]
+                for student in list_option(config["student_study"], "--student-study") for name in ("III", "ros_kd")]
         results["students"] = write_table(run_dir, "students", pd.DataFrame(rows),
                                           f"Student architectures (Fig. 2)\n\n{note}"
                                           ).to_dict("records")
     if "folds" in studies:
-        seeds = [int(s) for s in _floats(config["fold_seeds"])]
+        seeds = list_option(config["fold_seeds"], "--fold-seeds", cast=int)
         rows = [experiment.setting("ros_kd", seed=seed) for seed in seeds]
         per_run = [json.loads((Path(r["folder"]) / "metrics.json").read_text())
                    for r in rows]
@@ -123,7 +114,7 @@ def run_studies(experiment, studies, write_table, landscape=None) -> dict:
             print("noise study skipped: only the phantom can add label noise")
         else:
             rows = [experiment.setting(name, noise=noise)
-                    for noise in _floats(config["noise_levels"]) for name in _settings(experiment)]
+                    for noise in list_option(config["noise_levels"], "--noise-levels", cast=float) for name in _settings(experiment)]
             results["noise"] = write_table(run_dir, "noise", pd.DataFrame(rows),
                                            "Label noise (scored on the clean labels)"
                                            ).to_dict("records")

@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chestkd.cli import main_of
-from chestkd.errors import ConfigError
+from chestkd.cli import list_option, main_of
 from chestkd.evaluation import markdown_table
 from chestkd.io import atomic_write_json, atomic_write_text
 from chestkd.robustness.attacks import NORMS
@@ -41,11 +40,7 @@ def build_parser():
 def run(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     run_dir = args.run_dir
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    unknown = sorted(set(attacks) - set(ATTACKS))
-    if unknown:
-        raise ConfigError(f"--attacks {args.attacks!r}: unknown {unknown}; choose from "
-                          f"{list(ATTACKS)}")
+    attacks = list_option(args.attacks, "--attacks", allowed=ATTACKS)
     config = finished_run(run_dir)
     out = args.out or run_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from chestkd.cli import main_of
+from chestkd.cli import list_option, main_of
 from chestkd.errors import DataError
 from chestkd.saliency.display import percentile_normalise
 from chestkd.saliency.figures import METHOD_TITLES, display_image
@@ -84,7 +84,7 @@ def run(argv=None) -> dict:
     classes = np.array([data.class_names.index(label) for label in pairs["label"]])
     out = Path(args.out) if args.out else run_dir / "saliency"
     out.mkdir(parents=True, exist_ok=True)
-    methods = args.methods.split(",")
+    methods = list_option(args.methods, "--methods")
     outcomes = label_randomisation(
         lambda: build("conv3_student", len(data.class_names), x.shape[1:]), x, y, explain,
         classes, methods, epochs=args.epochs, seed=args.seed, keep_maps=True,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from chestkd.cli import list_option
 from chestkd.errors import ConfigError
 
 # The papers' base-training settings (Ho & Gwak 2020): SGD, lr 0.1, momentum 0.9, weight decay
@@ -484,12 +485,8 @@ def seed_list(value) -> list[int] | None:
     """``--seeds 0,1,2`` (or a YAML list) as a list of ints."""
     if value is None:
         return None
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    try:
-        seeds = [int(str(item).strip()) for item in items if str(item).strip() != ""]
-    except ValueError:
-        raise ConfigError(f"--seeds {value!r}: expected integers such as 0,1,2") from None
-    if not seeds or len(set(seeds)) != len(seeds):
+    seeds = list_option(value, "--seeds", cast=int)
+    if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {value!r}: expected distinct integers such as 0,1,2")
     return seeds
 

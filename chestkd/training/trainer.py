@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from chestkd.cli import list_option
 from chestkd.errors import ConfigError
 from chestkd.training.callbacks import (EpochSnapshot, EpochTimer, ExactValidationAUC,
                                         ScheduleEstimate, StopOnDivergence, StudentCheckpoint,
@@ -61,11 +62,7 @@ def make_schedule(config: dict, steps_per_epoch: int):
 
 def _step_epochs(value, epochs: int) -> list[int]:
     """``step_epochs`` as increasing 1-based epochs within the schedule, else ConfigError."""
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    try:
-        milestones = [int(str(item).strip()) for item in items]
-    except ValueError:
-        raise ConfigError(f"--step-epochs {value!r}: expected epochs such as 25,40") from None
+    milestones = list_option(value, "--step-epochs", cast=int)
     if milestones != sorted(set(milestones)) or milestones[0] < 1:
         raise ConfigError(f"--step-epochs {value!r}: expected increasing positive epochs")
     return [e for e in milestones if e < epochs] or [max(1, epochs // 2)]
