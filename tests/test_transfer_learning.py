@@ -135,7 +135,8 @@ def test_the_recipe_writes_table_4_1_figures_and_a_run_per_setup(recipe_run):
     threshold = json.loads((run_dir / "student" / "metrics.json").read_text())[
         "thresholds"]["values"][1]
     said = p[:, 1] >= threshold
-    row = table.set_index("setup").loc[transfer_learning.SETUPS[-1][1]]
+    row = table.iloc[-1]     # the student, named after the models it was trained with
+    assert row["setup"] == "Final student model (conv3_student -> conv3_student KD)"
     assert row["threshold"] == pytest.approx(threshold)
     assert row["accuracy"] == pytest.approx((said == (truth == 1)).mean())
     assert row["recall"] == pytest.approx(said[truth == 1].mean())
@@ -247,3 +248,70 @@ def test_the_verdict_names_setups_whose_interval_reaches_one_half():
     assert text.startswith("Every setup learnt") and "transfer ahead" in text
     assert "within 0.02 of the teacher" in text
 
+
+
+def test_the_demo_profile_is_the_shared_recipe_profile_and_flags_win(tmp_path):
+    """The no-data demo's values come through resolve_config's recipe_profiles (one
+    phantom-profile mechanism); a flag, key=value or YAML key keeps its value."""
+    demo = transfer_learning.RECIPE_PROFILES["phantom"]
+    config = transfer_learning.resolve(["--out", str(tmp_path)])
+    assert config["profile"] == "phantom"
+    assert {k: config[k] for k in demo} == demo
+    assert config["_recipe_profiles"] == transfer_learning.RECIPE_PROFILES
+    config = transfer_learning.resolve(["--out", str(tmp_path), "--teacher-model", "resnet50",
+                                        "pretrain_dataset=phantom", "--checkpoint", "best_val"])
+    assert (config["teacher_model"], config["pretrain_dataset"], config["checkpoint"]) == (
+        "resnet50", "phantom", "best_val")
+    assert config["image_size"] == demo["image_size"]
+    with pytest.raises(ConfigError, match="pretrain-dataset"):
+        transfer_learning.resolve(["--out", str(tmp_path), "pretrain_dataset=imagenet"])
+
+
+def test_the_pneumonia_source_task_shares_no_film_with_the_target(tmp_path, monkeypatch):
+    """pretrain_dataset: pneumonia_phantom draws its films with another seed: no source
+    film equals a target film (a copy would leak test films into the pretraining)."""
+    import hashlib
+
+    from chestkd.experiments.transfer import pretraining_config
+    monkeypatch.setenv("CHESTKD_HOME", str(tmp_path))
+    config = transfer_learning.resolve(["--out", str(tmp_path), "phantom_images=40",
+                                        "pretrain_images=40", "phantom_size=32",
+                                        "image_size=32"])
+    pre = pretraining_config(config)
+    assert pre["dataset"] == "pneumonia_phantom" and pre["classes"] is None
+    target = transfer_learning.load_run_data(config, tmp_path)
+    source = transfer_learning.load_run_data(pre, tmp_path)
+    assert list(source.class_names) == ["normal", "pneumonia", "covid19"]
+
+    def digests(data):
+        return {hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in data.paths}
+    assert digests(source).isdisjoint(digests(target))
+
+
+def test_reestimated_batchnorm_statistics_are_those_of_the_training_images(tmp_path,
+                                                                          monkeypatch):
+    """After fine-tuning, BatchNorm's moving statistics are set to the exact mean and variance
+    of each layer's input over the training split (float64 reference for the first layer)
+    and saved with the model; a few hundred steps at momentum 0.99 leave them near their
+    start, which put the demo's phantom-pretrained models at chance in inference mode."""
+    import types
+
+    import tensorflow as tf
+
+    from chestkd.experiments import transfer
+    keras.utils.set_random_seed(3)
+    model = build("conv3_student", 2, SHAPE)
+    x = np.random.default_rng(1).uniform(-1, 1, (20, *SHAPE)).astype("float32") * 0.5 + 0.3
+    y = np.eye(2, dtype="float32")[[0, 1] * 10]
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    monkeypatch.setattr(transfer, "pipelines", lambda data, config: (batches, None))
+    data = types.SimpleNamespace(split=np.array(["train"] * 20 + ["val"] * 4))
+    assert transfer.reestimate_statistics(model, data, {"batch_size": 8}, tmp_path) == 20
+    conv = keras.Model(model.input, model.get_layer("conv1").output)(x).numpy()
+    conv = conv.astype("float64").reshape(-1, conv.shape[-1])
+    saved = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    for held in (model, saved):
+        bn = held.get_layer("conv1_bn")
+        np.testing.assert_allclose(bn.moving_mean.numpy(), conv.mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), conv.var(0), rtol=1e-3,
+                                   atol=1e-5)
