@@ -462,7 +462,8 @@ ADDED_OPTION_DEFAULTS: dict = {"checkpoint": "best_val", "images": "all",
                                "confidence_temperature": 0.1, "baseline_iii_combine": "logits",
                                "baseline_iii_teachers": "full",
                                # transfer_learning (issue 15): 0.1's fine-tuning
-                               "finetune_batchnorm": "frozen", "head_lr_factor": 1.0}
+                               "finetune_batchnorm": "frozen", "head_lr_factor": 1.0,
+                               "pretrain_dataset": "phantom", "reestimate_batchnorm": False}
 
 
 def config_id(config: dict, keys=None) -> str:
