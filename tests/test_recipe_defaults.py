@@ -35,12 +35,12 @@ def test_ensemble_default_is_small_and_says_so():
     assert (config["teacher"], config["branches"]) == ("resnet32", ["conv3_student",
                                                                     "baseline_cnn"])
     assert (config["image_size"], config["phantom_size"], config["phantom_images"],
-            config["epochs"]) == (32, 32, 3000, 12)
+            config["epochs"]) == (32, 32, 3000, 10)
     assert config["standalone"] == ["base", "kd"] and config["feature_scale"] == "teacher"
     # the rest of the phantom profile still applies (optimiser, label noise)
     assert (config["optimizer"], config["label_noise"]) == ("adam", PHANTOM_PROFILE["label_noise"])
     text = ensemble_kd.plan(config, ensemble_kd.check_options(config))
-    for part in ("phantom profile", "3000 films written at 32 px", "32 px, 12 epochs",
+    for part in ("phantom profile", "3000 films written at 32 px", "32 px, 10 epochs",
                  "teacher resnet32: base training", "base training and standard KD from the "
                  "teacher (conv3_student, baseline_cnn)", "sum of conv3_student + baseline_cnn",
                  "mean square", "--config recipes/ensemble_kd.yaml"):
@@ -74,9 +74,9 @@ def test_ensemble_options_are_checked_before_anything_runs(argv, option):
 def test_assistant_default_is_small_and_the_yamls_keep_the_papers_settings():
     config = assistant_config()
     assert config["chain"] == [["resnet32", "baseline_cnn"], "resnet32", "conv3_student"]
-    assert (config["image_size"], config["phantom_images"], config["epochs"]) == (32, 3000, 8)
+    assert (config["image_size"], config["phantom_images"], config["epochs"]) == (32, 3000, 6)
     text = assistant_kd.plan(config, config["chain"], chain_settings(config, config["chain"]))
-    for part in ("3000 films written at 32 px", "8 epochs", "teacher resnet32 + baseline_cnn",
+    for part in ("3000 films written at 32 px", "6 epochs", "teacher resnet32 + baseline_cnn",
                  "logits averaged", "resnet32 distilled from resnet32 + baseline_cnn",
                  "conv3_student distilled from resnet32", "ablation: conv3_student",
                  "--config recipes/assistant_kd.yaml"):

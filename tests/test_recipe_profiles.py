@@ -20,13 +20,13 @@ PROFILED = {"ensemble_kd": ensemble_kd, "assistant_kd": assistant_kd, "ros_kd": 
 EXPECTED = {
     "ensemble_kd": {"teacher": "resnet32", "branches": ["conv3_student", "baseline_cnn"],
                     "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
-                    "epochs": 12, "standalone": ["base", "kd"]},
+                    "epochs": 10, "standalone": ["base", "kd"]},
     "assistant_kd": {"chain": [["resnet32", "baseline_cnn"], "resnet32", "conv3_student"],
                      "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
-                     "epochs": 8, "ablation": True},
+                     "epochs": 6, "ablation": True},
     "ros_kd": {"teachers": ["resnet32", "baseline_cnn", "conv3_student"], "subsets": 3,
                "kd_teacher": "resnet32", "student": "conv3_student", "image_size": 32,
-               "phantom_size": 32, "phantom_images": 3000, "epochs": 8, "averaging_start": 4,
+               "phantom_size": 32, "phantom_images": 3000, "epochs": 6, "averaging_start": 3,
                "studies": ["table1"], "baselines": ["I", "II", "III", "IV", "V"]},
 }
 
@@ -67,7 +67,7 @@ def test_ros_kd_run_resolves_its_profile_through_the_one_mechanism(monkeypatch):
      {"epochs": 2, "ablation": False, "phantom_images": 500, "image_size": 32}),
     ("ros_kd", ["--averaging-start", "1", "baselines=[I,III]", "student=baseline_cnn"],
      {"averaging_start": 1, "baselines": ["I", "III"], "student": "baseline_cnn",
-      "epochs": 8}),
+      "epochs": 6}),
 ])
 def test_explicit_options_win_over_the_profile(name, argv, expected):
     config = resolved(name, *argv)
@@ -107,9 +107,9 @@ def test_ros_kd_paper_values_and_plan():
     assert ros_kd.demo_note(paper) == ""
     config = resolved("ros_kd")
     text = ros_kd.plan(config)
-    for part in ("phantom profile", "3000 films written at 32 px", "32 px, 8 epochs",
+    for part in ("phantom profile", "3000 films written at 32 px", "32 px, 6 epochs",
                  "K = 3 teachers (resnet32, baseline_cnn, conv3_student)",
-                 "II standard KD from resnet32", "weight averaging after epoch 4",
+                 "II standard KD from resnet32", "weight averaging after epoch 3",
                  "studies: table1 (of", "--config recipes/ros_kd.yaml"):
         assert part in text, part
     assert "NOT the paper's numbers" in ros_kd.demo_note(config)

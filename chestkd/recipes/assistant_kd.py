@@ -64,7 +64,7 @@ DEFAULTS = {**BASE_DEFAULTS, "kd_loss": KD_DEFAULTS["kd_loss"],
 # 2,000 films they took over 22 min).
 PHANTOM_ASSISTANT = {"chain": [["resnet32", "baseline_cnn"], "resnet32", "conv3_student"],
                      "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
-                     "epochs": 8, "ablation": True}
+                     "epochs": 6, "ablation": True}
 RECIPE_PROFILES = {"phantom": PHANTOM_ASSISTANT}
 
 

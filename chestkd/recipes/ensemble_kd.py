@@ -86,7 +86,7 @@ DEFAULTS = {**BASE_DEFAULTS,
 # default": at 64 px and 2,000 films the same trainings took ~11 min and learnt less).
 PHANTOM_ENSEMBLE = {"teacher": "resnet32", "branches": ["conv3_student", "baseline_cnn"],
                     "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
-                    "epochs": 12, "standalone": ["base", "kd"]}
+                    "epochs": 10, "standalone": ["base", "kd"]}
 RECIPE_PROFILES = {"phantom": PHANTOM_ENSEMBLE}
 
 

@@ -36,7 +36,7 @@ sigmoid form of the loss, single-label data the softmax form of Eq. 4.
 
 With no data given it runs on the phantom with :data:`PHANTOM_ROS` laid over the phantom
 profile (Table I only: three small teachers on overlapping subsets, the 3-conv student,
-3,000 films at 32 px, 8 epochs: minutes on two CPU cores); the paper's settings are
+3,000 films at 32 px, 6 epochs: minutes on two CPU cores); the paper's settings are
 ``--config recipes/ros_kd.yaml``. The run prints its plan first.
 """
 from __future__ import annotations
@@ -94,13 +94,13 @@ DEFAULTS = {
 }
 # The recipe's phantom profile (laid over chestkd.training.config.PHANTOM_PROFILE, keys you
 # set win): Table I only, K = 3 small teachers of different families, the 3-conv student, a
-# phantom of 3,000 films at 32 px and 8 epochs (averaging after epoch 4), so the five baselines
+# phantom of 3,000 films at 32 px and 6 epochs (averaging after epoch 3), so the five baselines
 # and RoS-KD finish in minutes on two CPU cores (benchmarks/RESULTS.md, "Every recipe's
 # no-data default"). Not the paper's numbers: --config recipes/ros_kd.yaml has its settings.
 PHANTOM_ROS = {"teachers": ["resnet32", "baseline_cnn", "conv3_student"], "subsets": 3,
                "kd_teacher": "resnet32", "student": "conv3_student",
                "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
-               "epochs": 8, "averaging_start": 4, "studies": ["table1"],
+               "epochs": 6, "averaging_start": 3, "studies": ["table1"],
                "student_study": ["conv3_student", "baseline_cnn", "resnet32"]}
 RECIPE_PROFILES = {"phantom": PHANTOM_ROS}
 LABELS = {"I": "Baseline I (student alone)", "II": "Baseline II (KD, one teacher)",
