@@ -195,3 +195,36 @@ def test_prepare_and_teacher_tables_show_progress_only_when_asked(tmp_path, caps
     assert "8/8" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".npy") == [path.name]
     np.testing.assert_allclose(np.load(path), table, atol=1e-5)
+
+
+@pytest.mark.parametrize("augment", ["flip", "light"])
+def test_images_kept_in_memory_give_the_same_batches_and_are_read_once(tmp_path, monkeypatch,
+                                                                       augment):
+    from chestkd.data import pipeline
+    data, _ = _dataset(tmp_path, size=24)
+    reads = []
+    real_read_files = pipeline.read_files
+    monkeypatch.setattr(pipeline, "read_files",
+                        lambda paths, size: reads.extend(paths) or real_read_files(paths, size))
+    options = dict(image_size=SIZE, batch_size=3, training=True, seed=3, augment=augment)
+    kept = make_dataset(data, "train", in_memory=True, **options)
+    read = make_dataset(data, "train", in_memory=False, **options)
+    for epoch in range(3):  # the same images, order, flips and affine maps every epoch
+        for (a, ya), (b, yb) in zip(kept, read):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+            np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+    # 8 training images: read once each by the kept pipeline, every epoch by the other
+    assert len(reads) == 8 + 3 * 8
+    assert sorted(set(reads)) == sorted(p.encode() for p in data.subset("train").paths)
+    monkeypatch.setattr(pipeline, "IN_MEMORY_BYTES", 8 * SIZE * SIZE * 4 - 1)
+    reads.clear()
+    over_the_limit = make_dataset(data, "train", **options)
+    for _ in range(2):
+        list(over_the_limit)  # read each epoch
+    assert len(reads) == 2 * 8
+    monkeypatch.setattr(pipeline, "IN_MEMORY_BYTES", 8 * SIZE * SIZE * 4)
+    reads.clear()
+    within_the_limit = make_dataset(data, "train", **options)
+    for _ in range(2):
+        list(within_the_limit)  # read once
+    assert len(reads) == 8

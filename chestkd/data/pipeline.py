@@ -39,6 +39,9 @@ from chestkd.errors import ConfigError, DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 NORMALIZATIONS = ("minus_one_one", "zero_one", "imagenet", "mean_std")
+# A split whose decoded images fit in this many bytes is read once and kept in memory
+# (``make_dataset(in_memory=None)``): the phantom's 3,000 images at 128 px take 197 MB.
+IN_MEMORY_BYTES = 1 << 30
 
 
 def encode_labels(data: Dataset) -> np.ndarray:
@@ -98,7 +101,7 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
                  normalization: str = "minus_one_one", mean_std=None, cache_dir=None,
                  teacher_logits: np.ndarray | None = None, flip: bool | None = None,
                  drop_remainder: bool = False, shuffle: bool | None = None,
-                 augment: str | None = None) -> tf.data.Dataset:
+                 augment: str | None = None, in_memory: bool | None = None) -> tf.data.Dataset:
     """Build the tf.data pipeline for ``data`` (or its ``split``).
 
     Args:
@@ -113,6 +116,9 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
         teacher_logits: cached teacher outputs, shape (N, 2, C) or (N, 2, K, C) for the N images
             of this split in order; ``[:, 0]`` is the original view, ``[:, 1]`` the flipped one.
             Then each element is ``({"image": x, "teacher_logits": t}, y)``.
+        in_memory: read the image files once and keep them decoded (float32, at
+            ``image_size``) for every epoch; None: when they take at most
+            :data:`IN_MEMORY_BYTES` (not with ``cache_dir``, whose shards are read as needed).
 
     Returns:
         A dataset of ``(images, y)`` batches (or with the dict above), images float32
@@ -172,14 +178,32 @@ def make_dataset(data: Dataset, split: str | None = None, *, image_size: int = 2
 
         ds = batches.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
-        paths = tf.constant(data.paths)
         batches = elements.batch(batch_size, drop_remainder=drop_remainder)
+        paths = np.array([path.encode() for path in data.paths], dtype=object)  # UTF-8, as TF
+        if in_memory is None:
+            in_memory = n * image_size * image_size * 4 <= IN_MEMORY_BYTES
+        if in_memory:
+            # Each image is read once, when a batch first needs it (the same reading rule, so
+            # the same float32 values), and kept: later epochs gather from memory instead of
+            # decoding and resizing again, which on a CPU takes the cores the training step
+            # needs. Pages of `decoded` are only allocated as rows are written.
+            decoded = np.empty((n, image_size, image_size), np.float32)
+            have = np.zeros(n, bool)
+
+            def read(i):
+                missing = i[~have[i]]
+                if len(missing):
+                    decoded[missing] = read_files(paths[missing], image_size)
+                    have[missing] = True
+                return decoded[i]
+        else:
+            def read(i):
+                # One Python call per batch, not per image: the reading is OpenCV's (GIL
+                # released), the per-call cost of numpy_function is paid once per batch.
+                return read_files(paths[i], image_size)
 
         def load(i, flips, params):
-            # One Python call per batch, not per image: the reading is OpenCV's (GIL released),
-            # the per-call cost of numpy_function is paid once per batch.
-            images = tf.numpy_function(lambda p: read_files(p, image_size),
-                                       [tf.gather(paths, i)], tf.float32, stateful=False)
+            images = tf.numpy_function(read, [i], tf.float32, stateful=False)
             images.set_shape([None, image_size, image_size])
             images = tf.tile(images[..., None], [1, 1, 1, 3])
             return i, flips, params, _flip(images, flips)
