@@ -22,7 +22,7 @@ EXPECTED = {
                     "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
                     "epochs": 10, "standalone": ["base", "kd"]},
     "assistant_kd": {"chain": [["resnet32", "baseline_cnn"], "resnet32", "conv3_student"],
-                     "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
+                     "image_size": 32, "phantom_size": 32, "phantom_images": 2000,
                      "epochs": 6, "ablation": True},
     "ros_kd": {"teachers": ["resnet32", "baseline_cnn", "conv3_student"], "subsets": 3,
                "kd_teacher": "resnet32", "student": "conv3_student", "image_size": 32,

@@ -63,7 +63,7 @@ DEFAULTS = {**BASE_DEFAULTS, "kd_loss": KD_DEFAULTS["kd_loss"],
 # on two CPU cores (benchmarks/RESULTS.md, "Every recipe's no-data default": at 64 px and
 # 2,000 films they took over 22 min).
 PHANTOM_ASSISTANT = {"chain": [["resnet32", "baseline_cnn"], "resnet32", "conv3_student"],
-                     "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
+                     "image_size": 32, "phantom_size": 32, "phantom_images": 2000,
                      "epochs": 6, "ablation": True}
 RECIPE_PROFILES = {"phantom": PHANTOM_ASSISTANT}
 
