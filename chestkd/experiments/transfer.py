@@ -307,7 +307,11 @@ def weights_sentence(config: dict) -> str:
         if source is None:
             return f"{model} starts from random weights"
         return f"{model} starts from the chestkd model {source}"
-    return ("Pretrained weights: " + one(config["transfer_model"], config["weights"]) + "; "
+    first = one(config["transfer_model"], config["weights"])
+    if (config["teacher_model"], config["teacher_weights"]) == (config["transfer_model"],
+                                                                config["weights"]):
+        return f"Pretrained weights: {first} (the teacher too)."
+    return (f"Pretrained weights: {first}; "
             + one(config["teacher_model"], config["teacher_weights"]) + ".")
 
 
