@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from chestkd.errors import ConfigError
+from chestkd.experiments.ros_settings import LABELS
 from chestkd.recipes import ros_kd
 from chestkd.training.run import load_model
 
@@ -40,12 +41,13 @@ def ros_run(tmp_path_factory):
     warm-up of one; records what each store model trained on and the students' epoch-end
     weights."""
     from chestkd.data.phantom import write_phantom
-    from chestkd.experiments import ros as ros_module
+    # RoS-KD trains through the one distillation loop, experiments.kd.distil
+    from chestkd.experiments import kd as kd_module
     from chestkd.experiments import store
     root = tmp_path_factory.mktemp("ros")
     data = write_phantom(root / "data", images=64, size=32, seed=2)
     trained, weights = [], {}
-    train_classifier, fit = store.train_classifier, ros_module.fit
+    train_classifier, fit = store.train_classifier, kd_module.fit
 
     def recording_train_classifier(config, folder, part, name, **kwargs):
         rows = part.split == "train"
@@ -73,7 +75,7 @@ def ros_run(tmp_path_factory):
             "landscape_resolution=2"]          # --studies: the default list, all seven
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store, "train_classifier", recording_train_classifier)
-        patch.setattr(ros_module, "fit", recording_fit)
+        patch.setattr(kd_module, "fit", recording_fit)
         results = ros_kd.run(argv)
     run_dir = next((root / "runs").glob("ros_kd-conv3_student-*"))
     return results, run_dir, argv, trained, weights
@@ -104,13 +106,13 @@ def test_ros_kd_writes_every_default_study_with_baseline_one(ros_run):
     # Table II: Baseline I's model (from the model store) is attacked like the others
     table2 = pd.read_csv(run_dir / "table2.csv")
     assert list(zip(table2["setting"], table2["attack"])) == [
-        (ros_kd.LABELS[k], a) for k in ("I", "III", "ros_kd") for a in ("fgsm", "pgd")]
+        (LABELS[k], a) for k in ("I", "III", "ros_kd") for a in ("fgsm", "pgd")]
     np.testing.assert_allclose(table2["epsilon"], 1.28 / 255)
     baseline = run_dir / "settings" / "I-conv3_student-noise0-seed0"
     assert (baseline / "model.keras").exists()
     assert json.loads((baseline / "setting.json").read_text())["setting"] == "I"
     landscape = pd.read_csv(run_dir / "landscape.csv")
-    assert list(landscape["setting"]) == [ros_kd.LABELS["III"], ros_kd.LABELS["ros_kd"]]
+    assert list(landscape["setting"]) == [LABELS["III"], LABELS["ros_kd"]]
     assert (landscape["grid_points"] == 9).all()    # resolution 2, plus the centre
     for name in ("table1", "overlap", "students", "table2", "table3", "landscape"):
         assert (run_dir / f"{name}.md").read_text().startswith("# ")
@@ -160,7 +162,7 @@ def test_each_teacher_trained_on_the_rows_of_its_own_subset(ros_run):
         sorted([rest // 2, rest - rest // 2])
     assert subsets[0]["patients"] | subsets[1]["patients"] == patients
     # whole patients: a teacher saw every training image of each of its patients
-    data = ros_kd.Experiment(load_config(run_dir), run_dir).data(0.0, 0)
+    data = ros_kd.RosSettings(load_config(run_dir), run_dir).data(0.0, 0)
     train = data.split == "train"
     for record in subsets:
         rows = train & np.isin(data.patients, list(record["patients"]))
@@ -271,7 +273,7 @@ class FakeExperiment:
         noise = self.config["label_noise"] if noise is None else noise
         seed = self.config["seed"] if seed is None else seed
         self.calls.append((name, student, overlap, noise, seed))
-        return {"setting": ros_kd.LABELS[name], "key": name, "student": student,
+        return {"setting": LABELS[name], "key": name, "student": student,
                 "overlap": overlap, "noise": noise, "seed": seed, "f1": 0.5,
                 "folder": str(self.folder(name, student, overlap, noise, seed))}
 

@@ -64,9 +64,13 @@ def resolve_kd_loss(config: dict, data: Dataset) -> str:
 
 
 def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str | None, *,
-           seed: int | None = None, init_from=None, build_student=None, terms_for=None):
-    """Train ``student_name`` from ``teacher`` (one model or a list); returns the best
-    student by validation mean AUC. A run whose training stage finished returns its model.
+           seed: int | None = None, init_from=None, build_student=None, terms_for=None,
+           teacher_tables: dict | None = None, kd_loss: str | None = None,
+           teacher_mixing: dict | None = None, weight_averaging=None, extra_callbacks=(),
+           record: dict | None = None):
+    """The distillation loop of every strategy: train ``student_name`` from ``teacher`` (one
+    model or a list); returns the best student by validation mean AUC (the average with
+    ``weight_averaging``). A run whose training stage finished returns its model.
 
     Args:
         seed: the student's initialisation and data order (default ``config["seed"]``).
@@ -76,6 +80,13 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str | No
         terms_for: ``terms_for(student)`` -> the :class:`FeatureTerm` list of feature
             distillation; feature maps are never cached, so the teachers then run online
             whatever ``teacher_outputs`` says.
+        teacher_tables: ``{"train": table, "val": table}`` of cached teacher logits computed
+            elsewhere (RoS-KD's K-teacher tables); ``teacher`` is then not used.
+        kd_loss: the :class:`KDLoss` formulation (default: the run's, :func:`resolve_kd_loss`).
+        teacher_mixing: the Distiller's several-teacher options (``teacher_sampling``,
+            ``teacher_combine``, ``weight_draw``, ``confidence_temperature``).
+        weight_averaging, extra_callbacks: to :func:`chestkd.training.trainer.fit`.
+        record: more facts for the finished stage's record in ``stages.json``.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -85,11 +96,12 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str | No
         return best_model(run_dir, None)
     set_precision(config)
     seed = int(config["seed"] if seed is None else seed)
-    loss = KDLoss(config.get("kd_loss_used") or resolve_kd_loss(config, data),
+    loss = KDLoss(kd_loss or config.get("kd_loss_used") or resolve_kd_loss(config, data),
                   float(config["temperature"]), float(config["alpha"]))
-    online = terms_for is not None or config.get("teacher_outputs", "cached") == "online"
-    tables = {"train": None, "val": None}
-    if not online:
+    online = teacher_tables is None and (
+        terms_for is not None or config.get("teacher_outputs", "cached") == "online")
+    tables = dict(teacher_tables or {"train": None, "val": None})
+    if not online and teacher_tables is None:
         for split in tables:
             tables[split] = load_or_compute(run_dir / f"teacher_logits_{split}.npy", teacher,
                                             data, split, **image_options(data, config))
@@ -100,14 +112,16 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str | No
             student.set_weights(init_from.get_weights())
         terms = terms_for(student) if terms_for else ()
         distiller = Distiller(student, teacher if online else None, loss=loss,
-                              multi_label=data.multi_label, seed=seed, feature_terms=terms)
+                              multi_label=data.multi_label, seed=seed, feature_terms=terms,
+                              **(teacher_mixing or {}))
         distiller.compile(optimizer=make_optimizer(
             config, steps_per_epoch(data, "train", int(config["batch_size"]))),
             jit_compile=resolve_jit_compile(config, student))
     train, val = pipelines(data, {**config, "seed": seed}, teacher_logits=tables["train"],
                            val_teacher_logits=tables["val"])
-    fit(distiller, train, val, config, run_dir, multi_label=data.multi_label)
-    stages.mark("training", epochs=int(config["epochs"]),
+    fit(distiller, train, val, config, run_dir, multi_label=data.multi_label,
+        weight_averaging=weight_averaging, extra_callbacks=extra_callbacks)
+    stages.mark("training", epochs=int(config["epochs"]), **(record or {}),
                 **({"feature_terms": [term.get_config() for term in terms]} if terms else {}))
     return best_model(run_dir, student)
 

@@ -34,19 +34,16 @@ from pathlib import Path
 import numpy as np
 
 from chestkd.data.dataset import Dataset
-from chestkd.data.pipeline import make_dataset, steps_per_epoch
+from chestkd.data.pipeline import make_dataset
 from chestkd.data.splits import teacher_training_sets
-from chestkd.distill.distiller import Distiller
-from chestkd.distill.losses import KDLoss
 from chestkd.cli import list_option
 from chestkd.errors import ChestKDError
+from chestkd.experiments.kd import distil
 from chestkd.experiments.store import obtain_model, store_root
 from chestkd.training.callbacks import WeightAveraging
-from chestkd.training.experiment import build_model, image_options, pipelines, set_precision
-from chestkd.training.run import Stages, best_model, seed_everything
+from chestkd.training.experiment import image_options
+from chestkd.training.run import Stages, best_model
 from chestkd.training.teacher_cache import load_or_compute
-from chestkd.training.trainer import (distribution_strategy, fit, make_optimizer,
-                                      resolve_jit_compile)
 
 
 def schedule_tag(config: dict) -> str:
@@ -114,30 +111,14 @@ def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_na
                    sampling: str = "random", combine: str = "losses",
                    weight_draw: str = "normalised", averaging: bool = False, seed: int = 0,
                    extra_callbacks=()):
-    """Train ``student_name`` on the cached teachers of ``tables``; returns the model
-    selected (the averaged one with ``averaging``). A finished folder returns its model.
-    ``weight_draw`` and ``config["confidence_temperature"]`` go to the Distiller;
-    ``extra_callbacks`` to :func:`chestkd.training.trainer.fit`."""
+    """Train ``student_name`` on the cached teachers of ``tables`` with the one distillation
+    loop (:func:`chestkd.experiments.kd.distil`); returns the model selected (the averaged
+    one with ``averaging``). A finished folder returns its model. ``weight_draw`` and
+    ``config["confidence_temperature"]`` go to the Distiller; ``extra_callbacks`` to
+    :func:`chestkd.training.trainer.fit`."""
     folder = Path(folder)
-    stages = Stages(folder)
-    if stages.done("training"):
+    if Stages(folder).done("training"):
         return best_model(folder, None)
-    folder.mkdir(parents=True, exist_ok=True)
-    set_precision(config)
-    loss = KDLoss(kd_formulation(data), float(config["temperature"]), float(config["alpha"]))
-    seed_everything(seed)
-    with distribution_strategy(config).scope():
-        student = build_model(student_name, data, config)
-        distiller = Distiller(student, None, loss=loss, multi_label=data.multi_label,
-                              teacher_sampling=sampling, teacher_combine=combine,
-                              weight_draw=weight_draw, seed=seed,
-                              confidence_temperature=float(config.get("confidence_temperature",
-                                                                      0.1)))
-        distiller.compile(optimizer=make_optimizer(
-            config, steps_per_epoch(data, "train", int(config["batch_size"]))),
-            jit_compile=resolve_jit_compile(config, student))
-    train, val = pipelines(data, {**config, "seed": seed}, teacher_logits=tables["train"],
-                           val_teacher_logits=tables["val"])
     callback = None
     if averaging:
         # BatchNorm statistics of the average: the first `bn_batches` batches of a shuffled
@@ -149,11 +130,14 @@ def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_na
                                    bn_batches=config.get("bn_batches"),
                                    state_path=folder / "weight_average.npz",
                                    raw_path=folder / "raw_model.keras")
-    fit(distiller, train, val, config, folder, multi_label=data.multi_label,
-        weight_averaging=callback, extra_callbacks=extra_callbacks)
-    stages.mark("training", epochs=int(config["epochs"]), sampling=sampling, combine=combine,
-                averaging=bool(averaging))
-    return best_model(folder, student)
+    mixing = {"teacher_sampling": sampling, "teacher_combine": combine,
+              "weight_draw": weight_draw,
+              "confidence_temperature": float(config.get("confidence_temperature", 0.1))}
+    return distil(config, folder, data, None, student_name, seed=seed, teacher_tables=tables,
+                  kd_loss=kd_formulation(data), teacher_mixing=mixing,
+                  weight_averaging=callback, extra_callbacks=extra_callbacks,
+                  record={"sampling": sampling, "combine": combine,
+                          "averaging": bool(averaging)})
 
 
 def choices_note(config: dict) -> str:

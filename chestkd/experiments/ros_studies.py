@@ -1,5 +1,5 @@
 """The studies of RoS-KD's paper, each a list of settings of one
-:class:`chestkd.recipes.ros_kd.Experiment` and a table built from the finished ones.
+:class:`chestkd.experiments.ros_settings.RosSettings` and a table built from the finished ones.
 
 * ``table1``: Table I, precision / recall / F1 (macro; thresholds chosen on the validation
   split for multi-label data) and mean AUC of every setting, the raw student beside RoS-KD;

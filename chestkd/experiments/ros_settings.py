@@ -1,0 +1,187 @@
+"""The settings of a RoS-KD run and their checks: which baselines and studies exist, what
+each setting is called, and :class:`RosSettings`, which trains and scores each setting once.
+
+The recipe (:mod:`chestkd.recipes.ros_kd`) builds one from its configuration;
+:func:`chestkd.experiments.ros_studies.run_studies` turns its rows into tables.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from chestkd.cli import list_option
+from chestkd.data.splits import OVERLAP_MODES
+from chestkd.distill.teacher_mixing import (TEACHER_COMBINE, WEIGHT_DRAWS, check_temperature,
+                                            check_weight_draw)
+from chestkd.errors import ConfigError
+from chestkd.experiments.kd import evaluate_once
+from chestkd.experiments.ros import (distil_setting, logit_tables, macro_scores,
+                                     obtain_teachers, ros_store, teacher_names)
+from chestkd.experiments.store import MODEL_KEYS, obtain_model
+from chestkd.models import get_spec
+from chestkd.training.config import config_id, save_config
+from chestkd.training.experiment import load_run_data
+from chestkd.training.run import Stages, load_model, write_json
+
+__all__ = ["BASELINES", "LABELS", "STUDIES", "RosSettings", "baselines", "check_ros_config",
+           "studies"]
+
+BASELINES = ("I", "II", "III", "IV", "V")
+STUDIES = ("table1", "overlap", "students", "folds", "robustness", "noise", "landscape")
+LABELS = {"I": "Baseline I (student alone)", "II": "Baseline II (KD, one teacher)",
+          "III": "Baseline III (equal fixed weights)",
+          "IV": "Baseline IV (confidence weights; not the paper's RL)",
+          "V": "Baseline V (RoS-KD without averaging)", "ros_kd": "RoS-KD"}
+
+
+def option_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def baselines(config: dict) -> list[str]:
+    """The run's baselines (``none``: no baseline)."""
+    return list_option(config["baselines"], "--baselines", allowed=BASELINES, empty=True)
+
+
+def studies(config: dict) -> list[str]:
+    return list_option(config["studies"], "--studies", allowed=STUDIES)
+
+
+def check_ros_config(config: dict) -> None:
+    for key in ("teachers", "student_study"):
+        for name in list_option(config[key], option_name(key), empty=True):
+            if not name.endswith(".keras"):
+                get_spec(name)
+    for key in ("student", "kd_teacher"):
+        get_spec(config[key]) if not str(config[key]).endswith(".keras") else None
+    choices = {"teacher_sampling": ("random", "random_per_example", "confidence"),
+               "teacher_combine": TEACHER_COMBINE, "baseline_iii_combine": TEACHER_COMBINE,
+               "weight_draw": WEIGHT_DRAWS, "overlap_mode": OVERLAP_MODES,
+               "baseline_iii_teachers": ("subsets", "full")}
+    for key, allowed in choices.items():
+        if config[key] not in allowed:
+            raise ConfigError(f"--{key.replace('_', '-')} {config[key]!r}: choose one of "
+                              f"{list(allowed)}")
+    try:
+        check_weight_draw(config["weight_draw"], config["teacher_sampling"],
+                          config["teacher_combine"])
+        check_temperature(config["confidence_temperature"])
+    except ConfigError as error:
+        raise ConfigError(f"ros_kd options: {error}") from None
+    if not isinstance(config["subsets"], int) or config["subsets"] < 1:
+        raise ConfigError(f"--subsets {config['subsets']!r}: a positive integer")
+    for p in [config["overlap"], *list_option(config["overlap_study"],
+                                              option_name("overlap_study"), cast=float,
+                                              empty=True)]:
+        if not 0.0 <= float(p) <= 1.0:
+            raise ConfigError(f"overlap {p!r}: a ratio in [0, 1]")
+    baselines(config)
+    studies(config)
+
+
+
+class RosSettings:
+    """The settings of one RoS-KD run (Baselines I-V, RoS-KD; each at a student, overlap,
+    label noise and seed), each trained at most once, in folders under ``run_dir/settings``.
+    :func:`chestkd.experiments.ros_studies.run_studies` asks it for the rows of every study."""
+
+    def __init__(self, config: dict, run_dir: Path):
+        self.config, self.run_dir, self._data = config, run_dir, {}
+
+    def data(self, noise, seed):
+        key = (float(noise), int(seed))
+        if key not in self._data:
+            self._data[key] = load_run_data(self.variant(noise, seed), self.run_dir)
+        return self._data[key]
+
+    def variant(self, noise, seed) -> dict:
+        return {**self.config, "label_noise": float(noise), "seed": int(seed)}
+
+    def folder(self, name, student, overlap, noise, seed) -> Path:
+        k = int(self.config["subsets"])
+        subset = "" if float(overlap) >= 1.0 and name in ("I", "II", "III") else \
+            f"-k{k}-p{float(overlap):g}"
+        return (self.run_dir / "settings" /
+                f"{name}-{Path(str(student)).stem}{subset}-noise{float(noise):g}-seed{seed}")
+
+    def setting(self, name, *, student=None, overlap=None, noise=None, seed=None) -> dict:
+        """The finished setting's row (training and evaluating it first if needed)."""
+        config = self.config
+        student = student or config["student"]
+        overlap = float(config["overlap"] if overlap is None else overlap)
+        noise = float(config.get("label_noise") or 0.0) if noise is None else float(noise)
+        seed = int(config["seed"] if seed is None else seed)
+        if name in ("I", "II") or (name == "III" and
+                                   config["baseline_iii_teachers"] == "full"):
+            overlap = 1.0     # the full training split
+        folder = self.folder(name, student, overlap, noise, seed)
+        if not Stages(folder).done("evaluation"):
+            self._train_and_evaluate(name, folder, student, overlap, noise, seed)
+        elif name == "I" and not (folder / "model.keras").exists():
+            # A Baseline I folder from before its model was copied in: fetch it from the store.
+            self._baseline_student(folder, student, noise, seed)
+        return self.row(name, folder, student=student, overlap=overlap, noise=noise, seed=seed)
+
+    def _baseline_student(self, folder, student, noise, seed):
+        """Baseline I: the student alone from the model store, its model copied into the
+        setting folder (so every study and ``python -m chestkd.robustness FOLDER`` find it)
+        and named in ``setting.json``."""
+        config, data = self.variant(noise, seed), self.data(noise, seed)
+        model, source = obtain_model({**config, "teachers_dir": str(ros_store(config, "full"))},
+                                     data, student)
+        source_model = Path(source) / "model.keras" if Path(source).is_dir() else Path(source)
+        if not (folder / "model.keras").exists():
+            shutil.copy2(source_model, folder / "model.keras")
+        write_json({"setting": "I", "model": str(source_model), "source": str(source)},
+                   folder / "setting.json")
+        return model
+
+    def _train_and_evaluate(self, name, folder, student, overlap, noise, seed):
+        config, data = self.variant(noise, seed), self.data(noise, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Its own configuration: `python -m chestkd.robustness FOLDER` (and landscape) work on
+        # a setting as on any run.
+        save_config({**config, "run_dir": str(folder), "setting": name, "student": student,
+                     "model": student}, folder / "config.yaml")
+        print(f"\n=== {LABELS[name]}: {student}, p={overlap:g}, noise={noise:g}, seed={seed} ===")
+        if name == "I":
+            model = self._baseline_student(folder, student, noise, seed)
+        else:
+            k = int(config["subsets"])
+            names = [config["kd_teacher"]] if name == "II" else teacher_names(config, k)
+            p = 1.0 if name == "II" else overlap
+            teachers = obtain_teachers(config, data, names, overlap=p, seed=seed)
+            # A table belongs to its teachers (store entries name their subset) and the data.
+            tag = {"teachers": [str(source) for _, source in teachers],
+                   "data": config_id(config, keys=MODEL_KEYS)}
+            tables = logit_tables(config, data, teachers,
+                                  self.run_dir / "teacher_tables" / config_id(tag))
+            sampling = {"II": "fixed", "III": "fixed", "IV": "confidence"}.get(
+                name, config["teacher_sampling"])
+            combine = {"II": "logits", "III": config["baseline_iii_combine"]}.get(
+                name, config["teacher_combine"])
+            draw = config["weight_draw"] if sampling in ("random", "random_per_example") \
+                else "normalised"
+            model = distil_setting(config, folder, data, tables, student, sampling=sampling,
+                                   combine=combine, weight_draw=draw,
+                                   averaging=name == "ros_kd", seed=seed)
+            write_json({"setting": name, "teachers": [str(s) for _, s in teachers],
+                        "overlap": p, "overlap_mode": config["overlap_mode"],
+                        "sampling": sampling, "combine": combine, "weight_draw": draw,
+                        "model": str(folder / "model.keras")}, folder / "setting.json")
+            if name == "ros_kd" and (folder / "raw_model.keras").exists():
+                evaluate_once(load_model(folder / "raw_model.keras"), data, config, folder,
+                              prefix="raw_", stage="raw_evaluation", model_name=student)
+        evaluate_once(model, data, config, folder, model_name=student)
+
+    def row(self, name, folder, **info) -> dict:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        row = {"setting": LABELS[name], "key": name, **info, **macro_scores(folder),
+               "mean_auc": metrics["mean_auc"], "folder": str(folder)}
+        if (folder / "raw_metrics.json").exists():
+            raw = json.loads((folder / "raw_metrics.json").read_text())
+            row.update({f"raw_{k}": v for k, v in macro_scores(folder, "raw_").items()},
+                       raw_mean_auc=raw["mean_auc"])
+        return row
+
