@@ -12,6 +12,7 @@ import yaml
 from chestkd.errors import ConfigError
 from chestkd.models.weights import source_model_file, transfer_weights
 from chestkd.models.zoo import build, freeze_backbone, unfreeze_backbone
+from chestkd.experiments import transfer
 from chestkd.recipes import transfer_learning
 
 SHAPE = (32, 32, 3)
@@ -82,7 +83,7 @@ def test_fine_tuning_by_default_trains_batchnorm_as_pytorch_does():
     assert transfer_learning.DEFAULTS["finetune_batchnorm"] == "train"
     keras.utils.set_random_seed(0)
     model = freeze_backbone(build("conv3_student", 2, SHAPE))
-    transfer_learning.unfrozen(model, "train")
+    transfer.unfrozen(model, "train")
     assert all(layer.trainable for layer in model.layers)
     x = np.random.default_rng(0).uniform(-1, 1, (8, *SHAPE)).astype("float32")
     y = np.eye(2, dtype="float32")[[0, 1] * 4]
@@ -92,7 +93,7 @@ def test_fine_tuning_by_default_trains_batchnorm_as_pytorch_does():
     model.train_on_batch(x, y)
     after = model.get_layer("conv1_bn").get_weights()
     assert all(not np.array_equal(a, b) for a, b in zip(after, before))  # gamma, beta, mean, var
-    transfer_learning.unfrozen(model, "frozen")
+    transfer.unfrozen(model, "frozen")
     assert not model.get_layer("conv1_bn").trainable and model.get_layer("conv1").trainable
 
 
@@ -236,15 +237,15 @@ def test_the_verdict_names_setups_whose_interval_reaches_one_half():
                 transfer_learning.SETUPS, [0.70, 0.80, 0.85, 0.90, 0.89],
                 [[0.6, 0.8], [0.7, 0.9], [0.49, 0.95], [0.8, 0.95], [0.8, 0.95]],
                 [2, 11, 11, 23, 11])]
-    text = transfer_learning.verdict(rows)
+    text = transfer.verdict(rows)
     assert text.startswith("NOT the paper's story") and transfer_learning.SETUPS[2][1] in text
     assert "within 0.02 of the teacher" in text
     rows[3]["auc_ci"], rows[3]["auc"] = [0.42, 0.67], 0.54     # a teacher at chance
-    assert "not from distillation" in transfer_learning.verdict(rows)
+    assert "not from distillation" in transfer.verdict(rows)
     rows[3]["auc_ci"], rows[3]["auc"] = [0.8, 0.95], 0.90
     assert transfer_learning.SETUPS[1][1] not in text.split("Transfer vs.")[0]
     rows[2]["auc_ci"] = [0.7, 0.95]
-    text = transfer_learning.verdict(rows)
+    text = transfer.verdict(rows)
     assert text.startswith("Every setup learnt") and "transfer ahead" in text
     assert "within 0.02 of the teacher" in text
 

@@ -37,10 +37,9 @@ import pandas as pd
 from chestkd.cli import main_of
 from chestkd.errors import ConfigError
 from chestkd.experiments.kd import distil
-from chestkd.experiments.transfer import (SETUPS, baseline_epochs, check_options,  # noqa: F401
+from chestkd.experiments.transfer import (SETUPS, baseline_epochs, check_options,
                                           initial_model, plan, score, setup_titles, table_row,
-                                          table_text, teacher_outputs, train_stage, two_stage,
-                                          unfrozen, verdict)
+                                          table_text, teacher_outputs, train_stage, two_stage)
 from chestkd.training.config import BASE_DEFAULTS, resolve_config, save_config
 from chestkd.training.experiment import load_run_data, set_precision
 from chestkd.training.run import start_run, write_json
