@@ -4,10 +4,18 @@ Its old default wrote a Table 4.1 whose baseline, extractor, fine-tuned model an
 chance. This runs the demo as a new user gets it (the no-data profile: its architectures,
 source task, stages and checkpoint rule), only smaller, from a fresh home and model store, and
 asserts that every setup's test AUC interval lies above 0.5: the table's own verdict.
+
+It costs about 6 CPU-minutes (4.7 min of one CI worker on the VM of 2026-12-06), which would
+take the suite past CI's 10 minutes on two cores, so it runs when CHESTKD_SLOW_TESTS=1
+(`CHESTKD_SLOW_TESTS=1 python -m pytest tests/test_transfer_demo_learns.py`). It was seen
+failing on the code before the fix (extractor 0.563 [0.500, 0.646], ResNet-50 teacher 0.527
+[0.462, 0.604]) and passing after it.
 """
 import json
+import os
 
 import pandas as pd
+import pytest
 
 from chestkd.recipes import transfer_learning
 
@@ -24,6 +32,8 @@ REDUCED = {"phantom_images": 1000, "phantom_size": 64, "image_size": 64,
 DEMO = {"baseline_model": "baseline_cnn", "transfer_model": "resnet18"}
 
 
+@pytest.mark.skipif(os.environ.get("CHESTKD_SLOW_TESTS") != "1",
+                    reason="~6 CPU-minutes; set CHESTKD_SLOW_TESTS=1")
 def test_every_setup_of_the_reduced_demo_learns(tmp_path, monkeypatch):
     monkeypatch.setenv("CHESTKD_HOME", str(tmp_path / "home"))   # phantoms and pretraining anew
     argv = ["--out", str(tmp_path / "runs"), *(f"{k}={v}" for k, v in REDUCED.items())]
