@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 
 from chestkd.data import CHESTXRAY14_FINDINGS
-from chestkd.data.phantom import (BOX_HEADER, METADATA_HEADER, ORIGINAL_FORMATS, VERSION,
-                                  generate_image, load_phantom, plan, render, write_phantom)
-from chestkd.data.phantom_anatomy import sample_anatomy
-from chestkd.data.phantom_labels import sample_findings
+from chestkd.data.phantom.anatomy import sample_anatomy
+from chestkd.data.phantom.labels import sample_findings
+from chestkd.data.phantom.multilabel import (BOX_HEADER, METADATA_HEADER, ORIGINAL_FORMATS,
+                                             VERSION, generate_image, load_phantom, plan,
+                                             render, write_phantom)
 from chestkd.errors import ConfigError, DataError
 
 

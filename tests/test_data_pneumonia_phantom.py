@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from chestkd.data import load_dataset
-from chestkd.data.phantom_anatomy import Scene, sample_anatomy
-from chestkd.data.pneumonia_findings import covid_ground_glass, focal_pneumonia
-from chestkd.data.pneumonia_phantom import (FINDING_NAMES, load_pneumonia_phantom, plan,
+from chestkd.data.phantom.anatomy import Scene, sample_anatomy
+from chestkd.data.phantom.pneumonia import (FINDING_NAMES, load_pneumonia_phantom, plan,
                                             write_pneumonia_phantom)
+from chestkd.data.phantom.pneumonia_patterns import covid_ground_glass, focal_pneumonia
 from chestkd.errors import ConfigError, DataError
 from chestkd.training.config import BASE_DEFAULTS, PHANTOM_PROFILE, dataset_options, resolve_config
 
@@ -161,7 +161,7 @@ def test_cli_writes_the_pneumonia_kind(tmp_path, capsys):
 
 
 def test_an_older_cached_phantom_is_regenerated(tmp_path, monkeypatch):
-    from chestkd.data.pneumonia_phantom import VERSION, default_folder
+    from chestkd.data.phantom.pneumonia import VERSION, default_folder
     monkeypatch.setenv("CHESTKD_HOME", str(tmp_path))
     folder = default_folder(20, 32, 0, ["normal", "pneumonia"])
     write_pneumonia_phantom(folder, images=20, size=32, classes=["normal", "pneumonia"])

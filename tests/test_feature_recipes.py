@@ -28,8 +28,7 @@ TINY = ["--image-size", "32", "--batch-size", "16", "--epochs", "1", "--learning
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from chestkd.data.phantom import write_phantom
-    from chestkd.data.pneumonia_phantom import write_pneumonia_phantom
+    from chestkd.data.phantom import write_phantom, write_pneumonia_phantom
     root = tmp_path_factory.mktemp("feature_recipes")
     findings = write_phantom(root / "findings", images=60, size=32, seed=1)
     pneumonia = write_pneumonia_phantom(root / "pneumonia", images=60, size=32, seed=1)

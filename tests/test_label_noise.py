@@ -6,8 +6,8 @@ from chestkd.data import CHESTXRAY14_FINDINGS
 from chestkd.data.dataset import Dataset
 from chestkd.data.describe import describe, format_report
 from chestkd.data.phantom import load_phantom, write_phantom
-from chestkd.data.phantom_labels import target_prevalence
-from chestkd.data.phantom_noise import check_label_noise, corrupt_labels, flip_rates
+from chestkd.data.phantom.label_noise import check_label_noise, corrupt_labels, flip_rates
+from chestkd.data.phantom.labels import target_prevalence
 from chestkd.errors import ConfigError
 
 ROWS = 20000

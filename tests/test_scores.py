@@ -111,8 +111,8 @@ SIGMOID = re.compile(r"1(\.0)?\s*/\s*\(\s*1(\.0)?\s*\+\s*(np\.)?exp")
 SOFTMAX = re.compile(r"exp\(\s*\w+\s*-\s*\w+\.max\(")
 AUC = re.compile(r"roc_auc_score\(|reduceat\(")
 # Not logits -> probabilities: smooth edges drawn into the phantom images.
-IMAGE_EDGES = {"data/phantom_anatomy.py", "data/phantom_findings.py",
-               "data/pneumonia_findings.py"}
+IMAGE_EDGES = {"data/phantom/anatomy.py", "data/phantom/findings.py",
+               "data/phantom/pneumonia_patterns.py"}
 
 
 def test_one_definition_of_probabilities_and_of_the_exact_auc():

@@ -31,7 +31,7 @@ LOADERS = {
     "folder": "chestkd.data.folder:load_folder",
     "csv": "chestkd.data.csv_table:load_csv",
     "phantom": "chestkd.data.phantom:load_phantom",
-    "pneumonia_phantom": "chestkd.data.pneumonia_phantom:load_pneumonia_phantom",
+    "pneumonia_phantom": "chestkd.data.phantom:load_pneumonia_phantom",
 }
 
 

@@ -86,7 +86,7 @@ def run_phantom(args) -> None:
     given = {key: getattr(args, key) for key in ("images", "size", "seed")
              if getattr(args, key) is not None}
     if args.kind == "pneumonia":
-        from chestkd.data.pneumonia_phantom import write_pneumonia_phantom
+        from chestkd.data.phantom import write_pneumonia_phantom
         result = write_pneumonia_phantom(args.out, classes=args.classes, **given)
     else:
         if args.classes is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chestkd.data.pneumonia_phantom import default_folder, write_pneumonia_phantom
+from chestkd.data.phantom.pneumonia import default_folder, write_pneumonia_phantom
 from chestkd.errors import ConfigError
 from chestkd.evaluation import markdown_table
 from chestkd.evaluation.classification import classification_report, confusion_matrix_figure

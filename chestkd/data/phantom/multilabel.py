@@ -1,4 +1,4 @@
-"""The phantom: a procedural ChestX-ray14 look-alike, so everything runs with no download.
+"""The 14-finding (multi-label) phantom: a procedural ChestX-ray14 look-alike.
 
 ``write_phantom(out, images, size, seed)`` writes exactly the ChestX-ray14 layout::
 
@@ -9,21 +9,21 @@
     train_val_list.txt, test_list.txt   a patient-wise 80/20 split
     phantom.json                  the parameters (written last: marks the phantom complete)
 
-so the real loader reads it unchanged. Anatomy (:mod:`chestkd.data.phantom_anatomy`) and
+so the real loader reads it unchanged. Anatomy (:mod:`chestkd.data.phantom.anatomy`) and
 the placement of each lesion are drawn once per patient and shared by the patient's
 follow-up films, and a follow-up repeats the previous film's findings half the time, so a
 patient's films look alike and splits must be patient-wise. Labels follow ChestX-ray14's
-prevalences and co-occurrences (:mod:`chestkd.data.phantom_labels`), with each official
+prevalences and co-occurrences (:mod:`chestkd.data.phantom.labels`), with each official
 list holding every finding at least ``min(3, films // 30)`` times; each finding has its own
-signature (:mod:`chestkd.data.phantom_findings`). Films vary in view (PA/AP, AP more often
+signature (:mod:`chestkd.data.phantom.findings`). Films vary in view (PA/AP, AP more often
 for abnormal films), inspiration, exposure, contrast, position, rotation and noise; ages,
 sexes and original film formats resemble the release's.
 
 ``load_phantom()`` with no folder writes the phantom into ``$CHESTKD_HOME`` (default
 ``~/.cache/chestkd``) once and loads it with the ChestX-ray14 loader.
 
-Label noise (``load_phantom(label_noise=p)``, :mod:`chestkd.data.phantom_noise`): the files
-always hold the true findings (one phantom serves every noise level); the loaded Dataset's
+Label noise (``load_phantom(label_noise=p)``, :mod:`chestkd.data.phantom.label_noise`): the
+files always hold the true findings (one phantom serves every noise level); the loaded Dataset's
 ``labels`` are corrupted the way an NLP labeller reading the reports would, and
 ``clean_labels`` keeps the truth, for every split. For each finding ``c`` with prevalence
 ``pi_c`` in the phantom:
@@ -56,10 +56,10 @@ import numpy as np
 import pandas as pd
 
 from chestkd.data import CHESTXRAY14_FINDINGS
-from chestkd.data.phantom_anatomy import Scene, adjust_for_view, sample_anatomy
-from chestkd.data.phantom_findings import ANATOMY_EDITS, SCENE_EDITS, transform_box, warp
-from chestkd.data.phantom_labels import sample_findings
-from chestkd.data.phantom_noise import check_label_noise, corrupt_labels
+from chestkd.data.phantom.anatomy import Scene, adjust_for_view, sample_anatomy
+from chestkd.data.phantom.findings import ANATOMY_EDITS, SCENE_EDITS, transform_box, warp
+from chestkd.data.phantom.labels import sample_findings
+from chestkd.data.phantom.label_noise import check_label_noise, corrupt_labels
 from chestkd.errors import ConfigError, DataError
 
 BOX_SPACE = 1024

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from chestkd.data.phantom_anatomy import Scene, blur, pixel_grid
-from chestkd.data.phantom_findings import _mask_box, _side, consolidation, pneumonia
+from chestkd.data.phantom.anatomy import Scene, blur, pixel_grid
+from chestkd.data.phantom.findings import _mask_box, _side, consolidation, pneumonia
 
 Box = tuple[float, float, float, float]
 PATTERNS = ("normal", "pneumonia", "covid19")

@@ -3,8 +3,9 @@
 Everything is built in *normalised* coordinates (x, y in [0, 1], x to the image's right, y
 down), so one seed gives the same chest at every image size. The image is a projection of
 X-ray attenuation: the renderer accumulates a *density* map ``D`` (soft tissue ~1, aerated
-lung ~0.4, bone adds on top) and :mod:`chestkd.data.phantom` maps it to intensity with the
-Beer-Lambert law ``I = 1 - exp(-k D)``, so dense structures are white and lungs dark.
+lung ~0.4, bone adds on top) and :func:`chestkd.data.phantom.multilabel.expose` maps it to
+intensity with the Beer-Lambert law ``I = 1 - exp(-k D)``, so dense structures are white and
+lungs dark.
 
 Laterality follows the radiological convention of a PA film: the patient's **right** lung
 is on the image's **left** (x < midline), the heart bulges to the image's right.

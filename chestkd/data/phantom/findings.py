@@ -1,4 +1,4 @@
-"""The 14 findings of the phantom: each edits a :class:`~chestkd.data.phantom_anatomy.Scene`.
+"""The 14 findings of the phantom: each edits a :class:`~chestkd.data.phantom.anatomy.Scene`.
 
 Every finding has its own signature at an anatomically plausible place, varies in size,
 position and strength (some are subtle), and returns its bounding box in normalised
@@ -30,7 +30,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from chestkd.data.phantom_anatomy import Anatomy, Scene, blur, draw_polyline, soft_ellipse
+from chestkd.data.phantom.anatomy import Anatomy, Scene, blur, draw_polyline, soft_ellipse
 
 Box = tuple[float, float, float, float]
 

@@ -13,8 +13,8 @@ and a table in the layout of the COVID-19 image data collection's ``metadata.csv
     boxes.csv        filename, folder, label, x, y, w, h: one box per lesion, file pixels
     phantom.json     the parameters (written last: marks the phantom complete)
 
-The patterns are those of :mod:`chestkd.data.pneumonia_findings` on the anatomy of the
-14-finding phantom (:mod:`chestkd.data.phantom_anatomy`), exposed the same way. Class
+The patterns are those of :mod:`chestkd.data.phantom.pneumonia_patterns` on the anatomy of
+the 14-finding phantom (:mod:`chestkd.data.phantom.anatomy`), exposed the same way. Class
 shares follow the COVID-19 case study's data (1,717 normal, 4,273 pneumonia, 301 COVID-19
 films), renormalised over the chosen ``classes``: ``["normal", "pneumonia"]`` gives
 29 % / 71 %, close to the pediatric set's 27 % / 73 %. Patients have follow-up films like
@@ -38,10 +38,10 @@ import pandas as pd
 
 from chestkd.data.balance import balance_dataset, check_balance
 from chestkd.data.dataset import Dataset
-from chestkd.data.phantom import (expose, films_per_patient, render_all, stored_parameters,
-                                  test_patients, write_once)
-from chestkd.data.phantom_anatomy import Scene, adjust_for_view, sample_anatomy
-from chestkd.data.pneumonia_findings import PATTERN_EDITS, PATTERNS
+from chestkd.data.phantom.multilabel import (expose, films_per_patient, render_all,
+                                             stored_parameters, test_patients, write_once)
+from chestkd.data.phantom.anatomy import Scene, adjust_for_view, sample_anatomy
+from chestkd.data.phantom.pneumonia_patterns import PATTERN_EDITS, PATTERNS
 from chestkd.errors import ConfigError, DataError
 
 VERSION = 2  # bumped whenever the same parameters would give other files
