@@ -17,6 +17,7 @@ import os
 import pandas as pd
 import pytest
 
+from chestkd.experiments import transfer
 from chestkd.recipes import transfer_learning
 
 # What the test reduces, and nothing else: fewer epochs per ResNet stage (pretraining 5 of 6,
@@ -42,7 +43,7 @@ def test_every_setup_of_the_reduced_demo_learns(tmp_path, monkeypatch):
     written = json.loads((run_dir / "metrics.json").read_text())
     assert written["table"] == json.loads(json.dumps(summary["table"]))
     table = pd.read_csv(run_dir / "table4_1.csv")
-    assert len(table) == len(written["table"]) == len(transfer_learning.SETUPS)
+    assert len(table) == len(written["table"]) == len(transfer.SETUPS)
     assert {k: transfer_learning.resolve(argv)[k] for k in DEMO} == DEMO
     models = [row["model"] for row in written["table"]]
     assert models[0] == DEMO["baseline_model"]

@@ -177,8 +177,8 @@ def test_weights_that_cannot_work_are_refused_before_training(tmp_path):
     config = transfer_learning.resolve(["--out", str(tmp_path), "epochs=2"])
     assert config["image_size"] == 64 and config["epochs"] == 2   # the no-data profile
     assert config["dataset"] == "pneumonia_phantom" and config["augment"] == "flip"
-    assert transfer_learning.teacher_outputs(config) == "cached"
-    assert transfer_learning.teacher_outputs({"augment": "light"}) == "online"
+    assert transfer.teacher_outputs(config) == "cached"
+    assert transfer.teacher_outputs({"augment": "light"}) == "online"
     with pytest.raises(ConfigError, match="finetune-batchnorm"):
         transfer_learning.resolve(["--out", str(tmp_path), "finetune_batchnorm=partly"])
     paper = transfer_learning.resolve(["--config", str(Path(__file__).parents[1] / "recipes" /
@@ -219,13 +219,13 @@ def test_table_row_decides_at_the_validation_threshold_not_the_arg_max(tmp_path)
                "per_class_auc_ci": {"pneumonia": [1.0, 1.0]},
                "thresholds": {"values": [0.9, 0.25]}, "params": {"total": 10},
                "latency": {"median_ms": 1.0}}
-    row = transfer_learning.table_row("student", "Student", folder, results, positive=1)
+    row = transfer.table_row("student", "Student", folder, results, positive=1)
     assert row["threshold"] == 0.25
     assert row["accuracy"] == 1.0 and row["recall"] == 1.0 and row["precision"] == 1.0
     assert row["accuracy_argmax"] == pytest.approx(3 / 8)     # every film called normal
     # a threshold between the classes' scores that misses one positive
     results["thresholds"]["values"] = [0.9, 0.31]
-    row = transfer_learning.table_row("student", "Student", folder, results, positive=1)
+    row = transfer.table_row("student", "Student", folder, results, positive=1)
     assert row["recall"] == pytest.approx(4 / 5) and row["precision"] == 1.0
     assert row["accuracy"] == pytest.approx(7 / 8)
     assert row["f1"] == pytest.approx(2 * 0.8 / 1.8)
@@ -234,16 +234,16 @@ def test_table_row_decides_at_the_validation_threshold_not_the_arg_max(tmp_path)
 def test_the_verdict_names_setups_whose_interval_reaches_one_half():
     rows = [{"setup": title, "auc": auc, "auc_ci": ci, "parameters": n}
             for (_, title), auc, ci, n in zip(
-                transfer_learning.SETUPS, [0.70, 0.80, 0.85, 0.90, 0.89],
+                transfer.SETUPS, [0.70, 0.80, 0.85, 0.90, 0.89],
                 [[0.6, 0.8], [0.7, 0.9], [0.49, 0.95], [0.8, 0.95], [0.8, 0.95]],
                 [2, 11, 11, 23, 11])]
     text = transfer.verdict(rows)
-    assert text.startswith("NOT the paper's story") and transfer_learning.SETUPS[2][1] in text
+    assert text.startswith("NOT the paper's story") and transfer.SETUPS[2][1] in text
     assert "within 0.02 of the teacher" in text
     rows[3]["auc_ci"], rows[3]["auc"] = [0.42, 0.67], 0.54     # a teacher at chance
     assert "not from distillation" in transfer.verdict(rows)
     rows[3]["auc_ci"], rows[3]["auc"] = [0.8, 0.95], 0.90
-    assert transfer_learning.SETUPS[1][1] not in text.split("Transfer vs.")[0]
+    assert transfer.SETUPS[1][1] not in text.split("Transfer vs.")[0]
     rows[2]["auc_ci"] = [0.7, 0.95]
     text = transfer.verdict(rows)
     assert text.startswith("Every setup learnt") and "transfer ahead" in text

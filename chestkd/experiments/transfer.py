@@ -4,8 +4,10 @@
   pretraining (through the model store), ImageNet, another chestkd run, or at random;
 * :func:`train_stage` / :func:`two_stage`: a frozen-base stage (new head only) and a
   fine-tuning stage (every layer), BatchNorm statistics re-estimated after fine-tuning;
-* :func:`table_row`, :func:`verdict`, :func:`table_text`: the extended Table 4.1 and plain
-  sentences on whether it tells the paper's story.
+* :func:`teacher_setup` / :func:`distil_student`: setup 4, a teacher fine-tuned like setups
+  2-3 and distilled into a pretrained student with the paper's loss;
+* :func:`table_row`, :func:`verdict`, :func:`table_text`, :func:`write_table`: the extended
+  Table 4.1 and plain sentences on whether it tells the paper's story.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from chestkd.data.phantom.pneumonia import default_folder, write_pneumonia_phant
 from chestkd.errors import ConfigError
 from chestkd.evaluation import markdown_table
 from chestkd.evaluation.classification import classification_report, confusion_matrix_figure
-from chestkd.experiments.kd import evaluate_once
+from chestkd.experiments.kd import distil, evaluate_once
 from chestkd.experiments.store import obtain_model
 from chestkd.models.weights import source_model_file, transfer_weights
 from chestkd.models.zoo import build, freeze_backbone, get_spec, unfreeze_backbone
@@ -41,6 +43,9 @@ SETUPS = (("baseline", "Baseline CNN"),
           ("fine_tuned", "Transfer learning (ResNet-18 fine-tuned)"),
           ("teacher", "ResNet-50 teacher (fine-tuned)"),
           ("student", "Final student model (ResNet-50 -> ResNet-18 KD)"))
+# Each setup's run folder inside the run (the teacher's: teacher_fine_tuned, or setup 3's).
+SETUP_FOLDERS = {"baseline": "baseline", "student": "student", "feature_extractor": "frozen",
+                 "fine_tuned": "fine_tuned"}
 
 
 def setup_titles(config: dict) -> dict:
@@ -72,6 +77,22 @@ def check_options(config: dict) -> None:
                               f"weights for {name}; use phantom, a RUN_DIR / FILE.keras or null")
         if source not in (None, "imagenet", "phantom"):
             source_model_file(source)
+
+
+def positive_index(config: dict, class_names) -> int:
+    """The index of ``positive_class`` (by default the last class) among the data's classes."""
+    names = list(class_names)
+    if config.get("positive_class") and config["positive_class"] not in names:
+        raise ConfigError(f"--positive-class {config['positive_class']!r}: not one of the "
+                          f"classes {names}")
+    return names.index(config.get("positive_class") or names[-1])
+
+
+def teacher_is_setup_3(config: dict) -> bool:
+    """Whether the teacher's two stages would repeat setups 2-3 exactly (same model, same
+    weights): then setup 3's model is the teacher."""
+    return (config["teacher_model"], config["teacher_weights"]) == (config["transfer_model"],
+                                                                    config["weights"])
 
 
 def pretraining_config(config: dict) -> dict:
@@ -201,6 +222,41 @@ def two_stage(config, data, name, source, run_dir, prefix: str):
     return frozen, tuned, report
 
 
+def teacher_setup(config, data, run_dir, fine_tuned, fine_tuned_report):
+    """Setup 4's teacher: (model, run folder, transfer report); setup 3's own when
+    :func:`teacher_is_setup_3`, else ``teacher_model`` through :func:`two_stage`."""
+    if teacher_is_setup_3(config):
+        return fine_tuned, run_dir / SETUP_FOLDERS["fine_tuned"], fine_tuned_report
+    _, teacher, report = two_stage(config, data, config["teacher_model"],
+                                   config["teacher_weights"], run_dir, "teacher_")
+    return teacher, run_dir / "teacher_fine_tuned", report
+
+
+def kd_alpha(config: dict) -> float:
+    """chestkd's alpha (the soft term's weight): the paper's alpha weighs the LABELS."""
+    return 1.0 - float(config["paper_alpha"])
+
+
+def kd_config(config: dict) -> dict:
+    """The student's configuration: :func:`kd_alpha`, the teacher's outputs cached or online,
+    ``epochs + finetune_epochs`` epochs from its pretrained start."""
+    return {**config, "weights": None, "alpha": kd_alpha(config),
+            "teacher_outputs": teacher_outputs(config), "kd_loss_used": config["kd_loss"],
+            "epochs": int(config["epochs"]) + int(config["finetune_epochs"])}
+
+
+def distil_student(config: dict, data, teacher, folder, run_dir):
+    """Setup 4's student: a pretrained ``transfer_model`` distilled from ``teacher`` into
+    ``folder``; returns (model, transfer report)."""
+    start, report = initial_model(config, data, config["transfer_model"], config["weights"],
+                                  run_dir)
+    student = kd_config(config)
+    folder.mkdir(exist_ok=True)
+    save_config(student, folder / "config.yaml")
+    return distil(student, folder, data, teacher, config["transfer_model"],
+                  init_from=start), report
+
+
 def score(model, data, config, folder, label: str) -> dict:
     """The setup's evaluation (metrics, model card, model_info.json), once."""
     return evaluate_once(model, data, {**config, "weights": None}, folder, model_name=label)
@@ -308,8 +364,7 @@ def weights_sentence(config: dict) -> str:
             return f"{model} starts from random weights"
         return f"{model} starts from the chestkd model {source}"
     first = one(config["transfer_model"], config["weights"])
-    if (config["teacher_model"], config["teacher_weights"]) == (config["transfer_model"],
-                                                                config["weights"]):
+    if teacher_is_setup_3(config):
         return f"Pretrained weights: {first} (the teacher too)."
     return (f"Pretrained weights: {first}; "
             + one(config["teacher_model"], config["teacher_weights"]) + ".")
@@ -364,8 +419,7 @@ def table_text(rows: list[dict], config: dict, data, positive: int, test_images:
     note = ("" if config["teacher_model"] == "resnet50" else
             f" The teacher is {config['teacher_model']}, not the paper's ResNet-50"
             + (": setup 3's model itself, so the student distils a network of its own size "
-               "(no compression shown)." if config["teacher_model"] == config["transfer_model"]
-               and config["teacher_weights"] == config["weights"] else "."))
+               "(no compression shown)." if teacher_is_setup_3(config) else "."))
     names = list(data.class_names)
     table = pd.DataFrame(rows)
     shown = table.drop(columns=["auc_ci"]).assign(auc=[
@@ -383,3 +437,26 @@ def table_text(rows: list[dict], config: dict, data, positive: int, test_images:
             "patient-bootstrap interval; latency: median of batch-1 calls after warm-up on this "
             "machine. " + weights_sentence(config) + note + "\n\n"
             + verdict(rows) + "\n")
+
+
+def write_table(config: dict, data, models: dict, folders: dict, positive: int,
+                run_dir) -> list[dict]:
+    """Score every setup (:func:`score`) and write ``table4_1.csv`` and ``table4_1.md`` (also
+    printed); returns the table's rows in the order of :data:`SETUPS`."""
+    architectures = {"baseline": config["baseline_model"], "teacher": config["teacher_model"]}
+    titles, results, rows = setup_titles(config), {}, []
+    for setup, _ in SETUPS:
+        results[setup] = score(models[setup], data, config, folders[setup],
+                               architectures.get(setup, config["transfer_model"]))
+        rows.append(table_row(setup, titles[setup], folders[setup], results[setup], positive))
+    pd.DataFrame(rows).to_csv(run_dir / "table4_1.csv", index=False)
+    text = table_text(rows, config, data, positive, results["baseline"]["test_images"])
+    (run_dir / "table4_1.md").write_text(text)
+    print("\n" + text)
+    return rows
+
+
+def copied_layers(transfers: dict) -> dict:
+    """Per model, how many layers its weights' source gave it and which it did not."""
+    return {k: {"copied": len(v.get("copied", [])), "not_copied": v.get("not_copied")}
+            for k, v in transfers.items()}

@@ -4,43 +4,24 @@
         [--dataset folder --data-dir chest_xray --patient-regex ...] [--weights SOURCE]
         [--teacher-weights SOURCE] [--epochs N] [--finetune-epochs N] [key=value ...]
 
-On the same data, split and augmentation: 1. ``baseline_model`` from scratch for
-``baseline_epochs`` (default ``epochs + finetune_epochs``); 2. ``transfer_model`` (ResNet-18)
-as a fixed feature extractor: pretrained base frozen, a new head trained for ``epochs`` at
-``head_lr_factor`` x the learning rate; 3. the same model fine-tuned: setup 2, then every
-layer for ``finetune_epochs`` at ``finetune_lr_factor`` x the rate (``finetune_batchnorm:
-train``: BatchNorm too, as PyTorch fine-tunes, its statistics re-estimated on the training
-split afterwards with ``reestimate_batchnorm``; ``frozen``: the Keras convention); 4.
-``teacher_model`` fine-tuned the same way and distilled into a ``transfer_model`` student
-(pretrained start, ``epochs + finetune_epochs`` epochs) with the paper's loss (1 - alpha)
-KL(p_t^T || p_s^T) + alpha CE(y, p_s): the paper's alpha (``paper_alpha``) weighs the LABELS,
-so chestkd's alpha is 1 - paper_alpha; ``kd_loss: ho2020_eq8`` has no T^2 factor.
-
-Pretrained weights (``weights``, ``teacher_weights``): ``phantom`` pretrains on
-``pretrain_dataset`` (``phantom``: the 14-finding phantom; ``pneumonia_phantom``: the
-normal / pneumonia / COVID-19-like phantom on films of another seed) through the model store;
-``imagenet``: Keras' weights; ``RUN_DIR`` or ``FILE.keras``: another chestkd model; ``null``:
-random. ``transfer.json`` lists the layers copied by name (the head is new).
-
-Writes ``table4_1.md`` / ``.csv`` (accuracy, precision, recall, F1 at the positive class's
-validation threshold, arg-max accuracy, AUC with its 95 % interval, parameters, latency; the
-weights' origin and a verdict on the paper's story), ``confusion_<setup>.png`` and a run
-folder per setup (``python -m chestkd.predict RUN/<setup>``). With no data: the two-class
-pneumonia phantom (normal vs. pneumonia) at 64 px, a smaller teacher (see RECIPE_PROFILES).
+On the same data, split and augmentation it trains 1. a baseline CNN from scratch; 2. a
+pretrained ResNet-18 as a fixed feature extractor (new head only); 3. the same model
+fine-tuned; 4. a fine-tuned teacher distilled into a pretrained ResNet-18 with the paper's
+loss (its alpha weighs the labels: chestkd's alpha is 1 - ``paper_alpha``). It reports
+``table4_1.md`` / ``.csv`` with a verdict on the paper's story, ``confusion_<setup>.png`` and a
+run folder per setup. Weights (``phantom``, ``imagenet``, ``RUN_DIR``, ``FILE.keras``,
+``null``), options and the no-data demo: docs/transfer_learning.md.
 """
 from __future__ import annotations
 
 import json
 
-import pandas as pd
-
 from chestkd.cli import main_of
-from chestkd.errors import ConfigError
-from chestkd.experiments.kd import distil
-from chestkd.experiments.transfer import (SETUPS, baseline_epochs, check_options,
-                                          initial_model, plan, score, setup_titles, table_row,
-                                          table_text, teacher_outputs, train_stage, two_stage)
-from chestkd.training.config import BASE_DEFAULTS, resolve_config, save_config
+from chestkd.experiments.transfer import (SETUP_FOLDERS, baseline_epochs, check_options,
+                                          copied_layers, distil_student, initial_model,
+                                          kd_alpha, plan, positive_index, teacher_setup,
+                                          train_stage, two_stage, write_table)
+from chestkd.training.config import BASE_DEFAULTS, resolve_config
 from chestkd.training.experiment import load_run_data, set_precision
 from chestkd.training.run import start_run, write_json
 
@@ -83,60 +64,29 @@ def run(argv=None) -> dict:
     print(f"run directory: {run_dir}")
     set_precision(config)
     data = load_run_data(config, run_dir)
-    names = list(data.class_names)
-    if config.get("positive_class") and config["positive_class"] not in names:
-        raise ConfigError(f"--positive-class {config['positive_class']!r}: not one of the "
-                          f"classes {names}")
-    positive = names.index(config.get("positive_class") or names[-1])
-    setup_dirs = {s: run_dir / d for s, d in (("baseline", "baseline"), ("student", "student"),
-                  ("feature_extractor", "frozen"), ("fine_tuned", "fine_tuned"))}
+    positive = positive_index(config, data.class_names)
+    folders = {setup: run_dir / name for setup, name in SETUP_FOLDERS.items()}
     models, transfers = {}, {}
-
+    # 1. the baseline from scratch
     baseline, _ = initial_model(config, data, config["baseline_model"], None, run_dir)
-    models["baseline"] = train_stage(baseline, data, config, setup_dirs["baseline"],
+    models["baseline"] = train_stage(baseline, data, config, folders["baseline"],
                                      epochs=baseline_epochs(config))
+    # 2-3. the pretrained transfer model: its new head on the frozen base, then every layer
     models["feature_extractor"], models["fine_tuned"], transfers["transfer_model"] = two_stage(
         config, data, config["transfer_model"], config["weights"], run_dir, "")
-    if (config["teacher_model"], config["teacher_weights"]) == (config["transfer_model"],
-                                                                config["weights"]):
-        # the teacher's two stages would repeat setups 2-3 exactly: use setup 3's model
-        models["teacher"], setup_dirs["teacher"] = models["fine_tuned"], setup_dirs["fine_tuned"]
-        transfers["teacher_model"] = transfers["transfer_model"]
-    else:
-        _, models["teacher"], transfers["teacher_model"] = two_stage(
-            config, data, config["teacher_model"], config["teacher_weights"], run_dir,
-            "teacher_")
-        setup_dirs["teacher"] = run_dir / "teacher_fine_tuned"
-
-    student_init, transfers["student"] = initial_model(config, data, config["transfer_model"],
-                                                       config["weights"], run_dir)
-    kd_config = {**config, "weights": None, "alpha": 1.0 - float(config["paper_alpha"]),
-                 "teacher_outputs": teacher_outputs(config), "kd_loss_used": config["kd_loss"],
-                 "epochs": int(config["epochs"]) + int(config["finetune_epochs"])}
-    setup_dirs["student"].mkdir(exist_ok=True)
-    save_config(kd_config, setup_dirs["student"] / "config.yaml")
-    models["student"] = distil(kd_config, setup_dirs["student"], data, models["teacher"],
-                               config["transfer_model"], init_from=student_init)
+    # 4. a teacher fine-tuned the same way, distilled into a pretrained student
+    models["teacher"], folders["teacher"], transfers["teacher_model"] = teacher_setup(
+        config, data, run_dir, models["fine_tuned"], transfers["transfer_model"])
+    models["student"], transfers["student"] = distil_student(config, data, models["teacher"],
+                                                             folders["student"], run_dir)
     write_json(transfers, run_dir / "transfer.json")
-
-    architectures = {"baseline": config["baseline_model"], "teacher": config["teacher_model"]}
-    titles, results, rows = setup_titles(config), {}, []
-    for setup, _ in SETUPS:
-        results[setup] = score(models[setup], data, config, setup_dirs[setup],
-                               architectures.get(setup, config["transfer_model"]))
-        rows.append(table_row(setup, titles[setup], setup_dirs[setup], results[setup],
-                              positive))
-    pd.DataFrame(rows).to_csv(run_dir / "table4_1.csv", index=False)
-    text = table_text(rows, config, data, positive, results["baseline"]["test_images"])
-    (run_dir / "table4_1.md").write_text(text)
-    print("\n" + text)
+    # What it reports: the five setups scored on the test split, as Table 4.1 extended.
+    rows = write_table(config, data, models, folders, positive, run_dir)
     summary = {"recipe": "transfer_learning", "table": rows, "transfer": transfers,
-               "setups": {s: str(f) for s, f in setup_dirs.items()},
-               "paper_alpha": config["paper_alpha"], "kd_alpha": kd_config["alpha"]}
+               "setups": {s: str(f) for s, f in folders.items()},
+               "paper_alpha": config["paper_alpha"], "kd_alpha": kd_alpha(config)}
     write_json(summary, run_dir / "metrics.json")
-    print(json.dumps({"transfer": {k: {"copied": len(v.get("copied", [])),
-                                       "not_copied": v.get("not_copied")}
-                                   for k, v in transfers.items()}}, indent=1))
+    print(json.dumps({"transfer": copied_layers(transfers)}, indent=1))
     return summary
 
 
