@@ -279,12 +279,12 @@ class FakeExperiment:
 
 
 def test_studies_ask_for_the_settings_of_each_figure_and_table(tmp_path):
-    from chestkd.experiments.ros_studies import run_studies
+    from chestkd.experiments.ros_studies import run_studies, write_table
     fake = FakeExperiment(tmp_path, baselines=["I", "III"], overlap_study=[0.0, 1.0],
                           student_study=["resnet18", "mobilenet_v2"], fold_seeds=[0, 1, 2],
                           noise_levels=[0.0, 0.2])
     results = run_studies(fake, ["table1", "overlap", "students", "folds", "noise"],
-                          ros_kd.write_table)
+                          write_table)
     assert [r["key"] for r in results["table1"]] == ["I", "III", "ros_kd"]
     assert [(r["key"], r["overlap"]) for r in results["overlap"]] == [
         ("ros_kd", 0.0), ("ros_kd", 1.0), ("III", 0.4)]

@@ -1,5 +1,6 @@
 """The settings of a RoS-KD run and their checks: which baselines and studies exist, what
-each setting is called, and :class:`RosSettings`, which trains and scores each setting once.
+each setting is called, the run's printed :func:`plan` and :func:`demo_note`, and
+:class:`RosSettings`, which trains and scores each setting once.
 
 The recipe (:mod:`chestkd.recipes.ros_kd`) builds one from its configuration;
 :func:`chestkd.experiments.ros_studies.run_studies` turns its rows into tables.
@@ -20,12 +21,12 @@ from chestkd.experiments.ros import (distil_setting, logit_tables, macro_scores,
                                      obtain_teachers, ros_store, teacher_names)
 from chestkd.experiments.store import MODEL_KEYS, obtain_model
 from chestkd.models import get_spec
-from chestkd.training.config import config_id, save_config
+from chestkd.training.config import PHANTOM_DATASETS, config_id, save_config
 from chestkd.training.experiment import load_run_data
 from chestkd.training.run import Stages, load_model, write_json
 
 __all__ = ["BASELINES", "LABELS", "STUDIES", "RosSettings", "baselines", "check_ros_config",
-           "studies"]
+           "demo_note", "plan", "studies"]
 
 BASELINES = ("I", "II", "III", "IV", "V")
 STUDIES = ("table1", "overlap", "students", "folds", "robustness", "noise", "landscape")
@@ -79,6 +80,41 @@ def check_ros_config(config: dict) -> None:
     baselines(config)
     studies(config)
 
+
+def plan(config: dict) -> str:
+    """What the run will train, printed before anything is read or trained."""
+    images = (f"the phantom, {config['phantom_images']} films written at "
+              f"{config['phantom_size']} px" if config["dataset"] in PHANTOM_DATASETS
+              and not config.get("data_dir") else f"{config['dataset']} from "
+              f"{config.get('data_dir')}")
+    k = int(config["subsets"])
+    settings = {"I": "I the student alone (model store)",
+                "II": f"II standard KD from {config['kd_teacher']} (full split)",
+                "III": "III fixed weights 1/K", "IV": "IV confidence weights",
+                "V": f"V random weights ({config['teacher_sampling']})"}
+    chosen = [settings[b] for b in baselines(config)]
+    return "\n".join([
+        f"ros_kd plan ({config.get('profile') or 'no'} profile): {images}; "
+        f"{config['image_size']} px, {config['epochs']} epochs per training, batch "
+        f"{config['batch_size']}, {config['optimizer']} lr {config['learning_rate']:g}",
+        f"  1. K = {k} teachers ({', '.join(teacher_names(config, k))}), each base-trained on "
+        f"one of {k} overlapping patient subsets (overlap {float(config['overlap']):g}, "
+        f"{config['overlap_mode']}; model store)",
+        f"  2. student {config['student']}: " + "; ".join(chosen + [
+            f"RoS-KD (V + weight averaging after epoch {config['averaging_start']})"]),
+        f"  studies: {', '.join(studies(config))} (of {', '.join(STUDIES)})",
+        "  the paper's settings: --config recipes/ros_kd.yaml"])
+
+
+def demo_note(config: dict) -> str:
+    """The tables' last caption line on the phantom profile: these are not the paper's
+    numbers."""
+    if config.get("profile") != "phantom":
+        return ""
+    return (f"\n\nA demo on the phantom ({config['phantom_images']} films at "
+            f"{config['image_size']} px, {config['epochs']} epochs, small teachers and "
+            f"student): it shows the recipe run, NOT the paper's numbers (those need "
+            f"ChestX-ray14 and --config recipes/ros_kd.yaml).")
 
 
 class RosSettings:

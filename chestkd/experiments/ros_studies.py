@@ -9,6 +9,9 @@
 * ``robustness``: Table II, every Table I setting before and after FGSM and PGD;
 * ``noise``: every setting at each phantom label-noise level, scored on the clean labels;
 * ``landscape``: Fig. 4, the loss surface of RoS-KD and (when chosen) Baseline III.
+
+Each table is written by :func:`write_table` (``<name>.csv`` and ``.md``, also printed);
+:func:`table_writer` ends every caption with a note, :func:`landscape_writer` draws Fig. 4.
 """
 from __future__ import annotations
 
@@ -19,10 +22,38 @@ import numpy as np
 import pandas as pd
 
 from chestkd.cli import list_option
+from chestkd.evaluation import markdown_table
 from chestkd.experiments.ros import choices_note, per_class_frame, setting_model_path
+from chestkd.io import atomic_write_text
+from chestkd.robustness.landscape import write_landscape
 from chestkd.robustness.tables import robustness_table, run_thresholds, split_arrays
 from chestkd.training.experiment import image_options
 from chestkd.training.run import Stages, load_model
+
+
+def write_table(run_dir, name, frame: pd.DataFrame, title: str) -> pd.DataFrame:
+    """``<name>.csv`` (every column) and ``<name>.md`` (without the folder and key), printed."""
+    frame.to_csv(run_dir / f"{name}.csv", index=False)
+    shown = frame.drop(columns=[c for c in ("folder", "key") if c in frame])
+    atomic_write_text(run_dir / f"{name}.md", f"# {title}\n\n{markdown_table(shown)}\n")
+    print(f"\n{title}\n{markdown_table(shown)}")
+    return frame
+
+
+def table_writer(note: str = ""):
+    """:func:`write_table` with ``note`` (e.g. the demo's caveat) ending every title."""
+    def write(run_dir, name, frame, title):
+        return write_table(run_dir, name, frame, title + note)
+    return write
+
+
+def landscape_writer(config: dict):
+    """Fig. 4 of one setting at ``config["landscape_resolution"]``
+    (:func:`chestkd.robustness.landscape.write_landscape`)."""
+    def draw(model, images, labels, folder, multi_label, title):
+        write_landscape(model, images, labels, folder, multi_label=multi_label,
+                        resolution=int(config["landscape_resolution"]), title=title)
+    return draw
 
 
 def _settings(experiment) -> list[str]:
