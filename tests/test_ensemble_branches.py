@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 
 from chestkd.distill.feature_terms import FeatureTermSet  # noqa: E402
 from chestkd.errors import ConfigError  # noqa: E402
+from chestkd.experiments.ensemble import pooled_feature_terms  # noqa: E402
 from chestkd.models import build, ensemble_student, feature_model  # noqa: E402
 from chestkd.models.ensemble import (branch_feature_layers, branch_layer_name,  # noqa: E402
                                      features_layer)
@@ -55,7 +56,7 @@ def test_mixed_branches_find_their_features_and_the_recipe_terms_resolve():
                                         ("baseline_cnn", "fc1_relu")):
         teacher = build(teacher_name, 3, (32, 32, 3))
         assert features_layer(teacher) == teacher_layer
-        terms = ensemble_kd.pooled_feature_terms(model, teacher_layer, TERMS)
+        terms = pooled_feature_terms(model, teacher_layer, TERMS)
         assert [t.student_layer for t in terms] == branch_feature_layers(model)
         assert [t.name for t in terms] == [f"feature_branch{i}_pool" for i in range(5)]
         FeatureTermSet(terms, model, [teacher])  # every name and shape resolves
@@ -68,7 +69,7 @@ def test_the_issue_ensemble_distils_with_a_feature_term_per_branch():
     names = ["conv3_student", "baseline_cnn"]
     model = ensemble_student(names, 3, (32, 32, 3))
     teacher = build("resnet32", 3, (32, 32, 3))
-    terms = ensemble_kd.pooled_feature_terms(model, "features_pool", TERMS)
+    terms = pooled_feature_terms(model, "features_pool", TERMS)
     assert [t.student_layer for t in terms] == ["branch0_features_pool", "branch1_fc1_relu"]
     distiller = Distiller(model, teachers=[teacher], loss=KDLoss("sigmoid", 4.0, 0.5),
                             feature_terms=terms)
@@ -117,5 +118,5 @@ def test_every_zoo_model_as_a_branch(name):
     model = ensemble_student(names, 2, (size, size, 3))
     _assert_each_branch_reads_its_feature_vector(model, names, size)
     teacher = build("conv3_student", 2, (size, size, 3))
-    FeatureTermSet(ensemble_kd.pooled_feature_terms(model, "features_pool", TERMS), model,
+    FeatureTermSet(pooled_feature_terms(model, "features_pool", TERMS), model,
                    [teacher])
