@@ -27,13 +27,15 @@ import yaml  # noqa: E402
 
 from chestkd.data import load_dataset  # noqa: E402
 from chestkd.saliency import saliency_method  # noqa: E402
-from chestkd.saliency.bootstrap import compare_with_baseline, summarise_with_intervals  # noqa: E402
-from chestkd.saliency.display import signed_to_display  # noqa: E402
-from chestkd.saliency.localisation import (centre_baseline_maps, localisation_scores,  # noqa: E402
-                                           scale_boxes)
-from chestkd.saliency.localisation_report import summary_markdown, verdict_lines  # noqa: E402
+from chestkd.saliency.analysis.bootstrap import (compare_with_baseline,  # noqa: E402
+                                                 summarise_with_intervals)
+from chestkd.saliency.analysis.display import signed_to_display  # noqa: E402
+from chestkd.saliency.analysis.localisation import (centre_baseline_maps,  # noqa: E402
+                                                    localisation_scores, scale_boxes)
 from chestkd.saliency.report import DEFAULT_OPTIONS  # noqa: E402
-from chestkd.saliency.report_inputs import read_inputs  # noqa: E402
+from chestkd.saliency.report.inputs import read_inputs  # noqa: E402
+from chestkd.saliency.report.localisation_tables import (summary_markdown,  # noqa: E402
+                                                         verdict_lines)
 from chestkd.training.config import dataset_options  # noqa: E402
 
 METHODS = ("vanilla", "guided_backprop", "integrated_gradients", "smoothgrad", "smoothgrad_ig",

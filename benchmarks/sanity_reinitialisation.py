@@ -5,7 +5,8 @@ chestkd run (``config.yaml`` and ``model.keras``). Explains the first test image
 class with the sanity report's methods and options (5 cascade steps) twice: with the layers
 re-initialised as the cascade did before the fix (a clone drawn after
 ``keras.utils.set_random_seed(0)``, which repeats the initial weights of a model chestkd built
-after the same call) and as it does now (:func:`chestkd.saliency.sanity.reinitialised_clone`).
+after the same call) and as it does now
+(:func:`chestkd.saliency.analysis.sanity.reinitialised_clone`).
 """
 import sys
 from pathlib import Path
@@ -14,8 +15,8 @@ import keras
 import numpy as np
 import yaml
 
-from chestkd.saliency.sanity import (FAIL_SPEARMAN, parameter_randomisation,
-                                     reinitialised_clone, top_half_spearman)
+from chestkd.saliency.analysis.sanity import (FAIL_SPEARMAN, parameter_randomisation,
+                                              reinitialised_clone, top_half_spearman)
 from chestkd.training.experiment import image_options, load_run_data, make_dataset
 
 METHODS = ("vanilla", "guided_backprop", "integrated_gradients", "gradcam")

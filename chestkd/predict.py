@@ -224,7 +224,7 @@ def decisions(probs: np.ndarray, names, thresholds, multi_label: bool = True) ->
 
 def write_overlay(model, image, class_index: int, method: str, path, title: str) -> None:
     from chestkd.saliency import saliency_map
-    from chestkd.saliency.figures import plot_saliency_grid
+    from chestkd.saliency.report.figures import plot_saliency_grid
     heat = saliency_map(model, image[None], class_index, method=method)
     plot_saliency_grid(image[None], {method: heat}, path, row_titles=[title])
 

@@ -32,7 +32,12 @@ def test_lower_layers_never_import_higher_ones():
 
 SUBPACKAGES = ("data", "models", "training", "distill", "evaluation", "saliency", "robustness",
                "experiments", "recipes")
-# The saliency methods: a method module imports no report code (figures, tables, inputs).
+# The saliency package: three wings, each importing only the wings before it (methods, then
+# the analyses computed from maps, then the report that composes both), under the commands.
+SALIENCY_WINGS = ("methods", "analysis", "report")
+SALIENCY_COMMANDS = {"__init__", "__main__", "label_check"}
+# The modules of the methods wing: a method module imports no report code (figures, tables,
+# inputs) and no analysis.
 SALIENCY_METHODS = {"base", "graph", "tfkv", "vanilla", "guided_backprop",
                     "integrated_gradients", "smoothgrad", "cam", "gradcam",
                     "gradcam_plus_plus", "scorecam"}
@@ -85,33 +90,47 @@ def test_evaluation_does_not_import_training():
     assert {e for e in KNOWN_EXCEPTIONS if e[0].startswith("evaluation/")} <= found
 
 
-def test_saliency_methods_import_no_report_code():
+def test_saliency_modules_live_in_their_wings():
+    folder = PACKAGE / "saliency"
+    assert {p.stem for p in folder.glob("*.py")} == SALIENCY_COMMANDS
+    wings = {p.name for p in folder.iterdir() if (p / "__init__.py").is_file()}
+    assert wings == set(SALIENCY_WINGS)
+    assert {p.stem for p in (folder / "methods").glob("*.py")} == SALIENCY_METHODS | {"__init__"}
+
+
+def _saliency_imports_above(wing):
+    """Imports in ``saliency/<wing>/`` of a later wing or of the commands (``chestkd.saliency``
+    itself is the commands' front: it re-exports the methods)."""
+    allowed = SALIENCY_WINGS[:SALIENCY_WINGS.index(wing) + 1]
+
     def rule(name, module):
-        method = Path(name).stem in SALIENCY_METHODS
-        inside = module.startswith("chestkd.saliency.")
-        return method and inside and module.split(".")[2] not in SALIENCY_METHODS
-    assert _offences("saliency", rule) == set()
+        parts = module.split(".")
+        return parts[:2] == ["chestkd", "saliency"] and (len(parts) < 3 or parts[2] not in allowed)
+    return _offences(f"saliency/{wing}", rule)
 
 
-def _saliency_report_module(stem):
-    """The report wing: the report and its figures, tables and inputs."""
-    return stem.startswith("report") or stem.endswith("_report") or stem == "figures"
-
-
-# The saliency commands stand on top of the report; everything else is method or analysis.
-SALIENCY_COMMANDS = {"__main__", "label_check"}
+def test_saliency_methods_import_no_report_code():
+    assert _saliency_imports_above("methods") == set()
 
 
 def test_saliency_analyses_import_no_report_code():
     # Localisation, its bootstrap, the sanity checks and the display scaling serve the report
     # but never read it: the report composes them.
-    def rule(name, module):
-        stem = Path(name).stem
-        if stem in SALIENCY_COMMANDS or _saliency_report_module(stem):
-            return False
-        return (module.startswith("chestkd.saliency.")
-                and _saliency_report_module(module.split(".")[2]))
-    assert _offences("saliency", rule) == set()
+    assert _saliency_imports_above("analysis") == set()
+
+
+def test_saliency_report_imports_no_command():
+    assert _saliency_imports_above("report") == set()
+
+
+def test_saliency_wings_declare_their_public_names():
+    import importlib
+
+    for wing in SALIENCY_WINGS:
+        module = importlib.import_module(f"chestkd.saliency.{wing}")
+        assert module.__all__, f"chestkd.saliency.{wing} has no __all__"
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"chestkd.saliency.{wing}.{name}"
 
 
 def test_every_subpackage_declares_its_public_names():

@@ -61,7 +61,7 @@ def test_saliency_maps_progress_in_a_log(capsys):
     import keras
     from keras import layers
 
-    from chestkd.saliency.report import compute_maps
+    from chestkd.saliency.report.writer import compute_maps
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((16, 16, 3)), layers.Conv2D(4, 3), layers.ReLU(),
                               layers.GlobalAveragePooling2D(), layers.Dense(2)])

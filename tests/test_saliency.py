@@ -15,8 +15,8 @@ from chestkd.errors import ConfigError, DataError  # noqa: E402
 from chestkd.saliency import (CAM, METHODS, GradCAM, GuidedBackprop,  # noqa: E402
                               IntegratedGradients, SmoothGrad, SmoothGradIG, Vanilla,
                               normalise_maps, saliency_map, saliency_method)
-from chestkd.saliency.graph import flatten_model  # noqa: E402
-from chestkd.saliency.guided_backprop import count_guided, guided_graph  # noqa: E402
+from chestkd.saliency.methods.graph import flatten_model  # noqa: E402
+from chestkd.saliency.methods.guided_backprop import count_guided, guided_graph  # noqa: E402
 
 SIZE = 16
 

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chestkd.saliency.bootstrap import (cluster_bootstrap_means, compare_with_baseline,
-                                        percentile_interval, summarise_with_intervals)
+from chestkd.saliency.analysis.bootstrap import (cluster_bootstrap_means, compare_with_baseline,
+                                                 percentile_interval, summarise_with_intervals)
 
 
 def test_cluster_bootstrap_matches_a_numpy_loop():

@@ -11,10 +11,11 @@ from scipy import ndimage  # noqa: E402
 
 from chestkd.errors import ConfigError  # noqa: E402
 from chestkd.saliency import saliency_method  # noqa: E402
-from chestkd.saliency.display import (display_maps, display_sigma, gaussian_kernel,  # noqa: E402
-                                      percentile_normalise, shift_averaged, signed_to_display,
-                                      smooth_maps, stem_stride, top_share_mask)
-from chestkd.saliency.figures import overlay_rgba, plot_model_comparison  # noqa: E402
+from chestkd.saliency.analysis.display import (display_maps, display_sigma,  # noqa: E402
+                                               gaussian_kernel, percentile_normalise,
+                                               shift_averaged, signed_to_display, smooth_maps,
+                                               stem_stride, top_share_mask)
+from chestkd.saliency.report.figures import overlay_rgba, plot_model_comparison  # noqa: E402
 
 
 def test_percentile_normalisation_matches_numpy():

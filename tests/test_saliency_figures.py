@@ -10,16 +10,16 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras import layers  # noqa: E402
 
-from chestkd.saliency.figures import plot_saliency_grid  # noqa: E402
+from chestkd.saliency.report.figures import plot_saliency_grid  # noqa: E402
 
 BACKEND_CHECK = """
 import sys
 import matplotlib
 before = (matplotlib.get_backend(), matplotlib.rcParams["backend"])
 import numpy as np
-import chestkd.saliency, chestkd.saliency.figures, chestkd.saliency.report
+import chestkd.saliency, chestkd.saliency.report, chestkd.saliency.report.figures
 import chestkd.saliency.__main__
-from chestkd.saliency.figures import plot_saliency_grid
+from chestkd.saliency.report.figures import plot_saliency_grid
 plot_saliency_grid(np.zeros((1, 8, 8, 3)), {"cam": np.ones((1, 8, 8))}, sys.argv[1])
 after = (matplotlib.get_backend(), matplotlib.rcParams["backend"])
 print(before == after, before, after)
@@ -57,7 +57,7 @@ def model():
 
 
 def test_report_maps_show_one_progress_bar_unless_quiet(model, tmp_path, capsys):
-    from chestkd.saliency.report import compute_maps
+    from chestkd.saliency.report.writer import compute_maps
 
     images = np.random.default_rng(1).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
     methods = ("vanilla", "smoothgrad", "cam", "scorecam")

@@ -5,10 +5,12 @@ import pandas as pd
 import pytest
 
 from chestkd.errors import DataError
-from chestkd.saliency.localisation import (box_overlap, centre_baseline_maps, energy_in_box,
-                                           localisation_scores, pointing_hit,
-                                           pointing_tolerance, region_boxes, scale_boxes,
-                                           summarise_localisation, write_localisation_tables)
+from chestkd.saliency.analysis.localisation import (box_overlap, centre_baseline_maps,
+                                                    energy_in_box, localisation_scores,
+                                                    pointing_hit, pointing_tolerance,
+                                                    region_boxes, scale_boxes,
+                                                    summarise_localisation,
+                                                    write_localisation_tables)
 
 
 def peak_map(row, col, size=32):

@@ -21,7 +21,7 @@ from chestkd.data.dataset import Dataset  # noqa: E402
 from chestkd.data.pipeline import NORMALIZATIONS, make_dataset  # noqa: E402
 from chestkd.errors import ConfigError  # noqa: E402
 from chestkd.saliency import __main__ as cli  # noqa: E402
-from chestkd.saliency import report  # noqa: E402
+from chestkd.saliency.report import writer as report  # noqa: E402
 
 SIZE, DISK = 32, 50
 MEAN_STD = (0.45, 0.2)

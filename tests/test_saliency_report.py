@@ -20,7 +20,8 @@ from keras import layers  # noqa: E402
 from chestkd.data.dataset import Dataset  # noqa: E402
 from chestkd.errors import ConfigError  # noqa: E402
 from chestkd.saliency import __main__ as cli  # noqa: E402
-from chestkd.saliency.report import select_examples, write_saliency_report  # noqa: E402
+from chestkd.saliency.report import write_saliency_report  # noqa: E402
+from chestkd.saliency.report.inputs import select_examples  # noqa: E402
 
 SIZE, DISK = 32, 64            # model input and on-disk image size
 REGIONS = [(2, 10, 3, 11), (20, 28, 22, 30)]        # rows [a, b), cols [c, d) per class

@@ -11,9 +11,10 @@ from scipy import ndimage, stats  # noqa: E402
 
 from saliency_models import SIZE, flat_and_nested_models  # noqa: E402
 from chestkd.saliency import METHODS, saliency_map  # noqa: E402
-from chestkd.saliency.sanity import (abs_maps, cascade_steps, label_randomisation,  # noqa: E402
-                                     model_copy, parameter_randomisation, reinitialised_clone,
-                                     spearman, ssim, weighted_layers)
+from chestkd.saliency.analysis.sanity import (abs_maps, cascade_steps,  # noqa: E402
+                                              label_randomisation, model_copy,
+                                              parameter_randomisation, reinitialised_clone,
+                                              spearman, ssim, weighted_layers)
 
 
 def test_spearman_matches_scipy_with_ties():

@@ -22,10 +22,10 @@ from matplotlib.figure import Figure
 
 from chestkd.cli import list_option, main_of
 from chestkd.errors import DataError
-from chestkd.saliency.display import percentile_normalise
-from chestkd.saliency.figures import METHOD_TITLES, display_image
-from chestkd.saliency.report_inputs import read_inputs
-from chestkd.saliency.sanity import label_randomisation
+from chestkd.saliency.analysis.display import percentile_normalise
+from chestkd.saliency.analysis.sanity import label_randomisation
+from chestkd.saliency.report.figures import METHOD_TITLES, display_image
+from chestkd.saliency.report.inputs import read_inputs
 from chestkd.training.run import finished_run
 
 METHODS = ("vanilla", "guided_backprop", "integrated_gradients", "gradcam")

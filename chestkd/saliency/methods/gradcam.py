@@ -9,7 +9,7 @@ signed M_c upsampled bilinearly to (N, H, W), or (N, h, w) with ``upsample=False
 
 The default layer is the last feature map the classifier pools (the input of the final
 global pooling layer: DenseNet-121's final ``relu``, not its last Conv layer). Because the
-model is flattened first (:func:`chestkd.saliency.graph.flatten_model`), a layer inside a
+model is flattened first (:func:`chestkd.saliency.methods.graph.flatten_model`), a layer inside a
 nested backbone can be named, by its name or by its path (``"densenet121/relu"``); this
 is where tf-keras-vis's Gradcam fails under Keras 3.
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from chestkd.saliency.cam import MapMethod
-from chestkd.saliency.graph import feature_map
+from chestkd.saliency.methods.cam import MapMethod
+from chestkd.saliency.methods.graph import feature_map
 
 
 class GradCAM(MapMethod):

@@ -13,7 +13,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from chestkd.saliency.graph import FlatGraph, feature_map
+from chestkd.saliency.methods.graph import FlatGraph, feature_map
 
 
 def feature_tap(graph: FlatGraph, layer: str | None, method: str):

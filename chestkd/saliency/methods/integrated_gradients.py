@@ -12,7 +12,7 @@ Completeness: sum_i IG_i(x) = z_c(x) - z_c(x') (up to the quadrature error).
 The default baseline is all zeros, mid-grey for images scaled to [-1, 1].
 
 SmoothGrad-IG (Smilkov et al. 2017, used by Ho & Gwak 2020) averages IG over noisy copies
-x_j = x + e_j of the image (same noise rule as :mod:`chestkd.saliency.smoothgrad`):
+x_j = x + e_j of the image (same noise rule as :mod:`chestkd.saliency.methods.smoothgrad`):
 
     SG-IG(x) = 1/n sum_j IG(x_j).
 
@@ -23,9 +23,9 @@ from __future__ import annotations
 import numpy as np
 
 from chestkd.errors import ConfigError
-from chestkd.saliency.base import GradientEngine, SaliencyMethod
-from chestkd.saliency.smoothgrad import (check_noise_level, check_positive,
-                                         smoothgrad_noise)
+from chestkd.saliency.methods.base import GradientEngine, SaliencyMethod
+from chestkd.saliency.methods.smoothgrad import (check_noise_level, check_positive,
+                                                 smoothgrad_noise)
 
 
 def midpoint_alphas(steps: int) -> np.ndarray:
@@ -87,7 +87,7 @@ class SmoothGradIG(SaliencyMethod):
         steps: midpoint-rule steps per path.
         noise_level: noise standard deviation as a fraction of the image range.
         baseline: as for :class:`IntegratedGradients`.
-        seed: noise seed (see :func:`chestkd.saliency.smoothgrad.smoothgrad_noise`).
+        seed: noise seed (see :func:`chestkd.saliency.methods.smoothgrad.smoothgrad_noise`).
     """
 
     name = "smoothgrad_ig"

@@ -5,7 +5,8 @@ methods produce a signed per-channel attribution ``(N, H, W, C)``; :class:`Salie
 then either returns it as is (``raw=True``) or reduces it over channels and rescales each
 map to [0, 1] for display. CAM-like methods produce one map per image directly.
 
-Scores are always the class *logit* ``z_c(x)`` (see :func:`chestkd.saliency.graph.logits_graph`).
+Scores are always the class *logit* ``z_c(x)`` (see
+:func:`chestkd.saliency.methods.graph.logits_graph`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from chestkd.errors import ConfigError, DataError
-from chestkd.saliency.graph import FlatGraph, logits_graph
+from chestkd.saliency.methods.graph import FlatGraph, logits_graph
 
 # Channel reductions of a signed attribution a (..., C) into one map (...).
 REDUCTIONS = {

@@ -1,14 +1,14 @@
 """Localisation scores with 95 % bootstrap intervals, and each method against the centre baseline.
 
-The per-box scores of :func:`chestkd.saliency.localisation.localisation_scores` are averaged per
-(model, method, finding) and over all findings. Their uncertainty comes from a **cluster
-bootstrap over images**: the images (with all of their boxes) are drawn with replacement,
+The per-box scores of :func:`chestkd.saliency.analysis.localisation.localisation_scores` are
+averaged per (model, method, finding) and over all findings. Their uncertainty comes from a
+**cluster bootstrap over images**: the images (with all of their boxes) are drawn with replacement,
 ``n_boot`` times, and each score is re-averaged over the drawn boxes; the interval is the 2.5th
 and 97.5th percentile of those means (the percentile bootstrap). Resampling images rather than
 boxes keeps the several boxes of one radiograph together (they share one map); with one box per
 image the two are the same. NaN scores (energy of an all-zero map) are left out of the means.
 
-**Against the centre baseline** (a fixed Gaussian, :func:`~chestkd.saliency.localisation.
+**Against the centre baseline** (a fixed Gaussian, :func:`~chestkd.saliency.analysis.localisation.
 centre_baseline_maps`): per box the difference ``method - centre`` is formed first (both scored
 on the same box), then bootstrapped the same way — a *paired* bootstrap, far tighter than
 comparing two separate intervals. A method beats the centre when the difference's interval lies
@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from chestkd.saliency.localisation import IOU_THRESHOLDS
+from chestkd.saliency.analysis.localisation import IOU_THRESHOLDS
 
 CI_METRICS = ("pointing", "energy", "mean_iou", "mean_iobb")
 COMPARED_METRICS = ("pointing", "energy", "mean_iou")

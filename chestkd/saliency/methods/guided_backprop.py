@@ -13,7 +13,7 @@ from standalone ``ReLU``/``ReLU(6)``/``Activation("relu")`` layers (MobileNetV2,
 silently keep the vanilla gradient. Here the model's flat graph is rebuilt with every
 rectifier replaced: standalone rectifier layers by :class:`GuidedReLU`, and layers with a
 fused ``activation="relu"`` by the same layer called without its activation
-(:class:`~chestkd.saliency.graph.PreActivation`, which reads the layer's own variables, so
+(:class:`~chestkd.saliency.methods.graph.PreActivation`, which reads the layer's own variables, so
 re-initialising the model reaches the guided graph) followed by a :class:`GuidedReLU`.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from chestkd.saliency.graph import FlatGraph, activation_name, linear_twin, logits_graph
-from chestkd.saliency.vanilla import Vanilla
+from chestkd.saliency.methods.graph import FlatGraph, activation_name, linear_twin, logits_graph
+from chestkd.saliency.methods.vanilla import Vanilla
 
 RECTIFIER_MAX = {"relu": None, "relu6": 6.0}
 

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from chestkd.errors import ConfigError
-from chestkd.saliency.base import GradientEngine, SaliencyMethod
+from chestkd.saliency.methods.base import GradientEngine, SaliencyMethod
 
 
 def noise_sigma(image: np.ndarray, noise_level: float) -> float:

@@ -15,7 +15,7 @@ for mutually exclusive classes (``probability="softmax"``). Multi-label findings
 (``probability="sigmoid"``, chestkd's default for a logits model) get ``sigmoid(z_c)`` by
 handing tf-keras-vis the two outputs ``[z_c, 0]``, whose softmax is ``[sigmoid(z_c), ...]``.
 The layer default and the handling of nested backbones and of a final sigmoid/softmax are
-Grad-CAM's (:mod:`chestkd.saliency.gradcam`). ``raw=True`` returns the unnormalised map
+Grad-CAM's (:mod:`chestkd.saliency.methods.gradcam`). ``raw=True`` returns the unnormalised map
 (non-negative: tf-keras-vis applies the relu), upsampled bilinearly to (N, H, W), or
 (N, h, w) with ``upsample=False``.
 """
@@ -26,9 +26,9 @@ import numpy as np
 from tf_keras_vis.scorecam import Scorecam
 
 from chestkd.errors import ConfigError
-from chestkd.saliency.cam import MapMethod
-from chestkd.saliency.graph import ends_in_probability
-from chestkd.saliency.tfkv import class_score, feature_tap, quiet_keras
+from chestkd.saliency.methods.cam import MapMethod
+from chestkd.saliency.methods.graph import ends_in_probability
+from chestkd.saliency.methods.tfkv import class_score, feature_tap, quiet_keras
 
 PROBABILITIES = ("sigmoid", "softmax")
 

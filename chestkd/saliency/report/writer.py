@@ -16,13 +16,13 @@ of each image's finding (one progress bar for all methods x images) and writes
 * ``localisation.csv`` / ``.md`` / ``_per_box.csv`` / ``_vs_centre.csv`` — pointing game,
   energy in box and IoU / IoBB per model, method and finding with 95 % bootstrap intervals,
   the centre-Gaussian baseline as method ``centre`` and a paired test against it
-  (:mod:`chestkd.saliency.localisation_report`);
+  (:mod:`chestkd.saliency.report.localisation_tables`);
 * ``sanity.csv`` / ``.md`` / ``sanity_cascade.png`` — cascading parameter randomisation
-  (:mod:`chestkd.saliency.sanity_report`).
+  (:mod:`chestkd.saliency.report.sanity_section`).
 
-Figures show display maps (:mod:`chestkd.saliency.display`: |.| or positive part per method,
-99th-percentile scale, a Gaussian blur of half the stem stride); the scores use the same maps
-unblurred and unscaled. On a CPU the defaults (:data:`DEFAULT_OPTIONS`: SmoothGrad 16
+Figures show display maps (:mod:`chestkd.saliency.analysis.display`: |.| or positive part per
+method, 99th-percentile scale, a Gaussian blur of half the stem stride); the scores use the
+same maps unblurred and unscaled. On a CPU the defaults (:data:`DEFAULT_OPTIONS`: SmoothGrad 16
 samples, IG 32 steps, SmoothGrad-IG 16 x 16) keep a ResNet-32 report at 128 px under a minute
 on 2 cores; with a GPU :data:`GPU_OPTIONS` (SmoothGrad's 50 samples) are used. Captions say
 which.
@@ -39,17 +39,18 @@ import tensorflow as tf
 
 from chestkd.data.images import progress_bar
 from chestkd.errors import ChestKDError, ConfigError
-from chestkd.saliency import METHODS, saliency_method
-from chestkd.saliency.display import (DEFAULT_PERCENTILE, display_maps, display_sigma,
-                                      signed_to_display, stem_stride)
-from chestkd.saliency.figures import CONTOUR_SHARE, plot_model_comparison, plot_saliency_grid
-from chestkd.saliency.localisation import (centre_baseline_maps, localisation_scores,
-                                           scale_boxes)
-from chestkd.saliency.localisation_report import write_localisation_report
-from chestkd.saliency.report_inputs import (check_normalization, predict_probabilities,
+from chestkd.saliency.analysis.display import (DEFAULT_PERCENTILE, display_maps, display_sigma,
+                                               signed_to_display, stem_stride)
+from chestkd.saliency.analysis.localisation import (centre_baseline_maps, localisation_scores,
+                                                    scale_boxes)
+from chestkd.saliency.methods import METHODS, saliency_method
+from chestkd.saliency.report.checkerboard import settings_caption, write_checkerboard_figure
+from chestkd.saliency.report.figures import (CONTOUR_SHARE, plot_model_comparison,
+                                             plot_saliency_grid)
+from chestkd.saliency.report.inputs import (check_normalization, predict_probabilities,
                                             read_inputs, select_examples)
-from chestkd.saliency.report_figures import settings_caption, write_checkerboard_figure
-from chestkd.saliency.sanity_report import write_sanity_section
+from chestkd.saliency.report.localisation_tables import write_localisation_report
+from chestkd.saliency.report.sanity_section import write_sanity_section
 
 FIG4_METHODS = ("guided_backprop", "smoothgrad", "smoothgrad_ig")
 FIG5_METHODS = ("cam", "gradcam", "smoothgrad_ig")
@@ -83,7 +84,7 @@ def compute_maps(model, images, classes, methods, options: dict, *, batch_size: 
                  verbose: int = 1):
     """``(maps, skipped)``: method -> (N, H, W) non-negative score maps, and method -> why it
     failed. The maps are the raw attributions with the method's display sign
-    (:func:`chestkd.saliency.display.signed_to_display`), unscaled and unblurred.
+    (:func:`chestkd.saliency.analysis.display.signed_to_display`), unscaled and unblurred.
 
     One progress report counts (method, image) maps (a bar on a terminal, a line per 10 % in
     a log: :func:`chestkd.data.images.progress_bar`); ``verbose=0`` keeps it quiet.
@@ -196,7 +197,8 @@ def write_saliency_report(model, dataset, out_dir, *, image_size, class_names=No
         model_name: the name of ``model`` in titles and tables.
         percentile: display scale (1 = this percentile of each map's values).
         smoothing: True: display blur sigma from the stem stride
-            (:func:`~chestkd.saliency.display.display_sigma`); a number: that sigma; False: none.
+            (:func:`~chestkd.saliency.analysis.display.display_sigma`); a number: that sigma;
+            False: none.
         contour_share: share of each map inside the drawn contour (None: no contour).
         sanity: write the parameter-randomisation section (on ``sanity_images`` images, at
             most ``sanity_steps`` cascade steps).

@@ -10,7 +10,7 @@
 Every overlay's opacity follows the saliency (0 is transparent, so the radiograph shows where
 the map is low), a white contour encloses the top ``contour_share`` of the map (5 % by
 default), and each panel's title names the method and the predicted probability. Maps are
-expected in [0, 1] (see :func:`chestkd.saliency.display.display_maps`).
+expected in [0, 1] (see :func:`chestkd.saliency.analysis.display.display_maps`).
 
 Figures are built with matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`),
 never pyplot: no display is needed, the caller's backend (a notebook's inline backend, say) is
@@ -27,7 +27,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from chestkd.saliency.display import top_share_mask
+from chestkd.saliency.analysis.display import top_share_mask
 
 METHOD_TITLES = {
     "vanilla": "Gradient", "guided_backprop": "Guided backprop", "smoothgrad": "SmoothGrad",

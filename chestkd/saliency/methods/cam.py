@@ -18,8 +18,8 @@ import abc
 import numpy as np
 import tensorflow as tf
 
-from chestkd.saliency.base import SaliencyMethod
-from chestkd.saliency.graph import find_classifier_head
+from chestkd.saliency.methods.base import SaliencyMethod
+from chestkd.saliency.methods.graph import find_classifier_head
 
 
 def upsample_maps(maps: np.ndarray, size) -> np.ndarray:

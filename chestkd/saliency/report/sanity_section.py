@@ -1,10 +1,11 @@
 """The sanity-check section of the saliency report: a table, a figure, a verdict per method.
 
-:func:`write_sanity_section` runs :func:`chestkd.saliency.sanity.parameter_randomisation` for
-each method on a few images and writes
+:func:`write_sanity_section` runs
+:func:`chestkd.saliency.analysis.sanity.parameter_randomisation` for each method on a few
+images and writes
 
 * ``sanity.csv`` / ``sanity.md`` — Spearman (of ``|map|``) and SSIM per cascade step and method,
-  and per method ``passes`` / ``FAILS`` (:func:`chestkd.saliency.sanity.failing_methods`);
+  and per method ``passes`` / ``FAILS`` (:func:`chestkd.saliency.analysis.sanity.failing_methods`);
 * ``sanity_cascade.png`` — Spearman and SSIM against the number of re-initialised layers
   (Adebayo et al. 2018, Fig. 2), and the first image's maps at a few steps.
 """
@@ -17,10 +18,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from chestkd.errors import ChestKDError
-from chestkd.saliency.display import percentile_normalise
-from chestkd.saliency.figures import METHOD_TITLES, display_image
-from chestkd.saliency.sanity import (FAIL_SPEARMAN, failing_methods, parameter_randomisation,
-                                     top_half_spearman)
+from chestkd.saliency.analysis.display import percentile_normalise
+from chestkd.saliency.analysis.sanity import (FAIL_SPEARMAN, failing_methods,
+                                              parameter_randomisation, top_half_spearman)
+from chestkd.saliency.report.figures import METHOD_TITLES, display_image
 
 SANITY_METHODS = ("vanilla", "guided_backprop", "integrated_gradients", "smoothgrad", "gradcam")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from chestkd.saliency import saliency_method
-from chestkd.saliency.display import (DISPLAY_SIGN, display_maps, shift_averaged,
-                                      signed_to_display)
-from chestkd.saliency.figures import METHOD_TITLES, plot_panels
+from chestkd.saliency.analysis.display import (DISPLAY_SIGN, display_maps, shift_averaged,
+                                               signed_to_display)
+from chestkd.saliency.methods import saliency_method
+from chestkd.saliency.report.figures import METHOD_TITLES, plot_panels
 
 OPTION_WORDS = {"samples": "samples", "steps": "steps", "noise_level": "noise"}
 

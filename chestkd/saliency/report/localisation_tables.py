@@ -5,7 +5,8 @@ and the centre baseline,
 
 * ``localisation_per_box.csv`` — every box's pointing hit, energy, IoU, IoBB;
 * ``localisation.csv`` — per (model,) method and finding (and ``all``): counts, means and 95 %
-  cluster-bootstrap intervals (:func:`chestkd.saliency.bootstrap.summarise_with_intervals`);
+  cluster-bootstrap intervals
+  (:func:`chestkd.saliency.analysis.bootstrap.summarise_with_intervals`);
 * ``localisation_vs_centre.csv`` — paired bootstrap of ``method - centre`` per metric;
 * ``localisation.md`` — both tables, and per method whether it beats the centre beyond its
   interval.
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from chestkd.saliency.bootstrap import (COMPARED_METRICS, compare_with_baseline,
-                                        summarise_with_intervals, with_interval)
+from chestkd.saliency.analysis.bootstrap import (COMPARED_METRICS, compare_with_baseline,
+                                                 summarise_with_intervals, with_interval)
 
 SHOWN_METRICS = ("pointing", "energy", "mean_iou", "iou>0.1", "iou>0.3", "iou>0.5")
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from chestkd.data.pipeline import NORMALIZATIONS, make_dataset
 from chestkd.errors import ConfigError
-from chestkd.saliency.graph import logits_graph
+from chestkd.saliency.methods.graph import logits_graph
 from chestkd.scores import probabilities_from_logits
 
 

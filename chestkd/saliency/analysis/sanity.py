@@ -29,8 +29,9 @@ import keras
 import numpy as np
 
 from chestkd.errors import ConfigError
-from chestkd.saliency import METHODS, saliency_method
-from chestkd.saliency.display import gaussian_kernel, percentile_normalise, signed_to_display
+from chestkd.saliency.analysis.display import (gaussian_kernel, percentile_normalise,
+                                               signed_to_display)
+from chestkd.saliency.methods import METHODS, saliency_method
 
 FAIL_SPEARMAN = 0.9
 SSIM_SIGMA, SSIM_K1, SSIM_K2 = 1.5, 0.01, 0.03     # Wang et al. 2004

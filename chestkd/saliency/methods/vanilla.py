@@ -3,7 +3,7 @@
 The gradient is computed by tf-keras-vis's :class:`~tf_keras_vis.saliency.Saliency` on the
 logits graph, one call per ``batch_size`` images, with its gradient modifier, channel
 reduction and normalisation switched off so the signed per-channel gradient comes back;
-:class:`~chestkd.saliency.base.SaliencyMethod` reduces and normalises it.
+:class:`~chestkd.saliency.methods.base.SaliencyMethod` reduces and normalises it.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from tf_keras_vis.saliency import Saliency
 
-from chestkd.saliency.base import SaliencyMethod
+from chestkd.saliency.methods.base import SaliencyMethod
 
 
 def logit_score(classes: np.ndarray):

@@ -6,9 +6,9 @@ With A (h, w, F) the feature map of a layer, g = d z_c / dA and S = sum_ij A_ijf
     M_c(i, j) = relu(sum_f w_fc A_ijf).
 
 (Ho & Gwak 2020 cite it among the CAM methods.) The layer default and the handling of nested
-backbones and of a final sigmoid/softmax are Grad-CAM's (:mod:`chestkd.saliency.gradcam`):
+backbones and of a final sigmoid/softmax are Grad-CAM's (:mod:`chestkd.saliency.methods.gradcam`):
 tf-keras-vis runs on chestkd's flat logits graph, reaching the layer through
-:func:`~chestkd.saliency.tfkv.feature_tap`.
+:func:`~chestkd.saliency.methods.tfkv.feature_tap`.
 
 tf-keras-vis scores the class by ``exp(z_c)``, which overflows float32 for z_c > 88 and
 underflows for z_c < -87 (the map becomes all zeros); the exponential cancels in alpha and
@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 
-from chestkd.saliency.cam import MapMethod
-from chestkd.saliency.tfkv import feature_tap
+from chestkd.saliency.methods.cam import MapMethod
+from chestkd.saliency.methods.tfkv import feature_tap
 
 
 def unit_exp_score(classes):
