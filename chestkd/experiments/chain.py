@@ -27,6 +27,10 @@ Defaults (``chain_settings``), with the reasons:
   soft term's VALUE is far larger at T = 20-30, but its gradient is of the hard term's
   order, which is what the T^2 is for.) Re-measure on real data before trusting 0.1;
 * KL options: channel mode (Shu et al. 2021), temperature 1; Wasserstein: p = 1, whole maps.
+
+Below the chain: what the ``assistant_kd`` recipe reports of it (the stages side by side,
+the per-class reports, the summary) and its ablation (the student alone, and distilled
+straight from the teacher).
 """
 from __future__ import annotations
 
@@ -35,15 +39,17 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from chestkd.data.dataset import Dataset
 from chestkd.errors import ConfigError
+from chestkd.evaluation import markdown_table
 from chestkd.models import get_spec
 from chestkd.experiments.feature_kd import (averaged_model, distil_features,
                                             feature_terms_for, member_names, obtain_teachers,
                                             with_learning_rate)
 from chestkd.experiments.kd import evaluate_once
-from chestkd.experiments.store import copy_results
+from chestkd.experiments.store import copy_results, obtain_model
 from chestkd.training.experiment import build_model
 
 DEFAULT_FEATURE_WEIGHT = 0.1
@@ -64,6 +70,9 @@ def _per_stage(config, key, stages, default):
 
 def chain_settings(config: dict, chain) -> dict:
     """Per-stage learning rates and per-distillation-stage distance, weight, layers, options."""
+    if not chain:
+        raise ConfigError(f"--chain {chain!r}: a list of stages, e.g. "
+                          f"[[efficientnet_b6, efficientnet_b7], densenet121, conv3_student]")
     if not isinstance(chain, (list, tuple)) or len(chain) < 2:
         raise ConfigError(f"--chain {chain!r}: a list of at least two stages (teacher, student)")
     for index, entry in enumerate(chain):
@@ -88,6 +97,21 @@ def chain_settings(config: dict, chain) -> dict:
         "options": _per_stage(config, "feature_options", steps,
                               lambda k: DEFAULT_OPTIONS.get(distances[k], {})),
     }
+
+
+def stage_plan(chain, settings: dict, ablation: bool) -> list:
+    """The plan's lines for the stages: what each trains, and from what."""
+    members = member_names(chain[0])
+    lines = [f"  1. teacher {' + '.join(map(str, members))}: base training (model store)"
+             + (", logits averaged" if len(members) > 1 else "")]
+    for k, entry in enumerate(chain[1:]):
+        teacher = " + ".join(map(str, member_names(chain[k])))
+        lines.append(f"  {k + 2}. {entry} distilled from {teacher}: KD loss + "
+                     f"{settings['distances'][k]} x {settings['weights'][k]:g}")
+    if ablation:
+        lines.append(f"  ablation: {chain[-1]} base-trained alone (model store) and "
+                     f"distilled straight from the teacher")
+    return lines
 
 
 def weights_digest(models) -> str:
@@ -170,3 +194,93 @@ def stage_name(index: int, length: int) -> str:
     if index == length - 1:
         return "student"
     return "assistant" if length == 3 else f"assistant{index}"
+
+
+# ----------------------------------------------------------------------------- the report
+
+def scores_row(label: str, results: dict, stage_dir, multi_label: bool) -> dict:
+    """Precision, recall, F1 (micro for multi-label, macro otherwise) and AUC of one model."""
+    report = pd.read_csv(Path(stage_dir) / "classification_report.csv").set_index("class")
+    average = report.loc["micro avg" if multi_label else "macro avg"]
+    return {"model": label, "precision": float(average["precision"]),
+            "recall": float(average["recall"]), "f1": float(average["f1"]),
+            "auc": float(results["mean_auc"]), "params": int(results["params"]["total"]),
+            "latency_ms": float(results["latency"]["median_ms"])}
+
+
+def chain_rows(stages: dict, run_dir, multi_label: bool) -> list:
+    """One :func:`scores_row` per stage of :func:`run_chain`, labelled ``stage (model)``."""
+    return [scores_row(f"{name} ({' + '.join(member_names(stage['name']))})",
+                       stage["results"], Path(run_dir) / name, multi_label)
+            for name, stage in stages.items()]
+
+
+def per_class_reports(run_dir, names) -> str:
+    """The classification reports of the chain's stages, one section each (Table 2 layout)."""
+    parts = []
+    for letter, name in zip("abcdefghij", names):
+        report = pd.read_csv(Path(run_dir) / name / "classification_report.csv")
+        parts += [f"### ({letter}) {name.capitalize()}", "", markdown_table(report, ".4f"), ""]
+    return "\n".join(parts)
+
+
+def summary_lines(config: dict, data_name: str, chain, outcome: dict, rows: list,
+                  run_dir) -> list:
+    """``summary.md`` up to the ablation: the chain's settings, its table, the reports."""
+    settings = outcome["settings"]
+    terms = "; ".join(f"{d} x {w:g} ({l if isinstance(l, str) else 'pairs'})" for d, w, l in
+                      zip(settings["distances"], settings["weights"], settings["layers"]))
+    demo = (f". A demo on the phantom profile ({config['phantom_images']} films at "
+            f"{config['image_size']} px, {config['epochs']} epochs, small models): it shows "
+            f"the recipe run, NOT the paper's numbers (--config recipes/assistant_kd.yaml)."
+            if config.get("profile") == "phantom" else "")
+    return [f"# Teacher-assistant KD on {data_name}: {' -> '.join(map(str, chain))}", "",
+            f"KD loss {config['kd_loss_used']}, T = {config['temperature']:g}, "
+            f"alpha = {config['alpha']:g}; feature terms: {terms}{demo}", "",
+            "## The chain (test split)", "", markdown_table(pd.DataFrame(rows), ".4f"), "",
+            "## Classification reports (test split)", "",
+            per_class_reports(run_dir, list(outcome["stages"]))]
+
+
+def chain_metrics(config: dict, chain, outcome: dict, rows: list) -> dict:
+    """``metrics.json`` of the chain: its settings, table, and whether every teacher stayed
+    unchanged by the stage it taught."""
+    stages = outcome["stages"]
+    return {"recipe": "assistant_kd", "chain": chain, "kd_loss": config["kd_loss_used"],
+            "settings": outcome["settings"], "chain_table": rows,
+            "teachers_unchanged": all(stage.get("teacher_unchanged", True)
+                                      for stage in stages.values()),
+            "teacher_sources": stages["teacher"]["sources"]}
+
+
+def write_ablation(rows: list, run_dir) -> list:
+    """``ablation.csv`` and ``ablation.md`` of :func:`run_ablation`'s rows; returns the
+    summary's section."""
+    table = pd.DataFrame(rows)
+    table.to_csv(Path(run_dir) / "ablation.csv", index=False)
+    (Path(run_dir) / "ablation.md").write_text(markdown_table(table, ".4f") + "\n")
+    return ["## Ablation (test split)", "", markdown_table(table, ".4f"), ""]
+
+
+def run_ablation(config: dict, data: Dataset, run_dir, chain, outcome: dict) -> list:
+    """The chain's last stage trained alone (model store) and distilled straight from the
+    teacher, beside the teacher and the chain's student: four :func:`scores_row` rows."""
+    run_dir = Path(run_dir)
+    settings, stages = outcome["settings"], outcome["stages"]
+    student_name, student_lr = chain[-1], settings["learning_rates"][-1]
+    alone, source = obtain_model(with_learning_rate(config, student_lr), data, student_name)
+    alone_dir = run_dir / "student_alone"
+    alone_dir.mkdir(parents=True, exist_ok=True)
+    alone_results = copy_stage_results(source, alone_dir) if Path(source).is_dir() else \
+        evaluate_once(alone, data, config, alone_dir, model_name=student_name)
+    direct_dir = run_dir / "student_from_teacher"
+    direct, _, _ = distil_stage(config, data, direct_dir, stages["teacher"]["models"],
+                                student_name, settings, -1, learning_rate=student_lr)
+    direct_results = evaluate_once(direct, data, config, direct_dir, model_name=student_name)
+    multi = data.multi_label
+    return [scores_row("teacher alone", stages["teacher"]["results"], run_dir / "teacher",
+                       multi),
+            scores_row("student alone", alone_results, alone_dir, multi),
+            scores_row("student from teacher", direct_results, direct_dir, multi),
+            scores_row("student from assistant", stages["student"]["results"],
+                       run_dir / "student", multi)]
