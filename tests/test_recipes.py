@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from chestkd.experiments.table_cells import resolved_cell
 from chestkd.recipes import base_training, kd, self_training, table1
 from chestkd.report import write_report
+from chestkd.training.config import config_id
 
 TINY = ["--dataset", "chestxray14", "--image-size", "32", "--batch-size", "16", "--epochs", "2",
         "--learning-rate", "0.01", "--schedule", "constant", "latency_images=2",
@@ -162,12 +164,12 @@ def test_report_base_column_holds_full_base_runs_of_one_setting(runs):
 
 def test_table_runner_marks_a_cell_done_only_for_the_same_configuration(tmp_path, capsys):
     cell = Path("recipes/table1/standard_kd-resnet152-mobilenet_v1.yaml")
-    _, smoke = table1.resolved_cell(cell, [f"out={tmp_path}", "epochs=2"])
+    _, smoke = resolved_cell(cell, [f"out={tmp_path}", "epochs=2"], table1.RECIPES)
     finished = tmp_path / "standard_kd-mobilenet_v1-20260101-000000"
     finished.mkdir()
     (finished / "config.yaml").write_text(yaml.safe_dump(
         {**{k: v for k, v in smoke.items() if not k.startswith("_")},
-         "config_id": table1.config_id(smoke)}))
+         "config_id": config_id(smoke)}))
     (finished / "metrics.json").write_text("{}")
     argv = ["--recipes", "recipes/table1", "--only", "*resnet152-mobilenet_v1*", "--dry-run"]
     table1.run([*argv, f"out={tmp_path}", "epochs=2"])

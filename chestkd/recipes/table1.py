@@ -23,66 +23,21 @@ every cell's status, and the command then exits with status 2.
 from __future__ import annotations
 
 import argparse
-import fnmatch
-import importlib
 from pathlib import Path
 
-import yaml
-
 from chestkd.cli import main_of
-from chestkd.errors import ChestKDError, ConfigError
-from chestkd.io import atomic_write_json
+from chestkd.errors import ChestKDError
+from chestkd.experiments.table_cells import (cell_files, cell_options, close_table, outs_of,
+                                             run_cells, table_cells, write_status)
+from chestkd.recipes import base_training, kd, self_training
 from chestkd.report import write_report
-from chestkd.training.config import config_id, load_yaml, resolve_config
 
-ORDER = ("base_training", "self_training", "standard", "reversed", "defective")
+# The recipes a cell can name (``recipe:``); kd's ``strategy`` is standard, reversed or
+# defective.
+RECIPES = {"base_training": base_training, "self_training": self_training, "kd": kd}
 # The paper's cells, installed with the package (setup.cfg package_data); the repository's
 # recipes/table1 links here.
 PAPER_CELLS = Path(__file__).resolve().parent / "configs" / "table1"
-# Options that would make every cell the same run, or another one: refused.
-PER_CELL_OPTIONS = ("--config", "--resume", "--run-name")
-
-
-class TableIncomplete(ChestKDError):
-    """Some cells of the table failed; the others finished."""
-
-
-def resolved_cell(path: Path, overrides) -> tuple[str, dict]:
-    """(recipe, the configuration its run would resolve and record) of one YAML cell."""
-    recipe = load_yaml(path).get("recipe")
-    if recipe not in ("base_training", "self_training", "kd"):
-        raise ConfigError(f"{path}: 'recipe' must be base_training, self_training or kd, "
-                          f"got {recipe!r}")
-    module = importlib.import_module(f"chestkd.recipes.{recipe}")
-    config = resolve_config(["--config", str(path), *overrides], module.DEFAULTS)
-    config["recipe"] = recipe
-    return recipe, config
-
-
-def finished(config: dict) -> Path | None:
-    """The finished run folder under ``config["out"]`` with this configuration, if any."""
-    wanted = config_id(config)
-    for config_path in sorted(Path(config["out"]).glob("*/config.yaml")):
-        saved = yaml.safe_load(config_path.read_text()) or {}
-        folder = config_path.parent
-        stages = folder / "stages.json"
-        done = (folder / "metrics.json").exists() and (
-            not stages.exists() or '"evaluation"' in stages.read_text())
-        if saved.get("config_id") == wanted and done:
-            return folder
-    return None
-
-
-def _cell_options(options: list) -> list:
-    """The options given for every cell, with those that cannot apply to all refused."""
-    for token in options:
-        flag = token.split("=", 1)[0]
-        if flag in PER_CELL_OPTIONS or flag.replace("_", "-") in (
-                o.lstrip("-") for o in PER_CELL_OPTIONS):
-            raise ConfigError(f"{flag}: each cell of the table is its own YAML file and run; "
-                              f"{', '.join(PER_CELL_OPTIONS)} cannot apply to all of them "
-                              f"(use --recipes DIR for your own cells)")
-    return options
 
 
 def run(argv=None) -> dict:
@@ -101,76 +56,21 @@ def run(argv=None) -> dict:
     parser.add_argument("--dry-run", action="store_true",
                         help="list what would run, write nothing")
     args, options = parser.parse_known_args(argv)
-    options = _cell_options(options)
-    folder = PAPER_CELLS if args.recipes is None else Path(args.recipes)
-    if not folder.is_dir():
-        raise ConfigError(f"--recipes {folder}: no such folder")
-    files = [f for f in sorted(folder.glob("*.yaml")) if fnmatch.fnmatch(f.name, args.only)]
-    if not files:
-        raise ConfigError(f"--recipes {folder}: no YAML file matches {args.only!r}")
-    _, probe = resolved_cell(files[0], options)
-    if "out" in probe["_given"] and "teachers_dir" not in probe["_given"]:
-        # The paper's cells keep their model store in runs/table1/teachers: with another
-        # --out (a smoke test) the store goes there too, not into the real table's.
-        options = [*options, f"teachers_dir={Path(probe['out']) / 'teachers'}"]
-    cells = []
-    for path in files:  # every cell resolves (and its options are checked) before any runs
-        recipe, config = resolved_cell(path, options)
-        step = config.get("strategy") if recipe == "kd" else recipe
-        cells.append((ORDER.index(step), path.name, path, recipe, config))
-    outs, summary = [], []
-    for _, _, path, recipe, config in sorted(cells):
-        out = Path(config["out"])
-        if out not in outs:
-            outs.append(out)
-        cell = {"cell": path.name, "recipe": recipe, "config": config, "out": str(out)}
-        summary.append(cell)
-        done = finished(config)
-        if done:
-            print(f"[done] {path.name}: {done}")
-            cell.update(status="done", run=str(done))
-            continue
-        print(f"[run ] {path.name} ({recipe})")
-        if args.dry_run:
-            cell["status"] = "to run"
-            continue
-        module = importlib.import_module(f"chestkd.recipes.{recipe}")
-        try:
-            module.run(["--config", str(path), *options])
-        except ChestKDError as error:
-            # One cell's problem (most often a diverging fit) must not cost the others.
-            print(f"[fail] {path.name}: {error}")
-            cell.update(status="failed", error=str(error))
-            continue
-        cell["status"] = "ran"
-        cell["run"] = str(finished(config) or "")
-    failed = [cell for cell in summary if cell["status"] == "failed"]
+    options = cell_options(options)
+    files = cell_files(PAPER_CELLS if args.recipes is None else Path(args.recipes), args.only)
+    # every cell resolves (and its options are checked) before any runs
+    cells, options = table_cells(files, options, RECIPES)
+    summary = run_cells(cells, options, RECIPES, dry_run=args.dry_run)
     if not args.dry_run:
-        for out in outs:
-            _write_status(out, [c for c in summary if c["out"] == str(out)])
+        for out in outs_of(summary):
+            write_status(out, [cell for cell in summary if cell["out"] == str(out)])
             try:
                 write_report(out)
                 print(f"report: {out / 'report'}")
             except ChestKDError as error:  # e.g. every cell failed: nothing to report
                 print(f"no report for {out}: {error}")
-        counts = {status: sum(c["status"] == status for c in summary)
-                  for status in ("done", "ran", "failed")}
-        print(f"table: {len(summary)} cell(s): {counts['done']} done before, "
-              f"{counts['ran']} run now, {counts['failed']} failed"
-              + "".join(f"\n  failed: {c['cell']}: {c['error']}" for c in failed))
-        if failed:
-            raise TableIncomplete(
-                f"{len(failed)} of {len(summary)} cells failed: "
-                f"{', '.join(c['cell'] for c in failed)} (the others finished; status in "
-                f"{', '.join(str(out / 'table1_status.json') for out in outs)})")
-    return {"cells": summary, "failed": failed}
-
-
-def _write_status(out: Path, cells: list) -> None:
-    """``OUT/table1_status.json``: each cell's status (and error) of the last table run."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "table1_status.json",
-                      [{k: v for k, v in cell.items() if k != "config"} for cell in cells])
+        close_table(summary)  # exit status 2 if a cell failed
+    return {"cells": summary, "failed": [cell for cell in summary if cell["status"] == "failed"]}
 
 
 main = main_of(run)
