@@ -36,12 +36,12 @@ def test_ensemble_default_is_small_and_says_so():
     assert (config["teacher"], config["branches"]) == ("resnet32", ["conv3_student",
                                                                     "baseline_cnn"])
     assert (config["image_size"], config["phantom_size"], config["phantom_images"],
-            config["epochs"]) == (32, 32, 3000, 6)
+            config["epochs"]) == (32, 32, 3000, 8)
     assert config["standalone"] == ["base", "kd"] and config["feature_scale"] == "teacher"
     # the rest of the phantom profile still applies (optimiser, label noise)
     assert (config["optimizer"], config["label_noise"]) == ("adam", PHANTOM_PROFILE["label_noise"])
     text = ensemble_steps.plan(config, ensemble_steps.check_options(config))
-    for part in ("phantom profile", "3000 films written at 32 px", "32 px, 6 epochs",
+    for part in ("phantom profile", "3000 films written at 32 px", "32 px, 8 epochs",
                  "teacher resnet32: base training", "base training and standard KD from the "
                  "teacher (conv3_student, baseline_cnn)", "sum of conv3_student + baseline_cnn",
                  "mean square", "--config recipes/ensemble_kd.yaml"):

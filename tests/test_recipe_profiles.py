@@ -20,7 +20,7 @@ PROFILED = {"ensemble_kd": ensemble_kd, "assistant_kd": assistant_kd, "ros_kd": 
 EXPECTED = {
     "ensemble_kd": {"teacher": "resnet32", "branches": ["conv3_student", "baseline_cnn"],
                     "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
-                    "epochs": 6, "standalone": ["base", "kd"]},
+                    "epochs": 8, "standalone": ["base", "kd"]},
     "assistant_kd": {"chain": [["resnet32", "baseline_cnn"], "resnet32", "conv3_student"],
                      "image_size": 32, "phantom_size": 32, "phantom_images": 2000,
                      "epochs": 6, "ablation": True},
