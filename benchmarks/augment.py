@@ -28,7 +28,7 @@ from chestkd.data import load_dataset  # noqa: E402
 from chestkd.data.pipeline import make_dataset  # noqa: E402
 from chestkd.evaluation.metrics import mean_auc, per_class_auc, predict_logits  # noqa: E402
 from chestkd.training.config import BASE_DEFAULTS, PHANTOM_PROFILE  # noqa: E402
-from chestkd.training.experiment import build_model, compile_classifier, train_classifier  # noqa: E402
+from chestkd.training.classifier import build_model, compile_classifier, train_classifier  # noqa: E402
 from chestkd.training.run import new_run_dir  # noqa: E402
 
 

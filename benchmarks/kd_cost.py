@@ -25,7 +25,7 @@ from chestkd.data import load_dataset  # noqa: E402
 from chestkd.experiments.kd import distil  # noqa: E402
 from chestkd.training.teacher_cache import teacher_logits_table  # noqa: E402
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS  # noqa: E402
-from chestkd.training.experiment import build_model, train_classifier  # noqa: E402
+from chestkd.training.classifier import build_model, train_classifier  # noqa: E402
 from chestkd.training.run import new_run_dir  # noqa: E402
 
 

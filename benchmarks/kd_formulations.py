@@ -18,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_section  # noqa: E402
 
 from chestkd.data import load_dataset  # noqa: E402
-from chestkd.distill.losses import FORMULATIONS  # noqa: E402
+from chestkd.distill.kd_loss import FORMULATIONS  # noqa: E402
 from chestkd.experiments.kd import agreement, distil  # noqa: E402
 from chestkd.evaluation import evaluate_model  # noqa: E402
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, PHANTOM_PROFILE  # noqa: E402
-from chestkd.training.experiment import train_classifier  # noqa: E402
+from chestkd.training.classifier import train_classifier  # noqa: E402
 from chestkd.training.run import new_run_dir, seed_everything  # noqa: E402
 
 

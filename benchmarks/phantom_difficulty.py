@@ -27,7 +27,7 @@ from chestkd.data import load_dataset  # noqa: E402
 from chestkd.evaluation import evaluate_model  # noqa: E402
 from chestkd.evaluation.metrics import mean_auc, per_class_auc  # noqa: E402
 from chestkd.training.config import BASE_DEFAULTS, PHANTOM_PROFILE  # noqa: E402
-from chestkd.training.experiment import train_classifier  # noqa: E402
+from chestkd.training.classifier import train_classifier  # noqa: E402
 from chestkd.training.run import new_run_dir  # noqa: E402
 
 

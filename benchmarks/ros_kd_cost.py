@@ -32,7 +32,7 @@ from chestkd.data import load_dataset  # noqa: E402
 from chestkd.training.teacher_cache import teacher_logits_table  # noqa: E402
 from chestkd.experiments.ros import distil_setting  # noqa: E402
 from chestkd.recipes.ros_kd import DEFAULTS  # noqa: E402
-from chestkd.training.experiment import build_model, train_classifier  # noqa: E402
+from chestkd.training.classifier import build_model, train_classifier  # noqa: E402
 from chestkd.training.run import new_run_dir  # noqa: E402
 
 

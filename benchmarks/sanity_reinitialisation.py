@@ -17,7 +17,7 @@ import yaml
 
 from chestkd.saliency.analysis.sanity import (FAIL_SPEARMAN, parameter_randomisation,
                                               reinitialised_clone, top_half_spearman)
-from chestkd.training.experiment import image_options, load_run_data, make_dataset
+from chestkd.training.classifier import image_options, load_run_data, make_dataset
 
 METHODS = ("vanilla", "guided_backprop", "integrated_gradients", "gradcam")
 OPTIONS = {"integrated_gradients": {"steps": 8}}      # the report's SANITY_OPTIONS

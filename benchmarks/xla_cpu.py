@@ -16,7 +16,7 @@ import sys, tempfile, time
 import pandas as pd
 from chestkd.data import load_dataset
 from chestkd.training.config import BASE_DEFAULTS, PHANTOM_PROFILE
-from chestkd.training.experiment import train_classifier
+from chestkd.training.classifier import train_classifier
 jit, images, epochs, model = sys.argv[1] == "true", int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 config = {**BASE_DEFAULTS, **PHANTOM_PROFILE, "epochs": epochs, "jit_compile": jit,
           "phantom_images": images, "out": tempfile.mkdtemp()}

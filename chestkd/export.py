@@ -67,7 +67,7 @@ def folder_size(path) -> int:
 def run_data(model_path: Path, info: dict, out: Path):
     """(dataset, config) of the run a model belongs to, or (None, None) without config.yaml."""
     from chestkd.training.config import load_yaml
-    from chestkd.training.experiment import load_run_data
+    from chestkd.training.classifier import load_run_data
     config_path = model_path.parent / "config.yaml"
     if not config_path.exists():
         return None, None
@@ -81,7 +81,7 @@ def split_images(data, config, split: str, limit: int | None = None):
     """(images (N, S, S, 3) float32, labels (N, C)) of one split, the run's preprocessing;
     the clean labels when the data has them (as the run's own metrics)."""
     from chestkd.data.pipeline import make_dataset
-    from chestkd.training.experiment import image_options
+    from chestkd.training.classifier import image_options
     part = data.subset(split)
     if limit is not None and len(part) > limit:
         part = part.select(np.random.default_rng(0).permutation(len(part))[:limit])

@@ -62,7 +62,7 @@ def optimizer():
 
 
 def compile_classifier(model, data):
-    """As chestkd.training.experiment.compile_classifier: masked hard loss, MaskedAUC."""
+    """As chestkd.training.classifier.compile_classifier: masked hard loss, MaskedAUC."""
     model.compile(optimizer=optimizer(), loss=hard_loss_for(data.multi_label),
                   metrics=[MaskedAUC(num_labels=data.num_classes,
                                      softmax=not data.multi_label, name="auc")])

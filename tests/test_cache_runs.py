@@ -14,7 +14,7 @@ from chestkd.data.phantom import write_phantom
 from chestkd.data.pipeline import make_dataset
 from chestkd.errors import DataError
 from chestkd.training.config import BASE_DEFAULTS
-from chestkd.training.experiment import load_run_data
+from chestkd.training.classifier import load_run_data
 
 SIZE = 32
 

@@ -11,7 +11,7 @@ from chestkd.data.csv_table import load_csv
 from chestkd.data.presence import ABSENT_EXCLUDED, ABSENT_REASON
 from chestkd.errors import ConfigError, DataError
 from chestkd.training.config import BASE_DEFAULTS, dataset_options, resolve_config
-from chestkd.training.experiment import load_run_data
+from chestkd.training.classifier import load_run_data
 
 FINDINGS = ["Pneumonia/Viral/COVID-19", "Pneumonia/Bacterial/Streptococcus", "No Finding"]
 LABEL_MAP = {"Pneumonia/Viral/COVID-19": "COVID-19", "No Finding": "normal",

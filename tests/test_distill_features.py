@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from scipy.stats import wasserstein_distance  # noqa: E402
 
-from chestkd.distill.features import (attention_transfer, feature_kl, mse,  # noqa: E402
+from chestkd.distill.feature_distances import (attention_transfer, feature_kl, mse,  # noqa: E402
                                       wasserstein)
 from chestkd.errors import ConfigError  # noqa: E402
 

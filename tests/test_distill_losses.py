@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from chestkd.distill.losses import FORMULATIONS, KDLoss, distillation_loss  # noqa: E402
+from chestkd.distill.kd_loss import FORMULATIONS, KDLoss, distillation_loss  # noqa: E402
 from chestkd.errors import ConfigError  # noqa: E402
 from chestkd.training.losses import (  # noqa: E402
     CategoricalCrossentropyFromLogits,

@@ -125,7 +125,7 @@ def test_chain_feature_terms_pair_two_architectures_and_log_the_recomputed_dista
     # validation distance is the mean over validation images of the 1-Wasserstein distance
     # of the saved student's and saved assistant's maps (one epoch: the saved models are the
     # ones the epoch's validation ran).
-    from chestkd.training.experiment import image_options, load_run_data, make_dataset
+    from chestkd.training.classifier import image_options, load_run_data, make_dataset
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     data = load_run_data(config, run_dir)
     val = make_dataset(data, "val", batch_size=16, training=False,

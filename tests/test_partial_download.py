@@ -20,7 +20,7 @@ from chestkd.data.describe import describe, format_report, run_summary
 from chestkd.data.presence import ABSENT_EXCLUDED, ABSENT_REASON, files_present
 from chestkd.errors import DataError
 from chestkd.training.config import BASE_DEFAULTS, resolve_config
-from chestkd.training.experiment import load_run_data
+from chestkd.training.classifier import load_run_data
 
 FIXTURE = Path(__file__).parent / "data" / "chestxray14"
 META = pd.read_csv(FIXTURE / "Data_Entry_2017_v2020.csv", dtype=str)

@@ -18,7 +18,7 @@ from chestkd.data.phantom import write_phantom
 from chestkd.evaluation import evaluate_model
 from chestkd.models.weights import save_model_atomically
 from chestkd.training.config import BASE_DEFAULTS, resolve_config
-from chestkd.training.experiment import build_model, load_run_data
+from chestkd.training.classifier import build_model, load_run_data
 from chestkd.training.run import start_run
 
 NIH = sorted((Path(__file__).parents[1] / "assets" / "nih").glob("*.png"))

@@ -108,7 +108,7 @@ def _folder_dataset(root, per_class=6):
 
 
 def test_load_run_data_applies_the_profile_and_records_it(tmp_path, capsys):
-    from chestkd.training.experiment import load_run_data
+    from chestkd.training.classifier import load_run_data
     _folder_dataset(tmp_path / "data")
     config = resolve_config(["--dataset", "folder", "--data-dir", str(tmp_path / "data"),
                              "--learning-rate", "0.002"], BASE_DEFAULTS)

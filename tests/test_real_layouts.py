@@ -16,7 +16,7 @@ from chestkd.data.presence import ABSENT_EXCLUDED, ABSENT_REASON
 from chestkd.errors import DataError
 from chestkd.recipes import base_training
 from chestkd.training.config import BASE_DEFAULTS, resolve_config
-from chestkd.training.experiment import load_run_data
+from chestkd.training.classifier import load_run_data
 
 CLASSES = ["normal", "pneumonia", "COVID-19"]
 SIZES = [(20, 24), (32, 32), (40, 28)]

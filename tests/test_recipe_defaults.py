@@ -123,7 +123,7 @@ def test_ensemble_feature_term_is_divided_by_the_teachers_mean_square(tmp_path):
     from chestkd.data.phantom import write_phantom
     from chestkd.models import build, ensemble_student
     from chestkd.models.ensemble import features_layer
-    from chestkd.training.experiment import image_options
+    from chestkd.training.classifier import image_options
     from chestkd.data.pipeline import make_dataset
 
     data = load_dataset("phantom", write_phantom(tmp_path / "p", images=40, size=32, seed=0))

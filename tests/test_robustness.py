@@ -229,7 +229,7 @@ def saved_run(tmp_path_factory):
     """A run folder as evaluation leaves it (config.yaml, model.keras, model_info.json with
     validation thresholds) around an untrained model: the command needs no training."""
     from chestkd.training.config import BASE_DEFAULTS, resolve_config, save_config
-    from chestkd.training.experiment import image_options, load_run_data
+    from chestkd.training.classifier import image_options, load_run_data
     run_dir = tmp_path_factory.mktemp("run")
     config = resolve_config(["--dataset", "phantom", "--image-size", "32", "phantom_size=32",
                              "phantom_images=120", "--normalization", "imagenet"],

@@ -212,7 +212,7 @@ def test_the_random_weights_and_the_eq4_loss_against_numpy(weight_draw):
     paper's draw) or that divided by its sum (normalised), U keyed by (seed, step)."""
     import tensorflow as tf
     from chestkd.distill.distiller import Distiller
-    from chestkd.distill.losses import KDLoss
+    from chestkd.distill.kd_loss import KDLoss
     keras.utils.set_random_seed(0)
     student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     loss = KDLoss("hinton", 2.0, 0.7)

@@ -159,7 +159,7 @@ def test_command_uses_the_runs_normalization(linear_model, dataset, tmp_path, mo
 def test_command_estimates_a_runs_unrecorded_mean_std_as_training_did(
         linear_model, dataset, tmp_path, monkeypatch, capsys):
     """config.yaml is written before training estimates mean_std (experiment.image_options)."""
-    from chestkd.training.experiment import image_options
+    from chestkd.training.classifier import image_options
 
     train = Dataset(**{**dataset.__dict__, "split": np.array(["train", "train", "test"])})
     write_run(tmp_path / "run", linear_model, "mean_std", None)

@@ -6,6 +6,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
@@ -392,6 +393,32 @@ def test_compare_predictions_on_clean_and_noisy_labels(tmp_path):
     assert "p (paired patient bootstrap)" in text and "p Holm-adjusted (3 findings)" in text
     assert "p (clustered DeLong)" in text
     assert "ECE model1" in text and "(single test)" in text
+
+
+def test_write_comparison_writes_the_table_the_markdown_and_the_summary(tmp_path, capsys):
+    a, b = _predictions(1), _predictions(2, shift=1.0)
+    summary = st.write_comparison(a, b, tmp_path, names=("base", "new"), title="T", n_boot=50,
+                                  seed=3)
+    expected, table = st.compare_predictions(a, b, n_boot=50, seed=3)
+    assert json.loads((tmp_path / "comparison.json").read_text())["comparison"]["difference"] \
+        == pytest.approx(expected["comparison"]["difference"])
+    assert summary["comparison"]["p_value"] == expected["comparison"]["p_value"]
+    written = pd.read_csv(tmp_path / "comparison.csv")
+    assert list(written["finding"]) == ["a", "b", "c", "**mean**"]
+    np.testing.assert_allclose(written["base"], table["model1"])  # named by ``names``
+    np.testing.assert_allclose(written["new"], table["model2"])
+    text = (tmp_path / "comparison.md").read_text()
+    assert text.startswith("# T\n\n## Test AUC against clean labels\n")
+    assert "## Test AUC against noisy labels" in text and text.endswith("\n")
+    assert text.strip() in capsys.readouterr().out
+    assert st.comparison_markdown(expected["noisy_comparison"], "base", "new") in text
+    # without clean labels: one section, against the labels as given
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    st.write_comparison(_predictions(1, clean=False), _predictions(2, clean=False), plain,
+                        n_boot=0)
+    assert "as given labels" in (plain / "comparison.md").read_text()
+    assert "noisy" not in (plain / "comparison.md").read_text()
 
 
 def test_compare_predictions_without_clean_labels_and_without_bootstrap():

@@ -144,12 +144,12 @@ def test_jit_compile_auto_falls_back_with_one_line_saying_why(capsys, with_gpu):
 def test_compile_classifier_compiles_with_the_resolved_jit(monkeypatch, with_gpu):
     from types import SimpleNamespace
 
-    from chestkd.training import experiment
-    monkeypatch.setattr(experiment, "steps_per_epoch", lambda *args, **kwargs: 3)
+    from chestkd.training import classifier
+    monkeypatch.setattr(classifier, "steps_per_epoch", lambda *args, **kwargs: 3)
     data = SimpleNamespace(multi_label=True, num_classes=2)
     for option, expected in ((False, False), ("auto", True)):
         config = {**BASE_DEFAULTS, "jit_compile": option}
-        model = experiment.compile_classifier(_conv_model(), data, config)
+        model = classifier.compile_classifier(_conv_model(), data, config)
         assert model.jit_compile is expected and config["_jit_compile_resolved"] is expected
     train, _ = _data()
     history = model.fit(train, epochs=1, verbose=0, shuffle=False)  # under XLA

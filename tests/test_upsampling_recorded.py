@@ -6,7 +6,7 @@ import numpy as np
 
 from chestkd.data import load_dataset
 from chestkd.evaluation.model_card import model_card
-from chestkd.training.experiment import record_upsampling
+from chestkd.training.classifier import record_upsampling
 
 
 def small_folder(root, size=16, per_class=6):

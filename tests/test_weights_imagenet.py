@@ -67,7 +67,7 @@ def test_imagenet_weights_load_from_the_local_checkpoint(offline_download, local
 
 def test_the_small_real_profile_with_imagenet_weights_builds_densenet121(offline_download,
                                                                         local_imagenet):
-    from chestkd.training.experiment import build_model
+    from chestkd.training.classifier import build_model
     config = resolve_config(["--profile", "small-real", "--dataset", "folder",
                              "--weights", "imagenet", "--image-size", str(SIZE)],
                             BASE_DEFAULTS)

@@ -14,7 +14,7 @@ from chestkd.data.pipeline import make_dataset
 from chestkd.evaluation import evaluate_model
 from chestkd.models.weights import save_model_atomically
 from chestkd.training.config import BASE_DEFAULTS, resolve_config
-from chestkd.training.experiment import build_model, image_options, load_run_data
+from chestkd.training.classifier import build_model, image_options, load_run_data
 from chestkd.training.run import start_run
 
 SIZE = 32

@@ -8,7 +8,7 @@ with Keras losses. This project needs three things it cannot do:
   slowest part of a step) and hand them in the batch as ``x["teacher_logits"]``;
 * several teachers whose logits are combined with fixed, per-step or per-example random, or
   confidence-based convex weights (RoS-KD samples them; :mod:`chestkd.distill.teacher_mixing`);
-* the papers' losses (:mod:`chestkd.distill.losses`), the hard loss with unknown (-1) labels
+* the papers' losses (:mod:`chestkd.distill.kd_loss`), the hard loss with unknown (-1) labels
   masked out, and separate ``hard_loss`` / ``soft_loss`` reports.
 
 So, like the keras-io knowledge-distillation example, it overrides ``train_step`` and
@@ -28,7 +28,7 @@ from keras import ops
 
 from chestkd.distill import teacher_mixing
 from chestkd.distill.feature_terms import FeatureTermSet
-from chestkd.distill.losses import KDLoss
+from chestkd.distill.kd_loss import KDLoss
 from chestkd.distill.teacher_mixing import (
     DEFAULT_CONFIDENCE_TEMPERATURE,
     PER_EXAMPLE_SAMPLING,

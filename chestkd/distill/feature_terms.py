@@ -2,7 +2,7 @@
 
 A :class:`FeatureTerm` (like ``keras.distillation.FeatureDistillation``, one object per term)
 names a student layer, a layer of teacher ``teacher`` (its index in the Distiller's teachers),
-a distance of :mod:`chestkd.distill.features` and a weight; the Distiller adds
+a distance of :mod:`chestkd.distill.feature_distances` and a weight; the Distiller adds
 ``weight * mean_b distance_b`` to its loss and reports the unweighted batch mean under the
 term's ``name``.
 
@@ -33,7 +33,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from chestkd.distill.features import DISTANCES
+from chestkd.distill.feature_distances import DISTANCES
 from chestkd.errors import ConfigError
 
 ADAPTER_MODES = ("auto", "always", "never")
@@ -193,7 +193,7 @@ class FeatureTermSet:
     """
 
     def __init__(self, terms, student, teachers):
-        from chestkd.models.features import feature_model
+        from chestkd.models.feature_layers import feature_model
 
         self.terms = tuple(terms)
         if not self.terms:

@@ -24,7 +24,7 @@ from typing import List, Tuple
 import keras
 
 from chestkd.errors import ConfigError
-from chestkd.models.features import default_feature_layer
+from chestkd.models.feature_layers import default_feature_layer
 
 
 CONVOLUTIONS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,

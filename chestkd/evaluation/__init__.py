@@ -18,6 +18,7 @@ _PUBLIC = {
     "per_class_auc": "metrics", "predict_logits": "metrics",
     "bootstrap_auc": "statistics", "paired_bootstrap": "statistics",
     "compare_predictions": "statistics", "comparison_table": "statistics",
+    "write_comparison": "statistics",
     "expected_calibration_error": "statistics", "brier_score": "statistics",
     "exact_auc": "statistics", "probabilities_from_logits": "statistics",
 }

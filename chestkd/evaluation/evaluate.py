@@ -38,7 +38,7 @@ from chestkd.evaluation.metrics import (count_params, latency_per_image, mean_au
                                         predict_logits, single_label_metrics)
 from chestkd.io import atomic_write_json
 from chestkd.scores import probabilities_from_logits
-from chestkd.training.experiment import image_options
+from chestkd.training.classifier import image_options
 
 # Deprecated name of chestkd.scores.probabilities_from_logits, kept for
 # chestkd.experiments.feature_kd until it imports that function.

@@ -800,3 +800,31 @@ def compare_predictions(pred_a, pred_b, *, n_boot: int = 1000, seed: int = 0,
     if clean is not None:
         summary["noisy_comparison"] = _compare_on(pred_a["labels"], prob_a, prob_b, **common)
     return summary, comparison_table(summary["comparison"], name_a, name_b)
+
+
+def write_comparison(pred_a, pred_b, out, *, names=("A", "B"), title: str = "",
+                     n_boot: int = 1000, seed: int = 0) -> dict:
+    """Compare two runs on the same test images (:func:`compare_predictions`) and write the
+    result into the folder ``out``: ``comparison.csv`` (:func:`comparison_table` against the
+    clean labels, or the labels as given), ``comparison.md`` (``# title``, then one
+    :func:`comparison_markdown` section per label set) and ``comparison.json`` (the summary).
+    Prints the Markdown; returns the summary."""
+    from chestkd.io import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    name_a, name_b = names
+    summary, _ = compare_predictions(pred_a, pred_b, n_boot=n_boot, seed=seed)
+    lines = [f"# {title}", ""]
+    parts = [(summary["comparison"], summary["labels"])]
+    if "noisy_comparison" in summary:
+        parts.append((summary["noisy_comparison"], "noisy"))
+    comparison_table(summary["comparison"], name_a, name_b).to_csv(out / "comparison.csv",
+                                                                   index=False)
+    for comparison, labels in parts:
+        lines += [f"## Test AUC against {labels} labels", "",
+                  comparison_markdown(comparison, name_a, name_b), ""]
+    text = "\n".join(lines)
+    atomic_write_text(out / "comparison.md", text + "\n")
+    atomic_write_json(out / "comparison.json", summary)
+    print("\n" + text)
+    return summary

@@ -50,7 +50,7 @@ from chestkd.experiments.feature_kd import (averaged_model, distil_features,
                                             with_learning_rate)
 from chestkd.experiments.kd import evaluate_once
 from chestkd.experiments.store import copy_results, obtain_model
-from chestkd.training.experiment import build_model
+from chestkd.training.classifier import build_model
 
 DEFAULT_FEATURE_WEIGHT = 0.1
 DEFAULT_OPTIONS = {"feature_kl": {"mode": "channel", "temperature": 1.0},

@@ -38,7 +38,7 @@ from chestkd.models import build, get_spec
 from chestkd.models.ensemble import (COMBINE, attach_branches, branch_feature_layers,
                                      branch_layer_name, ensemble_student, features_layer)
 from chestkd.training.config import PHANTOM_DATASETS
-from chestkd.training.experiment import image_options
+from chestkd.training.classifier import image_options
 from chestkd.training.run import load_model, write_json
 
 __all__ = ["PAPER_BRANCHES", "STANDALONE", "FEATURE_SCALES", "check_options", "plan",

@@ -19,7 +19,7 @@ from chestkd.evaluation.metrics import mean_auc, per_class_auc, predict_logits
 from chestkd.evaluation.evaluate import probabilities_of
 from chestkd.experiments.kd import distil
 from chestkd.experiments.store import obtain_model
-from chestkd.training.experiment import image_options
+from chestkd.training.classifier import image_options
 
 LAYER_RULES = {"depth": depth_matched_pairs, "last": last_map_pair}
 

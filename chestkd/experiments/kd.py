@@ -22,13 +22,13 @@ import numpy as np
 from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import make_dataset, steps_per_epoch
 from chestkd.distill.distiller import Distiller
-from chestkd.distill.losses import KDLoss
+from chestkd.distill.kd_loss import KDLoss
 from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model, print_results
 from chestkd.evaluation.metrics import predict_logits
-from chestkd.experiments.store import obtain_model, snapshot_epoch
+from chestkd.experiments.store import copy_results, obtain_model, snapshot_epoch
 from chestkd.scores import probabilities_from_logits
-from chestkd.training.experiment import (build_model, image_options, load_run_data, pipelines,
+from chestkd.training.classifier import (build_model, image_options, load_run_data, pipelines,
                                          set_precision)
 from chestkd.training.run import Stages, best_model, seed_everything, start_run, write_json
 from chestkd.training.teacher_cache import load_or_compute
@@ -102,9 +102,7 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str | No
         terms_for is not None or config.get("teacher_outputs", "cached") == "online")
     tables = dict(teacher_tables or {"train": None, "val": None})
     if not online and teacher_tables is None:
-        for split in tables:
-            tables[split] = load_or_compute(run_dir / f"teacher_logits_{split}.npy", teacher,
-                                            data, split, **image_options(data, config))
+        tables = cache_teacher_logits(config, run_dir, data, teacher)
     seed_everything(seed)  # the same initial student whatever ran before
     with distribution_strategy(config).scope():
         student = build_student() if build_student else build_model(student_name, data, config)
@@ -135,6 +133,26 @@ def agreement(student, teacher, data: Dataset, config: dict) -> float:
     t, _ = predict_logits(teacher, test)
     return float(np.mean(np.abs(probabilities_from_logits(s, data.multi_label)
                                 - probabilities_from_logits(t, data.multi_label))))
+
+
+def cache_teacher_logits(config: dict, run_dir, data: Dataset, teacher) -> dict:
+    """The teacher's logits for both flips of every training and validation image, computed
+    once into ``run_dir/teacher_logits_{split}.npy`` (where :func:`distil` reads them):
+    ``{"train": table, "val": table}``."""
+    return {split: load_or_compute(Path(run_dir) / f"teacher_logits_{split}.npy", teacher,
+                                   data, split, **image_options(data, config))
+            for split in ("train", "val")}
+
+
+def obtained_model_results(config: dict, data: Dataset, run_dir, model, source, *,
+                           prefix: str = "") -> dict:
+    """The results of a model from :func:`~chestkd.experiments.store.obtain_model` inside
+    this run (``{prefix}`` files): a store entry's results copied, a given ``.keras`` file
+    scored (once: stage ``{prefix}evaluation``)."""
+    if Path(source).is_dir():
+        return copy_results(source, run_dir, prefix=prefix)
+    return evaluate_once(model, data, config, run_dir, prefix=prefix,
+                         stage=f"{prefix}evaluation")
 
 
 def record_teacher(run_dir, teacher_source) -> None:

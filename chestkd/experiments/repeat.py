@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chestkd.cli import main_of
 from chestkd.evaluation import markdown_table
-from chestkd.training.config import check_config, seed_list
+from chestkd.training.config import check_config, resolve_config, seed_list
 from chestkd.training.run import new_run_dir, write_json
 
 # Scalar results and per-class tables summarised when a run reports them.
@@ -78,3 +79,18 @@ def over_seeds(run_one, config: dict) -> dict:
     print("\n".join(lines[:2 + len(SCALARS)]))
     print(f"summary over seeds: {folder / 'summary.md'}")
     return {**summary, "summary_dir": str(Path(folder))}
+
+
+def recipe_entry(run_once, defaults: dict, doc: str, **resolve_options):
+    """``(run, main)`` of a recipe whose one run is ``run_once(config)``.
+
+    ``run(argv)`` resolves the configuration (:func:`~chestkd.training.config.resolve_config`
+    with ``defaults``, the recipe's docstring ``doc`` for ``--help`` and ``resolve_options``
+    such as ``recipe_profiles``), then runs once, or once per seed with ``--seeds``;
+    ``main(argv)`` is the console-script entry (exit 0 on success, 2 on a user error).
+    """
+    def run(argv=None) -> dict:
+        config = resolve_config(argv, defaults, doc, **resolve_options)
+        return over_seeds(run_once, config) if config.get("seeds") else run_once(config)
+
+    return run, main_of(run)

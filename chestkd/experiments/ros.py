@@ -41,7 +41,7 @@ from chestkd.errors import ChestKDError
 from chestkd.experiments.kd import distil
 from chestkd.experiments.store import obtain_model, store_root
 from chestkd.training.callbacks import WeightAveraging
-from chestkd.training.experiment import image_options
+from chestkd.training.classifier import image_options
 from chestkd.training.run import Stages, best_model
 from chestkd.training.teacher_cache import load_or_compute
 

@@ -22,7 +22,7 @@ from chestkd.experiments.ros import (distil_setting, logit_tables, macro_scores,
 from chestkd.experiments.store import MODEL_KEYS, obtain_model
 from chestkd.models import get_spec
 from chestkd.training.config import PHANTOM_DATASETS, config_id, save_config
-from chestkd.training.experiment import load_run_data
+from chestkd.training.classifier import load_run_data
 from chestkd.training.run import Stages, load_model, write_json
 
 __all__ = ["BASELINES", "LABELS", "STUDIES", "RosSettings", "baselines", "check_ros_config",

@@ -27,7 +27,7 @@ from chestkd.experiments.ros import choices_note, per_class_frame, setting_model
 from chestkd.io import atomic_write_text
 from chestkd.robustness.landscape import write_landscape
 from chestkd.robustness.tables import robustness_table, run_thresholds, split_arrays
-from chestkd.training.experiment import image_options
+from chestkd.training.classifier import image_options
 from chestkd.training.run import Stages, load_model
 
 

@@ -25,7 +25,7 @@ from chestkd.data.dataset import Dataset
 from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model
 from chestkd.training.config import BASE_DEFAULTS, config_id, save_config
-from chestkd.training.experiment import train_classifier
+from chestkd.training.classifier import train_classifier
 from chestkd.training.run import Stages, load_model
 
 # The options of a base-trained model; KD options (teacher, alpha, ...) never shape one.

@@ -28,7 +28,7 @@ from chestkd.models.zoo import build, freeze_backbone, get_spec, unfreeze_backbo
 from chestkd.scores import probabilities_from_logits
 from chestkd.training.callbacks import reestimate_batch_norm
 from chestkd.training.config import BASE_DEFAULTS, PHANTOM_DATASETS, save_config
-from chestkd.training.experiment import compile_classifier, load_run_data, pipelines
+from chestkd.training.classifier import compile_classifier, load_run_data, pipelines
 from chestkd.training.run import Stages, best_model, load_model, seed_everything
 from chestkd.training.trainer import fit
 

@@ -6,12 +6,12 @@
 
 See :mod:`chestkd.models.zoo` for the contract every model follows (input range, head,
 flatness, layer names), :mod:`chestkd.models.weights` for ``weights=`` and
-:mod:`chestkd.models.features` for intermediate feature maps and :mod:`chestkd.models.ensemble`
+:mod:`chestkd.models.feature_layers` for intermediate feature maps and :mod:`chestkd.models.ensemble`
 for the parallel-branch ensemble student (``ensemble_student``).
 """
 
 from chestkd.models.ensemble import ensemble_branches, ensemble_student
-from chestkd.models.features import default_feature_layer, feature_layer_names, feature_model
+from chestkd.models.feature_layers import default_feature_layer, feature_layer_names, feature_model
 from chestkd.models.weights import copy_weights_by_name, load_weights_file, save_model_atomically
 from chestkd.models.zoo import (
     IMAGENET_MODELS,

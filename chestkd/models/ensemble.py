@@ -33,7 +33,7 @@ from typing import List, Sequence
 import keras
 
 from chestkd.errors import ConfigError
-from chestkd.models.features import LOGITS
+from chestkd.models.feature_layers import LOGITS
 from chestkd.models.zoo import build
 
 COMBINE = ("sum", "mean")

@@ -28,7 +28,7 @@ Contract of every model
 * Head: every model except ``baseline_cnn`` ends with
   ``GlobalAveragePooling2D(name="features_pool") -> Dense(num_classes, name="logits")``, so the
   last 4-D feature map is the input of ``"features_pool"`` and the CAM weights are the
-  ``"logits"`` kernel (see :mod:`chestkd.models.features`). ``baseline_cnn`` has a
+  ``"logits"`` kernel (see :mod:`chestkd.models.feature_layers`). ``baseline_cnn`` has a
   Flatten + dense head: CAM does not apply to it.
 * Flat: ``keras.applications`` backbones are built with ``input_tensor=`` so all their layers
   sit directly in the returned model (no nested ``keras.Model``), as CAM and guided

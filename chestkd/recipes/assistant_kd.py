@@ -42,7 +42,7 @@ from chestkd.experiments.chain import (chain_metrics, chain_rows, chain_settings
                                        summary_lines, write_ablation)
 from chestkd.experiments.kd import resolve_kd_loss
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, PHANTOM_DATASETS, resolve_config
-from chestkd.training.experiment import load_run_data
+from chestkd.training.classifier import load_run_data
 from chestkd.training.run import start_run, write_json
 
 PAPER_CHAIN = [["efficientnet_b6", "efficientnet_b7"], "densenet121", "conv3_student"]

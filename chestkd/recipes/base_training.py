@@ -12,12 +12,11 @@ confidence intervals, per-class AUC tables, ROC, calibration and training curves
 """
 from pathlib import Path
 
-from chestkd.cli import main_of
 from chestkd.evaluation import evaluate_model, print_results
-from chestkd.experiments.repeat import over_seeds
+from chestkd.experiments.repeat import recipe_entry
 from chestkd.experiments.store import copy_results, obtain_model
-from chestkd.training.config import BASE_DEFAULTS, resolve_config
-from chestkd.training.experiment import load_run_data
+from chestkd.training.config import BASE_DEFAULTS
+from chestkd.training.classifier import load_run_data
 from chestkd.training.run import start_run, write_json
 
 DEFAULTS = BASE_DEFAULTS
@@ -38,12 +37,7 @@ def run_once(config: dict) -> dict:
     return results
 
 
-def run(argv=None) -> dict:
-    config = resolve_config(argv, DEFAULTS, __doc__)
-    return over_seeds(run_once, config) if config.get("seeds") else run_once(config)
-
-
-main = main_of(run)
+run, main = recipe_entry(run_once, DEFAULTS, __doc__)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -32,7 +32,7 @@ from chestkd.experiments.ensemble import (PAPER_BRANCHES, STANDALONE, check_laye
 from chestkd.experiments.kd import record_teacher, resolve_kd_loss
 from chestkd.experiments.store import obtain_model
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, resolve_config
-from chestkd.training.experiment import load_run_data
+from chestkd.training.classifier import load_run_data
 from chestkd.training.run import start_run
 
 DEFAULTS = {**BASE_DEFAULTS,

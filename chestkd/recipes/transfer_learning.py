@@ -22,7 +22,7 @@ from chestkd.experiments.transfer import (SETUP_FOLDERS, baseline_epochs, check_
                                           kd_alpha, plan, positive_index, teacher_setup,
                                           train_stage, two_stage, write_table)
 from chestkd.training.config import BASE_DEFAULTS, resolve_config
-from chestkd.training.experiment import load_run_data, set_precision
+from chestkd.training.classifier import load_run_data, set_precision
 from chestkd.training.run import start_run, write_json
 
 DEFAULTS = {**BASE_DEFAULTS, "dataset": "pneumonia_phantom", "classes": ["normal", "pneumonia"],

@@ -20,7 +20,7 @@ from chestkd.io import atomic_write_json, atomic_write_text
 from chestkd.robustness.attacks import NORMS
 from chestkd.robustness.tables import (ATTACKS, PAPER_EPSILON, robustness_table,
                                       run_thresholds, split_arrays)
-from chestkd.training.experiment import image_options, load_run_data
+from chestkd.training.classifier import image_options, load_run_data
 from chestkd.training.run import finished_run, load_model
 
 

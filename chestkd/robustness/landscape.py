@@ -33,7 +33,7 @@ from chestkd.errors import ConfigError
 from chestkd.io import atomic_write_json
 from chestkd.robustness.attacks import attack_loss
 from chestkd.robustness.tables import split_arrays
-from chestkd.training.experiment import image_options, load_run_data
+from chestkd.training.classifier import image_options, load_run_data
 from chestkd.training.run import finished_run, load_model
 
 

@@ -27,7 +27,7 @@ from chestkd.data.pipeline import NORMALIZATIONS
 from chestkd.errors import ChestKDError, ConfigError, DataError
 from chestkd.saliency import METHODS
 from chestkd.saliency.report import DEFAULT_METHODS, write_saliency_report
-from chestkd.training.experiment import image_options
+from chestkd.training.classifier import image_options
 # The project's one model loader (saliency may import training; training never imports saliency).
 from chestkd.training.run import finished_run, load_model
 
@@ -151,7 +151,7 @@ def run_normalization(config: dict, data) -> tuple[str, list | None]:
     """``(normalization, mean_std)`` of a run's configuration.
 
     A ``mean_std`` run whose config.yaml has no values estimated them at training time
-    (:func:`chestkd.training.experiment.image_options`); the same call, seed and images
+    (:func:`chestkd.training.classifier.image_options`); the same call, seed and images
     give the same values again.
     """
     normalization = config.get("normalization", "minus_one_one")

@@ -53,6 +53,9 @@ from chestkd.training.losses import (
 )
 
 FORMULATIONS = ("hinton", "ho2020_eq5", "ho2020_eq8", "sigmoid")
+# How tables and titles name each formulation.
+FORMULATION_TITLES = {"sigmoid": "sigmoid KD", "ho2020_eq8": "Eq. 8", "ho2020_eq5": "Eq. 5",
+                      "hinton": "Hinton KD"}
 
 # formulation -> (soft-term kind, multiplier of the soft term as a function of T)
 _SOFT_TERMS = {
