@@ -155,3 +155,11 @@ def test_distill_declares_no_training_names():
     for name in chestkd.distill.__all__:
         where = getattr(getattr(chestkd.distill, name), "__module__", "") or ""
         assert not where.startswith("chestkd.training"), name
+
+
+def test_every_recipe_is_a_short_composition():
+    """Issue 17: a recipe reads like the keras-io KD example (what it trains, from what, what
+    it reports); the steps live in the layers below it."""
+    long = {path.name: n for path in (PACKAGE / "recipes").glob("*.py")
+            if (n := len(path.read_text().splitlines())) > 120}
+    assert not long, f"recipes over 120 lines (move their steps into chestkd/experiments): {long}"
