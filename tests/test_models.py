@@ -21,7 +21,8 @@ from chestkd.models import (  # noqa: E402
 )
 
 ALL_MODELS = [
-    "mobilenet_v1", "mobilenet_v2", "vgg19", "resnet18", "resnet32", "resnet34", "resnet50",
+    "mobilenet_v1", "mobilenet_v2", "vgg19", "resnet18", "resnet20", "resnet32", "resnet34",
+    "resnet50",
     "resnet152", "densenet121", "inception_v3", "efficientnet_b6", "efficientnet_b7",
     "conv3_student", "baseline_cnn",
 ]
@@ -144,6 +145,22 @@ def test_resnet32_is_the_cifar_6n_plus_2_network():
     assert round(expected_trainable / 1e6, 2) == 0.46  # He et al. 2016, Table 6: 0.46M
     assert count_params(model) == expected_trainable + 2 * bn_channels  # + BN moving mean/var
     assert model.get_layer(default_feature_layer(model)).output.shape[1:] == (8, 8, 64)
+
+
+def test_resnet20_is_the_cifar_network_with_three_blocks_per_stage():
+    model = build("resnet20", 10, (32, 32, 3))
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 19  # 6n + 2 = 20 weight layers with the dense one, n = 3
+    assert [c.filters for c in convs] == [16] + [16] * 6 + [32] * 6 + [64] * 6
+    widths = [(3, 16)] + [(16, 16)] * 6 + [(16, 32)] + [(32, 32)] * 5 + [(32, 64)] + [(64, 64)] * 5
+    trainable = (sum(9 * c_in * c_out for c_in, c_out in widths)
+                 + 2 * sum(c_out for _, c_out in widths) + 64 * 10 + 10)
+    assert count_params(model, trainable_only=True) == trainable
+    assert round(trainable / 1e6, 2) == 0.27  # He et al. 2016, Table 6: 0.27M
+    assert model.get_layer(default_feature_layer(model)).output.shape[1:] == (8, 8, 64)
+    # 128 px, the main job's phantom: the stem downsamples 4x, as resnet32's does
+    large = build("resnet20", 14, (128, 128, 1))
+    assert large.get_layer(default_feature_layer(large)).output.shape[1:] == (8, 8, 64)
 
 
 def test_small_networks_downsample_early_on_large_inputs():

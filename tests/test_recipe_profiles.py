@@ -11,13 +11,18 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from chestkd.recipes import assistant_kd, ensemble_kd, kd, ros_kd  # noqa: E402
+from chestkd.recipes import assistant_kd, ensemble_kd, kd, ros_kd, self_training  # noqa: E402
 from chestkd.training.config import PHANTOM_PROFILE, resolve_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILED = {"ensemble_kd": ensemble_kd, "assistant_kd": assistant_kd, "ros_kd": ros_kd}
+PROFILED = {"ensemble_kd": ensemble_kd, "assistant_kd": assistant_kd, "ros_kd": ros_kd,
+            "self_training": self_training}
+# The paper's settings of a recipe without a YAML of its own: a cell of Table 1.
+PAPER_YAML = {"self_training": "table1/self_training-densenet121.yaml"}
 # What each no-data default trains (the values chosen to finish within minutes on 2 cores).
 EXPECTED = {
+    "self_training": {"model": "resnet20", "batch_size": 16, "epochs": 10, "image_size": 128,
+                      "phantom_images": 3000, "label_noise": 0.1},
     "ensemble_kd": {"teacher": "resnet32", "branches": ["conv3_student", "baseline_cnn"],
                     "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
                     "epochs": 8, "standalone": ["base", "kd"]},
@@ -61,6 +66,8 @@ def test_ros_kd_run_resolves_its_profile_through_the_one_mechanism(monkeypatch):
 
 
 @pytest.mark.parametrize("name, argv, expected", [
+    ("self_training", ["--model", "resnet32", "--batch-size", "32"],
+     {"model": "resnet32", "batch_size": 32, "epochs": 10, "image_size": 128}),
     ("ensemble_kd", ["--epochs", "3", "--image-size", "64", "standalone=[base]"],
      {"epochs": 3, "image_size": 64, "standalone": ["base"], "phantom_images": 3000}),
     ("assistant_kd", ["epochs=2", "ablation=false", "phantom_images=500"],
@@ -92,10 +99,11 @@ def test_profile_papers_and_the_yaml_keep_the_papers_settings(name):
         assert papers[key] == module.DEFAULTS[key], key
     # Every key the profile changes (but the phantom's own) is set in the recipe's YAML, so
     # the paper's run never depends on a default.
-    paper = resolved(name, "--config", str(REPO / "recipes" / f"{name}.yaml"))
+    yaml = PAPER_YAML.get(name, f"{name}.yaml")
+    paper = resolved(name, "--config", str(REPO / "recipes" / yaml))
     assert paper["profile"] is None and paper["dataset"] != "phantom"
     missing = [k for k in profile if not k.startswith("phantom_") and k not in paper["_explicit"]]
-    assert not missing, f"recipes/{name}.yaml does not set {missing}"
+    assert not missing, f"recipes/{yaml} does not set {missing}"
 
 
 def test_ros_kd_paper_values_and_plan():

@@ -12,6 +12,8 @@
   3 has stride 2), global average pooling and a linear layer: 31 convolutions + 1 dense layer,
   0.46M parameters at 10 classes. Shortcuts are parameter-free (option A): the input is
   subsampled by 2 and zero-padded with the missing channels (half before, half after).
+* ``resnet20``: the same network with n=3 (19 convolutions + 1 dense layer, 0.27M parameters
+  at 10 classes; He et al. 2016, Table 6), the main job's model on the phantom.
 
   Input-size rule (our addition, documented in ``chestkd.models``): on inputs of at least
   ``DOWNSAMPLING_STEM_MIN_SIZE`` (112) pixels the stem convolution has stride 2 and is followed
@@ -129,6 +131,11 @@ def resnet18_features(image):
 def resnet34_features(image):
     """ResNet-34 body: image (B, H, W, C) -> feature map (B, H/32, W/32, 512)."""
     return _imagenet_basic_resnet(image, (3, 4, 6, 3))
+
+
+def resnet20_features(image):
+    """CIFAR ResNet-20 body (:func:`resnet32_features` with n = 3 blocks per stage)."""
+    return resnet32_features(image, blocks_per_stage=3)
 
 
 def uses_downsampling_stem(height: int, width: int) -> bool:

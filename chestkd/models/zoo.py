@@ -45,8 +45,8 @@ mode), for the two-stage transfer of :mod:`chestkd.recipes.transfer_learning`.
 
 Input sizes: :data:`RECOMMENDED_INPUT_SIZES` (299 for inception_v3, 224 for the others) and
 :data:`MIN_INPUT_SIZES` (75 for inception_v3, 32 for the others: five stride-2 stages).
-``resnet32``, ``conv3_student`` and ``baseline_cnn`` are CIFAR-sized networks that downsample
-early on inputs of 112 pixels or more (see :mod:`chestkd.models.resnet` and
+``resnet20``, ``resnet32``, ``conv3_student`` and ``baseline_cnn`` are CIFAR-sized networks that
+downsample early on inputs of 112 pixels or more (see :mod:`chestkd.models.resnet` and
 :mod:`chestkd.models.small`) so that 224x224 training stays affordable.
 """
 
@@ -177,6 +177,7 @@ _SPECS = [
     ModelSpec("efficientnet_b7", _application("EfficientNetB7", _adapter_to_0_255), True),
     ModelSpec("resnet18", _own(resnet.resnet18_features), False),
     ModelSpec("resnet34", _own(resnet.resnet34_features), False),
+    ModelSpec("resnet20", _own(resnet.resnet20_features), False),
     ModelSpec("resnet32", _own(resnet.resnet32_features), False),
     ModelSpec("conv3_student", _own(small.conv3_student_features), False),
     ModelSpec("baseline_cnn", _baseline_cnn, False),
