@@ -14,6 +14,7 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+import yaml
 
 from chestkd.recipes import self_training
 
@@ -36,6 +37,14 @@ def main():
                     f"{metrics.get('base_noisy_mean_auc', float('nan')):.3f} | "
                     f"{metrics.get('noisy_mean_auc', float('nan')):.3f} |")
 
+    first = yaml.safe_load((Path(summary["runs"][0]) / "config.yaml").read_text())
+    loss = json.loads((Path(summary["runs"][0]) / "metrics.json").read_text())["kd_loss"]
+    settings = (f"{first['dataset']}, {first['model']}, {first['image_size']} px, batch "
+                f"{first['batch_size']}, {first['epochs']} epochs, label noise "
+                f"{first.get('label_noise', 0)}, {loss} KD "
+                f"T = {first['temperature']:g}, alpha = {first['alpha']:g}, "
+                f"{first.get('student_init', 'fresh')} student")
+
     def pm(key):
         return f"{summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}" if key in summary else "n/a"
 
@@ -45,8 +54,7 @@ def main():
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; TensorFlow "
         f"{tf.__version__}, Keras {keras.__version__}. Wall time {minutes:.1f} min for all seeds.",
         f"Command: `python benchmarks/main_job_seeds.py --seeds {args.seeds} {' '.join(extra)}`"
-        " (= `python -m chestkd.recipes.self_training --seeds ...`: phantom, ResNet-32, "
-        "128 px, 15 epochs, label noise 0.1, sigmoid KD T = 4, alpha = 0.5, fresh student).",
+        f" (= `python -m chestkd.recipes.self_training --seeds ...`: {settings}).",
         "",
         "Test mean AUC against the phantom's clean labels (and against its noisy labels, "
         "what a user of real data sees); change = self-trained - base with its 95 % "

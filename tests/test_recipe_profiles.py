@@ -16,11 +16,14 @@ from chestkd.training.config import PHANTOM_PROFILE, resolve_config  # noqa: E40
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILED = {"ensemble_kd": ensemble_kd, "assistant_kd": assistant_kd, "ros_kd": ros_kd,
-            "self_training": self_training}
+            "self_training": self_training, "kd": kd}
 # The paper's settings of a recipe without a YAML of its own: a cell of Table 1.
-PAPER_YAML = {"self_training": "table1/self_training-densenet121.yaml"}
+PAPER_YAML = {"self_training": "table1/self_training-densenet121.yaml",
+              "kd": "table1/standard_kd-resnet152-densenet121.yaml"}
 # What each no-data default trains (the values chosen to finish within minutes on 2 cores).
 EXPECTED = {
+    "kd": {"teacher": "resnet20", "student": "conv3_student", "batch_size": 16, "epochs": 10,
+           "image_size": 128},
     "self_training": {"model": "resnet20", "batch_size": 16, "epochs": 10, "image_size": 128,
                       "phantom_images": 3000, "label_noise": 0.1},
     "ensemble_kd": {"teacher": "resnet32", "branches": ["conv3_student", "baseline_cnn"],
