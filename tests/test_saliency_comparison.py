@@ -1,4 +1,5 @@
 """The main job's saliency stage: base and self-trained side by side, scored with intervals."""
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -11,6 +12,7 @@ import pytest  # noqa: E402
 from keras import layers  # noqa: E402
 
 from chestkd.data.dataset import Dataset  # noqa: E402
+from chestkd.training.run import Stages  # noqa: E402
 
 SIZE = 32
 
@@ -53,14 +55,18 @@ def stage(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     config = {"image_size": SIZE, "normalization": "minus_one_one", "seed": 0}
     try:
-        yield run_dir, self_training.saliency_stage(config, data, run_dir, small_model(1),
-                                                    small_model(2))
+        stages = Stages(run_dir)
+        yield run_dir, self_training.saliency_stage(config, data, run_dir, stages,
+                                                    small_model(1), small_model(2))
     finally:
         patch.undo()
 
 
 def test_base_and_self_trained_are_shown_and_scored_side_by_side(stage):
     run_dir, report = stage
+    # written once: the stage is marked, and what it returns is what it wrote
+    assert Stages(run_dir).done("figures")
+    assert report == json.loads((run_dir / "saliency" / "report.json").read_text())
     assert set(report["figures"]) >= {"fig4", "fig5", "models", "checkerboard", "sanity"}
     for path in report["figures"].values():
         assert os.path.getsize(path) > 5000
