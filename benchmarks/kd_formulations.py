@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_section  # noqa: E402
 
+from chestkd.training.options import as_options
 from chestkd.data import load_dataset  # noqa: E402
 from chestkd.distill.kd_loss import FORMULATIONS  # noqa: E402
 from chestkd.experiments.kd import agreement, distil  # noqa: E402
@@ -45,18 +46,18 @@ def main():
         seed_everything(0)
         teacher_dir = new_run_dir(tmp, "teacher")
         teacher = train_classifier(config, teacher_dir, data, args.teacher)
-        teacher_auc = evaluate_model(teacher, data, config, teacher_dir)["mean_auc"]
+        teacher_auc = evaluate_model(teacher, data, as_options(config), teacher_dir)["mean_auc"]
         seed_everything(1)
         base_dir = new_run_dir(tmp, "base")
         base = train_classifier(config, base_dir, data, args.student)
-        rows.append(("labels only (no KD)", evaluate_model(base, data, config, base_dir)
+        rows.append(("labels only (no KD)", evaluate_model(base, data, as_options(config), base_dir)
                      ["mean_auc"], agreement(base, teacher, data, config)))
         for formulation in FORMULATIONS:
             seed_everything(1)
             run_dir = new_run_dir(tmp, formulation)
             student = distil({**config, "kd_loss": formulation, "kd_loss_used": formulation},
                              run_dir, data, teacher, args.student)
-            rows.append((formulation, evaluate_model(student, data, config, run_dir)["mean_auc"],
+            rows.append((formulation, evaluate_model(student, data, as_options(config), run_dir)["mean_auc"],
                          agreement(student, teacher, data, config)))
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU.",

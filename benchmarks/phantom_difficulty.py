@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
+from chestkd.training.options import as_options
 from chestkd.data import load_dataset  # noqa: E402
 from chestkd.evaluation import evaluate_model  # noqa: E402
 from chestkd.evaluation.metrics import mean_auc, per_class_auc  # noqa: E402
@@ -66,7 +67,7 @@ def main():
         start = time.perf_counter()
         run_dir = new_run_dir(tmp, "cnn")
         model = train_classifier(config, run_dir, data, args.model)
-        cnn = evaluate_model(model, data, config, run_dir)
+        cnn = evaluate_model(model, data, as_options(config), run_dir)
         minutes = (time.perf_counter() - start) / 60
     rows = [f"| {name} | {lr:.3f} | {cnn['per_class_auc'][name]:.3f} |"
             for name, lr in zip(logreg["class"], logreg["auc"])]

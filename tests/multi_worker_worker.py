@@ -28,7 +28,7 @@ PARTS = sys.argv[5].split(",") if len(sys.argv) > 5 else ["classifier", "distill
 CONFIG = {"distribute": "multi_worker" if MODE == "worker" else "none", "epochs": 2,
           "batch_size": 8, "seed": 3, "schedule": "constant"}
 # First thing: MultiWorkerMirroredStrategy must exist before TensorFlow runs any operation.
-STRATEGY = distribution_strategy(CONFIG)
+STRATEGY = distribution_strategy(CONFIG["distribute"])
 
 import keras  # noqa: E402
 

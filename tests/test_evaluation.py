@@ -16,6 +16,7 @@ from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model, print_results, statistics
 from chestkd.evaluation.metrics import per_class_auc, predict_logits
 from chestkd.scores import probabilities_from_logits
+from chestkd.training.options import as_options
 
 SIZE = 16
 CLASSES = ["a", "b", "c"]
@@ -80,7 +81,7 @@ def test_predict_logits_runs_one_tf_function_equal_to_the_eager_model(data, mode
 def test_evaluate_model_reports_intervals_calibration_and_predictions(data, tmp_path, capsys,
                                                                       model_of):
     model = model_of()
-    results = evaluate_model(model, data, dict(CONFIG), tmp_path)
+    results = evaluate_model(model, data, as_options(CONFIG), tmp_path)
     assert results["labels"] == "as given" and not any(k.startswith("noisy_") for k in results)
     assert results["test_images"] == 40 and results["test_patients"] == 20
     lo, hi = results["mean_auc_ci"]
@@ -127,9 +128,9 @@ def test_clean_labels_are_the_headline_and_noisy_ones_are_reported_beside(data, 
                                                                         capsys, model_of):
     noisy_data = _with_clean_labels(data)
     model = model_of()
-    results = evaluate_model(model, noisy_data, dict(CONFIG), tmp_path, prefix="x_")
+    results = evaluate_model(model, noisy_data, as_options(CONFIG), tmp_path, prefix="x_")
     assert results["labels"] == "clean"
-    plain = evaluate_model(model, data, {**CONFIG, "bootstrap": 0}, tmp_path, prefix="plain_")
+    plain = evaluate_model(model, data, as_options({**CONFIG, "bootstrap": 0}), tmp_path, prefix="plain_")
     # headline numbers against the clean labels == the same model on the clean dataset
     assert results["mean_auc"] == pytest.approx(plain["mean_auc"])
     assert results["calibration"]["ece"] == pytest.approx(plain["calibration"]["ece"])
@@ -151,7 +152,7 @@ def test_clean_labels_are_the_headline_and_noisy_ones_are_reported_beside(data, 
 def test_two_finished_runs_are_compared_from_their_predictions(data, tmp_path, model_of):
     noisy_data = _with_clean_labels(data)
     for seed in (0, 1):
-        evaluate_model(model_of(seed), noisy_data, dict(CONFIG), tmp_path, prefix=f"m{seed}_",
+        evaluate_model(model_of(seed), noisy_data, as_options(CONFIG), tmp_path, prefix=f"m{seed}_",
                        model_name=f"model{seed}")
     summary, table = statistics.compare_predictions(tmp_path / "m0_test_predictions.npz",
                                                     tmp_path / "m1_test_predictions.npz",
@@ -166,7 +167,7 @@ def test_two_finished_runs_are_compared_from_their_predictions(data, tmp_path, m
     assert set(table["test"]) == {"paired patient bootstrap"}  # per class too: patient-aware
     # a run on other test images is refused
     other = data.select(np.r_[np.arange(20), np.arange(21, 60), 20])
-    evaluate_model(model_of(), other, {**CONFIG, "bootstrap": 0}, tmp_path, prefix="o_")
+    evaluate_model(model_of(), other, as_options({**CONFIG, "bootstrap": 0}), tmp_path, prefix="o_")
     with pytest.raises(ConfigError, match="same images"):
         statistics.compare_predictions(tmp_path / "m0_test_predictions.npz",
                                        tmp_path / "o_test_predictions.npz", n_boot=10, seed=0)
@@ -211,7 +212,7 @@ def test_thresholds_are_chosen_on_the_validation_split_and_recorded_with_the_mod
         data, tmp_path, model_of):
     with_val = _with_val_split(data)
     model = model_of()
-    results = evaluate_model(model, with_val, {**CONFIG, "bootstrap": 0}, tmp_path)
+    results = evaluate_model(model, with_val, as_options({**CONFIG, "bootstrap": 0}), tmp_path)
     thresholds = results["thresholds"]
     assert thresholds["rule"] == "youden" and thresholds["values"] == thresholds["youden"]
     assert thresholds["split"].startswith("val (10 images)")
@@ -235,18 +236,18 @@ def test_thresholds_are_chosen_on_the_validation_split_and_recorded_with_the_mod
     changed_test = with_val.select(np.arange(len(with_val)))
     changed_test.labels = np.where(changed_test.split[:, None] == "test",
                                    1 - changed_test.labels, changed_test.labels)
-    again = evaluate_model(model, changed_test, {**CONFIG, "bootstrap": 0}, tmp_path,
+    again = evaluate_model(model, changed_test, as_options({**CONFIG, "bootstrap": 0}), tmp_path,
                            prefix="t_")
     assert again["thresholds"]["youden"] == pytest.approx(thresholds["youden"])
-    by_f1 = evaluate_model(model, with_val, {**CONFIG, "bootstrap": 0,
-                                             "threshold_rule": "f1"}, tmp_path, prefix="f_")
+    by_f1 = evaluate_model(model, with_val, as_options({**CONFIG, "bootstrap": 0,
+                                                        "threshold_rule": "f1"}), tmp_path, prefix="f_")
     assert by_f1["thresholds"]["values"] == by_f1["thresholds"]["f1"]
     with pytest.raises(ConfigError, match="threshold-rule"):
-        evaluate_model(model, with_val, {**CONFIG, "bootstrap": 0, "threshold_rule": "max"},
-                       tmp_path, prefix="x_")
+        evaluate_model(model, with_val, as_options({**CONFIG, "bootstrap": 0,
+                                             "threshold_rule": "max"}), tmp_path, prefix="x_")
 
 
 def test_without_a_validation_split_every_threshold_is_one_half(data, tmp_path, model_of):
-    results = evaluate_model(model_of(), data, {**CONFIG, "bootstrap": 0}, tmp_path)
+    results = evaluate_model(model_of(), data, as_options({**CONFIG, "bootstrap": 0}), tmp_path)
     assert results["thresholds"]["values"] == [0.5] * 3
     assert "no validation split" in results["thresholds"]["split"]

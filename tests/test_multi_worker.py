@@ -27,7 +27,7 @@ TIMEOUT = 300  # seconds for the three processes together; CI never hangs on a l
 def test_missing_or_malformed_tf_config_is_a_config_error_naming_it(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="TF_CONFIG environment variable.*not set"):
-        distribution_strategy({"distribute": "multi_worker"})
+        distribution_strategy("multi_worker")
     bad = {
         "{not json": "not valid JSON",
         "[1, 2]": "must be a JSON object",
@@ -49,7 +49,7 @@ def test_missing_or_malformed_tf_config_is_a_config_error_naming_it(monkeypatch)
             "task": {"type": "worker", "index": 1}}
     assert read_tf_config({"TF_CONFIG": json.dumps(good)}) == good
     with pytest.raises(ConfigError, match="auto, none, mirrored or multi_worker"):
-        distribution_strategy({"distribute": "horovod"})
+        distribution_strategy("horovod")
 
 
 class FakeMultiWorker:

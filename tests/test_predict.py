@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from chestkd.training.options import as_options
 from chestkd import predict
 from chestkd.data.phantom import write_phantom
 from chestkd.evaluation import evaluate_model
@@ -60,7 +61,7 @@ def run_dir(tmp_path_factory):
     data = load_run_data(config, run)
     network = build_model("conv3_student", data, config)
     save_model_atomically(network, run / "model.keras")
-    evaluate_model(network, data, config, run)
+    evaluate_model(network, data, as_options(config), run)
     return run
 
 

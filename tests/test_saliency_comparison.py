@@ -11,6 +11,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from keras import layers  # noqa: E402
 
+from chestkd.training.options import as_options
 from chestkd.data.dataset import Dataset  # noqa: E402
 from chestkd.training.run import Stages  # noqa: E402
 
@@ -53,10 +54,10 @@ def stage(tmp_path_factory):
                                                            [1, 0]]),
                    patients=np.array(list("abcde")), split=np.array(["test"] * 5), boxes=boxes)
     run_dir = tmp_path_factory.mktemp("run")
-    config = {"image_size": SIZE, "normalization": "minus_one_one", "seed": 0}
+    options = as_options({"image_size": SIZE, "normalization": "minus_one_one", "seed": 0})
     try:
         stages = Stages(run_dir)
-        yield run_dir, self_training.saliency_stage(config, data, run_dir, stages,
+        yield run_dir, self_training.saliency_stage(options, data, run_dir, stages,
                                                     small_model(1), small_model(2))
     finally:
         patch.undo()

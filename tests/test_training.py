@@ -120,7 +120,7 @@ def test_jit_compile_auto_uses_xla_when_the_model_compiles(capsys, with_gpu):
     state = [np.array(v.numpy()) for v in model.non_trainable_variables]
     config = {"jit_compile": "auto"}
     assert resolve_jit_compile(config, model) is True
-    assert config["_jit_compile_resolved"] is True
+    assert "_jit_compile_resolved" not in config  # returned, never written into the options
     assert capsys.readouterr().out == ""
     # The probe moved no BatchNorm statistic and no dropout seed.
     for before, variable in zip(state, model.non_trainable_variables):
@@ -128,7 +128,6 @@ def test_jit_compile_auto_uses_xla_when_the_model_compiles(capsys, with_gpu):
     for given, expected in ((True, True), (False, False), ("true", True), ("False", False)):
         config = {"jit_compile": given}
         assert resolve_jit_compile(config, model) is expected
-        assert config["_jit_compile_resolved"] is expected
     with pytest.raises(ConfigError, match="jit-compile"):
         resolve_jit_compile({"jit_compile": "sometimes"}, model)
 
@@ -136,7 +135,6 @@ def test_jit_compile_auto_uses_xla_when_the_model_compiles(capsys, with_gpu):
 def test_jit_compile_auto_falls_back_with_one_line_saying_why(capsys, with_gpu):
     config = {"jit_compile": "auto"}
     assert resolve_jit_compile(config, _conv_model(PyFuncLayer())) is False
-    assert config["_jit_compile_resolved"] is False
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "probe_me" in printed[0] and "PyFunc" in printed[0]
 
@@ -150,7 +148,7 @@ def test_compile_classifier_compiles_with_the_resolved_jit(monkeypatch, with_gpu
     for option, expected in ((False, False), ("auto", True)):
         config = {**BASE_DEFAULTS, "jit_compile": option}
         model = classifier.compile_classifier(_conv_model(), data, config)
-        assert model.jit_compile is expected and config["_jit_compile_resolved"] is expected
+        assert model.jit_compile is expected
     train, _ = _data()
     history = model.fit(train, epochs=1, verbose=0, shuffle=False)  # under XLA
     assert np.isfinite(history.history["loss"][0])
@@ -203,10 +201,10 @@ def test_step_epochs_divide_by_ten_after_the_listed_epochs():
 
 
 def test_fit_prints_the_expected_time_of_the_schedule_and_later_stages(tmp_path, capsys):
-    config = {**BASE_DEFAULTS, "epochs": 3, "learning_rate": 0.05, "schedule": "constant",
-              "_later_stages": [{"name": "distillation", "epochs": 5}]}
+    config = {**BASE_DEFAULTS, "epochs": 3, "learning_rate": 0.05, "schedule": "constant"}
     train, val = _data()
-    fit(_model(config), train, val, config, tmp_path, verbose=0)
+    fit(_model(config), train, val, config, tmp_path, verbose=0,
+        later_stages=[{"name": "distillation", "epochs": 5}])
     lines = [line for line in capsys.readouterr().out.splitlines() if "expected" in line]
     assert len(lines) == 2  # after the first epoch, then after a steady one
     assert lines[0].startswith("epoch 1 of 3 took ") and lines[1].startswith("epoch 2 of 3")

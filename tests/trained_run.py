@@ -10,6 +10,7 @@ import cv2
 import keras
 import numpy as np
 
+from chestkd.training.options import as_options
 from chestkd.data.pipeline import make_dataset
 from chestkd.evaluation import evaluate_model
 from chestkd.models.weights import save_model_atomically
@@ -54,5 +55,5 @@ def trained_run(folder, epochs: int = 6):
     model.fit(make_dataset(data, "train", training=True, seed=0, batch_size=16,
                            **image_options(data, config)), epochs=epochs, verbose=0)
     save_model_atomically(model, run_dir / "model.keras")
-    evaluate_model(model, data, config, run_dir)
+    evaluate_model(model, data, as_options(config), run_dir)
     return run_dir, data

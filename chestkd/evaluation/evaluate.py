@@ -8,7 +8,7 @@ reliability diagram, training curves, confusion matrix), and prints the table.
 
 Decision thresholds: per class, chosen on the VALIDATION split (never the test split) by both
 rules of :func:`chestkd.evaluation.classification.choose_thresholds` (Youden's J and F1);
-``config["threshold_rule"]`` (default ``youden``) is the one the run's decisions use. They go
+``threshold_rule`` (default ``youden``) is the one the run's decisions use. They go
 into ``metrics.json`` (``thresholds``) and ``model_info.json``, the file next to ``model.keras``
 that ``python -m chestkd.predict`` and ``python -m chestkd.export`` read: the preprocessing
 (image size, normalisation, mean/std), class names, label kind and thresholds of the model.
@@ -38,7 +38,6 @@ from chestkd.evaluation.metrics import (count_params, latency_per_image, mean_au
                                         predict_logits, single_label_metrics)
 from chestkd.io import atomic_write_json
 from chestkd.scores import probabilities_from_logits
-from chestkd.training.classifier import image_options
 
 # Deprecated name of chestkd.scores.probabilities_from_logits, kept for
 # chestkd.experiments.feature_kd until it imports that function.
@@ -105,12 +104,14 @@ def write_predictions(path, *, logits, labels, clean_labels, test: Dataset, clas
     return path
 
 
-def validation_thresholds(model, data: Dataset, config: dict) -> dict:
-    """Per-class thresholds of both rules on the validation split, and the rule in use.
+def validation_thresholds(model, data: Dataset, options, *,
+                          jit_compile: bool = False) -> dict:
+    """Per-class thresholds of both rules on the validation split, and the rule in use
+    (``options``: the run's :class:`~chestkd.training.options.RunOptions`).
 
     Without a validation split every class keeps 0.5 and ``split`` says so.
     """
-    rule = config.get("threshold_rule") or "youden"
+    rule = options.evaluation.threshold_rule
     if rule not in THRESHOLD_RULES:
         raise ConfigError(f"--threshold-rule {rule!r}: choose one of {', '.join(THRESHOLD_RULES)}")
     names = list(data.class_names)
@@ -118,39 +119,41 @@ def validation_thresholds(model, data: Dataset, config: dict) -> dict:
         half = [0.5] * len(names)
         return {"rule": rule, "split": "none (no validation split): 0.5 for every class",
                 "class_names": names, "values": half, **{r: half for r in THRESHOLD_RULES}}
-    val = make_dataset(data, "val", batch_size=int(config["batch_size"]),
-                       **image_options(data, config))
-    logits, y = predict_logits(model, val,
-                               jit_compile=bool(config.get("_jit_compile_resolved", False)))
+    val = make_dataset(data, "val", batch_size=options.training.batch_size,
+                       **options.image.pipeline())
+    logits, y = predict_logits(model, val, jit_compile=jit_compile)
     p = probabilities_from_logits(logits, data.multi_label)
     chosen = {r: choose_thresholds(y, p, rule=r).tolist() for r in THRESHOLD_RULES}
     return {"rule": rule, "split": f"val ({len(y)} images)", "class_names": names,
             "values": chosen[rule], **chosen}
 
 
-def model_info(data: Dataset, config: dict, thresholds: dict, model_name=None) -> dict:
+def model_info(data: Dataset, options, thresholds: dict, model_name=None) -> dict:
     """What a user of the saved model needs besides its weights (``model_info.json``)."""
-    return {"model": model_name or config.get("model"), "dataset": data.name,
+    image = options.image.pipeline()
+    return {"model": model_name or options.config.get("model"), "dataset": data.name,
             "class_names": list(data.class_names), "multi_label": bool(data.multi_label),
             "output": "logits", "probability": "sigmoid" if data.multi_label else "softmax",
-            "image_size": int(config["image_size"]),
-            "normalization": config["normalization"], "mean_std": config.get("mean_std"),
+            "image_size": image["image_size"],
+            "normalization": image["normalization"], "mean_std": image["mean_std"],
             "thresholds": thresholds}
 
 
-def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str = "",
-                   title: str | None = None, model_name: str | None = None) -> dict:
+def evaluate_model(model, data: Dataset, options, run_dir, *, prefix: str = "",
+                   title: str | None = None, model_name: str | None = None,
+                   jit_compile: bool = False) -> dict:
     """Score ``model`` on ``data``'s test split; results go to ``run_dir`` (names ``prefix``-ed).
 
-    ``config["bootstrap"]`` (default 1000; 0 disables) patient resamples give the 95%
-    percentile intervals ``mean_auc_ci`` and ``per_class_auc_ci``, seeded by ``config["seed"]``.
+    ``options`` is the run's :class:`~chestkd.training.options.RunOptions`:
+    ``evaluation.bootstrap`` (default 1000; 0 disables) patient resamples give the 95%
+    percentile intervals ``mean_auc_ci`` and ``per_class_auc_ci``, seeded by the run's seed.
+    ``jit_compile``: the predictions under XLA.
     """
     run_dir = Path(run_dir)
     test_data = data.subset("test")
-    test = make_dataset(data, "test", batch_size=int(config["batch_size"]),
-                        **image_options(data, config))
-    logits, y = predict_logits(model, test,
-                               jit_compile=bool(config.get("_jit_compile_resolved", False)))
+    test = make_dataset(data, "test", batch_size=options.training.batch_size,
+                        **options.image.pipeline())
+    logits, y = predict_logits(model, test, jit_compile=jit_compile)
     scores = probabilities_from_logits(logits, data.multi_label)
     groups = test_data.patients
     if len(groups) != len(y):
@@ -158,11 +161,11 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
                         f"has {len(groups)}")
     clean = _clean_test_labels(data, test_data, y)
     truth = y if clean is None else clean  # what the headline numbers are scored against
-    n_boot, seed = int(config.get("bootstrap", 1000)), int(config.get("seed", 0))
+    n_boot, seed = options.evaluation.bootstrap, options.seed
     verbose = n_boot * data.num_classes * len(y) > statistics.PROGRESS_THRESHOLD
     table, auc = _auc_entries(truth, scores, data.class_names, groups, n_boot, seed, verbose)
     results = {
-        "dataset": data.name, "model": model_name or config.get("model"),
+        "dataset": data.name, "model": model_name or options.config.get("model"),
         "test_images": int(len(y)), "test_patients": int(len(np.unique(groups))),
         "labels": "as given" if clean is None else "clean", **auc,
     }
@@ -189,7 +192,7 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
     results.update({
         "params": count_params(model),
         "latency": latency_per_image(model, model.input_shape[1:],
-                                     repeats=int(config.get("latency_images", 32))),
+                                     repeats=options.evaluation.latency_images),
     })
     write_predictions(run_dir / f"{prefix}test_predictions.npz", logits=logits, labels=y,
                       clean_labels=clean, test=test_data, class_names=data.class_names,
@@ -210,7 +213,7 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
         single["per_class"].to_csv(run_dir / f"{prefix}per_class_scores.csv", index=False)
         plots.plot_confusion_matrix(single["confusion_matrix"], data.class_names,
                                     run_dir / f"{prefix}confusion_matrix.png")
-    thresholds = validation_thresholds(model, data, config)
+    thresholds = validation_thresholds(model, data, options, jit_compile=jit_compile)
     results["thresholds"] = thresholds
     report = classification_report(truth, scores, data.class_names, multi_label=data.multi_label,
                                    thresholds=thresholds["values"])
@@ -228,9 +231,9 @@ def evaluate_model(model, data: Dataset, config: dict, run_dir, *, prefix: str =
         results["epochs_trained"] = int(len(history))
         plots.plot_training_curves(history, run_dir / f"{prefix}training_curves.png")
     atomic_write_json(run_dir / f"{prefix}model_info.json",
-                      model_info(data, config, thresholds, results["model"]))
+                      model_info(data, options, thresholds, results["model"]))
     atomic_write_json(run_dir / f"{prefix}metrics.json", results)
-    write_model_card(run_dir / f"{prefix}model_card.md", results, data, config)
+    write_model_card(run_dir / f"{prefix}model_card.md", results, data, options.config)
     return results
 
 

@@ -138,13 +138,14 @@ def copy_stage_results(source, stage_dir) -> dict:
     return results
 
 
-def teacher_results(config, data, run_dir, teachers, sources, stage_dir) -> dict:
-    """Results of the chain's teacher: the store entry's, or the averaged ensemble's."""
+def teacher_results(config, data, run_dir, teachers, sources, stage_dir, names) -> dict:
+    """Results of the chain's teacher (the models ``names``): the store entry's, or the
+    averaged ensemble's."""
     if len(teachers) == 1 and Path(sources[0]).is_dir():
         return copy_stage_results(sources[0], stage_dir)
     Path(stage_dir).mkdir(parents=True, exist_ok=True)
     return evaluate_once(averaged_model(teachers), data, config, stage_dir,
-                         model_name=" + ".join(map(str, config["_teacher_names"])))
+                         model_name=" + ".join(map(str, names)))
 
 
 def distil_stage(config, data, stage_dir, teachers, student_name, settings, step, *,
@@ -169,10 +170,10 @@ def run_chain(config: dict, data: Dataset, run_dir, chain) -> dict:
     settings = chain_settings(config, chain)
     teachers, sources = obtain_teachers(config, data, chain[0],
                                         learning_rate=settings["learning_rates"][0])
-    config["_teacher_names"] = member_names(chain[0])
     stages = {"teacher": {"models": teachers, "sources": sources, "name": chain[0],
                           "results": teacher_results(config, data, run_dir, teachers, sources,
-                                                     run_dir / "teacher")}}
+                                                     run_dir / "teacher",
+                                                     member_names(chain[0]))}}
     previous = teachers
     for step, entry in enumerate(chain[1:]):
         name = stage_name(step + 1, len(chain))

@@ -28,8 +28,9 @@ from chestkd.evaluation import evaluate_model, print_results
 from chestkd.evaluation.metrics import predict_logits
 from chestkd.experiments.store import copy_results, obtain_model, snapshot_epoch
 from chestkd.scores import probabilities_from_logits
-from chestkd.training.classifier import (build_model, image_options, load_run_data, pipelines,
-                                         set_precision)
+from chestkd.training.classifier import (build_model, image_options, pipelines,
+                                         prepare_run_data, set_precision)
+from chestkd.training.options import RunOptions, as_options
 from chestkd.training.run import Stages, best_model, seed_everything, start_run, write_json
 from chestkd.training.teacher_cache import load_or_compute
 from chestkd.training.trainer import (distribution_strategy, fit, make_optimizer,
@@ -38,16 +39,16 @@ from chestkd.training.trainer import (distribution_strategy, fit, make_optimizer
 SOFTMAX_FORMS = ("hinton", "ho2020_eq5", "ho2020_eq8")
 
 
-def resolve_kd_loss(config: dict, data: Dataset) -> str:
+def resolve_kd_loss(options: RunOptions, data: Dataset) -> str:
     """The KD formulation for this data: ``kd_loss`` as given, or the one the labels call for.
 
     ``sigmoid`` treats every class as an independent finding (multi-label data); the softmax
     forms treat the classes as exclusive. With ``kd_loss`` unset the data decides; ``sigmoid``
     on exclusive classes is refused (a softmax-trained teacher's logits carry no per-class
     probability to match); a softmax form on multi-label data is the papers' setting and is
-    allowed with a warning. The choice is recorded in ``config["kd_loss_used"]``.
+    allowed with a warning. Returns the formulation (metrics.json records it as ``kd_loss``).
     """
-    chosen = config.get("kd_loss")
+    chosen = as_options(options).kd.kd_loss
     if chosen is None:
         chosen = "sigmoid" if data.multi_label else "hinton"
     elif chosen == "sigmoid" and not data.multi_label:
@@ -59,11 +60,10 @@ def resolve_kd_loss(config: dict, data: Dataset) -> str:
         warnings.warn(f"--kd-loss {chosen}: a softmax across the {data.num_classes} "
                       f"non-exclusive findings of {data.name} makes them compete for one unit "
                       "of probability; --kd-loss sigmoid is the multi-label form", stacklevel=2)
-    config["kd_loss_used"] = chosen
     return chosen
 
 
-def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str | None, *,
+def distil(options: RunOptions, run_dir, data: Dataset, teacher, student_name: str | None, *,
            seed: int | None = None, init_from=None, build_student=None, terms_for=None,
            teacher_tables: dict | None = None, kd_loss: str | None = None,
            teacher_mixing: dict | None = None, weight_averaging=None, extra_callbacks=(),
@@ -73,7 +73,8 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str | No
     ``weight_averaging``). A run whose training stage finished returns its model.
 
     Args:
-        seed: the student's initialisation and data order (default ``config["seed"]``).
+        options: the run's :class:`~chestkd.training.options.RunOptions` (or its dict).
+        seed: the student's initialisation and data order (default the run's seed).
         init_from: a model whose weights start the student (self-training ``teacher`` init).
         build_student: builds the student instead of the zoo's ``student_name`` (e.g. an
             ensemble student).
@@ -94,18 +95,19 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str | No
     if stages.done("training"):
         print(f"training finished earlier in {run_dir}: using its model.keras")
         return best_model(run_dir, None)
-    set_precision(config)
-    seed = int(config["seed"] if seed is None else seed)
-    loss = KDLoss(kd_loss or config.get("kd_loss_used") or resolve_kd_loss(config, data),
-                  float(config["temperature"]), float(config["alpha"]))
-    online = teacher_tables is None and (
-        terms_for is not None or config.get("teacher_outputs", "cached") == "online")
+    options = as_options(options)
+    training, kd = options.training, options.kd
+    set_precision(training)
+    seed = options.seed if seed is None else int(seed)
+    loss = KDLoss(kd_loss or resolve_kd_loss(options, data), float(kd.temperature),
+                  float(kd.alpha))
+    online = teacher_tables is None and (terms_for is not None or kd.teacher_outputs == "online")
     tables = dict(teacher_tables or {"train": None, "val": None})
     if not online and teacher_tables is None:
-        tables = cache_teacher_logits(config, run_dir, data, teacher)
+        tables = cache_teacher_logits(options, run_dir, data, teacher)
     seed_everything(seed)  # the same initial student whatever ran before
-    with distribution_strategy(config).scope():
-        student = build_student() if build_student else build_model(student_name, data, config)
+    with distribution_strategy(training.distribute).scope():
+        student = build_student() if build_student else build_model(student_name, data, options)
         if init_from is not None:
             student.set_weights(init_from.get_weights())
         terms = terms_for(student) if terms_for else ()
@@ -113,45 +115,46 @@ def distil(config: dict, run_dir, data: Dataset, teacher, student_name: str | No
                               multi_label=data.multi_label, seed=seed, feature_terms=terms,
                               **(teacher_mixing or {}))
         distiller.compile(optimizer=make_optimizer(
-            config, steps_per_epoch(data, "train", int(config["batch_size"]))),
-            jit_compile=resolve_jit_compile(config, student))
-    train, val = pipelines(data, {**config, "seed": seed}, teacher_logits=tables["train"],
-                           val_teacher_logits=tables["val"])
-    fit(distiller, train, val, config, run_dir, multi_label=data.multi_label,
+            training, steps_per_epoch(data, "train", training.batch_size)),
+            jit_compile=resolve_jit_compile(training, student))
+    train, val = pipelines(data, options, teacher_logits=tables["train"],
+                           val_teacher_logits=tables["val"], seed=seed)
+    fit(distiller, train, val, training, run_dir, multi_label=data.multi_label,
         weight_averaging=weight_averaging, extra_callbacks=extra_callbacks)
-    stages.mark("training", epochs=int(config["epochs"]), **(record or {}),
+    stages.mark("training", epochs=training.epochs, **(record or {}),
                 **({"feature_terms": [term.get_config() for term in terms]} if terms else {}))
     return best_model(run_dir, student)
 
 
-def agreement(student, teacher, data: Dataset, config: dict) -> float:
+def agreement(student, teacher, data: Dataset, options: RunOptions) -> float:
     """Mean |p(student) - p(teacher)| on the test split (lower: closer); p is the sigmoid
     for multi-label data, the softmax for exclusive classes."""
-    test = make_dataset(data, "test", batch_size=int(config["batch_size"]),
-                        **image_options(data, config))
+    options = as_options(options)
+    test = make_dataset(data, "test", batch_size=options.training.batch_size,
+                        **image_options(data, options))
     s, _ = predict_logits(student, test)
     t, _ = predict_logits(teacher, test)
     return float(np.mean(np.abs(probabilities_from_logits(s, data.multi_label)
                                 - probabilities_from_logits(t, data.multi_label))))
 
 
-def cache_teacher_logits(config: dict, run_dir, data: Dataset, teacher) -> dict:
+def cache_teacher_logits(options: RunOptions, run_dir, data: Dataset, teacher) -> dict:
     """The teacher's logits for both flips of every training and validation image, computed
     once into ``run_dir/teacher_logits_{split}.npy`` (where :func:`distil` reads them):
     ``{"train": table, "val": table}``."""
     return {split: load_or_compute(Path(run_dir) / f"teacher_logits_{split}.npy", teacher,
-                                   data, split, **image_options(data, config))
+                                   data, split, **image_options(data, options))
             for split in ("train", "val")}
 
 
-def obtained_model_results(config: dict, data: Dataset, run_dir, model, source, *,
+def obtained_model_results(options: RunOptions, data: Dataset, run_dir, model, source, *,
                            prefix: str = "") -> dict:
     """The results of a model from :func:`~chestkd.experiments.store.obtain_model` inside
     this run (``{prefix}`` files): a store entry's results copied, a given ``.keras`` file
     scored (once: stage ``{prefix}evaluation``)."""
     if Path(source).is_dir():
         return copy_results(source, run_dir, prefix=prefix)
-    return evaluate_once(model, data, config, run_dir, prefix=prefix,
+    return evaluate_once(model, data, options, run_dir, prefix=prefix,
                          stage=f"{prefix}evaluation")
 
 
@@ -168,14 +171,18 @@ def record_teacher(run_dir, teacher_source) -> None:
     write_json(info, Path(run_dir) / "teacher.json")
 
 
-def evaluate_once(model, data: Dataset, config: dict, run_dir, *, stage="evaluation",
-                  **options) -> dict:
-    """``evaluate_model`` unless this run's ``stage`` already finished (then its results)."""
+def evaluate_once(model, data: Dataset, options: RunOptions, run_dir, *, stage="evaluation",
+                  **evaluate_options) -> dict:
+    """``evaluate_model`` unless this run's ``stage`` already finished (then its results);
+    its predictions under XLA when the run's ``jit_compile`` allows it for ``model``."""
     stages = Stages(run_dir)
-    metrics = Path(run_dir) / f"{options.get('prefix', '')}metrics.json"
+    metrics = Path(run_dir) / f"{evaluate_options.get('prefix', '')}metrics.json"
     if stages.done(stage):
         return json.loads(metrics.read_text())
-    results = evaluate_model(model, data, config, run_dir, **options)
+    options = as_options(options)
+    results = evaluate_model(model, data, options, run_dir,
+                             jit_compile=resolve_jit_compile(options.training, model, quiet=True),
+                             **evaluate_options)
     stages.mark(stage)
     return results
 
@@ -190,24 +197,25 @@ def kd_experiment(config: dict) -> dict:
     strategy = config["strategy"]
     run_dir = start_run(config, "kd")
     print(f"run directory: {run_dir}")
-    data = load_run_data(config, run_dir)
-    resolve_kd_loss(config, data)
-    teacher_name, student_name = config["teacher"], config["student"]
+    data, options = prepare_run_data(as_options(config), run_dir)
+    kd_loss = resolve_kd_loss(options, data)
+    teacher_name, student_name = options.config["teacher"], options.config["student"]
     if strategy == "reversed":
         teacher_name, student_name = student_name, teacher_name
-    epochs = int(config.get("teacher_epochs") or config["epochs"])
-    snapshot = (snapshot_epoch(epochs, config["defective_fraction"])
+    epochs = int(options.kd.teacher_epochs or options.training.epochs)
+    snapshot = (snapshot_epoch(epochs, options.kd.defective_fraction)
                 if strategy == "defective" and not str(teacher_name).endswith(".keras")
                 else None)
-    teacher, source = obtain_model(config, data, teacher_name, epochs=epochs, snapshot=snapshot)
+    teacher, source = obtain_model(options, data, teacher_name, epochs=epochs,
+                                   snapshot=snapshot)
     record_teacher(run_dir, source)
-    student = distil(config, run_dir, data, teacher, student_name)
-    results = evaluate_once(student, data, config, run_dir, model_name=student_name)
+    student = distil(options, run_dir, data, teacher, student_name, kd_loss=kd_loss)
+    results = evaluate_once(student, data, options, run_dir, model_name=student_name)
     results.update(strategy=f"{strategy}_kd", teacher=str(teacher_name),
-                   teacher_source=str(source), kd_loss=config["kd_loss_used"],
-                   teacher_agreement=agreement(student, teacher, data, config))
+                   teacher_source=str(source), kd_loss=kd_loss,
+                   teacher_agreement=agreement(student, teacher, data, options))
     if snapshot is not None:
         results["teacher_epochs"] = f"{snapshot} of {epochs}"
     write_json(results, Path(run_dir) / "metrics.json")
-    print_results(results, title=f"{strategy} KD ({config['kd_loss_used']}): student")
+    print_results(results, title=f"{strategy} KD ({kd_loss}): student")
     return results

@@ -26,6 +26,8 @@ from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model
 from chestkd.training.config import BASE_DEFAULTS, config_id, save_config
 from chestkd.training.classifier import train_classifier
+from chestkd.training.options import RunOptions, as_options
+from chestkd.training.trainer import resolve_jit_compile
 from chestkd.training.run import Stages, load_model
 
 # The options of a base-trained model; KD options (teacher, alpha, ...) never shape one.
@@ -33,19 +35,20 @@ MODEL_KEYS = frozenset(BASE_DEFAULTS) - {"recipe", "resume", "seeds", "model"}
 DEFAULT_SNAPSHOT_FRACTION = 0.25
 
 
-def store_root(config: dict) -> Path:
+def store_root(options: RunOptions) -> Path:
+    config = as_options(options).config
     return Path(config.get("teachers_dir") or Path(config["out"]) / "teachers")
 
 
-def model_config(config: dict, name: str, epochs: int) -> dict:
-    """The base-training configuration of model ``name`` inside ``config``."""
-    shaping = {k: v for k, v in config.items() if k in MODEL_KEYS}
+def model_config(options: RunOptions, name: str, epochs: int) -> dict:
+    """The base-training configuration of model ``name`` inside the run's configuration."""
+    shaping = {k: v for k, v in as_options(options).config.items() if k in MODEL_KEYS}
     return {**shaping, "recipe": "base_training", "model": name, "epochs": int(epochs),
             "role": "store"}
 
 
-def model_key(config: dict, name: str, epochs: int) -> str:
-    entry = model_config(config, name, epochs)
+def model_key(options: RunOptions, name: str, epochs: int) -> str:
+    entry = model_config(options, name, epochs)
     return f"{Path(str(name)).stem}-e{int(epochs)}-{config_id(entry)[:10]}"
 
 
@@ -59,23 +62,29 @@ def snapshot_path(folder, epoch: int) -> Path:
     return Path(folder) / "snapshots" / f"epoch-{int(epoch):04d}.keras"
 
 
-def obtain_model(config: dict, data: Dataset, name: str, *, epochs: int | None = None,
-                 snapshot: int | None = None):
+def obtain_model(options: RunOptions, data: Dataset, name: str, *, epochs: int | None = None,
+                 snapshot: int | None = None, later_stages=()):
     """A trained model ``name``: a ``.keras`` file as given, or the store's entry.
 
     Args:
-        epochs: the full schedule (default ``config["epochs"]``).
+        options: the run's :class:`~chestkd.training.options.RunOptions` (or its dict).
+        epochs: the full schedule (default the run's ``epochs``).
         snapshot: an epoch of that schedule: return the checkpoint at that epoch instead of
             the best model (defective KD).
+        later_stages: the fits after this one, for the time estimate after its first epoch
+            (:func:`chestkd.training.trainer.fit`)
 
     Returns:
         (model, source): source is the ``.keras`` file, or the entry folder.
     """
     if str(name).endswith(".keras"):
         return load_model(name), Path(name)
-    epochs = int(epochs or config["epochs"])
-    entry = model_config(config, name, epochs)
-    folder = store_root(config) / model_key(config, name, epochs)
+    options = as_options(options)
+    epochs = int(epochs or options.training.epochs)
+    entry = model_config(options, name, epochs)
+    folder = store_root(options) / model_key(options, name, epochs)
+    # the entry's own options: the run's, with the entry's model and schedule
+    entry_options = as_options({**options.config, **entry})
     stages = Stages(folder)
     if snapshot is not None and snapshot_path(folder, snapshot).exists():
         print(f"reusing the epoch-{snapshot} checkpoint of {folder}")
@@ -84,8 +93,8 @@ def obtain_model(config: dict, data: Dataset, name: str, *, epochs: int | None =
         # A finished entry without this checkpoint: train a copy that stops there.
         folder = folder.with_name(f"{folder.name}-until{snapshot}")
         stages = Stages(folder)
-    snapshots = {snapshot_epoch(epochs, config.get("defective_fraction",
-                                                    DEFAULT_SNAPSHOT_FRACTION))}
+    snapshots = {snapshot_epoch(epochs, options.config.get("defective_fraction",
+                                                            DEFAULT_SNAPSHOT_FRACTION))}
     if snapshot is not None:
         snapshots.add(int(snapshot))
     if not stages.done("training"):
@@ -96,10 +105,9 @@ def obtain_model(config: dict, data: Dataset, name: str, *, epochs: int | None =
         stop = snapshot if snapshot is not None else epochs
         print(f"training {name} ({'epochs 1-' + str(stop) + ' of ' if stop < epochs else ''}"
               f"{epochs} epoch(s)) in {folder}")
-        entry_run = {**config, **entry}
-        train_classifier(entry_run, folder, data, name, stop_epoch=stop,
+        train_classifier(entry_options, folder, data, name, stop_epoch=stop,
                          snapshot_epochs=sorted(e for e in snapshots if e <= stop),
-                         keep_backup=stop < epochs)
+                         keep_backup=stop < epochs, later_stages=later_stages)
         if stop < epochs:
             return load_model(snapshot_path(folder, snapshot)), snapshot_path(folder, snapshot)
         stages.mark("training", epochs=epochs)
@@ -107,7 +115,9 @@ def obtain_model(config: dict, data: Dataset, name: str, *, epochs: int | None =
         return load_model(snapshot_path(folder, snapshot)), snapshot_path(folder, snapshot)
     model = load_model(folder / "model.keras")
     if not stages.done("evaluation"):
-        evaluate_model(model, data, {**config, **entry}, folder, model_name=name)
+        evaluate_model(model, data, entry_options, folder, model_name=name,
+                       jit_compile=resolve_jit_compile(entry_options.training, model,
+                                                       quiet=True))
         stages.mark("evaluation")
     else:
         print(f"reusing {name} trained in {folder}")

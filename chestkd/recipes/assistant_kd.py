@@ -89,7 +89,7 @@ def run(argv=None) -> dict:
     run_dir = start_run(config, "assistant_kd")
     print(f"run directory: {run_dir}")
     data = load_run_data(config, run_dir)
-    resolve_kd_loss(config, data)
+    config["kd_loss_used"] = resolve_kd_loss(config, data)  # the tables name it
     # 1-2. the teacher (model store), then each stage distilled from the one before it
     outcome = run_chain(config, data, run_dir, chain)
     # 3. every stage on the test split, side by side

@@ -16,23 +16,25 @@ from chestkd.evaluation import evaluate_model, print_results
 from chestkd.experiments.repeat import recipe_entry
 from chestkd.experiments.store import copy_results, obtain_model
 from chestkd.training.config import BASE_DEFAULTS
-from chestkd.training.classifier import load_run_data
-from chestkd.training.run import start_run, write_json
+from chestkd.training.classifier import prepare_run_data
+from chestkd.training.options import run_options
+from chestkd.training.run import open_run, write_json
 
 DEFAULTS = BASE_DEFAULTS
 
 
 def run_once(config: dict) -> dict:
-    run_dir = start_run(config, "base_training")
+    options = run_options(config)  # checked, typed, frozen: no dict goes further
+    run_dir, options = open_run(options, "base_training")
     print(f"run directory: {run_dir}")
-    data = load_run_data(config, run_dir)
-    model, source = obtain_model(config, data, config["model"])
+    data, options = prepare_run_data(options, run_dir)
+    model, source = obtain_model(options, data, options.training.model)
     if Path(source).is_dir():  # trained (now or before) in the model store
         results = copy_results(source, run_dir)
         results["trained_in"] = str(source)
         write_json(results, Path(run_dir) / "metrics.json")
     else:                      # --model FILE.keras: a given model, scored as it is
-        results = evaluate_model(model, data, config, run_dir)
+        results = evaluate_model(model, data, options, run_dir)
     print_results(results)
     return results
 

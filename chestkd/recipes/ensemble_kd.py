@@ -73,7 +73,7 @@ def run(argv=None) -> dict:
     run_dir = start_run(config, "ensemble_kd")
     print(f"run directory: {run_dir}")
     data = load_run_data(config, run_dir)
-    resolve_kd_loss(config, data)
+    config["kd_loss_used"] = resolve_kd_loss(config, data)  # the tables name it
     teacher_layer = check_layers(config, data, branches)
 
     # 1. The teacher, base-trained once in the model store (or loaded).

@@ -25,9 +25,10 @@ from chestkd.experiments.kd import (cache_teacher_logits, distil, evaluate_once,
 from chestkd.experiments.repeat import recipe_entry
 from chestkd.experiments.store import obtain_model
 from chestkd.saliency.report import write_saliency_report
-from chestkd.training.classifier import load_run_data
+from chestkd.training.classifier import prepare_run_data
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS
-from chestkd.training.run import Stages, StageTimer, start_run, write_json
+from chestkd.training.options import RunOptions, run_options
+from chestkd.training.run import Stages, StageTimer, open_run, write_json
 
 # The model teaches itself: no teacher/student names, strategy or defective options.
 DEFAULTS = {**BASE_DEFAULTS,
@@ -42,16 +43,17 @@ CPU_SALIENCY = {"max_images": 12, "figure_images": 4, "sanity_images": 1, "sanit
 GPU_SALIENCY = {"max_images": 1_000_000}      # every boxed test image (984 on ChestX-ray14)
 
 
-def saliency_stage(config, data, run_dir, stages, base, student) -> dict:
+def saliency_stage(options: RunOptions, data, run_dir, stages, base, student) -> dict:
     """Saliency report of the self-trained model next to its base (same images, findings),
     written once (stage ``figures``); returns ``saliency/report.json``."""
     if not stages.done("figures"):
         settings = GPU_SALIENCY if tf.config.list_physical_devices("GPU") else CPU_SALIENCY
+        image = options.image.pipeline()
         report = write_saliency_report(
             student, data.subset("test"), run_dir / "saliency", model_name="self-trained",
-            image_size=int(config["image_size"]), class_names=data.class_names,
-            normalization=config["normalization"], mean_std=config.get("mean_std"),
-            compare_models={"base": base}, seed=int(config["seed"]), **settings)
+            image_size=image["image_size"], class_names=data.class_names,
+            normalization=image["normalization"], mean_std=image["mean_std"],
+            compare_models={"base": base}, seed=options.seed, **settings)
         write_json(report, run_dir / "saliency" / "report.json")
         stages.mark("figures")
     print(f"saliency figures: {run_dir / 'saliency'}")
@@ -61,42 +63,40 @@ def saliency_stage(config, data, run_dir, stages, base, student) -> dict:
 def run_once(config: dict) -> dict:
     # Wall time per stage (log, metrics.json); base_training includes the store's first scoring.
     timer = StageTimer()
-    run_dir = start_run(config, "self_training")
+    options = run_options(config)  # checked, typed, frozen: no dict goes further
+    run_dir, options = open_run(options, "self_training")
     stages = Stages(run_dir)
     print(f"run directory: {run_dir}")
     with timer.stage("data"):  # generating the phantom, or reading a dataset, and its set-up
-        data = load_run_data(config, run_dir)
-    loss = resolve_kd_loss(config, data)
-    # The base training's first epoch also estimates the distillation after it.
-    config["_later_stages"] = [{"name": "distillation", "epochs": int(config["epochs"])}]
-    with timer.stage("base_training"):
-        base, base_dir = obtain_model(config, data, config["model"])
-    config.pop("_later_stages")
+        data, options = prepare_run_data(options, run_dir)
+    model, kd, seed = options.training.model, options.kd, options.seed
+    loss = resolve_kd_loss(options, data)
+    with timer.stage("base_training"):  # its first epoch also estimates the distillation's
+        base, base_dir = obtain_model(options, data, model, later_stages=[
+            {"name": "distillation", "epochs": options.training.epochs}])
     record_teacher(run_dir, base_dir)
     with timer.stage("evaluation"):
-        base_metrics = obtained_model_results(config, data, run_dir, base, base_dir,
+        base_metrics = obtained_model_results(options, data, run_dir, base, base_dir,
                                               prefix="base_")
-    fresh = config.get("student_init", "fresh") == "fresh"
+    fresh = kd.student_init == "fresh"
     with timer.stage("teacher_pass"):  # cached teacher logits, timed apart from distillation
-        if config.get("teacher_outputs", "cached") != "online" and not stages.done("training"):
-            cache_teacher_logits(config, run_dir, data, base)
+        if kd.teacher_outputs != "online" and not stages.done("training"):
+            cache_teacher_logits(options, run_dir, data, base)
     with timer.stage("distillation"):
-        student = distil(config, run_dir, data, base, config["model"],
-                         seed=int(config["seed"]) + 1 if fresh else None,
-                         init_from=None if fresh else base)
+        student = distil(options, run_dir, data, base, model, kd_loss=loss,
+                         seed=seed + 1 if fresh else None, init_from=None if fresh else base)
     timer.start("evaluation")  # the self-trained model's scores, the comparison, its tables
-    results = evaluate_once(student, data, config, run_dir,
+    results = evaluate_once(student, data, options, run_dir,
                             title="ROC curves, self-trained (test split)")
-    title = (f"{config['model']} on {data.name} ({results['test_images']} test images): base "
+    title = (f"{model} on {data.name} ({results['test_images']} test images): base "
              f"vs. self-trained ({FORMULATION_TITLES.get(loss, loss)}, "
-             f"T={config['temperature']:g}, alpha={config['alpha']:g}, "
-             f"student_init={config.get('student_init', 'fresh')})")
+             f"T={kd.temperature:g}, alpha={kd.alpha:g}, student_init={kd.student_init})")
     summary = write_comparison(run_dir / "base_test_predictions.npz",
                                run_dir / "test_predictions.npz", run_dir,
                                names=("base", "self-trained"), title=title,
-                               n_boot=int(config.get("bootstrap") or 0), seed=int(config["seed"]))
+                               n_boot=options.evaluation.bootstrap, seed=seed)
     results.update(strategy="self_training", kd_loss=loss, teacher_source=str(base_dir),
-                   student_seed=int(config["seed"]) + (1 if fresh else 0),
+                   student_seed=seed + (1 if fresh else 0),
                    base_mean_auc=base_metrics["mean_auc"],
                    base_per_class_auc=base_metrics["per_class_auc"],
                    comparison={k: summary["comparison"][k] for k in
@@ -106,8 +106,8 @@ def run_once(config: dict) -> dict:
                       ("noisy_mean_auc", "noisy_per_class_auc") if k in base_metrics})
     timer.stop("evaluation")
     with timer.stage("saliency"):
-        if config.get("saliency") and data.boxes is not None and len(data.boxes):
-            results["saliency"] = saliency_stage(config, data, run_dir, stages, base, student)
+        if options.evaluation.saliency and data.boxes is not None and len(data.boxes):
+            results["saliency"] = saliency_stage(options, data, run_dir, stages, base, student)
     results["stage_seconds"] = timer.seconds()
     print(timer.line())
     write_json(results, run_dir / "metrics.json")

@@ -125,12 +125,11 @@ def _per_replica_rank(value):
     return None if shape is None else tf.TensorShape(shape).rank
 
 
-def distribution_strategy(config: dict):
-    """The ``tf.distribute`` strategy of ``config["distribute"]`` (see the module docstring).
+def distribution_strategy(mode: str = "auto"):
+    """The ``tf.distribute`` strategy of the ``distribute`` option (see the module docstring).
 
     ``auto``: MirroredStrategy over all GPUs when there are several, else the default strategy.
     """
-    mode = config.get("distribute", "auto")
     if mode not in MODES:
         raise ConfigError(f"--distribute {mode!r}: choose {', '.join(MODES[:-1])} or "
                           f"{MODES[-1]}")

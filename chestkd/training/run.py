@@ -13,7 +13,7 @@ A run directory holds::
     skipped.csv        images skipped with --skip-bad-images, if any
 
 This module is the one place that knows that layout: it makes run directories
-(:func:`start_run`), records their finished stages (:class:`Stages`) and the wall time of each
+(:func:`open_run`), records their finished stages (:class:`Stages`) and the wall time of each
 (:class:`StageTimer`), and reads finished runs back (:func:`finished_run`, :func:`load_model`,
 :func:`best_model`, :func:`history`). A stage is marked only after everything it writes is on
 disk, so a crash inside a stage re-runs that stage alone (training itself resumes from Keras'
@@ -35,6 +35,7 @@ import yaml
 from chestkd.errors import ChestKDError, ConfigError
 from chestkd.io import atomic_write_json
 from chestkd.training.config import check_config, config_id, load_yaml, save_config
+from chestkd.training.options import RunOptions, run_options
 
 
 def new_run_dir(out, name: str) -> Path:
@@ -53,18 +54,21 @@ def new_run_dir(out, name: str) -> Path:
             candidate = Path(f"{base}-{k}")
 
 
-def start_run(config: dict, recipe: str) -> Path:
-    """A fresh run directory for ``config`` (or the one named by ``resume``), config saved.
+def open_run(options: RunOptions, recipe: str) -> tuple[Path, RunOptions]:
+    """A fresh run directory for ``options`` (or the one named by ``resume``), configuration
+    saved; returns it and the run's options (with ``recipe``, ``config_id`` and ``run_dir``,
+    or, resumed, the run's saved ones).
 
     ``--resume RUN_DIR`` continues that run with its saved configuration: a run of another
     recipe is refused, and options given beside ``--resume`` are named as ignored.
-    ``config["config_id"]`` identifies the experiment (:func:`config_id`): a finished run
-    with the same id is the same result.
+    ``config_id`` identifies the experiment (:func:`~chestkd.training.config.config_id`): a
+    finished run with the same id is the same result.
     """
+    config = options.to_config()
     if config.get("distribute") == "multi_worker":
         # MultiWorkerMirroredStrategy must exist before TensorFlow runs any operation.
         from chestkd.training.distribute import distribution_strategy
-        distribution_strategy(config)
+        distribution_strategy(config["distribute"])
     if config.get("resume"):
         run_dir = Path(config["resume"])
         if not (run_dir / "config.yaml").exists():
@@ -79,8 +83,7 @@ def start_run(config: dict, recipe: str) -> Path:
             print(f"--resume {run_dir}: the run's saved configuration is used; ignoring "
                   + ", ".join("--" + k.replace("_", "-") for k in ignored))
         saved["resume"] = str(run_dir)
-        config.clear()
-        config.update(saved)
+        config = saved
     else:
         check_config(config)
         if config.get("recipe") not in (None, recipe):
@@ -94,7 +97,22 @@ def start_run(config: dict, recipe: str) -> Path:
         config["run_dir"] = str(run_dir)
         save_config(config, run_dir / "config.yaml")
     seed_everything(int(config["seed"]))
+    return run_dir, run_options(config, check=False)
+
+
+def start_run(config: dict, recipe: str) -> Path:
+    """:func:`open_run` for code that still carries the configuration as a dict: ``config``
+    becomes the run's (``recipe``, ``config_id``, ``run_dir``; a resumed run's saved one)."""
+    run_dir, options = open_run(run_options(config, check=False), recipe)
+    config.clear()
+    config.update(options.to_config())
     return run_dir
+
+
+def record_options(options, run_dir) -> None:
+    """Save what a run settled after it started (``options.config``: the resolved
+    configuration with, e.g., an estimated ``mean_std``) as its ``config.yaml``."""
+    save_config(options.config, Path(run_dir) / "config.yaml")
 
 
 def run_label(config: dict, recipe: str) -> str:

@@ -29,6 +29,7 @@ from chestkd.training.callbacks import (EpochSnapshot, EpochTimer, ExactValidati
                                         TrainingDiverged, WeightAveraging, student_of)
 from chestkd.training.distribute import distribution_strategy  # noqa: F401
 from chestkd.training.optimizers import CoupledAdam, CoupledSGD
+from chestkd.training.options import TrainingOptions, as_training
 from chestkd.training.run import write_json
 
 __all__ = ["MONITOR", "WEIGHT_DECAY_MODES", "EpochSnapshot", "EpochTimer", "ExactValidationAUC",
@@ -39,17 +40,18 @@ __all__ = ["MONITOR", "WEIGHT_DECAY_MODES", "EpochSnapshot", "EpochTimer", "Exac
 MONITOR = "val_auc"
 
 
-def make_schedule(config: dict, steps_per_epoch: int):
-    lr, epochs = float(config["learning_rate"]), int(config["epochs"])
+def make_schedule(training: TrainingOptions, steps_per_epoch: int):
+    training = as_training(training)
+    lr, epochs = float(training.learning_rate), training.epochs
     total = max(1, steps_per_epoch * epochs)
-    schedule = config["schedule"]
+    schedule = training.schedule
     if schedule in ("constant", "plateau"):
         return lr
     if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(lr, total)
-    if schedule == "step" and config.get("step_epochs"):
+    if schedule == "step" and training.step_epochs:
         # x0.1 after each listed epoch (RoS-KD: after epochs 25 and 40 of 50)
-        milestones = _step_epochs(config["step_epochs"], epochs)
+        milestones = _step_epochs(training.step_epochs, epochs)
         return keras.optimizers.schedules.PiecewiseConstantDecay(
             [steps_per_epoch * e - 1 for e in milestones],  # the last step of epoch e
             [lr * 0.1 ** i for i in range(len(milestones) + 1)])
@@ -71,19 +73,20 @@ def _step_epochs(value, epochs: int) -> list[int]:
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 
 
-def weight_decay_mode(config: dict) -> str:
+def weight_decay_mode(training: TrainingOptions) -> str:
     """``weight_decay_mode`` of a run (default ``coupled``), checked against the optimizer."""
-    mode = config.get("weight_decay_mode", "coupled")
+    training = as_training(training)
+    mode = training.weight_decay_mode
     if mode not in WEIGHT_DECAY_MODES:
         raise ConfigError(f"--weight-decay-mode {mode!r}: choose coupled or decoupled")
-    if mode == "coupled" and config["optimizer"] == "adamw":
+    if mode == "coupled" and training.optimizer == "adamw":
         raise ConfigError("--optimizer adamw is decoupled weight decay by definition, so it "
                           "cannot have --weight-decay-mode coupled: use --optimizer adam for "
                           "coupled L2, or --weight-decay-mode decoupled with adamw")
     return mode
 
 
-def make_optimizer(config: dict, steps_per_epoch: int):
+def make_optimizer(training: TrainingOptions, steps_per_epoch: int):
     """SGD with momentum and weight decay by default (the papers' setting).
 
     ``weight_decay_mode: coupled`` (default) is PyTorch's L2 in the gradient, which is what
@@ -96,13 +99,14 @@ def make_optimizer(config: dict, steps_per_epoch: int):
     learning rate, ``w <- w - lr * wd * w`` each step: about 10x weaker at momentum 0.9.
     ``adamw`` is always decoupled (that is what AdamW means).
     """
-    lr = make_schedule(config, steps_per_epoch)
-    name, wd = config["optimizer"], float(config["weight_decay"] or 0.0)
+    training = as_training(training)
+    lr = make_schedule(training, steps_per_epoch)
+    name, wd = training.optimizer, float(training.weight_decay or 0.0)
     if name not in ("sgd", "adam", "adamw"):
         raise ConfigError(f"--optimizer {name!r}: choose sgd, adam or adamw")
-    coupled = weight_decay_mode(config) == "coupled"
+    coupled = weight_decay_mode(training) == "coupled"
     if name == "sgd":
-        momentum = float(config["momentum"])
+        momentum = float(training.momentum)
         if coupled:
             return CoupledSGD(lr, momentum=momentum, l2=wd)
         return keras.optimizers.SGD(lr, momentum=momentum, weight_decay=wd or None)
@@ -113,14 +117,14 @@ def make_optimizer(config: dict, steps_per_epoch: int):
 
 
 # ------------------------------------------------------------------------------ XLA
-def _jit_option(config: dict):
+def _jit_option(given):
     """``jit_compile`` of a run: ``"auto"``, True or False (YAML booleans or strings)."""
-    value = config.get("jit_compile", "auto")
+    value = given
     if isinstance(value, str):
         value = {"auto": "auto", "true": True, "false": False}.get(value.lower(), value)
     if value == "auto" or isinstance(value, bool):
         return value
-    raise ConfigError(f"--jit-compile {config.get('jit_compile')!r}: choose auto, true or false")
+    raise ConfigError(f"--jit-compile {given!r}: choose auto, true or false")
 
 
 def _probe_batch(model):
@@ -173,8 +177,8 @@ def accelerator_present() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-def resolve_jit_compile(config: dict, model) -> bool:
-    """Whether to XLA-compile ``model``'s training step, from ``config["jit_compile"]``.
+def resolve_jit_compile(training: TrainingOptions, model, *, quiet: bool = False) -> bool:
+    """Whether to XLA-compile ``model``'s training step, from ``training.jit_compile``.
 
     ``true`` / ``false`` are taken as given. ``auto`` (default), with a GPU: True when the
     model (a Distiller: its student and teachers) lowers to XLA, else False with one printed
@@ -183,20 +187,19 @@ def resolve_jit_compile(config: dict, model) -> bool:
     15.3 s, and 20 s more compiling; ``benchmarks/xla_cpu.py``, RESULTS.md), so it is opt-in
     there (``jit_compile=true``).
 
-    The result is also stored in ``config["_jit_compile_resolved"]`` for evaluation.
+    ``quiet``: no line when XLA stays off (evaluation asks again for its own passes).
     """
-    option = _jit_option(config)
+    option = _jit_option(as_training(training).jit_compile)
     if option == "auto":
         if not accelerator_present():
             reason = "CPU only: XLA measured slower here; jit_compile=true to force it"
         else:
             reason = xla_fallback_reason(model)
         resolved = reason is None
-        if not resolved:
+        if not resolved and not quiet:
             print(f"jit_compile auto: XLA off for {model.name} ({reason})")
     else:
         resolved = option
-    config["_jit_compile_resolved"] = resolved
     return resolved
 
 
@@ -210,9 +213,9 @@ def resolve_verbose(verbose):
 
 
 # ------------------------------------------------------------------------------ fit
-def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose="auto",
-        extra_callbacks=(), multi_label: bool = True, keep_backup: bool = False,
-        snapshot_epochs=(), weight_averaging=None):
+def fit(model, train_ds, val_ds, training: TrainingOptions, run_dir, *, epochs=None,
+        verbose="auto", extra_callbacks=(), multi_label: bool = True, keep_backup: bool = False,
+        snapshot_epochs=(), weight_averaging=None, later_stages=()):
     """Train ``model`` with the run's callbacks; returns the Keras History.
 
     ``model.keras`` receives ``model.student`` for a Distiller, else ``model`` itself, at the
@@ -228,10 +231,11 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
             continued later by calling ``fit`` again with more epochs.
         snapshot_epochs: 1-based epochs after which the student is also saved as
             ``run_dir/snapshots/epoch-NNNN.keras``.
-        config: the run's options; ``config["_later_stages"]`` (runtime-only), a list of
-            ``{"name", "epochs", "cost"}``, names the fits that follow this one, whose
-            expected time :class:`~chestkd.training.callbacks.ScheduleEstimate` prints
-            after the first epoch beside this schedule's.
+        training: the run's :class:`~chestkd.training.options.TrainingOptions` (``epochs``,
+            ``checkpoint``, ``schedule``).
+        later_stages: a list of ``{"name", "epochs", "cost"}`` naming the fits that follow
+            this one, whose expected time :class:`~chestkd.training.callbacks.ScheduleEstimate`
+            prints after the first epoch beside this schedule's.
         weight_averaging: a :class:`~chestkd.training.callbacks.WeightAveraging`: from its
             first averaged epoch on, ``val_auc`` (and so ``model.keras``, the selection and
             ``ReduceLROnPlateau``) is the averaged model's, BatchNorm re-estimated, and
@@ -240,18 +244,19 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    epochs = int(config["epochs"] if epochs is None else epochs)
+    training = as_training(training)
+    epochs = int(training.epochs if epochs is None else epochs)
     averaging = weight_averaging
-    # config["checkpoint"]: best_val keeps the epoch of the best exact validation AUC; last and
+    # training.checkpoint: best_val keeps the epoch of the best exact validation AUC; last and
     # average keep the final epoch's model (a fixed schedule; average: SWA over the last third
     # of the epochs), since a validation split of a few dozen images picks epochs on noise.
-    selection = config.get("checkpoint", "best_val")
+    selection = training.checkpoint
     if selection == "average" and averaging is None and epochs > 1:
         averaging = WeightAveraging(epochs - max(1, epochs // 3), bn_data=train_ds,
                                     state_path=run_dir / "weight_average.npz")
     # First, so that no callback after it sees (or saves) a non-finite step.
     callbacks = [StopOnDivergence()]
-    jit = bool(config.get("_jit_compile_resolved", getattr(model, "jit_compile", False)))
+    jit = bool(getattr(model, "jit_compile", False))  # as compiled (Keras may turn XLA off)
     if averaging is not None:
         # The raw student's AUC first, then the average goes in for the exact val_auc and the
         # checkpoint, and the raw weights come back before the backup and the next epoch.
@@ -273,7 +278,7 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
     callbacks += [
         EpochTimer(),
         # After the exact validation AUC and the checkpoint: their time is part of an epoch.
-        ScheduleEstimate(config.get("_later_stages") or ()),
+        ScheduleEstimate(later_stages or ()),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"),
                                          delete_checkpoint=not keep_backup),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
@@ -282,7 +287,7 @@ def fit(model, train_ds, val_ds, config: dict, run_dir, *, epochs=None, verbose=
     if snapshot_epochs:
         callbacks.append(EpochSnapshot(run_dir / "snapshots", snapshot_epochs))
     callbacks += list(extra_callbacks)
-    if config.get("schedule") == "plateau":
+    if training.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(MONITOR, mode="max", factor=0.1,
                                                            patience=5))
     diverged = run_dir / "diverged.json"

@@ -1,0 +1,175 @@
+"""A run's options as frozen, typed objects, made once from the resolved configuration.
+
+:func:`~chestkd.training.config.resolve_config` stays the parser (defaults, profiles, YAML,
+flags, ``key=value``) and the run directory keeps its output, the dict, as ``config.yaml``.
+A recipe turns that dict into a :class:`RunOptions` at its edge (:func:`run_options`), before
+its run directory is made (:func:`chestkd.training.run.open_run`); the library then reads typed
+fields (``options.training.epochs``, ``options.image.normalization``) and never writes into a
+configuration. What a step derives
+from the data (the small-real profile, a ``mean_std`` estimate, the KD formulation, the XLA
+decision) it returns; :meth:`RunOptions.replace` gives the options with such a value set, and
+the run directory records them (:func:`chestkd.training.run.record_options`).
+
+``RunOptions.config`` is the resolved configuration itself, read-only: what ``config.yaml``
+holds, what ``config_id`` and the model store's key are computed from, and what a model card
+quotes. Keys a run did not give take :data:`~chestkd.training.config.BASE_DEFAULTS` and
+:data:`~chestkd.training.config.KD_DEFAULTS` in the typed fields (so a notebook may pass a
+partial dict to a library function: :func:`as_options`), never in ``config``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from chestkd.errors import ConfigError
+from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, check_config
+
+__all__ = ["EvaluationOptions", "ImageOptions", "KDOptions", "RunOptions", "TrainingOptions",
+           "as_options", "as_training", "run_options"]
+
+
+def _integer(owner, name: str) -> None:
+    """Set ``owner.name`` to its value as an int, or a ConfigError naming the option."""
+    value = getattr(owner, name)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r}: expected an integer") from None
+    object.__setattr__(owner, name, number)
+
+
+def _part(cls, config: Mapping):
+    """A ``cls`` of ``config``'s values, a missing key taking its default."""
+    defaults = {**BASE_DEFAULTS, **KD_DEFAULTS}
+    return cls(**{f.name: config.get(f.name, defaults.get(f.name, f.default))
+                  for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How images enter a model: what :func:`chestkd.data.pipeline.make_dataset` and the
+    saliency and export readers need besides the data."""
+    image_size: int = 224
+    normalization: str = "minus_one_one"
+    mean_std: tuple | None = None      # normalization mean_std: (mean, std) of the train split
+    cache_dir: str | None = None       # a prepared cache (``python -m chestkd.data prepare``)
+
+    def __post_init__(self):
+        _integer(self, "image_size")
+        if self.mean_std is not None:
+            object.__setattr__(self, "mean_std", tuple(float(v) for v in self.mean_std))
+
+    def pipeline(self) -> dict:
+        """The keyword arguments of ``make_dataset`` (and ``load_or_compute``)."""
+        return {"image_size": self.image_size, "normalization": self.normalization,
+                "mean_std": None if self.mean_std is None else list(self.mean_std),
+                "cache_dir": self.cache_dir}
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """What shapes a training run: the model, the optimisation, its schedule and devices."""
+    model: str = "densenet121"
+    weights: str | None = None
+    batch_size: int = 32
+    epochs: int = 200
+    seed: int = 0
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    weight_decay_mode: str = "coupled"
+    schedule: str = "step"
+    step_epochs: Any = None
+    checkpoint: str = "best_val"
+    augment: str | None = None
+    mixed_precision: bool = False
+    jit_compile: Any = "auto"
+    distribute: str = "auto"
+
+    def __post_init__(self):
+        for name in ("batch_size", "epochs", "seed"):
+            _integer(self, name)
+
+
+@dataclass(frozen=True)
+class KDOptions:
+    """The distillation: the loss and its formulation, and where the teacher's logits come
+    from (``kd_loss`` None: the data decides, :func:`chestkd.experiments.kd.resolve_kd_loss`)."""
+    kd_loss: str | None = None
+    temperature: float = 4.0
+    alpha: float = 0.9
+    teacher_outputs: str = "cached"
+    student_init: str = "fresh"
+    teacher_epochs: int | None = None
+    defective_fraction: float = 0.25
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How a trained model is scored and shown."""
+    threshold_rule: str = "youden"
+    bootstrap: int = 1000
+    latency_images: int = 32
+    saliency: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "threshold_rule", self.threshold_rule or "youden")
+        object.__setattr__(self, "bootstrap", self.bootstrap or 0)
+        _integer(self, "bootstrap")
+        _integer(self, "latency_images")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """One run's options: the resolved configuration (read-only) and its typed parts."""
+    config: Mapping
+    image: ImageOptions
+    training: TrainingOptions
+    kd: KDOptions
+    evaluation: EvaluationOptions
+
+    def replace(self, **values) -> "RunOptions":
+        """The options with ``values`` set (in ``config`` too, so the run records them)."""
+        return run_options({**self.config, **values}, check=False)
+
+    def to_config(self) -> dict:
+        """A mutable copy of the resolved configuration (for code that still takes a dict)."""
+        return copy.deepcopy(dict(self.config))
+
+    @property
+    def seed(self) -> int:
+        return self.training.seed
+
+    @property
+    def dataset(self) -> str:
+        return self.config.get("dataset", BASE_DEFAULTS["dataset"])
+
+
+def run_options(config: Mapping, *, check: bool = True) -> RunOptions:
+    """The options of a resolved configuration (a read-only copy of it is kept).
+
+    ``check``: first fail, naming the option, on a value that cannot work
+    (:func:`~chestkd.training.config.check_config`), before any data is read or any folder
+    made; a run to resume is checked when its saved configuration is read
+    (:func:`chestkd.training.run.open_run`).
+    """
+    if check and not config.get("resume"):
+        check_config(config)
+    kept = MappingProxyType(copy.deepcopy(dict(config)))
+    return RunOptions(kept, _part(ImageOptions, kept), _part(TrainingOptions, kept),
+                      _part(KDOptions, kept), _part(EvaluationOptions, kept))
+
+
+def as_options(value: "RunOptions | Mapping") -> RunOptions:
+    """``value`` itself, or the options of a configuration dict (a notebook's, or a recipe's
+    that still carries one), unchecked: a library function takes either."""
+    return value if isinstance(value, RunOptions) else run_options(value, check=False)
+
+
+def as_training(value) -> TrainingOptions:
+    """The :class:`TrainingOptions` of ``value``: themselves, or those of :func:`as_options`."""
+    return value if isinstance(value, TrainingOptions) else as_options(value).training

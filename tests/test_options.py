@@ -1,0 +1,151 @@
+"""The run's typed options (chestkd.training.options): made once at a recipe's edge, frozen,
+checked with the option named, and never written into by the library."""
+import ast
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chestkd.errors import ConfigError
+from chestkd.recipes import base_training, self_training
+from chestkd.training.classifier import prepare_run_data
+from chestkd.training.config import BASE_DEFAULTS, config_id, resolve_config
+from chestkd.training.options import as_options, as_training, run_options
+from chestkd.training.run import open_run, start_run
+
+TINY = ["--epochs", "1", "--batch-size", "8", "--image-size", "32", "phantom_images=60",
+        "phantom_size=64", "--bootstrap", "0"]
+
+
+def test_typed_parts_read_the_resolved_configuration(tmp_path):
+    config = resolve_config([*TINY, "--out", str(tmp_path)], self_training.DEFAULTS,
+                            recipe_profiles=self_training.RECIPE_PROFILES)
+    options = run_options(config)
+    assert (options.training.model, options.training.epochs, options.training.batch_size) \
+        == ("resnet20", 1, 8)
+    assert options.image.pipeline() == {"image_size": 32, "normalization": "minus_one_one",
+                                        "mean_std": None, "cache_dir": None}
+    assert (options.kd.temperature, options.kd.alpha, options.kd.student_init) == (4.0, 0.5,
+                                                                                  "fresh")
+    assert options.evaluation.bootstrap == 0 and options.seed == 0
+    assert dict(options.config) == config   # the record itself, a copy
+    config["epochs"] = 99
+    assert options.config["epochs"] == 1 and options.training.epochs == 1
+
+
+def test_options_are_frozen_and_replace_returns_new_ones():
+    options = run_options({**BASE_DEFAULTS, "normalization": "mean_std"}, check=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.training.epochs = 3
+    with pytest.raises(TypeError):
+        options.config["epochs"] = 3          # a read-only view of the configuration
+    settled = options.replace(mean_std=[0.5, 0.25])
+    assert settled.image.mean_std == (0.5, 0.25) and settled.config["mean_std"] == [0.5, 0.25]
+    assert options.image.mean_std is None and options.config["mean_std"] is None
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", "many", "--epochs 'many'"),
+    ("optimizer", "lbfgs", "--optimizer 'lbfgs'"),
+    ("normalization", "scaled", "--normalization 'scaled'"),
+])
+def test_a_bad_value_is_named_before_anything_runs(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        run_options({**BASE_DEFAULTS, key: value})
+    if key == "epochs":  # unchecked (a notebook's dict), the typed field still names it
+        with pytest.raises(ConfigError, match="--epochs 'many': expected an integer"):
+            as_options({key: value})
+
+
+def test_a_partial_dict_takes_the_defaults_in_its_typed_fields_only():
+    options = as_options({"epochs": 3})
+    assert options.training.epochs == 3
+    assert options.training.optimizer == BASE_DEFAULTS["optimizer"]
+    assert options.kd.kd_loss is None and options.kd.teacher_outputs == "cached"
+    assert dict(options.config) == {"epochs": 3}
+    assert as_options(options) is options and as_training(options) is options.training
+
+
+def test_open_run_saves_what_start_run_saved(tmp_path):
+    """config.yaml and config_id are those of the dict path (existing runs stay found)."""
+    argv = [*TINY, "--out", str(tmp_path / "a")]
+    legacy = resolve_config(argv, self_training.DEFAULTS)
+    old_dir = start_run(legacy, "self_training")
+    new_dir, options = open_run(run_options(resolve_config(argv, self_training.DEFAULTS)),
+                                "self_training")
+    assert old_dir != new_dir
+    old_text = (old_dir / "config.yaml").read_text().replace(str(old_dir), "RUN")
+    new_text = (new_dir / "config.yaml").read_text().replace(str(new_dir), "RUN")
+    assert old_text == new_text
+    assert options.config["config_id"] == legacy["config_id"] == config_id(
+        {k: v for k, v in yaml.safe_load(old_text).items() if k != "config_id"})
+    assert options.config["run_dir"] == str(new_dir)
+
+
+def test_prepare_run_data_returns_what_the_data_settled_and_records_it(tmp_path):
+    argv = [*TINY, "--out", str(tmp_path), "--normalization", "mean_std"]
+    given = run_options(resolve_config(argv, base_training.DEFAULTS))
+    run_dir, given = open_run(given, "base_training")
+    data, settled = prepare_run_data(given, run_dir)
+    assert given.image.mean_std is None and given.config["mean_std"] is None  # untouched
+    mean, std = settled.image.mean_std
+    assert -1.0 < mean < 1.0 and 0.0 < std < 1.0
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["mean_std"] == [mean, std]
+    assert len(data.subset("train"))
+
+
+@pytest.mark.parametrize("recipe", [self_training, base_training])
+def test_the_main_jobs_configuration_stops_at_its_edge(recipe):
+    """``run_once`` turns the dict into options first and hands no dict to the library: the
+    name ``config`` occurs once, as the argument of ``run_options``."""
+    tree = ast.parse(inspect.getsource(recipe.run_once))
+    uses = [node for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id == "config"]
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and getattr(node.func, "id", None) == "run_options"]
+    assert len(uses) == 1 and len(calls) == 1 and calls[0].args[0] is uses[0]
+
+
+def test_the_library_writes_nothing_into_a_configuration():
+    """No function below the recipes writes into a ``config`` it was given
+    (``config[...] =``, ``config.update`` ...), save the parser and the two adapters for code
+    that still carries a dict, which say so."""
+    package = Path(self_training.__file__).resolve().parents[1]
+    allowed = {("training/config.py", None), ("training/run.py", "start_run"),
+               ("training/classifier.py", "load_run_data")}
+    offences = []
+    for layer in ("data", "training", "distill", "evaluation", "saliency", "robustness",
+                  "experiments"):
+        for path in (package / layer).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            for function in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]:
+                if "config" not in [a.arg for a in function.args.args + function.args.kwonlyargs]:
+                    continue
+                for node in ast.walk(function):
+                    target = (node.targets[0] if isinstance(node, ast.Assign) else
+                              node.func.value if isinstance(node, ast.Call)
+                              and isinstance(node.func, ast.Attribute)
+                              and node.func.attr in ("update", "pop", "setdefault", "clear")
+                              else None)
+                    if isinstance(target, ast.Subscript):
+                        target = target.value
+                    if isinstance(target, ast.Name) and target.id == "config":
+                        where = str(path.relative_to(package))
+                        if (where, None) not in allowed and (where, function.name) not in allowed:
+                            offences.append(f"{where}:{node.lineno} in {function.name}")
+    assert not offences, offences
+
+
+def test_the_configuration_pages_example_runs(tmp_path, monkeypatch):
+    """docs/configuration.md's code block, on a tiny phantom in a fresh folder."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    block = page.split("```python\n", 1)[1].split("```", 1)[0]
+    tiny = '["--epochs", "1", "phantom_images=60", "--image-size", "32", "phantom_size=64"]'
+    assert '["--epochs", "3"]' in block
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(block.replace('["--epochs", "3"]', tiny), namespace)
+    options, run_dir = namespace["options"], namespace["run_dir"]
+    assert options.training.epochs == 1 and options.image.image_size == 32
+    assert (run_dir / "config.yaml").is_file() and options.config["recipe"] == "base_training"
