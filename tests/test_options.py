@@ -1,6 +1,7 @@
 """The run's typed options (chestkd.training.options): made once at a recipe's edge, frozen,
 checked with the option named, and never written into by the library."""
 import ast
+import json
 import dataclasses
 import inspect
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from chestkd.errors import ConfigError
+from chestkd.experiments.kd import kd_experiment
 from chestkd.recipes import base_training, self_training
 from chestkd.training.classifier import prepare_run_data
 from chestkd.training.config import BASE_DEFAULTS, config_id, resolve_config
@@ -96,11 +98,12 @@ def test_prepare_run_data_returns_what_the_data_settled_and_records_it(tmp_path)
     assert len(data.subset("train"))
 
 
-@pytest.mark.parametrize("recipe", [self_training, base_training])
-def test_the_main_jobs_configuration_stops_at_its_edge(recipe):
+@pytest.mark.parametrize("run_once", [self_training.run_once, base_training.run_once,
+                                      kd_experiment])
+def test_the_configuration_stops_at_the_edge(run_once):
     """``run_once`` turns the dict into options first and hands no dict to the library: the
     name ``config`` occurs once, as the argument of ``run_options``."""
-    tree = ast.parse(inspect.getsource(recipe.run_once))
+    tree = ast.parse(inspect.getsource(run_once))
     uses = [node for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id == "config"]
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
              and getattr(node.func, "id", None) == "run_options"]
@@ -149,3 +152,36 @@ def test_the_configuration_pages_example_runs(tmp_path, monkeypatch):
     options, run_dir = namespace["options"], namespace["run_dir"]
     assert options.training.epochs == 1 and options.image.image_size == 32
     assert (run_dir / "config.yaml").is_file() and options.config["recipe"] == "base_training"
+
+
+def test_a_repeat_over_seeds_lists_each_seeds_run(tmp_path):
+    """The runs no longer write their folder into a shared dict: each run returns it."""
+    summary = base_training.run([*TINY, "--seeds", "0,1", "--out", str(tmp_path)])
+    runs = [Path(run) for run in summary["runs"]]
+    assert len(runs) == 2 and all((run / "metrics.json").is_file() for run in runs)
+    assert [yaml.safe_load((run / "config.yaml").read_text())["seed"] for run in runs] == [0, 1]
+    aucs = [json.loads((run / "metrics.json").read_text())["mean_auc"] for run in runs]
+    assert summary["mean_auc"]["values"] == pytest.approx(aucs)
+
+
+@pytest.mark.parametrize("name", ["ensemble_kd", "assistant_kd", "ros_kd", "transfer_learning"])
+def test_every_recipe_runs_once_per_seed(name, monkeypatch, capsys):
+    """Regression: these recipes accepted --seeds and ran once, with seed 0. Each is now a
+    recipe_entry: its plan first, then one run per seed."""
+    import importlib
+    recipe = importlib.import_module(f"chestkd.recipes.{name}")
+
+    class Started(Exception):
+        pass
+
+    def start_run(config, recipe_name):
+        raise Started(dict(config))
+
+    monkeypatch.setattr(recipe, "start_run", start_run)
+    with pytest.raises(Started) as started:
+        recipe.run(["--seeds", "3,4"])
+    first = started.value.args[0]
+    assert (first["seed"], first["seeds"]) == (3, None)
+    printed = capsys.readouterr().out
+    assert "plan" in printed.lower() or "trains, in order" in printed
+    assert "=== seed 3 (1 of 2) ===" in printed

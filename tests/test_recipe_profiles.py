@@ -58,11 +58,22 @@ def test_ros_kd_run_resolves_its_profile_through_the_one_mechanism(monkeypatch):
     """Regression (issue 17): ros_kd laid PHANTOM_ROS over the config by hand after
     resolve_config (the phantom's 128 px, 3,000 films, 15 epochs and all seven studies
     stayed); ``run`` now resolves it like every recipe."""
-    monkeypatch.setattr(ros_kd, "run_once", lambda config: config)
-    config = ros_kd.run([])
+    class Started(Exception):
+        """Raised where the run would make its folder, carrying the resolved configuration."""
+
+    def start_run(config, recipe):
+        raise Started(config)
+
+    def resolved_by_run(argv):
+        with pytest.raises(Started) as started:
+            ros_kd.run(argv)
+        return started.value.args[0]
+
+    monkeypatch.setattr(ros_kd, "start_run", start_run)
+    config = resolved_by_run([])
     assert {key: config[key] for key in EXPECTED["ros_kd"]} == EXPECTED["ros_kd"]
-    mine = ros_kd.run(["--epochs", "2", "subsets=2", "--image-size", "48",
-                       "studies=[table1,robustness]", "teachers=[conv3_student]"])
+    mine = resolved_by_run(["--epochs", "2", "subsets=2", "--image-size", "48",
+                            "studies=[table1,robustness]", "teachers=[conv3_student]"])
     assert (mine["epochs"], mine["subsets"], mine["image_size"], mine["studies"],
             mine["teachers"]) == (2, 2, 48, ["table1", "robustness"], ["conv3_student"])
     assert (mine["phantom_images"], mine["kd_teacher"]) == (3000, "resnet32")

@@ -33,11 +33,11 @@ from chestkd.evaluation.metrics import count_params, latency_per_image
 from chestkd.experiments.chain import copy_stage_results
 from chestkd.experiments.feature_kd import distil_features, mean_test_auc
 from chestkd.experiments.kd import distil, evaluate_once
+from chestkd.experiments.repeat import data_in_plan
 from chestkd.experiments.store import obtain_model
 from chestkd.models import build, get_spec
 from chestkd.models.ensemble import (COMBINE, attach_branches, branch_feature_layers,
                                      branch_layer_name, ensemble_student, features_layer)
-from chestkd.training.config import PHANTOM_DATASETS
 from chestkd.training.classifier import image_options
 from chestkd.training.run import load_model, write_json
 
@@ -82,10 +82,7 @@ def check_options(config) -> list:
 
 def plan(config, branches) -> str:
     """What the run will train, printed before anything is read or trained."""
-    images = (f"the phantom, {config['phantom_images']} films written at "
-              f"{config['phantom_size']} px" if config["dataset"] in PHANTOM_DATASETS
-              and not config.get("data_dir") else f"{config['dataset']} from "
-              f"{config.get('data_dir')}")
+    images = data_in_plan(config)
     standalone = [s for s in STANDALONE if s in (config.get("standalone") or [])]
     alone = {"base": "base training", "kd": "standard KD from the teacher"}
     return "\n".join([

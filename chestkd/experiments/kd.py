@@ -30,8 +30,8 @@ from chestkd.experiments.store import copy_results, obtain_model, snapshot_epoch
 from chestkd.scores import probabilities_from_logits
 from chestkd.training.classifier import (build_model, image_options, pipelines,
                                          prepare_run_data, set_precision)
-from chestkd.training.options import RunOptions, as_options
-from chestkd.training.run import Stages, best_model, seed_everything, start_run, write_json
+from chestkd.training.options import RunOptions, as_options, run_options
+from chestkd.training.run import Stages, best_model, open_run, seed_everything, write_json
 from chestkd.training.teacher_cache import load_or_compute
 from chestkd.training.trainer import (distribution_strategy, fit, make_optimizer,
                                       resolve_jit_compile)
@@ -194,10 +194,10 @@ def kd_experiment(config: dict) -> dict:
     ``reversed`` the roles swap: the student model is trained first and teaches the teacher
     model, which is the model evaluated.
     """
-    strategy = config["strategy"]
-    run_dir = start_run(config, "kd")
+    run_dir, options = open_run(run_options(config), "kd")  # no dict goes further
     print(f"run directory: {run_dir}")
-    data, options = prepare_run_data(as_options(config), run_dir)
+    data, options = prepare_run_data(options, run_dir)
+    strategy = options.config["strategy"]
     kd_loss = resolve_kd_loss(options, data)
     teacher_name, student_name = options.config["teacher"], options.config["student"]
     if strategy == "reversed":

@@ -16,7 +16,7 @@ import pandas as pd
 
 from chestkd.cli import main_of
 from chestkd.evaluation import markdown_table
-from chestkd.training.config import check_config, resolve_config, seed_list
+from chestkd.training.config import PHANTOM_DATASETS, check_config, resolve_config, seed_list
 from chestkd.training.run import new_run_dir, write_json
 
 # Scalar results and per-class tables summarised when a run reports them.
@@ -81,16 +81,28 @@ def over_seeds(run_one, config: dict) -> dict:
     return {**summary, "summary_dir": str(Path(folder))}
 
 
-def recipe_entry(run_once, defaults: dict, doc: str, **resolve_options):
+def recipe_entry(run_once, defaults: dict, doc: str, *, plan=None, **resolve_options):
     """``(run, main)`` of a recipe whose one run is ``run_once(config)``.
 
     ``run(argv)`` resolves the configuration (:func:`~chestkd.training.config.resolve_config`
     with ``defaults``, the recipe's docstring ``doc`` for ``--help`` and ``resolve_options``
-    such as ``recipe_profiles``), then runs once, or once per seed with ``--seeds``;
+    such as ``recipe_profiles``), prints ``plan(config)`` (what the run will train; it may
+    refuse an option first), then runs once, or once per seed with ``--seeds``;
     ``main(argv)`` is the console-script entry (exit 0 on success, 2 on a user error).
     """
     def run(argv=None) -> dict:
         config = resolve_config(argv, defaults, doc, **resolve_options)
+        if plan is not None:
+            print(plan(config), flush=True)
         return over_seeds(run_once, config) if config.get("seeds") else run_once(config)
 
     return run, main_of(run)
+
+
+def data_in_plan(config: dict) -> str:
+    """A plan's words for the run's data: ``the phantom, 3000 films written at 128 px`` or
+    ``chestxray14 from DIR``."""
+    if config["dataset"] in PHANTOM_DATASETS and not config.get("data_dir"):
+        return (f"the phantom, {config['phantom_images']} films written at "
+                f"{config['phantom_size']} px")
+    return f"{config['dataset']} from {config.get('data_dir')}"

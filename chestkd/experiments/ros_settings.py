@@ -17,11 +17,12 @@ from chestkd.distill.teacher_mixing import (TEACHER_COMBINE, WEIGHT_DRAWS, check
                                             check_weight_draw)
 from chestkd.errors import ConfigError
 from chestkd.experiments.kd import evaluate_once
+from chestkd.experiments.repeat import data_in_plan
 from chestkd.experiments.ros import (distil_setting, logit_tables, macro_scores,
                                      obtain_teachers, ros_store, teacher_names)
 from chestkd.experiments.store import MODEL_KEYS, obtain_model
 from chestkd.models import get_spec
-from chestkd.training.config import PHANTOM_DATASETS, config_id, save_config
+from chestkd.training.config import config_id, save_config
 from chestkd.training.classifier import load_run_data
 from chestkd.training.run import Stages, load_model, write_json
 
@@ -83,10 +84,7 @@ def check_ros_config(config: dict) -> None:
 
 def plan(config: dict) -> str:
     """What the run will train, printed before anything is read or trained."""
-    images = (f"the phantom, {config['phantom_images']} films written at "
-              f"{config['phantom_size']} px" if config["dataset"] in PHANTOM_DATASETS
-              and not config.get("data_dir") else f"{config['dataset']} from "
-              f"{config.get('data_dir')}")
+    images = data_in_plan(config)
     k = int(config["subsets"])
     settings = {"I": "I the student alone (model store)",
                 "II": f"II standard KD from {config['kd_teacher']} (full split)",

@@ -36,12 +36,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from chestkd.cli import main_of
 from chestkd.experiments.chain import (chain_metrics, chain_rows, chain_settings,
                                        per_class_reports, run_ablation, run_chain, stage_plan,
                                        summary_lines, write_ablation)
 from chestkd.experiments.kd import resolve_kd_loss
-from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, PHANTOM_DATASETS, resolve_config
+from chestkd.experiments.repeat import data_in_plan, recipe_entry
+from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS
 from chestkd.training.classifier import load_run_data
 from chestkd.training.run import start_run, write_json
 
@@ -65,10 +65,7 @@ RECIPE_PROFILES = {"phantom": PHANTOM_ASSISTANT}
 
 def plan(config, chain, settings) -> str:
     """What the run will train, printed before anything is read or trained."""
-    images = (f"the phantom, {config['phantom_images']} films written at "
-              f"{config['phantom_size']} px" if config["dataset"] in PHANTOM_DATASETS
-              and not config.get("data_dir") else f"{config['dataset']} from "
-              f"{config.get('data_dir')}")
+    images = data_in_plan(config)
     return "\n".join([
         f"assistant_kd plan ({config.get('profile') or 'no'} profile): {images}; "
         f"{config['image_size']} px, {config['epochs']} epochs per training, batch "
@@ -79,11 +76,13 @@ def plan(config, chain, settings) -> str:
         "(recipes/covid19.yaml: the COVID-19 case study)"])
 
 
-def run(argv=None) -> dict:
-    config = resolve_config(argv, DEFAULTS, __doc__, recipe_profiles=RECIPE_PROFILES)
+def checked_plan(config: dict) -> str:
+    chain = config.get("chain")  # a bad option fails before any data is read
+    return plan(config, chain, chain_settings(config, chain))
+
+
+def run_once(config: dict) -> dict:
     chain = config.get("chain")
-    settings = chain_settings(config, chain)  # a bad option fails before any data is read
-    print(plan(config, chain, settings), flush=True)
     if not config.get("run_name") and not config.get("resume"):
         config["run_name"] = f"assistant_kd-{Path(str(chain[-1])).stem}"
     run_dir = start_run(config, "assistant_kd")
@@ -110,7 +109,8 @@ def run(argv=None) -> dict:
     return json.loads(json.dumps(results, default=str))
 
 
-main = main_of(run)
+run, main = recipe_entry(run_once, DEFAULTS, __doc__, plan=checked_plan,
+                         recipe_profiles=RECIPE_PROFILES)
 
 if __name__ == "__main__":
     raise SystemExit(main())

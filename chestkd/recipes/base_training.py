@@ -24,8 +24,7 @@ DEFAULTS = BASE_DEFAULTS
 
 
 def run_once(config: dict) -> dict:
-    options = run_options(config)  # checked, typed, frozen: no dict goes further
-    run_dir, options = open_run(options, "base_training")
+    run_dir, options = open_run(run_options(config), "base_training")  # no dict goes further
     print(f"run directory: {run_dir}")
     data, options = prepare_run_data(options, run_dir)
     model, source = obtain_model(options, data, options.training.model)
@@ -36,7 +35,7 @@ def run_once(config: dict) -> dict:
     else:                      # --model FILE.keras: a given model, scored as it is
         results = evaluate_model(model, data, options, run_dir)
     print_results(results)
-    return results
+    return {**results, "run_dir": str(run_dir)}
 
 
 run, main = recipe_entry(run_once, DEFAULTS, __doc__)

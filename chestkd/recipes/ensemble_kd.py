@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chestkd.cli import main_of
 from chestkd.experiments.ensemble import (PAPER_BRANCHES, STANDALONE, check_layers,
                                           check_options, distil_ensemble, plan,
                                           standalone_row, teacher_feature_scale, teacher_row,
                                           write_table1)
 from chestkd.experiments.kd import record_teacher, resolve_kd_loss
+from chestkd.experiments.repeat import recipe_entry
 from chestkd.experiments.store import obtain_model
-from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, resolve_config
+from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS
 from chestkd.training.classifier import load_run_data
 from chestkd.training.run import start_run
 
@@ -63,13 +63,15 @@ PHANTOM_ENSEMBLE = {"teacher": "resnet32", "branches": ["conv3_student", "baseli
 RECIPE_PROFILES = {"phantom": PHANTOM_ENSEMBLE}
 
 
-def run(argv=None) -> dict:
-    config = resolve_config(argv, DEFAULTS, __doc__, recipe_profiles=RECIPE_PROFILES)
-    branches = check_options(config)  # every option and model name, before any data
+def checked_plan(config: dict) -> str:
+    return plan(config, check_options(config))  # every option and model name, before any data
+
+
+def run_once(config: dict) -> dict:
+    branches = check_options(config)
     config["branches"] = list(branches)
     if not config.get("run_name") and not config.get("resume"):
         config["run_name"] = f"ensemble_kd-{Path(str(config['teacher'])).stem}"
-    print(plan(config, branches), flush=True)
     run_dir = start_run(config, "ensemble_kd")
     print(f"run directory: {run_dir}")
     data = load_run_data(config, run_dir)
@@ -95,7 +97,8 @@ def run(argv=None) -> dict:
                         teacher_source=source, teacher_layer=teacher_layer, scale=scale)
 
 
-main = main_of(run)
+run, main = recipe_entry(run_once, DEFAULTS, __doc__, plan=checked_plan,
+                         recipe_profiles=RECIPE_PROFILES)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -23,10 +23,9 @@ the paper's settings are ``--config recipes/X.yaml``
 (``recipes/table1/standard_kd-resnet152-densenet121.yaml``: one file per Table 1
 cell, on the shared ``recipes/paper_kd.yaml``). The run prints its plan first.
 """
-from chestkd.cli import main_of
 from chestkd.experiments.kd import kd_experiment
-from chestkd.experiments.repeat import over_seeds
-from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, PHANTOM_DATASETS, resolve_config
+from chestkd.experiments.repeat import data_in_plan, recipe_entry
+from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS
 
 DEFAULTS = {**BASE_DEFAULTS, **KD_DEFAULTS}
 # No data (over PHANTOM_PROFILE; keys you set win): the main job's model and schedule as the
@@ -36,10 +35,7 @@ RECIPE_PROFILES = {"phantom": {"teacher": "resnet20", "batch_size": 16, "epochs"
 
 def plan(config) -> str:
     """What the run will train, printed before anything is read or trained."""
-    images = (f"the phantom, {config['phantom_images']} films written at "
-              f"{config['phantom_size']} px" if config["dataset"] in PHANTOM_DATASETS
-              and not config.get("data_dir") else f"{config['dataset']} from "
-              f"{config.get('data_dir')}")
+    images = data_in_plan(config)
     strategy = config["strategy"]
     teacher, student = config["teacher"], config["student"]
     if strategy == "reversed":
@@ -64,14 +60,14 @@ def plan(config) -> str:
            if config.get("profile") == "phantom" else "")])
 
 
-def run(argv=None, *, strategy: str | None = None) -> dict:
+def entry(strategy: str | None = None):
+    """``(run, main)`` of this recipe, with ``strategy`` as the default (``standard_kd`` ...)."""
     defaults = DEFAULTS if strategy is None else {**DEFAULTS, "strategy": strategy}
-    config = resolve_config(argv, defaults, __doc__, recipe_profiles=RECIPE_PROFILES)
-    print(plan(config), flush=True)
-    return over_seeds(kd_experiment, config) if config.get("seeds") else kd_experiment(config)
+    return recipe_entry(kd_experiment, defaults, __doc__, plan=plan,
+                        recipe_profiles=RECIPE_PROFILES)
 
 
-main = main_of(run)
+run, main = entry()
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chestkd.cli import main_of
 from chestkd.experiments.ros_settings import (BASELINES, STUDIES, RosSettings, check_ros_config,
                                               demo_note, plan, studies)
+from chestkd.experiments.repeat import recipe_entry
 from chestkd.experiments.ros_studies import landscape_writer, run_studies, table_writer
-from chestkd.training.config import BASE_DEFAULTS, resolve_config
+from chestkd.training.config import BASE_DEFAULTS
 from chestkd.training.run import start_run, write_json
 
 PAPER_TEACHERS = ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "densenet121"]
@@ -60,9 +60,12 @@ PHANTOM_ROS = {"teachers": ["resnet32", "baseline_cnn", "conv3_student"], "subse
 RECIPE_PROFILES = {"phantom": PHANTOM_ROS}
 
 
+def checked_plan(config: dict) -> str:
+    check_ros_config(config)  # every option and model name, before anything is read
+    return plan(config)
+
+
 def run_once(config: dict) -> dict:
-    check_ros_config(config)
-    print(plan(config), flush=True)
     config["run_name"] = config.get("run_name") or f"ros_kd-{Path(str(config['student'])).stem}"
     run_dir = start_run(config, "ros_kd")
     print(f"run directory: {run_dir}")
@@ -71,15 +74,11 @@ def run_once(config: dict) -> dict:
     results = run_studies(RosSettings(config, run_dir), studies(config),
                           table_writer(demo_note(config)), landscape=landscape_writer(config))
     write_json(results, run_dir / "metrics.json")
-    return results
+    return {**results, "run_dir": str(run_dir)}
 
 
-def run(argv=None) -> dict:
-    config = resolve_config(argv, DEFAULTS, __doc__, recipe_profiles=RECIPE_PROFILES)
-    return run_once(config)
-
-
-main = main_of(run)
+run, main = recipe_entry(run_once, DEFAULTS, __doc__, plan=checked_plan,
+                         recipe_profiles=RECIPE_PROFILES)
 
 if __name__ == "__main__":
     raise SystemExit(main())

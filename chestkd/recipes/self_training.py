@@ -63,8 +63,7 @@ def saliency_stage(options: RunOptions, data, run_dir, stages, base, student) ->
 def run_once(config: dict) -> dict:
     # Wall time per stage (log, metrics.json); base_training includes the store's first scoring.
     timer = StageTimer()
-    options = run_options(config)  # checked, typed, frozen: no dict goes further
-    run_dir, options = open_run(options, "self_training")
+    run_dir, options = open_run(run_options(config), "self_training")  # no dict goes further
     stages = Stages(run_dir)
     print(f"run directory: {run_dir}")
     with timer.stage("data"):  # generating the phantom, or reading a dataset, and its set-up
@@ -95,7 +94,8 @@ def run_once(config: dict) -> dict:
                                run_dir / "test_predictions.npz", run_dir,
                                names=("base", "self-trained"), title=title,
                                n_boot=options.evaluation.bootstrap, seed=seed)
-    results.update(strategy="self_training", kd_loss=loss, teacher_source=str(base_dir),
+    results.update(strategy="self_training", kd_loss=loss, run_dir=str(run_dir),
+                   teacher_source=str(base_dir),
                    student_seed=seed + (1 if fresh else 0),
                    base_mean_auc=base_metrics["mean_auc"],
                    base_per_class_auc=base_metrics["per_class_auc"],

@@ -1,12 +1,8 @@
 """Standard KD: ``python -m chestkd.recipes.kd --strategy standard`` (same options; see that recipe)."""
-from functools import partial
-
-from chestkd.cli import main_of
 from chestkd.recipes import kd
 
 DEFAULTS = {**kd.DEFAULTS, "strategy": "standard"}
-run = partial(kd.run, strategy="standard")
-main = main_of(run)
+run, main = kd.entry("standard")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 
-from chestkd.cli import main_of
 from chestkd.experiments.transfer import (SETUP_FOLDERS, baseline_epochs, check_options,
                                           copied_layers, distil_student, initial_model,
                                           kd_alpha, plan, positive_index, teacher_setup,
                                           train_stage, two_stage, write_table)
+from chestkd.experiments.repeat import recipe_entry
 from chestkd.training.config import BASE_DEFAULTS, resolve_config
 from chestkd.training.classifier import load_run_data, set_precision
 from chestkd.training.run import start_run, write_json
@@ -50,17 +50,18 @@ PHANTOM_TRANSFER = {"image_size": 64, "phantom_size": 64, "phantom_images": 1000
 RECIPE_PROFILES = {"phantom": PHANTOM_TRANSFER}
 
 
-def resolve(argv) -> dict:
-    config = resolve_config(argv, DEFAULTS, __doc__, recipe_profiles=RECIPE_PROFILES)
+def checked(config: dict) -> dict:
     config["model"] = config["transfer_model"]   # names the run folder
-    check_options(config)
+    check_options(config)  # every option, before anything is read or trained
     return config
 
 
-def run(argv=None) -> dict:
-    config = resolve(argv)
-    print(plan(config), flush=True)
-    run_dir = start_run(config, "transfer_learning")
+def resolve(argv) -> dict:
+    return checked(resolve_config(argv, DEFAULTS, __doc__, recipe_profiles=RECIPE_PROFILES))
+
+
+def run_once(config: dict) -> dict:
+    run_dir = start_run(checked(config), "transfer_learning")
     print(f"run directory: {run_dir}")
     set_precision(config)
     data = load_run_data(config, run_dir)
@@ -90,7 +91,8 @@ def run(argv=None) -> dict:
     return summary
 
 
-main = main_of(run)
+run, main = recipe_entry(run_once, DEFAULTS, __doc__, plan=lambda config: plan(checked(config)),
+                         recipe_profiles=RECIPE_PROFILES)
 
 if __name__ == "__main__":
     raise SystemExit(main())
