@@ -30,8 +30,8 @@ def test_lower_layers_never_import_higher_ones():
 
 # --------------------------------------------------------------------------- narrower rules
 
-SUBPACKAGES = ("data", "models", "training", "distill", "evaluation", "saliency", "robustness",
-               "experiments", "recipes")
+SUBPACKAGES = ("data", "data/phantom", "models", "training", "distill", "evaluation",
+               "saliency", "robustness", "experiments", "recipes")
 # The saliency package: three wings, each importing only the wings before it (methods, then
 # the analyses computed from maps, then the report that composes both), under the commands.
 SALIENCY_WINGS = ("methods", "analysis", "report")
@@ -138,7 +138,7 @@ def test_every_subpackage_declares_its_public_names():
         declared = [node for node in tree.body if isinstance(node, ast.Assign)
                     and any(getattr(t, "id", None) == "__all__" for t in node.targets)]
         assert declared, f"chestkd/{package}/__init__.py has no __all__"
-        module = importlib.import_module(f"chestkd.{package}")
+        module = importlib.import_module(f"chestkd.{package.replace('/', '.')}")
         for name in module.__all__:
             if package == "recipes":  # the recipes' public names are their command modules
                 assert hasattr(importlib.import_module(f"chestkd.recipes.{name}"), "main")

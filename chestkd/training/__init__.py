@@ -10,7 +10,9 @@ import importlib
 # public name -> the submodule defining it
 _PUBLIC = {
     "resolve_config": "config", "config_id": "config", "save_config": "config",
-    "start_run": "run", "seed_everything": "run", "Stages": "run", "StageTimer": "run",
+    "RunOptions": "options", "run_options": "options", "as_options": "options",
+    "open_run": "run", "start_run": "run", "seed_everything": "run", "Stages": "run",
+    "StageTimer": "run", "prepare_run_data": "classifier",
     "finished_run": "run", "load_model": "run",
     "fit": "trainer",
     "MaskedBinaryCrossentropy": "losses", "CategoricalCrossentropyFromLogits": "losses",
