@@ -156,7 +156,8 @@ def test_the_configuration_pages_example_runs(tmp_path, monkeypatch):
 
 def test_a_repeat_over_seeds_lists_each_seeds_run(tmp_path):
     """The runs no longer write their folder into a shared dict: each run returns it."""
-    summary = base_training.run([*TINY, "--seeds", "0,1", "--out", str(tmp_path)])
+    summary = base_training.run([*TINY, "--seeds", "0,1", "--out", str(tmp_path),
+                                 "--model", "conv3_student", "latency_images=2"])
     runs = [Path(run) for run in summary["runs"]]
     assert len(runs) == 2 and all((run / "metrics.json").is_file() for run in runs)
     assert [yaml.safe_load((run / "config.yaml").read_text())["seed"] for run in runs] == [0, 1]
