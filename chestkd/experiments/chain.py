@@ -226,7 +226,7 @@ def per_class_reports(run_dir, names) -> str:
 
 
 def summary_lines(config: dict, data_name: str, chain, outcome: dict, rows: list,
-                  run_dir) -> list:
+                  run_dir, kd_loss: str) -> list:
     """``summary.md`` up to the ablation: the chain's settings, its table, the reports."""
     settings = outcome["settings"]
     terms = "; ".join(f"{d} x {w:g} ({l if isinstance(l, str) else 'pairs'})" for d, w, l in
@@ -236,18 +236,18 @@ def summary_lines(config: dict, data_name: str, chain, outcome: dict, rows: list
             f"the recipe run, NOT the paper's numbers (--config recipes/assistant_kd.yaml)."
             if config.get("profile") == "phantom" else "")
     return [f"# Teacher-assistant KD on {data_name}: {' -> '.join(map(str, chain))}", "",
-            f"KD loss {config['kd_loss_used']}, T = {config['temperature']:g}, "
+            f"KD loss {kd_loss}, T = {config['temperature']:g}, "
             f"alpha = {config['alpha']:g}; feature terms: {terms}{demo}", "",
             "## The chain (test split)", "", markdown_table(pd.DataFrame(rows), ".4f"), "",
             "## Classification reports (test split)", "",
             per_class_reports(run_dir, list(outcome["stages"]))]
 
 
-def chain_metrics(config: dict, chain, outcome: dict, rows: list) -> dict:
+def chain_metrics(config: dict, chain, outcome: dict, rows: list, kd_loss: str) -> dict:
     """``metrics.json`` of the chain: its settings, table, and whether every teacher stayed
     unchanged by the stage it taught."""
     stages = outcome["stages"]
-    return {"recipe": "assistant_kd", "chain": chain, "kd_loss": config["kd_loss_used"],
+    return {"recipe": "assistant_kd", "chain": chain, "kd_loss": kd_loss,
             "settings": outcome["settings"], "chain_table": rows,
             "teachers_unchanged": all(stage.get("teacher_unchanged", True)
                                       for stage in stages.values()),

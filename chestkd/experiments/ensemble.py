@@ -220,7 +220,7 @@ def distil_ensemble(config, run_dir, data, teacher, teacher_layer: str, branches
 
 
 def write_table1(config, data, run_dir, table, ensemble_results, branch_rows, *,
-                 teacher_source, teacher_layer: str, scale: float) -> dict:
+                 teacher_source, teacher_layer: str, scale: float, kd_loss: str) -> dict:
     """``table1.csv``/``.md`` (Table 1's layout: the rows of ``table``, the ensemble's
     branches and the ensemble), ``branches.csv`` and ``metrics.json``; returns the results."""
     branches = list(config["branches"])
@@ -240,7 +240,7 @@ def write_table1(config, data, run_dir, table, ensemble_results, branch_rows, *,
     branch_frame.to_csv(run_dir / "branches.csv", index=False)
     text = "\n".join([
         f"# Ensemble KD on {data.name}: {config['teacher']} -> {' + '.join(branches)}", "",
-        f"Mean test AUC. KD loss {config['kd_loss_used']}, T = {config['temperature']:g}, "
+        f"Mean test AUC. KD loss {kd_loss}, T = {config['temperature']:g}, "
         f"alpha = {config['alpha']:g}; feature term {config['feature_distance']} x "
         f"{config['feature_weight']:g} / {scale:.4g} per branch (its feature vector, the layer "
         f"its logits read, projected onto the teacher's {teacher_layer}; the divisor is the "

@@ -88,14 +88,14 @@ def run_once(config: dict) -> dict:
     run_dir = start_run(config, "assistant_kd")
     print(f"run directory: {run_dir}")
     data = load_run_data(config, run_dir)
-    config["kd_loss_used"] = resolve_kd_loss(config, data)  # the tables name it
+    kd_loss = resolve_kd_loss(config, data)  # the tables name it
     # 1-2. the teacher (model store), then each stage distilled from the one before it
     outcome = run_chain(config, data, run_dir, chain)
     # 3. every stage on the test split, side by side
     rows = chain_rows(outcome["stages"], run_dir, data.multi_label)
     pd.DataFrame(rows).to_csv(run_dir / "chain.csv", index=False)
-    text = summary_lines(config, data.name, chain, outcome, rows, run_dir)
-    results = chain_metrics(config, chain, outcome, rows)
+    text = summary_lines(config, data.name, chain, outcome, rows, run_dir, kd_loss)
+    results = chain_metrics(config, chain, outcome, rows, kd_loss)
     # 4. the ablation: the student alone, and distilled straight from the teacher
     if config.get("ablation"):
         results["ablation"] = run_ablation(config, data, run_dir, chain, outcome)

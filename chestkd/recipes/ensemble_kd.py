@@ -75,7 +75,7 @@ def run_once(config: dict) -> dict:
     run_dir = start_run(config, "ensemble_kd")
     print(f"run directory: {run_dir}")
     data = load_run_data(config, run_dir)
-    config["kd_loss_used"] = resolve_kd_loss(config, data)  # the tables name it
+    kd_loss = resolve_kd_loss(config, data)  # the tables name it
     teacher_layer = check_layers(config, data, branches)
 
     # 1. The teacher, base-trained once in the model store (or loaded).
@@ -94,7 +94,8 @@ def run_once(config: dict) -> dict:
                                                     teacher_layer, branches, scale)
     # 4. Table 1: the teacher, each branch model alone and in the ensemble, the ensemble.
     return write_table1(config, data, run_dir, table, ensemble_results, branch_rows,
-                        teacher_source=source, teacher_layer=teacher_layer, scale=scale)
+                        teacher_source=source, teacher_layer=teacher_layer, scale=scale,
+                        kd_loss=kd_loss)
 
 
 run, main = recipe_entry(run_once, DEFAULTS, __doc__, plan=checked_plan,
