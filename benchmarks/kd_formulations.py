@@ -55,7 +55,7 @@ def main():
         for formulation in FORMULATIONS:
             seed_everything(1)
             run_dir = new_run_dir(tmp, formulation)
-            student = distil({**config, "kd_loss": formulation, "kd_loss_used": formulation},
+            student = distil({**config, "kd_loss": formulation},
                              run_dir, data, teacher, args.student)
             rows.append((formulation, evaluate_model(student, data, as_options(config), run_dir)["mean_auc"],
                          agreement(student, teacher, data, config)))
