@@ -57,7 +57,8 @@ def main():
             run_dir = new_run_dir(tmp, formulation)
             student = distil({**config, "kd_loss": formulation},
                              run_dir, data, teacher, args.student)
-            rows.append((formulation, evaluate_model(student, data, as_options(config), run_dir)["mean_auc"],
+            scores = evaluate_model(student, data, as_options(config), run_dir)
+            rows.append((formulation, scores["mean_auc"],
                          agreement(student, teacher, data, config)))
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU.",
