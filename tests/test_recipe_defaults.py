@@ -75,12 +75,12 @@ def test_ensemble_options_are_checked_before_anything_runs(argv, option):
 
 def test_assistant_default_is_small_and_the_yamls_keep_the_papers_settings():
     config = assistant_config()
-    assert config["chain"] == [["resnet32", "baseline_cnn"], "resnet32", "conv3_student"]
+    assert config["chain"] == [["resnet20", "baseline_cnn"], "resnet20", "conv3_student"]
     assert (config["image_size"], config["phantom_images"], config["epochs"]) == (32, 2000, 6)
     text = assistant_kd.plan(config, config["chain"], chain_settings(config, config["chain"]))
-    for part in ("2000 films written at 32 px", "6 epochs", "teacher resnet32 + baseline_cnn",
-                 "logits averaged", "resnet32 distilled from resnet32 + baseline_cnn",
-                 "conv3_student distilled from resnet32", "ablation: conv3_student",
+    for part in ("2000 films written at 32 px", "6 epochs", "teacher resnet20 + baseline_cnn",
+                 "logits averaged", "resnet20 distilled from resnet20 + baseline_cnn",
+                 "conv3_student distilled from resnet20", "ablation: conv3_student",
                  "--config recipes/assistant_kd.yaml"):
         assert part in text, part
     paper = assistant_config("--config", str(REPO / "recipes" / "assistant_kd.yaml"))

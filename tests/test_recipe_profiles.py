@@ -29,7 +29,7 @@ EXPECTED = {
     "ensemble_kd": {"teacher": "resnet32", "branches": ["conv3_student", "baseline_cnn"],
                     "image_size": 32, "phantom_size": 32, "phantom_images": 3000,
                     "epochs": 8, "standalone": ["base", "kd"]},
-    "assistant_kd": {"chain": [["resnet32", "baseline_cnn"], "resnet32", "conv3_student"],
+    "assistant_kd": {"chain": [["resnet20", "baseline_cnn"], "resnet20", "conv3_student"],
                      "image_size": 32, "phantom_size": 32, "phantom_images": 2000,
                      "epochs": 6, "ablation": True},
     "ros_kd": {"teachers": ["resnet32", "baseline_cnn", "conv3_student"], "subsets": 3,
