@@ -160,3 +160,22 @@ def test_every_recipe_is_a_short_composition():
     long = {path.name: n for path in (PACKAGE / "recipes").glob("*.py")
             if (n := len(path.read_text().splitlines())) > 120}
     assert not long, f"recipes over 120 lines (move their steps into chestkd/experiments): {long}"
+
+
+def test_allowed_values_repeated_below_their_owner_stay_equal():
+    """The parser checks a few options whose owner sits above it (distill, evaluation) or
+    imports TensorFlow (data.augment); their copies must not drift from the owner's."""
+    from chestkd import predict
+    from chestkd.data import LOADERS
+    from chestkd.data.augment import AUGMENTATIONS
+    from chestkd.data.balance import BALANCE_MODES
+    from chestkd.distill.kd_loss import FORMULATIONS
+    from chestkd.evaluation.classification import THRESHOLD_RULES
+    from chestkd.training import config
+
+    assert config.AUGMENTATIONS == AUGMENTATIONS
+    assert config._CHOICES["augment"] == (None, *AUGMENTATIONS)
+    assert config._CHOICES["kd_loss"] == (None, *FORMULATIONS)
+    assert config._CHOICES["threshold_rule"] == THRESHOLD_RULES == predict.THRESHOLD_RULES
+    assert config._CHOICES["dataset"] == tuple(LOADERS)
+    assert config._CHOICES["balance"] == BALANCE_MODES

@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from chestkd.cli import list_option
+from chestkd.data import LOADERS
+from chestkd.data.balance import BALANCE_MODES
 from chestkd.errors import ConfigError
 
 # The papers' base-training settings (Ho & Gwak 2020): SGD, lr 0.1, momentum 0.9, weight decay
@@ -165,7 +167,9 @@ MULTI_LABEL_PHANTOM_ONLY = frozenset({"label_noise"})
 # Datasets of real images with no augmentation of their own in the papers: they overfit, so
 # `augment: None` means light augmentation for them (issue 10) and the papers' flip otherwise.
 LIGHT_AUGMENT_DATASETS = ("folder", "csv")
-AUGMENTATIONS = ("flip", "light", "strong")    # chestkd.data.augment has the ranges
+# chestkd.data.augment owns these (and their ranges); it imports TensorFlow, which parsing a
+# command line should not wait for, so the names are repeated here (a test keeps them equal).
+AUGMENTATIONS = ("flip", "light", "strong")
 
 KD_DEFAULTS = {
     "strategy": "standard",        # standard | reversed | defective (the KD recipe)
@@ -418,13 +422,13 @@ def resolve_augment(config: dict) -> str:
     return value
 
 
-DATASETS = ("chestxray14", "chexpert", "folder", "csv", "phantom", "pneumonia_phantom")
+DATASETS = tuple(LOADERS)
 
 _CHOICES = {
     "dataset": DATASETS,
     "augment": (None, *AUGMENTATIONS),
     "val_split": ("auto", "official", "carve"),
-    "balance": (None, "undersample", "oversample", "both"),
+    "balance": BALANCE_MODES,
     "optimizer": ("sgd", "adam", "adamw"),
     "weight_decay_mode": ("coupled", "decoupled"),
     "schedule": ("constant", "step", "cosine", "plateau"),
@@ -433,6 +437,7 @@ _CHOICES = {
     "strategy": STRATEGIES,
     "student_init": ("fresh", "teacher"),
     "teacher_outputs": ("cached", "online"),
+    # chestkd.distill.kd_loss.FORMULATIONS (distill sits above training; a test keeps them equal)
     "kd_loss": (None, "hinton", "ho2020_eq5", "ho2020_eq8", "sigmoid"),
     "uncertainty": ("ones", "zeros", "ignore"),
     "images": ("all", "present"),
