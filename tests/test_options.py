@@ -70,20 +70,23 @@ def test_a_partial_dict_takes_the_defaults_in_its_typed_fields_only():
     assert as_options(options) is options and as_training(options) is options.training
 
 
-def test_open_run_saves_what_start_run_saved(tmp_path):
-    """config.yaml and config_id are those of the dict path (existing runs stay found)."""
-    argv = [*TINY, "--out", str(tmp_path / "a")]
+def test_open_run_saves_the_configuration_as_runs_always_saved_it(tmp_path):
+    """config.yaml is the resolved configuration (no runtime ``_`` keys) with the recipe, then
+    config_id and run_dir appended, byte for byte as chestkd has always written it, so runs,
+    table cells and store entries made before the options existed are still found."""
+    argv = [*TINY, "--out", str(tmp_path)]
+    resolved = resolve_config(argv, self_training.DEFAULTS)
+    run_dir, options = open_run(run_options(resolved), "self_training")
+    expected = {k: v for k, v in resolved.items() if not k.startswith("_")}
+    expected["recipe"] = "self_training"
+    expected["config_id"] = config_id({k: v for k, v in resolved.items()
+                                       if not k.startswith("_")} | {"recipe": "self_training"})
+    expected["run_dir"] = str(run_dir)
+    assert (run_dir / "config.yaml").read_text() == yaml.safe_dump(expected, sort_keys=False)
+    assert dict(options.config) == {**resolved, **expected}
     legacy = resolve_config(argv, self_training.DEFAULTS)
-    old_dir = start_run(legacy, "self_training")
-    new_dir, options = open_run(run_options(resolve_config(argv, self_training.DEFAULTS)),
-                                "self_training")
-    assert old_dir != new_dir
-    old_text = (old_dir / "config.yaml").read_text().replace(str(old_dir), "RUN")
-    new_text = (new_dir / "config.yaml").read_text().replace(str(new_dir), "RUN")
-    assert old_text == new_text
-    assert options.config["config_id"] == legacy["config_id"] == config_id(
-        {k: v for k, v in yaml.safe_load(old_text).items() if k != "config_id"})
-    assert options.config["run_dir"] == str(new_dir)
+    legacy_dir = start_run(legacy, "self_training")  # the adapter for a dict
+    assert legacy["config_id"] == expected["config_id"] and legacy["run_dir"] == str(legacy_dir)
 
 
 def test_prepare_run_data_returns_what_the_data_settled_and_records_it(tmp_path):
