@@ -59,6 +59,9 @@ def test_a_bad_value_is_named_before_anything_runs(key, value, message):
     if key == "epochs":  # unchecked (a notebook's dict), the typed field still names it
         with pytest.raises(ConfigError, match="--epochs 'many': expected an integer"):
             as_options({key: value})
+        with pytest.raises(ConfigError, match="--epochs 2.7: expected an integer"):
+            as_options({key: 2.7})    # never truncated to 2
+        assert as_options({key: "3"}).training.epochs == 3
 
 
 def test_a_partial_dict_takes_the_defaults_in_its_typed_fields_only():
@@ -166,6 +169,8 @@ def test_a_repeat_over_seeds_lists_each_seeds_run(tmp_path):
     assert [yaml.safe_load((run / "config.yaml").read_text())["seed"] for run in runs] == [0, 1]
     aucs = [json.loads((run / "metrics.json").read_text())["mean_auc"] for run in runs]
     assert summary["mean_auc"]["values"] == pytest.approx(aucs)
+    text = (Path(summary["summary_dir"]) / "summary.md").read_text()
+    assert all(f"- seed {s}: {run}" in text for s, run in zip((0, 1), runs))
 
 
 @pytest.mark.parametrize("name", ["ensemble_kd", "assistant_kd", "ros_kd", "transfer_learning"])
@@ -189,3 +194,15 @@ def test_every_recipe_runs_once_per_seed(name, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "plan" in printed.lower() or "trains, in order" in printed
     assert "=== seed 3 (1 of 2) ===" in printed
+
+
+def test_a_repeat_of_a_recipe_with_its_own_tables_is_named_and_lists_its_runs(tmp_path):
+    from chestkd.experiments.repeat import over_seeds
+    config = {**BASE_DEFAULTS, "seeds": "3,4", "out": str(tmp_path)}
+    summary = over_seeds(lambda one: {"recipe": "ensemble_kd",
+                                      "run_dir": f"runs/seed{one['seed']}"}, config)
+    folder = Path(summary["summary_dir"])
+    assert folder.name.startswith("ensemble_kd-seeds-") and summary["runs"] == [
+        "runs/seed3", "runs/seed4"]
+    text = (folder / "summary.md").read_text()
+    assert "each seed's tables are in its run folder" in text and "- seed 4: runs/seed4" in text

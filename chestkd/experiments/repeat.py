@@ -65,8 +65,8 @@ def over_seeds(run_one, config: dict) -> dict:
         results.append(run_one(one))
         results[-1].setdefault("run_dir", one.get("run_dir"))
     summary, table = summarise(results, seeds)
-    name = (config.get("run_name") or results[0].get("strategy") or config.get("recipe")
-            or "repeat")
+    name = (config.get("run_name") or results[0].get("strategy") or results[0].get("recipe")
+            or config.get("recipe") or "repeat")
     folder = new_run_dir(config["out"], f"{name}-seeds")
     write_json(summary, folder / "summary.json")
     table.to_csv(folder / "summary.csv", index=False)
@@ -74,7 +74,11 @@ def over_seeds(run_one, config: dict) -> dict:
     for key in SCALARS:
         if key in summary:
             lines.append(f"- {key}: {summary[key]['mean']:.4f} +- {summary[key]['std']:.4f}")
-    lines += ["", markdown_table(table) if len(table) else ""]
+    if len(table):
+        lines += ["", markdown_table(table)]
+    else:  # a recipe whose result is a table of its own (ensemble_kd, ros_kd, ...)
+        lines += ["", "No per-class AUC to average: each seed's tables are in its run folder."]
+    lines += ["", "Runs:", "", *(f"- seed {s}: {r}" for s, r in zip(seeds, summary["runs"]))]
     (folder / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:2 + len(SCALARS)]))
     print(f"summary over seeds: {folder / 'summary.md'}")

@@ -36,15 +36,21 @@ def _integer(owner, name: str) -> None:
     value = getattr(owner, name)
     try:
         number = int(value)
+        if isinstance(value, bool) or number != float(value):  # no True, no 2.7 -> 2
+            raise ValueError(value)
     except (TypeError, ValueError):
         raise ConfigError(f"--{name.replace('_', '-')} {value!r}: expected an integer") from None
     object.__setattr__(owner, name, number)
 
 
+# The defaults of the typed fields: the recipes' own (one home), and self-training's
+# student_init, the one field no shared default names.
+_DEFAULTS = {**BASE_DEFAULTS, **KD_DEFAULTS, "student_init": "fresh"}
+
+
 def _part(cls, config: Mapping):
     """A ``cls`` of ``config``'s values, a missing key taking its default."""
-    defaults = {**BASE_DEFAULTS, **KD_DEFAULTS}
-    return cls(**{f.name: config.get(f.name, defaults.get(f.name, f.default))
+    return cls(**{f.name: config.get(f.name, _DEFAULTS[f.name])
                   for f in dataclasses.fields(cls)})
 
 
@@ -52,10 +58,10 @@ def _part(cls, config: Mapping):
 class ImageOptions:
     """How images enter a model: what :func:`chestkd.data.pipeline.make_dataset` and the
     saliency and export readers need besides the data."""
-    image_size: int = 224
-    normalization: str = "minus_one_one"
-    mean_std: tuple | None = None      # normalization mean_std: (mean, std) of the train split
-    cache_dir: str | None = None       # a prepared cache (``python -m chestkd.data prepare``)
+    image_size: int
+    normalization: str
+    mean_std: tuple | None  # normalization mean_std: (mean, std) of the train split
+    cache_dir: str | None  # a prepared cache (``python -m chestkd.data prepare``)
 
     def __post_init__(self):
         _integer(self, "image_size")
@@ -72,23 +78,23 @@ class ImageOptions:
 @dataclass(frozen=True)
 class TrainingOptions:
     """What shapes a training run: the model, the optimisation, its schedule and devices."""
-    model: str = "densenet121"
-    weights: str | None = None
-    batch_size: int = 32
-    epochs: int = 200
-    seed: int = 0
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    weight_decay_mode: str = "coupled"
-    schedule: str = "step"
-    step_epochs: Any = None
-    checkpoint: str = "best_val"
-    augment: str | None = None
-    mixed_precision: bool = False
-    jit_compile: Any = "auto"
-    distribute: str = "auto"
+    model: str
+    weights: str | None
+    batch_size: int
+    epochs: int
+    seed: int
+    optimizer: str
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    weight_decay_mode: str
+    schedule: str
+    step_epochs: Any
+    checkpoint: str
+    augment: str | None
+    mixed_precision: bool
+    jit_compile: Any
+    distribute: str
 
     def __post_init__(self):
         for name in ("batch_size", "epochs", "seed"):
@@ -99,22 +105,22 @@ class TrainingOptions:
 class KDOptions:
     """The distillation: the loss and its formulation, and where the teacher's logits come
     from (``kd_loss`` None: the data decides, :func:`chestkd.experiments.kd.resolve_kd_loss`)."""
-    kd_loss: str | None = None
-    temperature: float = 4.0
-    alpha: float = 0.9
-    teacher_outputs: str = "cached"
-    student_init: str = "fresh"
-    teacher_epochs: int | None = None
-    defective_fraction: float = 0.25
+    kd_loss: str | None
+    temperature: float
+    alpha: float
+    teacher_outputs: str
+    student_init: str
+    teacher_epochs: int | None
+    defective_fraction: float
 
 
 @dataclass(frozen=True)
 class EvaluationOptions:
     """How a trained model is scored and shown."""
-    threshold_rule: str = "youden"
-    bootstrap: int = 1000
-    latency_images: int = 32
-    saliency: bool = True
+    threshold_rule: str
+    bootstrap: int
+    latency_images: int
+    saliency: bool
 
     def __post_init__(self):
         object.__setattr__(self, "threshold_rule", self.threshold_rule or "youden")
