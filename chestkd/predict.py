@@ -50,7 +50,8 @@ from chestkd.io import atomic_write, atomic_write_text
 from chestkd.scores import probabilities_from_logits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-THRESHOLD_RULES = ("youden", "f1")
+# The keys of a model's recorded thresholds that are not a rule's values.
+_THRESHOLD_RECORD_KEYS = ("rule", "split", "values", "class_names")
 
 
 def info_path(model_path) -> Path:
@@ -69,13 +70,26 @@ def _info_from_run(run_dir: Path) -> dict:
                           "class names are unknown; evaluate the run first")
     with np.load(npz_path, allow_pickle=False) as npz:
         names, multi = [str(n) for n in npz["class_names"]], bool(npz["multi_label"])
+    from chestkd.evaluation.classification import THRESHOLD_RULES
     half = [0.5] * len(names)
     return {"class_names": names, "multi_label": multi,
             "probability": "sigmoid" if multi else "softmax",
             "image_size": int(config["image_size"]), "normalization": config["normalization"],
             "mean_std": config.get("mean_std"),
-            "thresholds": {"rule": "youden", "split": "none recorded: 0.5", "youden": half,
-                           "f1": half, "values": half, "class_names": names}}
+            "thresholds": {"rule": "youden",
+                           "split": "none recorded: 0.5", **{r: half for r in THRESHOLD_RULES},
+                           "values": half, "class_names": names}}
+
+
+def threshold_rule(info: dict, asked: str | None) -> str:
+    """The rule whose thresholds decide: ``asked`` (``--threshold``), or the one the run chose;
+    a rule the model's metadata holds no thresholds for is refused, naming those it holds."""
+    recorded = [k for k in info["thresholds"] if k not in _THRESHOLD_RECORD_KEYS]
+    rule = asked or info["thresholds"]["rule"]
+    if rule not in recorded:
+        raise ConfigError(f"--threshold {rule!r}: this model's metadata holds thresholds for "
+                          f"{', '.join(recorded)}")
+    return rule
 
 
 def resolve_model(source) -> tuple[Path, dict]:
@@ -235,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", metavar="MODEL", help="run directory, .keras or .tflite file")
     parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--threshold", choices=THRESHOLD_RULES, default=None,
-                        help="threshold rule (default: the one the run chose)")
+    parser.add_argument("--threshold", metavar="RULE", default=None,
+                        help="threshold rule, youden or f1 (default: the one the run chose)")
     parser.add_argument("--saliency", metavar="METHOD", default=None,
                         help="write an overlay per image with this saliency method")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -254,7 +268,7 @@ def run(argv=None) -> dict:
                               "directory, not a .tflite file")
     model_path, info = resolve_model(args.model)
     names = list(info["class_names"])
-    rule = args.threshold or info["thresholds"]["rule"]
+    rule = threshold_rule(info, args.threshold)
     thresholds = info["thresholds"][rule]
     files, skipped = collect_images(args.images)
     classify, keras_model = load_classifier(model_path)

@@ -3,7 +3,8 @@ import pytest
 import yaml
 
 from chestkd.errors import ConfigError
-from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, dataset_options, resolve_config
+from chestkd.data import loader_options
+from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, resolve_config
 from chestkd.training.run import new_run_dir, start_run
 
 
@@ -18,7 +19,7 @@ def test_precedence_defaults_profile_yaml_flags_overrides(tmp_path):
     assert config["seed"] == 3              # key=value, parsed as YAML
     assert config["views"] == ["PA", "AP"]
     assert config["model"] == BASE_DEFAULTS["model"]  # no phantom profile for real data
-    assert dataset_options(config)["labels"] == ["Mass"]
+    assert loader_options(config["dataset"], config)["labels"] == ["Mass"]
 
 
 def test_phantom_profile_applies_only_to_unset_keys():
@@ -117,13 +118,14 @@ def test_new_dataset_options_reach_their_loaders_and_bad_values_are_named(tmp_pa
     from chestkd.training.config import check_config
     csv = resolve_config(["--dataset", "csv", "--csv", "metadata.csv", "--label-column", "finding",
                           "filters={view: [PA]}", "--balance", "undersample"], BASE_DEFAULTS)
-    options = dataset_options(csv)
+    options = loader_options("csv", csv)
     assert options["csv"] == "metadata.csv" and options["filters"] == {"view": ["PA"]}
     assert options["balance"] == "undersample" and options["seed"] == 0
-    folder = dataset_options(resolve_config(["--dataset", "folder", "--val-split", "official",
-                                             "patient_regex=kermany"], BASE_DEFAULTS))
+    folder = loader_options("folder", resolve_config(
+        ["--dataset", "folder", "--val-split", "official", "patient_regex=kermany"], BASE_DEFAULTS))
     assert folder["val_split"] == "official" and folder["patient_regex"] == "kermany"
-    phantom = dataset_options(resolve_config(["--dataset", "pneumonia_phantom"], BASE_DEFAULTS))
+    phantom = loader_options("pneumonia_phantom",
+                             resolve_config(["--dataset", "pneumonia_phantom"], BASE_DEFAULTS))
     assert phantom["images"] == 3000 and phantom["size"] == 128   # the phantom profile
     saved = start_run(resolve_config(["--dataset", "folder", "--out", str(tmp_path)],
                                      BASE_DEFAULTS), "base_training")
@@ -133,3 +135,30 @@ def test_new_dataset_options_reach_their_loaders_and_bad_values_are_named(tmp_pa
                         (["--dataset", "folder", "--balance", "smote"], "--balance 'smote'")):
         with pytest.raises(ConfigError, match=match):
             check_config(resolve_config(argv, BASE_DEFAULTS))
+
+
+def test_loader_keywords_come_from_the_loaders_own_signature(monkeypatch):
+    """Issue 17: no list of each loader's keywords outside the loader. A keyword a loader
+    declares reaches it from the configuration; None leaves the loader's default; the
+    phantoms read their film count and size under the configuration's names; the run decides
+    cache_dir and check_images; the phantom also takes the ChestX-ray14 loader's keywords."""
+    import sys
+    import types
+
+    import chestkd.data as data
+
+    module = types.ModuleType("toy_loader")
+
+    def load_toy(data_dir, *, contrast=1.0, views=None, seed=0, check_images=False, **extra):
+        return None
+
+    module.load_toy = load_toy
+    monkeypatch.setitem(sys.modules, "toy_loader", module)
+    monkeypatch.setitem(data.LOADERS, "toy", "toy_loader:load_toy")
+    config = {**BASE_DEFAULTS, "contrast": 2.5, "views": None, "seed": 7, "check_images": True}
+    assert loader_options("toy", config) == {"contrast": 2.5, "seed": 7}
+    phantom = loader_options("phantom", {**BASE_DEFAULTS, "phantom_images": 321,
+                                         "phantom_size": 48, "views": ["PA"], "split": None})
+    assert phantom["images"] == 321 and phantom["size"] == 48 and phantom["views"] == ["PA"]
+    assert "split" not in phantom and "cache_dir" not in phantom   # loader default; the run's
+    assert "seed" not in loader_options("chexpert", {**BASE_DEFAULTS, "seed": 3})

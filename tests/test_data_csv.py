@@ -10,7 +10,8 @@ from chestkd.data import load_dataset
 from chestkd.data.csv_table import load_csv
 from chestkd.data.presence import ABSENT_EXCLUDED, ABSENT_REASON
 from chestkd.errors import ConfigError, DataError
-from chestkd.training.config import BASE_DEFAULTS, dataset_options, resolve_config
+from chestkd.data import loader_options
+from chestkd.training.config import BASE_DEFAULTS, resolve_config
 from chestkd.training.classifier import load_run_data
 
 FINDINGS = ["Pneumonia/Viral/COVID-19", "Pneumonia/Bacterial/Streptococcus", "No Finding"]
@@ -148,6 +149,6 @@ def test_a_run_on_a_csv_lists_skipped_rows_and_augments_lightly(collection, tmp_
     skipped = pd.read_csv(tmp_path / "skipped.csv")
     assert len(skipped) == 1 and skipped.path[0].endswith(table.filename[0])
     assert len(set(data.subset("train").labels.sum(0))) == 1          # oversampled
-    assert dataset_options(config)["label_map"]["Pneumonia/Viral/SARS"] is None
+    assert loader_options(config["dataset"], config)["label_map"]["Pneumonia/Viral/SARS"] is None
     plain = load_dataset("csv", collection, **OPTIONS)
     assert len(plain) == 36

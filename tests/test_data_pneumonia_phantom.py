@@ -11,7 +11,8 @@ from chestkd.data.phantom.pneumonia import (FINDING_NAMES, load_pneumonia_phanto
                                             write_pneumonia_phantom)
 from chestkd.data.phantom.pneumonia_patterns import covid_ground_glass, focal_pneumonia
 from chestkd.errors import ConfigError, DataError
-from chestkd.training.config import BASE_DEFAULTS, PHANTOM_PROFILE, dataset_options, resolve_config
+from chestkd.data import loader_options
+from chestkd.training.config import BASE_DEFAULTS, PHANTOM_PROFILE, resolve_config
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_generated_on_demand_with_the_phantom_profile(tmp_path, monkeypatch):
     assert config["model"] == PHANTOM_PROFILE["model"] and config["image_size"] == 128
     assert config["label_noise"] == 0.0       # the 14-finding phantom's noise is not applied
     assert config["augment"] == "flip"
-    data = load_dataset("pneumonia_phantom", None, **dataset_options(config))
+    data = load_dataset("pneumonia_phantom", None, **loader_options(config["dataset"], config))
     assert data.class_names == ["normal", "pneumonia"] and len(data) == 40
     written = list(tmp_path.glob("pneumonia-phantom-40-32-0-normal-pneumonia/phantom.json"))
     assert len(written) == 1

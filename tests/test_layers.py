@@ -162,20 +162,59 @@ def test_every_recipe_is_a_short_composition():
     assert not long, f"recipes over 120 lines (move their steps into chestkd/experiments): {long}"
 
 
-def test_allowed_values_repeated_below_their_owner_stay_equal():
-    """The parser checks a few options whose owner sits above it (distill, evaluation) or
-    imports TensorFlow (data.augment); their copies must not drift from the owner's."""
-    from chestkd import predict
-    from chestkd.data import LOADERS
+def _owned_values():
+    """(owner module, allowed values) of every option whose values a module owns."""
     from chestkd.data.augment import AUGMENTATIONS
     from chestkd.data.balance import BALANCE_MODES
     from chestkd.distill.kd_loss import FORMULATIONS
     from chestkd.evaluation.classification import THRESHOLD_RULES
-    from chestkd.training import config
+    return {"data/augment.py": AUGMENTATIONS, "data/balance.py": BALANCE_MODES,
+            "distill/kd_loss.py": FORMULATIONS,
+            "evaluation/classification.py": THRESHOLD_RULES}
 
-    assert config.AUGMENTATIONS == AUGMENTATIONS
-    assert config._CHOICES["augment"] == (None, *AUGMENTATIONS)
-    assert config._CHOICES["kd_loss"] == (None, *FORMULATIONS)
-    assert config._CHOICES["threshold_rule"] == THRESHOLD_RULES == predict.THRESHOLD_RULES
+
+def _string_collections(path):
+    """(line, set of strings) of every tuple, list or set literal of 2+ strings in a file."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            strings = {e.value for e in node.elts
+                       if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+            if len(strings) >= 2:
+                yield node.lineno, strings
+
+
+def test_allowed_values_have_one_home_their_owner():
+    """Issue 17: an option's allowed values are written once, next to the code that owns them
+    (the augmentations, balance modes, KD formulations, threshold rules); everything else
+    imports them or asks the owner's check. A copy anywhere else in the package fails."""
+    owned = _owned_values()
+    copies = [f"{path.relative_to(PACKAGE)}:{line} repeats {owner}'s values"
+              for path in PACKAGE.rglob("*.py")
+              for line, strings in _string_collections(path)
+              for owner, values in owned.items()
+              if path.relative_to(PACKAGE).as_posix() != owner and strings >= set(values)]
+    assert not copies, copies
+    from chestkd.data import LOADERS
+    from chestkd.training import config
     assert config._CHOICES["dataset"] == tuple(LOADERS)
-    assert config._CHOICES["balance"] == BALANCE_MODES
+
+
+def test_options_owned_above_training_are_checked_at_the_edge():
+    """kd_loss and threshold_rule are checked by their owners (distill, evaluation) before a
+    recipe's plan is printed, with the option named."""
+    import pytest
+
+    from chestkd.errors import ConfigError
+    from chestkd.experiments.repeat import check_options
+    from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS
+
+    good = {**BASE_DEFAULTS, **KD_DEFAULTS}
+    check_options(good)
+    for key, value, message in (
+            ("kd_loss", "kl", "--kd-loss 'kl': choose one of hinton, ho2020_eq5, ho2020_eq8, "
+                              "sigmoid"),
+            ("threshold_rule", "otsu", "--threshold-rule 'otsu': choose one of youden, f1"),
+            ("augment", "heavy", "--augment 'heavy': choose one of flip, light, strong")):
+        with pytest.raises(ConfigError) as error:
+            check_options({**good, key: value})
+        assert str(error.value) == message

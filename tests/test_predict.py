@@ -163,13 +163,15 @@ def test_user_errors_exit_2_with_one_line(run_dir, images, tmp_path, capsys):
     cases = [[str(bare), str(NIH[0])],                     # preprocessing unknown
              [str(run_dir), str(images / "broken.png")],   # nothing readable
              [str(tmp_path / "none.keras"), str(NIH[0])],
-             [str(run_dir), str(NIH[0]), "--saliency", "nonsense"]]
+             [str(run_dir), str(NIH[0]), "--saliency", "nonsense"],
+             [str(run_dir), str(NIH[0]), "--threshold", "otsu"]]
     for argv in cases:
         with pytest.raises(SystemExit) as exit_status:
             predict.main([*argv, "--out", str(tmp_path / "e")])
         assert exit_status.value.code == 2, argv
     err = capsys.readouterr().err
     assert "bare_info.json" in err and "no readable image" in err and "nonsense" in err
+    assert "--threshold 'otsu': this model's metadata holds thresholds for youden, f1" in err
 
 
 def test_exclusive_classes_are_decided_by_the_arg_max_with_the_flags_beside(run_dir, tmp_path):

@@ -57,6 +57,15 @@ FORMULATIONS = ("hinton", "ho2020_eq5", "ho2020_eq8", "sigmoid")
 FORMULATION_TITLES = {"sigmoid": "sigmoid KD", "ho2020_eq8": "Eq. 8", "ho2020_eq5": "Eq. 5",
                       "hinton": "Hinton KD"}
 
+
+
+def check_formulation(name) -> str:
+    """``name`` if it is one of :data:`FORMULATIONS`, else a ConfigError naming them (the
+    ``--kd-loss`` option's check, made before any training)."""
+    if name not in FORMULATIONS:
+        raise ConfigError(f"--kd-loss {name!r}: choose one of {', '.join(FORMULATIONS)}")
+    return name
+
 # formulation -> (soft-term kind, multiplier of the soft term as a function of T)
 _SOFT_TERMS = {
     "hinton": ("softmax_kl", lambda t: t * t),

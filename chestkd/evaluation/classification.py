@@ -27,6 +27,13 @@ THRESHOLD_RULES = ("youden", "f1")
 SUMMARY_ROWS = ("accuracy", "micro avg", "macro avg", "weighted avg")
 
 
+def check_threshold_rule(rule) -> str:
+    """``rule`` if it is one of :data:`THRESHOLD_RULES`, else a ConfigError naming them."""
+    if rule not in THRESHOLD_RULES:
+        raise ConfigError(f"--threshold-rule {rule!r}: choose one of {', '.join(THRESHOLD_RULES)}")
+    return rule
+
+
 def _check(y_true, probabilities, class_names):
     y_true = np.asarray(y_true, dtype=np.float64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -124,8 +131,7 @@ def choose_thresholds(y_true, probabilities, rule: str = "youden") -> np.ndarray
     all one value (or unknown) keeps 0.5. Use the validation split, never the test split,
     or the test scores are optimistic.
     """
-    if rule not in THRESHOLD_RULES:
-        raise ConfigError(f"unknown threshold rule {rule!r}; choose one of {list(THRESHOLD_RULES)}")
+    check_threshold_rule(rule)
     y_true, probabilities = _check(y_true, probabilities, None)
     thresholds = np.full(y_true.shape[1], 0.5)
     for c in range(y_true.shape[1]):

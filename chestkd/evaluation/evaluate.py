@@ -29,10 +29,11 @@ import pandas as pd
 
 from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import make_dataset
-from chestkd.errors import ConfigError, DataError
+from chestkd.errors import DataError
 from chestkd.evaluation import plots, statistics
-from chestkd.evaluation.classification import (THRESHOLD_RULES, choose_thresholds,
-                                               classification_report, report_summary)
+from chestkd.evaluation.classification import (THRESHOLD_RULES, check_threshold_rule,
+                                               choose_thresholds, classification_report,
+                                               report_summary)
 from chestkd.evaluation.model_card import write_model_card
 from chestkd.evaluation.metrics import (count_params, latency_per_image, mean_auc, per_class_auc,
                                         predict_logits, single_label_metrics)
@@ -111,9 +112,7 @@ def validation_thresholds(model, data: Dataset, options, *,
 
     Without a validation split every class keeps 0.5 and ``split`` says so.
     """
-    rule = options.evaluation.threshold_rule
-    if rule not in THRESHOLD_RULES:
-        raise ConfigError(f"--threshold-rule {rule!r}: choose one of {', '.join(THRESHOLD_RULES)}")
+    rule = check_threshold_rule(options.evaluation.threshold_rule)
     names = list(data.class_names)
     if not np.any(data.split == "val"):
         half = [0.5] * len(names)

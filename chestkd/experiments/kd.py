@@ -22,7 +22,7 @@ import numpy as np
 from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import make_dataset, steps_per_epoch
 from chestkd.distill.distiller import Distiller
-from chestkd.distill.kd_loss import KDLoss
+from chestkd.distill.kd_loss import KDLoss, check_formulation
 from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model, print_results
 from chestkd.evaluation.metrics import predict_logits
@@ -49,6 +49,8 @@ def resolve_kd_loss(options: RunOptions, data: Dataset) -> str:
     allowed with a warning. Returns the formulation (metrics.json records it as ``kd_loss``).
     """
     chosen = as_options(options).kd.kd_loss
+    if chosen is not None:
+        check_formulation(chosen)
     if chosen is None:
         chosen = "sigmoid" if data.multi_label else "hinton"
     elif chosen == "sigmoid" and not data.multi_label:

@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 
 from chestkd.cli import main_of
+from chestkd.distill.kd_loss import check_formulation
 from chestkd.evaluation import markdown_table
+from chestkd.evaluation.classification import check_threshold_rule
 from chestkd.training.config import PHANTOM_DATASETS, check_config, resolve_config, seed_list
 from chestkd.training.run import new_run_dir, write_json
 
@@ -53,10 +55,21 @@ def summarise(results: list[dict], seeds: list[int]) -> tuple[dict, pd.DataFrame
     return summary, pd.DataFrame(rows)
 
 
+def check_options(config: dict) -> None:
+    """Every option of ``config`` checked by the code that owns its allowed values, before any
+    work: the parser's own and those it imports from below (:func:`~chestkd.training.config.
+    check_config`), then those owned above training (the KD formulation, the threshold rule)."""
+    check_config(config)
+    if config.get("kd_loss") is not None:
+        check_formulation(config["kd_loss"])
+    if config.get("threshold_rule") is not None:
+        check_threshold_rule(config["threshold_rule"])
+
+
 def over_seeds(run_one, config: dict) -> dict:
     """Run ``run_one(config)`` once per seed of ``config["seeds"]``; write the summary."""
     seeds = seed_list(config["seeds"])
-    check_config(config)  # fail on a bad option before the first seed trains
+    check_options(config)  # fail on a bad option before the first seed trains
     results = []
     for seed in seeds:
         print(f"\n=== seed {seed} ({len(results) + 1} of {len(seeds)}) ===")
@@ -96,6 +109,7 @@ def recipe_entry(run_once, defaults: dict, doc: str, *, plan=None, **resolve_opt
     """
     def run(argv=None) -> dict:
         config = resolve_config(argv, defaults, doc, **resolve_options)
+        check_options(config)
         if plan is not None:
             print(plan(config), flush=True)
         return over_seeds(run_once, config) if config.get("seeds") else run_once(config)

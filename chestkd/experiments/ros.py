@@ -102,11 +102,6 @@ def logit_tables(config: dict, data: Dataset, teachers, folder) -> dict:
             for split in ("train", "val")}
 
 
-def kd_formulation(data: Dataset) -> str:
-    """Sigmoid KD for independent findings; the softmax form of Eq. 4 for exclusive classes."""
-    return "sigmoid" if data.multi_label else "hinton"
-
-
 def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_name: str, *,
                    sampling: str = "random", combine: str = "losses",
                    weight_draw: str = "normalised", averaging: bool = False, seed: int = 0,
@@ -133,9 +128,11 @@ def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_na
     mixing = {"teacher_sampling": sampling, "teacher_combine": combine,
               "weight_draw": weight_draw,
               "confidence_temperature": float(config.get("confidence_temperature", 0.1))}
+    # The KD formulation is the run's, by the one rule (experiments.kd.resolve_kd_loss): with
+    # no --kd-loss, sigmoid for independent findings, Hinton's softmax for exclusive classes.
     return distil(config, folder, data, None, student_name, seed=seed, teacher_tables=tables,
-                  kd_loss=kd_formulation(data), teacher_mixing=mixing,
-                  weight_averaging=callback, extra_callbacks=extra_callbacks,
+                  teacher_mixing=mixing, weight_averaging=callback,
+                  extra_callbacks=extra_callbacks,
                   record={"sampling": sampling, "combine": combine,
                           "averaging": bool(averaging)})
 

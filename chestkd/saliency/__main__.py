@@ -171,15 +171,14 @@ def report_options(args) -> dict:
 
 
 def run_from_directory(args) -> dict:
-    from chestkd.data import load_dataset
-    from chestkd.training.config import dataset_options
+    from chestkd.data import load_dataset, loader_options
 
     run_dir = Path(args.run)
     config = finished_run(run_dir, option="--run")
     if "image_size" not in config:
         raise ConfigError(f"{run_dir / 'config.yaml'}: missing key 'image_size'")
     model = load_model(run_dir / "model.keras")
-    data = load_dataset(config["dataset"], config.get("data_dir"), **dataset_options(config))
+    data = load_dataset(config["dataset"], config.get("data_dir"), **loader_options(config["dataset"], config))
     test = data.subset("test")
     args.classes = class_names_of(args.classes, data.class_names)
     normalization, mean_std = run_normalization(config, data)

@@ -53,9 +53,8 @@ def plot_label_check(images, maps: dict, path, caption: str) -> str:
 
 
 def run(argv=None) -> dict:
-    from chestkd.data import load_dataset
+    from chestkd.data import load_dataset, loader_options
     from chestkd.models import build
-    from chestkd.training.config import dataset_options
 
     parser = argparse.ArgumentParser(prog="python -m chestkd.saliency.label_check",
                                      description=__doc__.splitlines()[0])
@@ -71,7 +70,7 @@ def run(argv=None) -> dict:
     args = parser.parse_args(argv)
     run_dir = Path(args.run)
     config = finished_run(run_dir, option="--run", model=False)
-    data = load_dataset(config["dataset"], config.get("data_dir"), **dataset_options(config))
+    data = load_dataset(config["dataset"], config.get("data_dir"), **loader_options(config["dataset"], config))
     train, test = data.subset("train"), data.subset("test")
     if test.boxes is None or not len(test.boxes):
         raise DataError(f"{config['dataset']}: the test split has no boxes to explain")

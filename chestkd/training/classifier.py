@@ -9,15 +9,14 @@ from pathlib import Path
 import keras
 
 from chestkd import models
-from chestkd.data import load_dataset
+from chestkd.data import load_dataset, loader_options
 from chestkd.data.dataset import Dataset
 from chestkd.data.cache import upsampling_of
 from chestkd.data.describe import run_summary
 from chestkd.data.images import describe_upsampling
 from chestkd.data.presence import ABSENT_REASON, require_on_disk
 from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epoch
-from chestkd.training.config import (PHANTOM_DATASETS, apply_small_data_profile,
-                                     dataset_options, resolve_augment)
+from chestkd.training.config import PHANTOM_DATASETS, apply_small_data_profile, resolve_augment
 from chestkd.training.losses import MaskedAUC, hard_loss_for
 from chestkd.training.options import RunOptions, as_options, as_training
 from chestkd.training.run import (best_model, load_model, record_options, seed_everything,
@@ -38,21 +37,21 @@ def prepare_run_data(options: RunOptions, run_dir) -> tuple[Dataset, RunOptions]
     """
     options = as_options(options)
     config = options.config
-    loader_options = dataset_options(config)
+    keywords = loader_options(config["dataset"], config)
     cache_dir = config.get("cache_dir")
     phantom = config["dataset"] in PHANTOM_DATASETS and not config.get("data_dir")
     if cache_dir:
         from chestkd.data.cache import CACHE_AWARE_LOADERS, PreparedCache
         cache = PreparedCache(cache_dir)
-        skip_bad = bool(loader_options.pop("skip_bad_images", False))
+        skip_bad = bool(keywords.pop("skip_bad_images", False))
         if config["dataset"] in CACHE_AWARE_LOADERS:
-            loader_options["cache_dir"] = cache_dir
+            keywords["cache_dir"] = cache_dir
         data = cache.screen(load_dataset(config["dataset"], config.get("data_dir"),
-                                         **loader_options), skip_bad_images=skip_bad)
+                                         **keywords), skip_bad_images=skip_bad)
     else:
         if not phantom:
-            loader_options["check_images"] = bool(config.get("check_images", True))
-        data = load_dataset(config["dataset"], config.get("data_dir"), **loader_options)
+            keywords["check_images"] = bool(config.get("check_images", True))
+        data = load_dataset(config["dataset"], config.get("data_dir"), **keywords)
         require_on_disk(data)     # absent images: counted, even with check_images: false
     if config["dataset"] not in PHANTOM_DATASETS:
         print(run_summary(data))

@@ -167,9 +167,6 @@ MULTI_LABEL_PHANTOM_ONLY = frozenset({"label_noise"})
 # Datasets of real images with no augmentation of their own in the papers: they overfit, so
 # `augment: None` means light augmentation for them (issue 10) and the papers' flip otherwise.
 LIGHT_AUGMENT_DATASETS = ("folder", "csv")
-# chestkd.data.augment owns these (and their ranges); it imports TensorFlow, which parsing a
-# command line should not wait for, so the names are repeated here (a test keeps them equal).
-AUGMENTATIONS = ("flip", "light", "strong")
 
 KD_DEFAULTS = {
     "strategy": "standard",        # standard | reversed | defective (the KD recipe)
@@ -373,38 +370,6 @@ def apply_small_data_profile(config: dict, train_images: int) -> bool:
     return True
 
 
-def dataset_options(config: dict) -> dict:
-    """Keyword arguments for ``chestkd.data.load_dataset`` from a run configuration."""
-    name = config["dataset"]
-    common = {"skip_bad_images": config["skip_bad_images"]}
-    if name not in PHANTOM_DATASETS:
-        common["images"] = config.get("images", "all")
-    if name in ("chestxray14", "phantom"):
-        options = {"views": config["views"], "labels": config["labels"], "seed": config["seed"]}
-        if config["split"]:
-            options["split"] = config["split"]
-        if name == "phantom":
-            options.update(images=config["phantom_images"], size=config["phantom_size"],
-                           label_noise=float(config.get("label_noise") or 0.0))
-        return {**common, **options}
-    if name == "chexpert":
-        return {**common, "uncertainty": config["uncertainty"],
-                "frontal_only": config["frontal_only"], "labels": config["labels"]}
-    single_label = {"balance": config.get("balance"), "seed": config["seed"]}
-    if name == "folder":
-        return {**common, **single_label, "classes": config["classes"],
-                "patient_regex": config["patient_regex"],
-                "val_split": config.get("val_split", "auto")}
-    if name == "csv":
-        keys = ("csv", "image_dir", "image_column", "label_column", "label_columns",
-                "patient_column", "label_map", "filters", "split_column", "classes")
-        return {**common, **single_label, **{k: config.get(k) for k in keys}}
-    if name == "pneumonia_phantom":
-        return {**common, **single_label, "classes": config["classes"],
-                "images": config["phantom_images"], "size": config["phantom_size"]}
-    raise ConfigError(f"--dataset {name!r}: unknown; choose one of {', '.join(DATASETS)}")
-
-
 def resolve_augment(config: dict) -> str:
     """The run's augmentation: ``config["augment"]``, or for None light on folder and csv
     data and the papers' flip otherwise. Stored back into ``config`` (recorded with the run)."""
@@ -416,17 +381,21 @@ def resolve_augment(config: dict) -> str:
         light = (config.get("dataset") in LIGHT_AUGMENT_DATASETS
                  and config.get("teacher_outputs") != "cached")
         value = "light" if light else "flip"
-    if value not in AUGMENTATIONS:
-        raise ConfigError(f"--augment {value!r}: choose one of {', '.join(AUGMENTATIONS)}")
-    config["augment"] = value
+    # chestkd.data.augment owns the names (and their ranges); it imports TensorFlow, so it is
+    # imported when a configuration is resolved, not with this module.
+    from chestkd.data.augment import check_augment
+    config["augment"] = check_augment(value)
     return value
 
 
 DATASETS = tuple(LOADERS)
 
+# The allowed values of options that training owns or imports from below. Owners above
+# training check their own options at the command's edge, before any work
+# (chestkd.experiments.repeat.check_options): kd_loss (chestkd.distill.kd_loss) and
+# threshold_rule (chestkd.evaluation.classification).
 _CHOICES = {
     "dataset": DATASETS,
-    "augment": (None, *AUGMENTATIONS),
     "val_split": ("auto", "official", "carve"),
     "balance": BALANCE_MODES,
     "optimizer": ("sgd", "adam", "adamw"),
@@ -437,11 +406,8 @@ _CHOICES = {
     "strategy": STRATEGIES,
     "student_init": ("fresh", "teacher"),
     "teacher_outputs": ("cached", "online"),
-    # chestkd.distill.kd_loss.FORMULATIONS (distill sits above training; a test keeps them equal)
-    "kd_loss": (None, "hinton", "ho2020_eq5", "ho2020_eq8", "sigmoid"),
     "uncertainty": ("ones", "zeros", "ignore"),
     "images": ("all", "present"),
-    "threshold_rule": ("youden", "f1"),
     "profile": (None, *PROFILES),
     "checkpoint": ("best_val", "last", "average"),
 }
@@ -505,6 +471,9 @@ def check_config(config: dict) -> None:
             shown = ", ".join("null" if c is None else str(c).lower() for c in choices)
             raise ConfigError(f"--{key.replace('_', '-')} {config[key]!r}: choose one of "
                               f"{shown}")
+    if config.get("augment") is not None:
+        from chestkd.data.augment import check_augment
+        check_augment(config["augment"])
     noise = config.get("label_noise") or 0.0
     if not isinstance(noise, (int, float)) or not 0.0 <= noise < 0.5:
         raise ConfigError(f"--label-noise {noise!r}: a fraction in [0, 0.5)")
