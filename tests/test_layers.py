@@ -166,11 +166,31 @@ def _owned_values():
     """(owner module, allowed values) of every option whose values a module owns."""
     from chestkd.data.augment import AUGMENTATIONS
     from chestkd.data.balance import BALANCE_MODES
+    from chestkd.data.chexpert import UNCERTAINTY_POLICIES
+    from chestkd.data.folder import VAL_SPLITS
+    from chestkd.data.presence import IMAGES_OPTIONS
+    from chestkd.data.splits import OVERLAP_MODES
+    from chestkd.training import config, distribute
+    from chestkd.distill import teacher_mixing
     from chestkd.distill.kd_loss import FORMULATIONS
     from chestkd.evaluation.classification import THRESHOLD_RULES
     return {"data/augment.py": AUGMENTATIONS, "data/balance.py": BALANCE_MODES,
+            "data/splits.py": OVERLAP_MODES, "data/folder.py": VAL_SPLITS,
+            "data/chexpert.py": UNCERTAINTY_POLICIES, "data/presence.py": IMAGES_OPTIONS,
+            "training/distribute.py": distribute.MODES,
+            "training/config.py": (config.OPTIMIZERS, config.WEIGHT_DECAY_MODES,
+                                   config.SCHEDULES, config.CHECKPOINTS),
             "distill/kd_loss.py": FORMULATIONS,
+            "distill/teacher_mixing.py": (teacher_mixing.TEACHER_SAMPLING,
+                                          teacher_mixing.WEIGHT_DRAWS,
+                                          teacher_mixing.TEACHER_COMBINE),
             "evaluation/classification.py": THRESHOLD_RULES}
+
+
+def _copies(strings: set, values: tuple) -> bool:
+    """A literal repeats an owner's values: all of them, or three or more of them."""
+    values = set(values)
+    return strings >= values or len(strings & values) >= 3
 
 
 def _string_collections(path):
@@ -185,18 +205,21 @@ def _string_collections(path):
 
 def test_allowed_values_have_one_home_their_owner():
     """Issue 17: an option's allowed values are written once, next to the code that owns them
-    (the augmentations, balance modes, KD formulations, threshold rules); everything else
-    imports them or asks the owner's check. A copy anywhere else in the package fails."""
-    owned = _owned_values()
-    copies = [f"{path.relative_to(PACKAGE)}:{line} repeats {owner}'s values"
+    (augmentations, balance modes, overlap modes, validation splits, CheXpert's uncertainty
+    policies, optimizers, schedules, distribution modes, KD formulations, teacher sampling,
+    weight draws and combinations, threshold rules); everything else imports them or asks
+    the owner's check. A copy anywhere else in the package fails."""
+    owned = [(owner, values) for owner, group in _owned_values().items()
+             for values in (group if isinstance(group[0], tuple) else (group,))]
+    copies = [f"{path.relative_to(PACKAGE)}:{line} repeats {owner}'s {values}"
               for path in PACKAGE.rglob("*.py")
               for line, strings in _string_collections(path)
-              for owner, values in owned.items()
-              if path.relative_to(PACKAGE).as_posix() != owner and strings >= set(values)]
+              for owner, values in owned
+              if path.relative_to(PACKAGE).as_posix() != owner and _copies(strings, values)]
     assert not copies, copies
     from chestkd.data import LOADERS
     from chestkd.training import config
-    assert config._CHOICES["dataset"] == tuple(LOADERS)
+    assert config._choices()["dataset"] == tuple(LOADERS)
 
 
 def test_options_owned_above_training_are_checked_at_the_edge():

@@ -66,6 +66,7 @@ def check_formulation(name) -> str:
         raise ConfigError(f"--kd-loss {name!r}: choose one of {', '.join(FORMULATIONS)}")
     return name
 
+
 # formulation -> (soft-term kind, multiplier of the soft term as a function of T)
 _SOFT_TERMS = {
     "hinton": ("softmax_kl", lambda t: t * t),
@@ -73,6 +74,8 @@ _SOFT_TERMS = {
     "ho2020_eq8": ("softmax_kl", lambda t: 1.0),
     "sigmoid": ("sigmoid_bce", lambda t: t * t),
 }
+# The formulations that treat the classes as exclusive (a softmax over them).
+SOFTMAX_FORMULATIONS = tuple(f for f in FORMULATIONS if _SOFT_TERMS[f][0].startswith("softmax"))
 
 
 def softmax_kl(student_logits, teacher_logits, temperature):

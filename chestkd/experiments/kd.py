@@ -22,7 +22,7 @@ import numpy as np
 from chestkd.data.dataset import Dataset
 from chestkd.data.pipeline import make_dataset, steps_per_epoch
 from chestkd.distill.distiller import Distiller
-from chestkd.distill.kd_loss import KDLoss, check_formulation
+from chestkd.distill.kd_loss import SOFTMAX_FORMULATIONS, KDLoss, check_formulation
 from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model, print_results
 from chestkd.evaluation.metrics import predict_logits
@@ -35,9 +35,6 @@ from chestkd.training.run import Stages, best_model, open_run, seed_everything, 
 from chestkd.training.teacher_cache import load_or_compute
 from chestkd.training.trainer import (distribution_strategy, fit, make_optimizer,
                                       resolve_jit_compile)
-
-SOFTMAX_FORMS = ("hinton", "ho2020_eq5", "ho2020_eq8")
-
 
 def resolve_kd_loss(options: RunOptions, data: Dataset) -> str:
     """The KD formulation for this data: ``kd_loss`` as given, or the one the labels call for.
@@ -58,7 +55,7 @@ def resolve_kd_loss(options: RunOptions, data: Dataset) -> str:
             f"--kd-loss sigmoid: {data.name} has mutually exclusive classes "
             f"({', '.join(data.class_names)}), trained with a softmax; sigmoid KD would apply "
             "sigma to a softmax teacher's logits. Use --kd-loss hinton (or leave it unset)")
-    elif chosen in SOFTMAX_FORMS and data.multi_label:
+    elif chosen in SOFTMAX_FORMULATIONS and data.multi_label:
         warnings.warn(f"--kd-loss {chosen}: a softmax across the {data.num_classes} "
                       f"non-exclusive findings of {data.name} makes them compete for one unit "
                       "of probability; --kd-loss sigmoid is the multi-label form", stacklevel=2)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from chestkd.cli import list_option
 from chestkd.data.splits import OVERLAP_MODES
-from chestkd.distill.teacher_mixing import (TEACHER_COMBINE, WEIGHT_DRAWS, check_temperature,
-                                            check_weight_draw)
+from chestkd.distill.teacher_mixing import (RANDOM_SAMPLING, TEACHER_COMBINE, TEACHER_SAMPLING,
+                                            WEIGHT_DRAWS, check_temperature, check_weight_draw)
 from chestkd.errors import ConfigError
 from chestkd.experiments.kd import evaluate_once
 from chestkd.experiments.repeat import data_in_plan
@@ -57,7 +57,8 @@ def check_ros_config(config: dict) -> None:
                 get_spec(name)
     for key in ("student", "kd_teacher"):
         get_spec(config[key]) if not str(config[key]).endswith(".keras") else None
-    choices = {"teacher_sampling": ("random", "random_per_example", "confidence"),
+    # Every sampling but Baseline III's fixed weights (its own options choose those).
+    choices = {"teacher_sampling": tuple(s for s in TEACHER_SAMPLING if s != "fixed"),
                "teacher_combine": TEACHER_COMBINE, "baseline_iii_combine": TEACHER_COMBINE,
                "weight_draw": WEIGHT_DRAWS, "overlap_mode": OVERLAP_MODES,
                "baseline_iii_teachers": ("subsets", "full")}
@@ -195,7 +196,7 @@ class RosSettings:
                 name, config["teacher_sampling"])
             combine = {"II": "logits", "III": config["baseline_iii_combine"]}.get(
                 name, config["teacher_combine"])
-            draw = config["weight_draw"] if sampling in ("random", "random_per_example") \
+            draw = config["weight_draw"] if sampling in RANDOM_SAMPLING \
                 else "normalised"
             model = distil_setting(config, folder, data, tables, student, sampling=sampling,
                                    combine=combine, weight_draw=draw,

@@ -390,27 +390,43 @@ def resolve_augment(config: dict) -> str:
 
 DATASETS = tuple(LOADERS)
 
-# The allowed values of options that training owns or imports from below. Owners above
-# training check their own options at the command's edge, before any work
-# (chestkd.experiments.repeat.check_options): kd_loss (chestkd.distill.kd_loss) and
-# threshold_rule (chestkd.evaluation.classification).
-_CHOICES = {
-    "dataset": DATASETS,
-    "val_split": ("auto", "official", "carve"),
-    "balance": BALANCE_MODES,
-    "optimizer": ("sgd", "adam", "adamw"),
-    "weight_decay_mode": ("coupled", "decoupled"),
-    "schedule": ("constant", "step", "cosine", "plateau"),
-    "jit_compile": ("auto", True, False),
-    "distribute": ("auto", "none", "mirrored", "multi_worker"),
-    "strategy": STRATEGIES,
-    "student_init": ("fresh", "teacher"),
-    "teacher_outputs": ("cached", "online"),
-    "uncertainty": ("ones", "zeros", "ignore"),
-    "images": ("all", "present"),
-    "profile": (None, *PROFILES),
-    "checkpoint": ("best_val", "last", "average"),
-}
+# The allowed values of the training options that this module owns (the trainer imports them).
+OPTIMIZERS = ("sgd", "adam", "adamw")
+WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+SCHEDULES = ("constant", "step", "cosine", "plateau")
+CHECKPOINTS = ("best_val", "last", "average")
+
+
+def _choices() -> dict:
+    """Each checked option's allowed values, from the module that owns them: training's own,
+    and those of data and training.distribute (imported here: some import TensorFlow or
+    pandas, which the parser should not wait for). Owners above training check their own
+    options at the command's edge, before any work (chestkd.experiments.repeat.check_options):
+    kd_loss (chestkd.distill.kd_loss) and threshold_rule (chestkd.evaluation.classification)."""
+    from chestkd.data.chexpert import UNCERTAINTY_POLICIES
+    from chestkd.data.folder import VAL_SPLITS
+    from chestkd.data.pipeline import NORMALIZATIONS
+    from chestkd.data.presence import IMAGES_OPTIONS
+    from chestkd.training.distribute import MODES
+    return {
+        "dataset": DATASETS,
+        "val_split": VAL_SPLITS,
+        "balance": BALANCE_MODES,
+        "optimizer": OPTIMIZERS,
+        "weight_decay_mode": WEIGHT_DECAY_MODES,
+        "schedule": SCHEDULES,
+        "jit_compile": ("auto", True, False),
+        "distribute": MODES,
+        "strategy": STRATEGIES,
+        "student_init": ("fresh", "teacher"),
+        "teacher_outputs": ("cached", "online"),
+        "uncertainty": UNCERTAINTY_POLICIES,
+        "images": IMAGES_OPTIONS,
+        "profile": (None, *PROFILES),
+        "checkpoint": CHECKPOINTS,
+        "normalization": NORMALIZATIONS,
+    }
+
 
 # Keys that say where and how a run is kept or shown, not what it computes: two runs that
 # differ only in these are the same experiment (``config_id``).
@@ -465,8 +481,7 @@ def seed_list(value) -> list[int] | None:
 
 def check_config(config: dict) -> None:
     """Fail fast, before any data is read or any folder made, on a value that cannot work."""
-    from chestkd.data.pipeline import NORMALIZATIONS
-    for key, choices in {**_CHOICES, "normalization": NORMALIZATIONS}.items():
+    for key, choices in _choices().items():
         if key in config and config[key] not in choices:
             shown = ", ".join("null" if c is None else str(c).lower() for c in choices)
             raise ConfigError(f"--{key.replace('_', '-')} {config[key]!r}: choose one of "

@@ -27,6 +27,7 @@ from chestkd.errors import ConfigError
 from chestkd.training.callbacks import (EpochSnapshot, EpochTimer, ExactValidationAUC,
                                         ScheduleEstimate, StopOnDivergence, StudentCheckpoint,
                                         TrainingDiverged, WeightAveraging, student_of)
+from chestkd.training.config import OPTIMIZERS, WEIGHT_DECAY_MODES
 from chestkd.training.distribute import distribution_strategy  # noqa: F401
 from chestkd.training.optimizers import CoupledAdam, CoupledSGD
 from chestkd.training.options import TrainingOptions, as_training
@@ -70,9 +71,6 @@ def _step_epochs(value, epochs: int) -> list[int]:
     return [e for e in milestones if e < epochs] or [max(1, epochs // 2)]
 
 
-WEIGHT_DECAY_MODES = ("coupled", "decoupled")
-
-
 def weight_decay_mode(training: TrainingOptions) -> str:
     """``weight_decay_mode`` of a run (default ``coupled``), checked against the optimizer."""
     training = as_training(training)
@@ -102,8 +100,8 @@ def make_optimizer(training: TrainingOptions, steps_per_epoch: int):
     training = as_training(training)
     lr = make_schedule(training, steps_per_epoch)
     name, wd = training.optimizer, float(training.weight_decay or 0.0)
-    if name not in ("sgd", "adam", "adamw"):
-        raise ConfigError(f"--optimizer {name!r}: choose sgd, adam or adamw")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
     coupled = weight_decay_mode(training) == "coupled"
     if name == "sgd":
         momentum = float(training.momentum)
