@@ -160,8 +160,8 @@ def run_options(config: Mapping, *, check: bool = True) -> RunOptions:
 
     ``check``: first fail, naming the option, on a value that cannot work
     (:func:`~chestkd.training.config.check_config`), before any data is read or any folder
-    made; a run to resume is checked when its saved configuration is read
-    (:func:`chestkd.training.run.open_run`).
+    made. A run to resume is not checked again: :func:`chestkd.training.run.open_run` reads
+    its saved configuration, checked when that run started.
     """
     if check and not config.get("resume"):
         check_config(config)
