@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -205,4 +206,35 @@ def test_a_repeat_of_a_recipe_with_its_own_tables_is_named_and_lists_its_runs(tm
     assert folder.name.startswith("ensemble_kd-seeds-") and summary["runs"] == [
         "runs/seed3", "runs/seed4"]
     text = (folder / "summary.md").read_text()
-    assert "each seed's tables are in its run folder" in text and "- seed 4: runs/seed4" in text
+    assert "Nothing to average" in text and "- seed 4: runs/seed4" in text
+
+
+def test_a_repeat_averages_a_recipes_own_tables_row_by_row(tmp_path):
+    """ensemble_kd, assistant_kd, ros_kd and transfer_learning report tables of their own:
+    a repeat gives each cell's mean and sample std over the seeds, row by row (float64
+    reference: numpy), keeps what every seed shares and leaves out what names one seed's run."""
+    from chestkd.experiments.repeat import over_seeds
+    aucs = {3: (0.61, 0.72), 4: (0.65, 0.70), 5: (0.60, 0.77)}
+
+    def run_one(one):
+        seed = one["seed"]
+        rows = [{"model": name, "params": 1000 + k, "auc": aucs[seed][k],
+                 "standard KD": None, "folder": f"runs/seed{seed}/{name}", "seed": seed}
+                for k, name in enumerate(("teacher", "student"))]
+        return {"recipe": "ensemble_kd", "table1": rows, "other": [{"model": f"m{seed}"}],
+                "run_dir": f"runs/seed{seed}"}
+
+    summary = over_seeds(run_one, {**BASE_DEFAULTS, "seeds": "3,4,5", "out": str(tmp_path)})
+    rows = summary["tables"]["table1"]
+    assert [r["model"] for r in rows] == ["teacher", "student"]
+    for k, row in enumerate(rows):
+        values = [aucs[s][k] for s in (3, 4, 5)]
+        assert row["auc"]["values"] == values
+        assert row["auc"]["mean"] == pytest.approx(np.mean(values), abs=1e-15)
+        assert row["auc"]["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-15)
+        assert row["params"] == 1000 + k and row["standard KD"] is None
+        assert "folder" not in row and "seed" not in row
+    assert "other" not in summary["tables"]          # its rows differ between seeds
+    text = (Path(summary["summary_dir"]) / "summary.md").read_text()
+    assert "## table1: mean +- std over the seeds" in text
+    assert f"| teacher | 1000 | {np.mean([0.61, 0.65, 0.60]):.4f} +- " in text

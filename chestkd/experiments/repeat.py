@@ -55,6 +55,67 @@ def summarise(results: list[dict], seeds: list[int]) -> tuple[dict, pd.DataFrame
     return summary, pd.DataFrame(rows)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def summarise_tables(results: list[dict], seeds: list[int]) -> dict:
+    """Each table a recipe reports of its own (a list of rows, e.g. ensemble_kd's ``table1``,
+    ros_kd's settings, transfer_learning's setups), over the seeds: ``{key: rows}``.
+
+    A seed's rows match the other seeds' row by row (only the seed changed); a table whose
+    rows or row names differ between seeds is left out. A numeric column that varies gets
+    ``{"mean", "std", "values"}`` (sample std, as :func:`summarise`); a column equal in
+    every seed (the row's name, a parameter count) keeps its value; a text column that varies
+    (a run folder) is left out.
+    """
+    tables = {}
+    for key, first in results[0].items():
+        if not (isinstance(first, list) and first and all(isinstance(r, dict) for r in first)):
+            continue
+        per_seed = [r.get(key) for r in results]
+        if any(not isinstance(t, list) or len(t) != len(first) for t in per_seed):
+            continue
+        rows, aligned = [], True
+        for index, row in enumerate(first):
+            cells = [t[index] for t in per_seed]
+            if any(not isinstance(c, dict) or list(c) != list(row) for c in cells):
+                aligned = False
+                break
+            summary_row = {}
+            for column in row:
+                if column == "seed":   # the repeat's own variable
+                    continue
+                values = [c[column] for c in cells]
+                if all(v == values[0] for v in values):
+                    summary_row[column] = values[0]
+                elif all(_is_number(v) for v in values):
+                    summary_row[column] = {
+                        "mean": float(np.mean(values)),
+                        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                        "values": [float(v) for v in values]}
+                elif column in ("model", "setting", "setup", "key"):
+                    aligned = False   # the rows are not the same rows
+            if not aligned:
+                break
+            rows.append(summary_row)
+        if aligned:
+            tables[key] = rows
+    return tables
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """A summarised table (:func:`summarise_tables`) as Markdown: ``mean +- std`` cells."""
+    def cell(value):
+        if isinstance(value, dict):
+            return f"{value['mean']:.4f} +- {value['std']:.4f}"
+        return "n/a" if value is None else (f"{value:.4g}" if isinstance(value, float)
+                                            else str(value))
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    frame = pd.DataFrame([{c: cell(row.get(c)) for c in columns} for row in rows])
+    return markdown_table(frame)
+
+
 def check_options(config: dict) -> None:
     """Every option of ``config`` checked by the code that owns its allowed values, before any
     work: the parser's own and those it imports from below (:func:`~chestkd.training.config.
@@ -78,6 +139,9 @@ def over_seeds(run_one, config: dict) -> dict:
         results.append(run_one(one))
         results[-1].setdefault("run_dir", one.get("run_dir"))
     summary, table = summarise(results, seeds)
+    tables = summarise_tables(results, seeds)
+    if tables:
+        summary["tables"] = tables
     name = (config.get("run_name") or results[0].get("strategy") or results[0].get("recipe")
             or config.get("recipe") or "repeat")
     folder = new_run_dir(config["out"], f"{name}-seeds")
@@ -89,8 +153,11 @@ def over_seeds(run_one, config: dict) -> dict:
             lines.append(f"- {key}: {summary[key]['mean']:.4f} +- {summary[key]['std']:.4f}")
     if len(table):
         lines += ["", markdown_table(table)]
-    else:  # a recipe whose result is a table of its own (ensemble_kd, ros_kd, ...)
-        lines += ["", "No per-class AUC to average: each seed's tables are in its run folder."]
+    for key, rows in tables.items():   # a recipe's own tables (ensemble_kd, ros_kd, ...)
+        lines += ["", f"## {key}: mean +- std over the seeds (a cell equal in every seed is "
+                      "shown once)", "", table_markdown(rows)]
+    if not len(table) and not tables:
+        lines += ["", "Nothing to average: each seed's results are in its run folder."]
     lines += ["", "Runs:", "", *(f"- seed {s}: {r}" for s, r in zip(seeds, summary["runs"]))]
     (folder / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:2 + len(SCALARS)]))
