@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 
 from chestkd.distill.feature_terms import FeatureTermSet  # noqa: E402
 from chestkd.errors import ConfigError  # noqa: E402
-from chestkd.experiments.ensemble import pooled_feature_terms  # noqa: E402
+from chestkd.experiments.ensemble import EnsembleOptions, pooled_feature_terms  # noqa: E402
 from chestkd.models import build, ensemble_student, feature_model  # noqa: E402
 from chestkd.models.ensemble import (branch_feature_layers, branch_layer_name,  # noqa: E402
                                      features_layer)
@@ -25,7 +25,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 # every zoo model as a branch takes minutes on 2 cores, so the rest run with
 # CHESTKD_ALL_ZOO_BRANCHES=1 (test_every_zoo_model_as_a_branch).
 MIXED = ["conv3_student", "baseline_cnn", "mobilenet_v1", "vgg19", "resnet32"]
-TERMS = {"feature_distance": "mse", "feature_weight": 1.0}
+TERMS = EnsembleOptions(teacher="resnet32", branches=("conv3_student",), combine="sum",
+                        feature_distance="mse", feature_weight=1.0, feature_scale="none",
+                        standalone=())
 
 
 def _expected_feature_layer(name: str) -> str:

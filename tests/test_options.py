@@ -187,7 +187,13 @@ def test_every_recipe_runs_once_per_seed(name, monkeypatch, capsys):
     def start_run(config, recipe_name):
         raise Started(dict(config))
 
-    monkeypatch.setattr(recipe, "start_run", start_run)
+    def open_run(options, recipe_name):
+        raise Started(dict(options.config))
+
+    if hasattr(recipe, "open_run"):
+        monkeypatch.setattr(recipe, "open_run", open_run)
+    else:
+        monkeypatch.setattr(recipe, "start_run", start_run)
     with pytest.raises(Started) as started:
         recipe.run(["--seeds", "3,4"])
     first = started.value.args[0]

@@ -40,7 +40,7 @@ def test_ensemble_default_is_small_and_says_so():
     assert config["standalone"] == ["base", "kd"] and config["feature_scale"] == "teacher"
     # the rest of the phantom profile still applies (optimiser, label noise)
     assert (config["optimizer"], config["label_noise"]) == ("adam", PHANTOM_PROFILE["label_noise"])
-    text = ensemble_steps.plan(config, ensemble_steps.check_options(config))
+    text = ensemble_steps.plan(config, list(ensemble_steps.ensemble_options(config).branches))
     for part in ("phantom profile", "3000 films written at 32 px", "32 px, 8 epochs",
                  "teacher resnet32: base training", "base training and standard KD from the "
                  "teacher (conv3_student, baseline_cnn)", "sum of conv3_student + baseline_cnn",
@@ -58,7 +58,7 @@ def test_ensemble_paper_settings_are_one_config_away_and_keys_you_set_win():
     assert config["standalone"] == ["base", "kd"]
     mine = ensemble_config("epochs=3", "branches=[resnet32]", "standalone=[]")
     assert (mine["epochs"], mine["branches"], mine["image_size"]) == (3, ["resnet32"], 32)
-    text = ensemble_steps.plan(mine, ensemble_steps.check_options(mine))
+    text = ensemble_steps.plan(mine, list(ensemble_steps.ensemble_options(mine).branches))
     assert "nothing (standalone=[])" in text
     # --profile papers on the phantom: neither the phantom profile nor the recipe's values
     papers = ensemble_config("--profile", "papers")
@@ -70,7 +70,7 @@ def test_ensemble_paper_settings_are_one_config_away_and_keys_you_set_win():
     (["branches=resnet32"], "--branches")])
 def test_ensemble_options_are_checked_before_anything_runs(argv, option):
     with pytest.raises(ConfigError, match=option):
-        ensemble_steps.check_options(ensemble_config(*argv))
+        ensemble_steps.ensemble_options(ensemble_config(*argv))
 
 
 def test_assistant_default_is_small_and_the_yamls_keep_the_papers_settings():
@@ -133,7 +133,8 @@ def test_ensemble_feature_term_is_divided_by_the_teachers_mean_square(tmp_path):
     keras.utils.set_random_seed(0)
     teacher = build("conv3_student", data.num_classes, (32, 32, 3), weights=None)
     layer = features_layer(teacher)
-    scale = ensemble_steps.teacher_feature_scale(teacher, layer, data, config)
+    ensemble = ensemble_steps.ensemble_options(config)
+    scale = ensemble_steps.teacher_feature_scale(teacher, layer, data, config, ensemble)
     features = keras.Model(teacher.inputs, teacher.get_layer(layer).output)
     values = np.concatenate([np.asarray(features(x, training=False), np.float64) for x, *_ in
                              make_dataset(data, "train", batch_size=8, shuffle=False,
@@ -141,7 +142,7 @@ def test_ensemble_feature_term_is_divided_by_the_teachers_mean_square(tmp_path):
     np.testing.assert_allclose(scale, np.mean(values ** 2), rtol=1e-5)
     student = ensemble_student(["conv3_student", "baseline_cnn"], data.num_classes,
                                (32, 32, 3), weights=None)
-    terms = ensemble_steps.pooled_feature_terms(student, layer, config, scale)
+    terms = ensemble_steps.pooled_feature_terms(student, layer, ensemble, scale)
     assert [t.weight for t in terms] == pytest.approx([2.0 / scale] * 2)
-    assert ensemble_steps.teacher_feature_scale(
-        teacher, layer, data, {**config, "feature_scale": "none"}) == 1.0
+    unscaled = ensemble_steps.ensemble_options({**config, "feature_scale": "none"})
+    assert ensemble_steps.teacher_feature_scale(teacher, layer, data, config, unscaled) == 1.0

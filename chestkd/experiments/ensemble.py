@@ -19,6 +19,7 @@ alone from the teacher (``standalone``), for the paper's Table 1 layout (:func:`
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -39,11 +40,13 @@ from chestkd.models import build, get_spec
 from chestkd.models.ensemble import (COMBINE, attach_branches, branch_feature_layers,
                                      branch_layer_name, ensemble_student, features_layer)
 from chestkd.training.classifier import image_options
+from chestkd.training.options import RunOptions, as_options
 from chestkd.training.run import load_model, write_json
 
-__all__ = ["PAPER_BRANCHES", "STANDALONE", "FEATURE_SCALES", "check_options", "plan",
-           "pooled_feature_terms", "check_layers", "teacher_feature_scale", "teacher_row",
-           "standalone_row", "distil_ensemble", "write_table1"]
+__all__ = ["PAPER_BRANCHES", "STANDALONE", "FEATURE_SCALES", "EnsembleOptions",
+           "ensemble_options", "plan", "pooled_feature_terms", "check_layers",
+           "teacher_feature_scale", "teacher_row", "standalone_row", "distil_ensemble",
+           "write_table1"]
 
 PAPER_BRANCHES = ["mobilenet_v1", "vgg19", "resnet32", "resnet50"]
 # The paper's method names MobileNetV1, its Table 1 MobileNetV2 (with Ho & Gwak's MobileNet-v1
@@ -57,9 +60,22 @@ FEATURE_SCALES = ("teacher", "none")
 FEATURE_SCALE_IMAGES = 256
 
 
-def check_options(config) -> list:
-    """The branch list, after checking every option the ensemble adds and every model name
-    (before any data: a typo is exit 2, not a teacher trained for nothing)."""
+@dataclass(frozen=True)
+class EnsembleOptions:
+    """What the ensemble recipe adds to a run's options (:func:`ensemble_options`)."""
+    teacher: str
+    branches: tuple
+    combine: str
+    feature_distance: str
+    feature_weight: float
+    feature_scale: str
+    standalone: tuple
+
+
+def ensemble_options(config) -> EnsembleOptions:
+    """The ensemble's own options of a resolved configuration, after checking each of them
+    and every model name (before any data: a typo is exit 2, not a teacher trained for
+    nothing)."""
     branches = config.get("branches")
     if isinstance(branches, str) or not branches or not all(isinstance(b, str)
                                                             for b in branches):
@@ -77,7 +93,11 @@ def check_options(config) -> list:
     for name in [*branches, *([] if str(config["teacher"]).endswith(".keras")
                               else [config["teacher"]])]:
         get_spec(name)
-    return list(branches)
+    return EnsembleOptions(
+        teacher=str(config["teacher"]), branches=tuple(branches), combine=config["combine"],
+        feature_distance=config["feature_distance"],
+        feature_weight=float(config["feature_weight"]), feature_scale=config["feature_scale"],
+        standalone=tuple(standalone))
 
 
 def plan(config, branches) -> str:
@@ -103,49 +123,53 @@ def plan(config, branches) -> str:
         "  the paper's settings: --config recipes/ensemble_kd.yaml"])
 
 
-def pooled_feature_terms(model, teacher_layer: str, config, scale: float = 1.0) -> list:
+def pooled_feature_terms(model, teacher_layer: str, ensemble: EnsembleOptions,
+                         scale: float = 1.0) -> list:
     """One FeatureTerm per branch: its feature vector -> projection -> the teacher's
     ``teacher_layer`` (metric ``feature_branch<i>_pool``), weight ``feature_weight / scale``."""
-    return [FeatureTerm(layer, teacher_layer, config["feature_distance"],
-                        weight=float(config["feature_weight"]) / float(scale), adapter="always",
+    return [FeatureTerm(layer, teacher_layer, ensemble.feature_distance,
+                        weight=ensemble.feature_weight / float(scale), adapter="always",
                         name=f"feature_{branch_layer_name(index, 'pool')}")
             for index, layer in enumerate(branch_feature_layers(model))]
 
 
-def teacher_architecture(config, data):
+def teacher_architecture(options: RunOptions, ensemble: EnsembleOptions, data):
     """The teacher's architecture, untrained and without downloaded weights (a ``.keras``
     teacher is loaded as given)."""
-    teacher = str(config["teacher"])
-    if teacher.endswith(".keras"):
-        return load_model(teacher)
-    size = int(config["image_size"])
-    return build(teacher, data.num_classes, (size, size, 3), weights=None)
+    options = as_options(options)
+    if ensemble.teacher.endswith(".keras"):
+        return load_model(ensemble.teacher)
+    size = options.image.image_size
+    return build(ensemble.teacher, data.num_classes, (size, size, 3), weights=None)
 
 
-def check_layers(config, data, branches) -> str:
+def check_layers(options: RunOptions, ensemble: EnsembleOptions, data) -> str:
     """Before anything trains: build the ensemble and the teacher's architecture and resolve
     every layer the run reads (each branch's logits and feature vector, the teacher's feature
     vector, the projections between them). A missing one is a ConfigError naming the model
     and the layer. Returns the teacher's feature layer."""
-    size = int(config["image_size"])
-    ensemble = ensemble_student(branches, data.num_classes, (size, size, 3),
-                                combine=config["combine"], weights=None)
-    teacher = teacher_architecture(config, data)
-    teacher_layer = features_layer(teacher, model_label=f"teacher '{config['teacher']}'")
-    terms = pooled_feature_terms(ensemble, teacher_layer, config)
-    FeatureTermSet(terms, ensemble, [teacher])  # layer names and shapes of every term
+    options = as_options(options)
+    size = options.image.image_size
+    student = ensemble_student(list(ensemble.branches), data.num_classes, (size, size, 3),
+                               combine=ensemble.combine, weights=None)
+    teacher = teacher_architecture(options, ensemble, data)
+    teacher_layer = features_layer(teacher, model_label=f"teacher '{ensemble.teacher}'")
+    terms = pooled_feature_terms(student, teacher_layer, ensemble)
+    FeatureTermSet(terms, student, [teacher])  # layer names and shapes of every term
     return teacher_layer
 
 
-def teacher_feature_scale(teacher, layer: str, data, config) -> float:
+def teacher_feature_scale(teacher, layer: str, data, options: RunOptions,
+                          ensemble: EnsembleOptions) -> float:
     """Mean square of the teacher's ``layer`` values over the first
     :data:`FEATURE_SCALE_IMAGES` training images (no augmentation); 1 with ``feature_scale:
     none``. Dividing the feature term by it makes the term a relative error."""
-    if config["feature_scale"] == "none":
+    options = as_options(options)
+    if ensemble.feature_scale == "none":
         return 1.0
     features = keras.Model(teacher.inputs, teacher.get_layer(layer).output)
-    images = make_dataset(data, "train", batch_size=int(config["batch_size"]),
-                          shuffle=False, **image_options(data, config))
+    images = make_dataset(data, "train", batch_size=options.training.batch_size,
+                          shuffle=False, **image_options(data, options))
     total, count = 0.0, 0
     for batch in images:
         values = np.asarray(features(batch[0], training=False), np.float64)
@@ -165,70 +189,76 @@ def _table1_row(model: str, role: str, params, **aucs) -> dict:
     return {**row, **aucs}
 
 
-def teacher_row(config, data, run_dir, teacher, source) -> dict:
+def teacher_row(options: RunOptions, ensemble: EnsembleOptions, data, run_dir, teacher,
+                source) -> dict:
     """Table 1's teacher row: its results copied from the model store (or evaluated)."""
     results = copy_stage_results(source, run_dir / "teacher") if Path(source).is_dir() \
-        else evaluate_once(teacher, data, config, run_dir / "teacher")
-    return _table1_row(str(config["teacher"]), "teacher", results["params"]["total"],
+        else evaluate_once(teacher, data, options, run_dir / "teacher")
+    return _table1_row(ensemble.teacher, "teacher", results["params"]["total"],
                        **{"base training": results["mean_auc"]})
 
 
-def standalone_row(config, data, run_dir, teacher, name: str) -> dict:
+def standalone_row(options: RunOptions, ensemble: EnsembleOptions, data, run_dir, teacher,
+                   name: str) -> dict:
     """Table 1's row of one branch model trained alone: base training (model store) and/or
     standard KD from ``teacher`` (``standalone``), each in its own folder."""
-    standalone = config.get("standalone") or []
-    size = int(config["image_size"])
+    options = as_options(options)
+    standalone = ensemble.standalone
+    size = options.image.image_size
     row = _table1_row(name, "branch model", int(count_params(
         build(name, data.num_classes, (size, size, 3), weights=None))["total"]))
     if "base" in standalone:
-        _, base_source = obtain_model(config, data, name)
+        _, base_source = obtain_model(options, data, name)
         row["base training"] = json.loads(
             (Path(base_source) / "metrics.json").read_text())["mean_auc"] \
             if Path(base_source).is_dir() else float("nan")
     if "kd" in standalone:
         kd_dir = run_dir / f"standard_kd_{name}"
-        student = distil(config, kd_dir, data, teacher, name)
-        row["standard KD"] = evaluate_once(student, data, config, kd_dir,
+        student = distil(options, kd_dir, data, teacher, name)
+        row["standard KD"] = evaluate_once(student, data, options, kd_dir,
                                            model_name=name)["mean_auc"]
     return row
 
 
-def _model_row(label, auc, model, config, role) -> dict:
+def _model_row(label, auc, model, latency_images: int, role) -> dict:
     return {"model": label, "role": role, "auc": float(auc),
             "params": int(count_params(model)["total"]),
             "latency_ms": float(latency_per_image(
-                model, model.input_shape[1:],
-                repeats=int(config.get("latency_images", 32)))["median_ms"])}
+                model, model.input_shape[1:], repeats=latency_images)["median_ms"])}
 
 
-def distil_ensemble(config, run_dir, data, teacher, teacher_layer: str, branches, scale: float):
+def distil_ensemble(options: RunOptions, ensemble: EnsembleOptions, run_dir, data, teacher,
+                    teacher_layer: str, scale: float):
     """Distil the ensemble student from ``teacher`` (folder ``ensemble``) and evaluate it and
     each branch. Returns (the ensemble's results, one row per branch)."""
-    size = int(config["image_size"])
-    ensemble = distil_features(
-        config, run_dir / "ensemble", data, [teacher],
+    options = as_options(options)
+    size, branches = options.image.image_size, list(ensemble.branches)
+    student = distil_features(
+        options, run_dir / "ensemble", data, [teacher],
         lambda: ensemble_student(branches, data.num_classes, (size, size, 3),
-                                 combine=config["combine"], weights=config.get("weights")),
-        terms_for=lambda model: pooled_feature_terms(model, teacher_layer, config, scale))
-    attach_branches(ensemble, branches)
-    results = evaluate_once(ensemble, data, config, run_dir / "ensemble",
+                                 combine=ensemble.combine, weights=options.training.weights),
+        terms_for=lambda model: pooled_feature_terms(model, teacher_layer, ensemble, scale))
+    attach_branches(student, branches)
+    results = evaluate_once(student, data, options, run_dir / "ensemble",
                             model_name=f"ensemble({', '.join(branches)})")
-    branch_rows = [_model_row(f"branch {i}: {name}", mean_test_auc(branch, data, config),
-                              branch, config, "ensemble branch")
-                   for i, (name, branch) in enumerate(zip(branches, ensemble.branches))]
+    branch_rows = [_model_row(f"branch {i}: {name}", mean_test_auc(branch, data, options),
+                              branch, options.evaluation.latency_images, "ensemble branch")
+                   for i, (name, branch) in enumerate(zip(branches, student.branches))]
     return results, branch_rows
 
 
-def write_table1(config, data, run_dir, table, ensemble_results, branch_rows, *,
-                 teacher_source, teacher_layer: str, scale: float, kd_loss: str) -> dict:
+def write_table1(options: RunOptions, ensemble: EnsembleOptions, data, run_dir, table,
+                 ensemble_results, branch_rows, *, teacher_source, teacher_layer: str,
+                 scale: float, kd_loss: str) -> dict:
     """``table1.csv``/``.md`` (Table 1's layout: the rows of ``table``, the ensemble's
     branches and the ensemble), ``branches.csv`` and ``metrics.json``; returns the results."""
-    branches = list(config["branches"])
+    options = as_options(options)
+    branches = list(ensemble.branches)
     for row, name in zip(branch_rows, branches):  # the first branch of each model name
         entry = next(r for r in table if r["model"] == name and r["role"] == "branch model")
         if entry["EKD branch"] is None:
             entry["EKD branch"] = row["auc"]
-    table = [*table, _table1_row(f"ensemble ({config['combine']} of {len(branches)})",
+    table = [*table, _table1_row(f"ensemble ({ensemble.combine} of {len(branches)})",
                                  "student", ensemble_results["params"]["total"],
                                  EKD=ensemble_results["mean_auc"])]
     frame = pd.DataFrame(table)
@@ -239,26 +269,26 @@ def write_table1(config, data, run_dir, table, ensemble_results, branch_rows, *,
     frame.to_csv(run_dir / "table1.csv", index=False)
     branch_frame.to_csv(run_dir / "branches.csv", index=False)
     text = "\n".join([
-        f"# Ensemble KD on {data.name}: {config['teacher']} -> {' + '.join(branches)}", "",
-        f"Mean test AUC. KD loss {kd_loss}, T = {config['temperature']:g}, "
-        f"alpha = {config['alpha']:g}; feature term {config['feature_distance']} x "
-        f"{config['feature_weight']:g} / {scale:.4g} per branch (its feature vector, the layer "
+        f"# Ensemble KD on {data.name}: {ensemble.teacher} -> {' + '.join(branches)}", "",
+        f"Mean test AUC. KD loss {kd_loss}, T = {options.kd.temperature:g}, "
+        f"alpha = {options.kd.alpha:g}; feature term {ensemble.feature_distance} x "
+        f"{ensemble.feature_weight:g} / {scale:.4g} per branch (its feature vector, the layer "
         f"its logits read, projected onto the teacher's {teacher_layer}; the divisor is the "
-        f"teacher features' mean square, feature_scale={config['feature_scale']}: the paper "
+        f"teacher features' mean square, feature_scale={ensemble.feature_scale}: the paper "
         f"gives no weight or scale)."
         + (f" {MOBILENET_NOTE}" if {"mobilenet_v1", "mobilenet_v2"} & set(branches) else "")
-        + (f" A demo on the phantom profile ({config['phantom_images']} films at "
-           f"{config['image_size']} px, {config['epochs']} epochs, small models): it shows the "
-           f"recipe run, NOT the paper's numbers (--config recipes/ensemble_kd.yaml)."
-           if config.get("profile") == "phantom" else ""),
+        + (f" A demo on the phantom profile ({options.config['phantom_images']} films at "
+           f"{options.image.image_size} px, {options.training.epochs} epochs, small models): "
+           f"it shows the recipe run, NOT the paper's numbers (--config "
+           f"recipes/ensemble_kd.yaml)." if options.config.get("profile") == "phantom" else ""),
         "",
         markdown_table(frame.astype(object).where(frame.notna(), "--"), ".4f"), "",
         "## The ensemble and its branches", "", markdown_table(branch_frame, ".4f"), ""])
     (run_dir / "table1.md").write_text(text)
     print("\n" + text)
-    results = {"recipe": "ensemble_kd", "teacher": str(config["teacher"]),
+    results = {"recipe": "ensemble_kd", "teacher": ensemble.teacher,
                "teacher_source": str(teacher_source), "branches": branches,
-               "feature_scale": {"mode": config["feature_scale"], "value": scale},
+               "feature_scale": {"mode": ensemble.feature_scale, "value": scale},
                "table1": json.loads(frame.to_json(orient="records")),
                "branch_table": branch_rows, "ensemble": {
                    k: ensemble_results[k] for k in ("mean_auc", "params", "latency")},

@@ -20,6 +20,7 @@ from chestkd.evaluation.evaluate import probabilities_of
 from chestkd.experiments.kd import distil
 from chestkd.experiments.store import obtain_model
 from chestkd.training.classifier import image_options
+from chestkd.training.options import RunOptions, as_options
 
 LAYER_RULES = {"depth": depth_matched_pairs, "last": last_map_pair}
 
@@ -95,10 +96,11 @@ def distil_features(config: dict, run_dir, data: Dataset, teachers, build_studen
                   build_student=build_student, terms_for=terms_for)
 
 
-def mean_test_auc(model, data: Dataset, config: dict) -> float:
+def mean_test_auc(model, data: Dataset, options: RunOptions) -> float:
     """Mean test AUC of ``model`` (no intervals, no files): for the branches of an ensemble."""
-    test = make_dataset(data, "test", batch_size=int(config["batch_size"]),
-                        **image_options(data, config))
+    options = as_options(options)
+    test = make_dataset(data, "test", batch_size=options.training.batch_size,
+                        **image_options(data, options))
     logits, y = predict_logits(model, test)
     truth = y if getattr(data, "clean_labels", None) is None else \
         np.asarray(data.clean_labels, np.float32)[data.split == "test"]

@@ -25,15 +25,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from chestkd.experiments.ensemble import (PAPER_BRANCHES, STANDALONE, check_layers,
-                                          check_options, distil_ensemble, plan,
+                                          distil_ensemble, ensemble_options, plan,
                                           standalone_row, teacher_feature_scale, teacher_row,
                                           write_table1)
 from chestkd.experiments.kd import record_teacher, resolve_kd_loss
 from chestkd.experiments.repeat import recipe_entry
 from chestkd.experiments.store import obtain_model
+from chestkd.training.classifier import prepare_run_data
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS
-from chestkd.training.classifier import load_run_data
-from chestkd.training.run import start_run
+from chestkd.training.options import run_options
+from chestkd.training.run import open_run
 
 DEFAULTS = {**BASE_DEFAULTS,
             **{k: KD_DEFAULTS[k] for k in ("kd_loss", "temperature", "alpha",
@@ -64,38 +65,39 @@ RECIPE_PROFILES = {"phantom": PHANTOM_ENSEMBLE}
 
 
 def checked_plan(config: dict) -> str:
-    return plan(config, check_options(config))  # every option and model name, before any data
+    # every option and model name, before any data
+    return plan(config, list(ensemble_options(config).branches))
 
 
 def run_once(config: dict) -> dict:
-    branches = check_options(config)
-    config["branches"] = list(branches)
+    settings = {"branches": list(ensemble_options(config).branches)}  # checked, as a list
     if not config.get("run_name") and not config.get("resume"):
-        config["run_name"] = f"ensemble_kd-{Path(str(config['teacher'])).stem}"
-    run_dir = start_run(config, "ensemble_kd")
+        settings["run_name"] = f"ensemble_kd-{Path(str(config['teacher'])).stem}"
+    run_dir, options = open_run(run_options({**config, **settings}), "ensemble_kd")
+    ensemble = ensemble_options(options.config)   # the run's own (a resumed run's saved ones)
     print(f"run directory: {run_dir}")
-    data = load_run_data(config, run_dir)
-    kd_loss = resolve_kd_loss(config, data)  # the tables name it
-    teacher_layer = check_layers(config, data, branches)
+    data, options = prepare_run_data(options, run_dir)
+    kd_loss = resolve_kd_loss(options, data)  # the tables name it
+    teacher_layer = check_layers(options, ensemble, data)
 
     # 1. The teacher, base-trained once in the model store (or loaded).
-    teacher, source = obtain_model(config, data, config["teacher"])
+    teacher, source = obtain_model(options, data, ensemble.teacher)
     record_teacher(run_dir, source)
-    table = [teacher_row(config, data, run_dir, teacher, source)]
+    table = [teacher_row(options, ensemble, data, run_dir, teacher, source)]
     # 2. Each branch model alone: base training and/or standard KD from the teacher.
-    table += [standalone_row(config, data, run_dir, teacher, name)
-              for name in dict.fromkeys(branches)]
+    table += [standalone_row(options, ensemble, data, run_dir, teacher, name)
+              for name in dict.fromkeys(ensemble.branches)]
     # 3. The ensemble student from the teacher: KD loss + one feature term per branch.
-    scale = teacher_feature_scale(teacher, teacher_layer, data, config)
-    print(f"feature term: {config['feature_distance']} x {config['feature_weight']:g} / "
+    scale = teacher_feature_scale(teacher, teacher_layer, data, options, ensemble)
+    print(f"feature term: {ensemble.feature_distance} x {ensemble.feature_weight:g} / "
           f"{scale:.4g} (the teacher's {teacher_layer} mean square; feature_scale="
-          f"{config['feature_scale']})", flush=True)
-    ensemble_results, branch_rows = distil_ensemble(config, run_dir, data, teacher,
-                                                    teacher_layer, branches, scale)
+          f"{ensemble.feature_scale})", flush=True)
+    ensemble_results, branch_rows = distil_ensemble(options, ensemble, run_dir, data, teacher,
+                                                    teacher_layer, scale)
     # 4. Table 1: the teacher, each branch model alone and in the ensemble, the ensemble.
-    return write_table1(config, data, run_dir, table, ensemble_results, branch_rows,
-                        teacher_source=source, teacher_layer=teacher_layer, scale=scale,
-                        kd_loss=kd_loss)
+    return write_table1(options, ensemble, data, run_dir, table, ensemble_results,
+                        branch_rows, teacher_source=source, teacher_layer=teacher_layer,
+                        scale=scale, kd_loss=kd_loss)
 
 
 run, main = recipe_entry(run_once, DEFAULTS, __doc__, plan=checked_plan,
