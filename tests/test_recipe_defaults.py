@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from chestkd.errors import ConfigError  # noqa: E402
 from chestkd.experiments import ensemble as ensemble_steps  # noqa: E402
-from chestkd.experiments.chain import chain_settings  # noqa: E402
+from chestkd.experiments.chain import chain_options  # noqa: E402
 from chestkd.recipes import assistant_kd, ensemble_kd, kd  # noqa: E402
 from chestkd.training.config import PHANTOM_PROFILE, resolve_config  # noqa: E402
 
@@ -77,7 +77,7 @@ def test_assistant_default_is_small_and_the_yamls_keep_the_papers_settings():
     config = assistant_config()
     assert config["chain"] == [["resnet20", "baseline_cnn"], "resnet20", "conv3_student"]
     assert (config["image_size"], config["phantom_images"], config["epochs"]) == (32, 2000, 6)
-    text = assistant_kd.plan(config, config["chain"], chain_settings(config, config["chain"]))
+    text = assistant_kd.plan(config, chain_options(config))
     for part in ("2000 films written at 32 px", "6 epochs", "teacher resnet20 + baseline_cnn",
                  "logits averaged", "resnet20 distilled from resnet20 + baseline_cnn",
                  "conv3_student distilled from resnet20", "ablation: conv3_student",

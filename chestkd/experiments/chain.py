@@ -6,7 +6,7 @@ their weight split evenly). Stage 0 is base-trained in the model store; stage k 
 one Distiller: KD loss against stage k-1's temperature soft labels plus
 ``feature_weights[k-1] * distance`` over the layer pairs of ``feature_layers[k-1]``.
 
-Defaults (``chain_settings``), with the reasons:
+Defaults (:func:`chain_options`), with the reasons:
 
 * distances: ``feature_kl`` for every stage but the last, ``wasserstein`` for the last (the
   teacher-assistant paper: KL between assistant and teacher maps, Eq. 3; Wasserstein between
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ from chestkd.experiments.feature_kd import (averaged_model, distil_features,
 from chestkd.experiments.kd import evaluate_once
 from chestkd.experiments.store import copy_results, obtain_model
 from chestkd.training.classifier import build_model
+from chestkd.training.options import RunOptions, as_options
 
 DEFAULT_FEATURE_WEIGHT = 0.1
 DEFAULT_OPTIONS = {"feature_kl": {"mode": "channel", "temperature": 1.0},
@@ -68,8 +70,30 @@ def _per_stage(config, key, stages, default):
     return [default(k) if item is None else item for k, item in enumerate(value)]
 
 
-def chain_settings(config: dict, chain) -> dict:
-    """Per-stage learning rates and per-distillation-stage distance, weight, layers, options."""
+@dataclass(frozen=True)
+class ChainOptions:
+    """What the assistant recipe adds to a run's options (:func:`chain_options`): the chain,
+    each stage's learning rate, and each distillation stage's feature distance, weight,
+    layer pairs and distance options (``term_options``)."""
+    chain: tuple
+    learning_rates: tuple
+    distances: tuple
+    weights: tuple
+    layers: tuple
+    term_options: tuple
+    ablation: bool
+
+    def settings(self) -> dict:
+        """The per-stage settings as a run records them (``metrics.json``)."""
+        return {"learning_rates": list(self.learning_rates), "distances": list(self.distances),
+                "weights": list(self.weights), "layers": list(self.layers),
+                "options": list(self.term_options)}
+
+
+def chain_options(config) -> ChainOptions:
+    """The chain's options of a resolved configuration, each checked and every model name
+    resolved (before any data); the per-stage settings left unset take the defaults above."""
+    chain = config.get("chain")
     if not chain:
         raise ConfigError(f"--chain {chain!r}: a list of stages, e.g. "
                           f"[[efficientnet_b6, efficientnet_b7], densenet121, conv3_student]")
@@ -86,29 +110,31 @@ def chain_settings(config: dict, chain) -> dict:
     steps = len(chain) - 1
     distances = _per_stage(config, "feature_distances", steps,
                            lambda k: "wasserstein" if k == steps - 1 else "feature_kl")
-    return {
-        "learning_rates": _per_stage(config, "learning_rates", len(chain),
-                                     lambda k: config["learning_rate"]),
-        "distances": distances,
-        "weights": _per_stage(config, "feature_weights", steps,
-                              lambda k: DEFAULT_FEATURE_WEIGHT),
-        "layers": _per_stage(config, "feature_layers", steps,
-                             lambda k: "depth" if distances[k] == "wasserstein" else "last"),
-        "options": _per_stage(config, "feature_options", steps,
-                              lambda k: DEFAULT_OPTIONS.get(distances[k], {})),
-    }
+    return ChainOptions(
+        chain=tuple(chain),
+        learning_rates=tuple(_per_stage(config, "learning_rates", len(chain),
+                                        lambda k: config["learning_rate"])),
+        distances=tuple(distances),
+        weights=tuple(_per_stage(config, "feature_weights", steps,
+                                 lambda k: DEFAULT_FEATURE_WEIGHT)),
+        layers=tuple(_per_stage(config, "feature_layers", steps,
+                                lambda k: "depth" if distances[k] == "wasserstein" else "last")),
+        term_options=tuple(_per_stage(config, "feature_options", steps,
+                                      lambda k: DEFAULT_OPTIONS.get(distances[k], {}))),
+        ablation=bool(config.get("ablation")))
 
 
-def stage_plan(chain, settings: dict, ablation: bool) -> list:
+def stage_plan(stages: ChainOptions) -> list:
     """The plan's lines for the stages: what each trains, and from what."""
+    chain = stages.chain
     members = member_names(chain[0])
     lines = [f"  1. teacher {' + '.join(map(str, members))}: base training (model store)"
              + (", logits averaged" if len(members) > 1 else "")]
     for k, entry in enumerate(chain[1:]):
         teacher = " + ".join(map(str, member_names(chain[k])))
         lines.append(f"  {k + 2}. {entry} distilled from {teacher}: KD loss + "
-                     f"{settings['distances'][k]} x {settings['weights'][k]:g}")
-    if ablation:
+                     f"{stages.distances[k]} x {stages.weights[k]:g}")
+    if stages.ablation:
         lines.append(f"  ablation: {chain[-1]} base-trained alone (model store) and "
                      f"distilled straight from the teacher")
     return lines
@@ -138,54 +164,52 @@ def copy_stage_results(source, stage_dir) -> dict:
     return results
 
 
-def teacher_results(config, data, run_dir, teachers, sources, stage_dir, names) -> dict:
+def teacher_results(options: RunOptions, data, teachers, sources, stage_dir, names) -> dict:
     """Results of the chain's teacher (the models ``names``): the store entry's, or the
     averaged ensemble's."""
     if len(teachers) == 1 and Path(sources[0]).is_dir():
         return copy_stage_results(sources[0], stage_dir)
     Path(stage_dir).mkdir(parents=True, exist_ok=True)
-    return evaluate_once(averaged_model(teachers), data, config, stage_dir,
+    return evaluate_once(averaged_model(teachers), data, options, stage_dir,
                          model_name=" + ".join(map(str, names)))
 
 
-def distil_stage(config, data, stage_dir, teachers, student_name, settings, step, *,
-                 learning_rate):
-    """One distillation stage (``step`` indexes the per-stage settings); returns
-    (student, teacher digest before, after)."""
-    stage_config = with_learning_rate(config, learning_rate)
+def distil_stage(options: RunOptions, stages: ChainOptions, data, stage_dir, teachers,
+                 student_name, step, *, learning_rate):
+    """One distillation stage (``step`` indexes the per-stage settings of ``stages``);
+    returns (student, teacher digest before, after)."""
+    stage_options = with_learning_rate(options, learning_rate)
     before = weights_digest(teachers)
     student = distil_features(
-        stage_config, stage_dir, data, teachers,
-        lambda: build_model(student_name, data, stage_config),
+        stage_options, stage_dir, data, teachers,
+        lambda: build_model(student_name, data, stage_options),
         terms_for=lambda model: feature_terms_for(
-            model, teachers, distance=settings["distances"][step],
-            weight=settings["weights"][step], layers=settings["layers"][step],
-            options=settings["options"][step]))
+            model, teachers, distance=stages.distances[step], weight=stages.weights[step],
+            layers=stages.layers[step], options=stages.term_options[step]))
     return student, before, weights_digest(teachers)
 
 
-def run_chain(config: dict, data: Dataset, run_dir, chain) -> dict:
-    """Train every stage of ``chain``; returns {stage name: {"model", "results", ...}}."""
-    run_dir = Path(run_dir)
-    settings = chain_settings(config, chain)
-    teachers, sources = obtain_teachers(config, data, chain[0],
-                                        learning_rate=settings["learning_rates"][0])
-    stages = {"teacher": {"models": teachers, "sources": sources, "name": chain[0],
-                          "results": teacher_results(config, data, run_dir, teachers, sources,
-                                                     run_dir / "teacher",
-                                                     member_names(chain[0]))}}
+def run_chain(options: RunOptions, stages: ChainOptions, data: Dataset, run_dir) -> dict:
+    """Train every stage of the chain; returns {stage name: {"model", "results", ...}}."""
+    options, run_dir, chain = as_options(options), Path(run_dir), stages.chain
+    teachers, sources = obtain_teachers(options, data, chain[0],
+                                        learning_rate=stages.learning_rates[0])
+    trained = {"teacher": {"models": teachers, "sources": sources, "name": chain[0],
+                           "results": teacher_results(options, data, teachers, sources,
+                                                      run_dir / "teacher",
+                                                      member_names(chain[0]))}}
     previous = teachers
     for step, entry in enumerate(chain[1:]):
         name = stage_name(step + 1, len(chain))
-        student, before, after = distil_stage(config, data, run_dir / name, previous,
-                                              member_names(entry)[0], settings, step,
-                                              learning_rate=settings["learning_rates"][step + 1])
-        results = evaluate_once(student, data, config, run_dir / name,
+        student, before, after = distil_stage(options, stages, data, run_dir / name, previous,
+                                              member_names(entry)[0], step,
+                                              learning_rate=stages.learning_rates[step + 1])
+        results = evaluate_once(student, data, options, run_dir / name,
                                 model_name=member_names(entry)[0])
-        stages[name] = {"models": [student], "name": entry, "results": results,
-                        "teacher_unchanged": before == after}
+        trained[name] = {"models": [student], "name": entry, "results": results,
+                         "teacher_unchanged": before == after}
         previous = [student]
-    return {"stages": stages, "settings": settings}
+    return trained
 
 
 def stage_name(index: int, length: int) -> str:
@@ -225,33 +249,32 @@ def per_class_reports(run_dir, names) -> str:
     return "\n".join(parts)
 
 
-def summary_lines(config: dict, data_name: str, chain, outcome: dict, rows: list,
-                  run_dir, kd_loss: str) -> list:
+def summary_lines(options: RunOptions, stages: ChainOptions, data_name: str, trained: dict,
+                  rows: list, run_dir, kd_loss: str) -> list:
     """``summary.md`` up to the ablation: the chain's settings, its table, the reports."""
-    settings = outcome["settings"]
+    options = as_options(options)
     terms = "; ".join(f"{d} x {w:g} ({l if isinstance(l, str) else 'pairs'})" for d, w, l in
-                      zip(settings["distances"], settings["weights"], settings["layers"]))
-    demo = (f". A demo on the phantom profile ({config['phantom_images']} films at "
-            f"{config['image_size']} px, {config['epochs']} epochs, small models): it shows "
-            f"the recipe run, NOT the paper's numbers (--config recipes/assistant_kd.yaml)."
-            if config.get("profile") == "phantom" else "")
-    return [f"# Teacher-assistant KD on {data_name}: {' -> '.join(map(str, chain))}", "",
-            f"KD loss {kd_loss}, T = {config['temperature']:g}, "
-            f"alpha = {config['alpha']:g}; feature terms: {terms}{demo}", "",
+                      zip(stages.distances, stages.weights, stages.layers))
+    demo = (f". A demo on the phantom profile ({options.config['phantom_images']} films at "
+            f"{options.image.image_size} px, {options.training.epochs} epochs, small models): "
+            f"it shows the recipe run, NOT the paper's numbers (--config "
+            f"recipes/assistant_kd.yaml)." if options.config.get("profile") == "phantom" else "")
+    return [f"# Teacher-assistant KD on {data_name}: {' -> '.join(map(str, stages.chain))}",
+            "", f"KD loss {kd_loss}, T = {options.kd.temperature:g}, "
+            f"alpha = {options.kd.alpha:g}; feature terms: {terms}{demo}", "",
             "## The chain (test split)", "", markdown_table(pd.DataFrame(rows), ".4f"), "",
             "## Classification reports (test split)", "",
-            per_class_reports(run_dir, list(outcome["stages"]))]
+            per_class_reports(run_dir, list(trained))]
 
 
-def chain_metrics(config: dict, chain, outcome: dict, rows: list, kd_loss: str) -> dict:
+def chain_metrics(stages: ChainOptions, trained: dict, rows: list, kd_loss: str) -> dict:
     """``metrics.json`` of the chain: its settings, table, and whether every teacher stayed
     unchanged by the stage it taught."""
-    stages = outcome["stages"]
-    return {"recipe": "assistant_kd", "chain": chain, "kd_loss": kd_loss,
-            "settings": outcome["settings"], "chain_table": rows,
+    return {"recipe": "assistant_kd", "chain": list(stages.chain), "kd_loss": kd_loss,
+            "settings": stages.settings(), "chain_table": rows,
             "teachers_unchanged": all(stage.get("teacher_unchanged", True)
-                                      for stage in stages.values()),
-            "teacher_sources": stages["teacher"]["sources"]}
+                                      for stage in trained.values()),
+            "teacher_sources": trained["teacher"]["sources"]}
 
 
 def write_ablation(rows: list, run_dir) -> list:
@@ -263,25 +286,25 @@ def write_ablation(rows: list, run_dir) -> list:
     return ["## Ablation (test split)", "", markdown_table(table, ".4f"), ""]
 
 
-def run_ablation(config: dict, data: Dataset, run_dir, chain, outcome: dict) -> list:
+def run_ablation(options: RunOptions, stages: ChainOptions, data: Dataset, run_dir,
+                 trained: dict) -> list:
     """The chain's last stage trained alone (model store) and distilled straight from the
     teacher, beside the teacher and the chain's student: four :func:`scores_row` rows."""
     run_dir = Path(run_dir)
-    settings, stages = outcome["settings"], outcome["stages"]
-    student_name, student_lr = chain[-1], settings["learning_rates"][-1]
-    alone, source = obtain_model(with_learning_rate(config, student_lr), data, student_name)
+    student_name, student_lr = stages.chain[-1], stages.learning_rates[-1]
+    alone, source = obtain_model(with_learning_rate(options, student_lr), data, student_name)
     alone_dir = run_dir / "student_alone"
     alone_dir.mkdir(parents=True, exist_ok=True)
     alone_results = copy_stage_results(source, alone_dir) if Path(source).is_dir() else \
-        evaluate_once(alone, data, config, alone_dir, model_name=student_name)
+        evaluate_once(alone, data, options, alone_dir, model_name=student_name)
     direct_dir = run_dir / "student_from_teacher"
-    direct, _, _ = distil_stage(config, data, direct_dir, stages["teacher"]["models"],
-                                student_name, settings, -1, learning_rate=student_lr)
-    direct_results = evaluate_once(direct, data, config, direct_dir, model_name=student_name)
+    direct, _, _ = distil_stage(options, stages, data, direct_dir, trained["teacher"]["models"],
+                                student_name, -1, learning_rate=student_lr)
+    direct_results = evaluate_once(direct, data, options, direct_dir, model_name=student_name)
     multi = data.multi_label
-    return [scores_row("teacher alone", stages["teacher"]["results"], run_dir / "teacher",
+    return [scores_row("teacher alone", trained["teacher"]["results"], run_dir / "teacher",
                        multi),
             scores_row("student alone", alone_results, alone_dir, multi),
             scores_row("student from teacher", direct_results, direct_dir, multi),
-            scores_row("student from assistant", stages["student"]["results"],
+            scores_row("student from assistant", trained["student"]["results"],
                        run_dir / "student", multi)]

@@ -25,9 +25,11 @@ from chestkd.training.options import RunOptions, as_options
 LAYER_RULES = {"depth": depth_matched_pairs, "last": last_map_pair}
 
 
-def with_learning_rate(config: dict, learning_rate=None) -> dict:
-    """``config`` with this stage's learning rate (None: the run's ``learning_rate``)."""
-    return config if learning_rate is None else {**config, "learning_rate": float(learning_rate)}
+def with_learning_rate(options: RunOptions, learning_rate=None) -> RunOptions:
+    """The options with this stage's learning rate (None: the run's ``learning_rate``)."""
+    options = as_options(options)
+    return options if learning_rate is None else options.replace(
+        learning_rate=float(learning_rate))
 
 
 def member_names(spec) -> list:
@@ -38,9 +40,9 @@ def member_names(spec) -> list:
     return names
 
 
-def obtain_teachers(config: dict, data: Dataset, spec, *, learning_rate=None):
+def obtain_teachers(options: RunOptions, data: Dataset, spec, *, learning_rate=None):
     """(models, sources) of one chain entry, base-trained once in the model store."""
-    stage = with_learning_rate(config, learning_rate)
+    stage = with_learning_rate(options, learning_rate)
     pairs = [obtain_model(stage, data, name) for name in member_names(spec)]
     return [model for model, _ in pairs], [str(source) for _, source in pairs]
 
@@ -87,12 +89,12 @@ def feature_terms_for(student: keras.Model, teachers, *, distance: str, weight: 
     return terms
 
 
-def distil_features(config: dict, run_dir, data: Dataset, teachers, build_student, *,
+def distil_features(options: RunOptions, run_dir, data: Dataset, teachers, build_student, *,
                     terms_for, seed=None):
     """Train the student of ``build_student()`` from ``teachers`` (online) with the KD loss of
     the run and the FeatureTerms ``terms_for(student)``; returns the best student (by exact
     validation mean AUC). The one distillation loop, :func:`chestkd.experiments.kd.distil`."""
-    return distil(config, run_dir, data, list(teachers), None, seed=seed,
+    return distil(options, run_dir, data, list(teachers), None, seed=seed,
                   build_student=build_student, terms_for=terms_for)
 
 

@@ -36,14 +36,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from chestkd.experiments.chain import (chain_metrics, chain_rows, chain_settings,
+from chestkd.experiments.chain import (chain_metrics, chain_options, chain_rows,
                                        per_class_reports, run_ablation, run_chain, stage_plan,
                                        summary_lines, write_ablation)
 from chestkd.experiments.kd import resolve_kd_loss
 from chestkd.experiments.repeat import data_in_plan, recipe_entry
+from chestkd.training.classifier import prepare_run_data
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS
-from chestkd.training.classifier import load_run_data
-from chestkd.training.run import start_run, write_json
+from chestkd.training.options import run_options
+from chestkd.training.run import open_run, write_json
 
 PAPER_CHAIN = [["efficientnet_b6", "efficientnet_b7"], "densenet121", "conv3_student"]
 DEFAULTS = {**BASE_DEFAULTS, "kd_loss": KD_DEFAULTS["kd_loss"], "temperature": 20.0,
@@ -63,45 +64,45 @@ PHANTOM_ASSISTANT = {"chain": [["resnet20", "baseline_cnn"], "resnet20", "conv3_
 RECIPE_PROFILES = {"phantom": PHANTOM_ASSISTANT}
 
 
-def plan(config, chain, settings) -> str:
+def plan(config, stages) -> str:
     """What the run will train, printed before anything is read or trained."""
     images = data_in_plan(config)
     return "\n".join([
         f"assistant_kd plan ({config.get('profile') or 'no'} profile): {images}; "
         f"{config['image_size']} px, {config['epochs']} epochs per training, batch "
         f"{config['batch_size']}, {config['optimizer']}, learning rates "
-        f"{', '.join(f'{float(r):g}' for r in settings['learning_rates'])} per stage",
-        *stage_plan(chain, settings, ablation=bool(config.get("ablation"))),
+        f"{', '.join(f'{float(r):g}' for r in stages.learning_rates)} per stage",
+        *stage_plan(stages),
         "  the paper's settings: --config recipes/assistant_kd.yaml "
         "(recipes/covid19.yaml: the COVID-19 case study)"])
 
 
 def checked_plan(config: dict) -> str:
-    chain = config.get("chain")  # a bad option fails before any data is read
-    return plan(config, chain, chain_settings(config, chain))
+    return plan(config, chain_options(config))  # a bad option fails before any data is read
 
 
 def run_once(config: dict) -> dict:
-    chain = config.get("chain")
-    if not config.get("run_name") and not config.get("resume"):
-        config["run_name"] = f"assistant_kd-{Path(str(chain[-1])).stem}"
-    run_dir = start_run(config, "assistant_kd")
+    chain = chain_options(config).chain  # checked before the run folder is made
+    named = {} if config.get("run_name") or config.get("resume") else {
+        "run_name": f"assistant_kd-{Path(str(chain[-1])).stem}"}
+    run_dir, options = open_run(run_options({**config, **named}), "assistant_kd")
     print(f"run directory: {run_dir}")
-    data = load_run_data(config, run_dir)
-    kd_loss = resolve_kd_loss(config, data)  # the tables name it
+    data, options = prepare_run_data(options, run_dir)
+    # The run's own chain options (a resumed run's saved ones, the data's profile applied).
+    stages = chain_options(options.config)
+    kd_loss = resolve_kd_loss(options, data)  # the tables name it
     # 1-2. the teacher (model store), then each stage distilled from the one before it
-    outcome = run_chain(config, data, run_dir, chain)
+    trained = run_chain(options, stages, data, run_dir)
     # 3. every stage on the test split, side by side
-    rows = chain_rows(outcome["stages"], run_dir, data.multi_label)
+    rows = chain_rows(trained, run_dir, data.multi_label)
     pd.DataFrame(rows).to_csv(run_dir / "chain.csv", index=False)
-    text = summary_lines(config, data.name, chain, outcome, rows, run_dir, kd_loss)
-    results = chain_metrics(config, chain, outcome, rows, kd_loss)
+    text = summary_lines(options, stages, data.name, trained, rows, run_dir, kd_loss)
+    results = chain_metrics(stages, trained, rows, kd_loss)
     # 4. the ablation: the student alone, and distilled straight from the teacher
-    if config.get("ablation"):
-        results["ablation"] = run_ablation(config, data, run_dir, chain, outcome)
+    if stages.ablation:
+        results["ablation"] = run_ablation(options, stages, data, run_dir, trained)
         text += write_ablation(results["ablation"], run_dir)
-    (run_dir / "per_class_reports.md").write_text(
-        per_class_reports(run_dir, list(outcome["stages"])))
+    (run_dir / "per_class_reports.md").write_text(per_class_reports(run_dir, list(trained)))
     (run_dir / "summary.md").write_text("\n".join(text) + "\n")
     print("\n" + "\n".join(text))
     results["run_dir"] = str(run_dir)

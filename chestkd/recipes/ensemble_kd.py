@@ -74,9 +74,10 @@ def run_once(config: dict) -> dict:
     if not config.get("run_name") and not config.get("resume"):
         settings["run_name"] = f"ensemble_kd-{Path(str(config['teacher'])).stem}"
     run_dir, options = open_run(run_options({**config, **settings}), "ensemble_kd")
-    ensemble = ensemble_options(options.config)   # the run's own (a resumed run's saved ones)
     print(f"run directory: {run_dir}")
     data, options = prepare_run_data(options, run_dir)
+    # The run's own ensemble options (a resumed run's saved ones, the data's profile applied).
+    ensemble = ensemble_options(options.config)
     kd_loss = resolve_kd_loss(options, data)  # the tables name it
     teacher_layer = check_layers(options, ensemble, data)
 
