@@ -280,8 +280,8 @@ def test_the_pneumonia_source_task_shares_no_film_with_the_target(tmp_path, monk
                                         "image_size=32"])
     pre = pretraining_config(config)
     assert pre["dataset"] == "pneumonia_phantom" and pre["classes"] is None
-    target = transfer_learning.load_run_data(config, tmp_path)
-    source = transfer_learning.load_run_data(pre, tmp_path)
+    target, _ = transfer_learning.prepare_run_data(config, tmp_path)
+    source, _ = transfer_learning.prepare_run_data(pre, tmp_path)
     assert list(source.class_names) == ["normal", "pneumonia", "covid19"]
 
     def digests(data):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from chestkd.cli import list_option
@@ -23,7 +24,7 @@ from chestkd.experiments.ros import (distil_setting, logit_tables, macro_scores,
 from chestkd.experiments.store import MODEL_KEYS, obtain_model
 from chestkd.models import get_spec
 from chestkd.training.config import config_id, save_config
-from chestkd.training.classifier import load_run_data
+from chestkd.training.classifier import prepare_run_data
 from chestkd.training.run import Stages, load_model, write_json
 
 __all__ = ["BASELINES", "LABELS", "STUDIES", "RosSettings", "baselines", "check_ros_config",
@@ -121,13 +122,13 @@ class RosSettings:
     label noise and seed), each trained at most once, in folders under ``run_dir/settings``.
     :func:`chestkd.experiments.ros_studies.run_studies` asks it for the rows of every study."""
 
-    def __init__(self, config: dict, run_dir: Path):
+    def __init__(self, config: Mapping, run_dir: Path):
         self.config, self.run_dir, self._data = config, run_dir, {}
 
     def data(self, noise, seed):
         key = (float(noise), int(seed))
         if key not in self._data:
-            self._data[key] = load_run_data(self.variant(noise, seed), self.run_dir)
+            self._data[key], _ = prepare_run_data(self.variant(noise, seed), self.run_dir)
         return self._data[key]
 
     def variant(self, noise, seed) -> dict:

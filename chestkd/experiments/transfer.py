@@ -28,7 +28,7 @@ from chestkd.models.zoo import build, freeze_backbone, get_spec, unfreeze_backbo
 from chestkd.scores import probabilities_from_logits
 from chestkd.training.callbacks import reestimate_batch_norm
 from chestkd.training.config import BASE_DEFAULTS, PHANTOM_DATASETS, save_config
-from chestkd.training.classifier import compile_classifier, load_run_data, pipelines
+from chestkd.training.classifier import compile_classifier, pipelines, prepare_run_data
 from chestkd.training.run import Stages, best_model, load_model, seed_everything
 from chestkd.training.trainer import fit
 
@@ -120,9 +120,8 @@ def pretrained_source(config: dict, name: str, source, run_dir) -> Path | None:
         return None
     if source != "phantom":
         return source_model_file(source)
-    pre = pretraining_config(config)
     (Path(run_dir) / "pretraining").mkdir(exist_ok=True)
-    data = load_run_data(pre, Path(run_dir) / "pretraining")
+    data, pre = prepare_run_data(pretraining_config(config), Path(run_dir) / "pretraining")
     _, folder = obtain_model(pre, data, name)
     return Path(folder) / "model.keras"
 

@@ -21,7 +21,8 @@ from chestkd.experiments.ros_settings import (BASELINES, STUDIES, RosSettings, c
 from chestkd.experiments.repeat import recipe_entry
 from chestkd.experiments.ros_studies import landscape_writer, run_studies, table_writer
 from chestkd.training.config import BASE_DEFAULTS
-from chestkd.training.run import start_run, write_json
+from chestkd.training.options import run_options
+from chestkd.training.run import open_run, write_json
 
 PAPER_TEACHERS = ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "densenet121"]
 DEFAULTS = {
@@ -66,13 +67,14 @@ def checked_plan(config: dict) -> str:
 
 
 def run_once(config: dict) -> dict:
-    config["run_name"] = config.get("run_name") or f"ros_kd-{Path(str(config['student'])).stem}"
-    run_dir = start_run(config, "ros_kd")
+    name = config.get("run_name") or f"ros_kd-{Path(str(config['student'])).stem}"
+    run_dir, options = open_run(run_options({**config, "run_name": name}), "ros_kd")
     print(f"run directory: {run_dir}")
+    ros = options.config   # the run's resolved configuration, read-only from here on
     # The settings (teachers on their subsets, Baselines I-V, RoS-KD) train as the studies ask
     # for them; each study writes its table (the demo's caveat ending every caption).
-    results = run_studies(RosSettings(config, run_dir), studies(config),
-                          table_writer(demo_note(config)), landscape=landscape_writer(config))
+    results = run_studies(RosSettings(ros, run_dir), studies(ros),
+                          table_writer(demo_note(ros)), landscape=landscape_writer(ros))
     write_json(results, run_dir / "metrics.json")
     return {**results, "run_dir": str(run_dir)}
 

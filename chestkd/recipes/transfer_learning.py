@@ -22,8 +22,9 @@ from chestkd.experiments.transfer import (SETUP_FOLDERS, baseline_epochs, check_
                                           train_stage, two_stage, write_table)
 from chestkd.experiments.repeat import recipe_entry
 from chestkd.training.config import BASE_DEFAULTS, resolve_config
-from chestkd.training.classifier import load_run_data, set_precision
-from chestkd.training.run import start_run, write_json
+from chestkd.training.classifier import prepare_run_data, set_precision
+from chestkd.training.options import run_options
+from chestkd.training.run import open_run, write_json
 
 DEFAULTS = {**BASE_DEFAULTS, "dataset": "pneumonia_phantom", "classes": ["normal", "pneumonia"],
             "augment": "light", "baseline_model": "baseline_cnn", "transfer_model": "resnet18",
@@ -50,10 +51,11 @@ PHANTOM_TRANSFER = {"image_size": 64, "phantom_size": 64, "phantom_images": 1000
 RECIPE_PROFILES = {"phantom": PHANTOM_TRANSFER}
 
 
-def checked(config: dict) -> dict:
-    config["model"] = config["transfer_model"]   # names the run folder
-    check_options(config)  # every option, before anything is read or trained
-    return config
+def checked(config) -> dict:
+    """The configuration with ``model`` = ``transfer_model`` (it names the run folder), after
+    checking every option, before anything is read or trained."""
+    check_options(config)
+    return {**config, "model": config["transfer_model"]}
 
 
 def resolve(argv) -> dict:
@@ -61,34 +63,35 @@ def resolve(argv) -> dict:
 
 
 def run_once(config: dict) -> dict:
-    run_dir = start_run(checked(config), "transfer_learning")
+    run_dir, options = open_run(run_options(checked(config)), "transfer_learning")
     print(f"run directory: {run_dir}")
-    set_precision(config)
-    data = load_run_data(config, run_dir)
-    positive = positive_index(config, data.class_names)
+    set_precision(options)
+    data, options = prepare_run_data(options, run_dir)
+    settings = options.config   # the run's resolved configuration, read-only from here on
+    positive = positive_index(settings, data.class_names)
     folders = {setup: run_dir / name for setup, name in SETUP_FOLDERS.items()}
     models, transfers = {}, {}
     # 1. the baseline from scratch
-    baseline, _ = initial_model(config, data, config["baseline_model"], None, run_dir)
-    models["baseline"] = train_stage(baseline, data, config, folders["baseline"],
-                                     epochs=baseline_epochs(config))
+    baseline, _ = initial_model(settings, data, settings["baseline_model"], None, run_dir)
+    models["baseline"] = train_stage(baseline, data, settings, folders["baseline"],
+                                     epochs=baseline_epochs(settings))
     # 2-3. the pretrained transfer model: its new head on the frozen base, then every layer
     models["feature_extractor"], models["fine_tuned"], transfers["transfer_model"] = two_stage(
-        config, data, config["transfer_model"], config["weights"], run_dir, "")
+        settings, data, settings["transfer_model"], settings["weights"], run_dir, "")
     # 4. a teacher fine-tuned the same way, distilled into a pretrained student
     models["teacher"], folders["teacher"], transfers["teacher_model"] = teacher_setup(
-        config, data, run_dir, models["fine_tuned"], transfers["transfer_model"])
-    models["student"], transfers["student"] = distil_student(config, data, models["teacher"],
+        settings, data, run_dir, models["fine_tuned"], transfers["transfer_model"])
+    models["student"], transfers["student"] = distil_student(settings, data, models["teacher"],
                                                              folders["student"], run_dir)
     write_json(transfers, run_dir / "transfer.json")
     # What it reports: the five setups scored on the test split, as Table 4.1 extended.
-    rows = write_table(config, data, models, folders, positive, run_dir)
+    rows = write_table(settings, data, models, folders, positive, run_dir)
     summary = {"recipe": "transfer_learning", "table": rows, "transfer": transfers,
                "setups": {s: str(f) for s, f in folders.items()},
-               "paper_alpha": config["paper_alpha"], "kd_alpha": kd_alpha(config)}
+               "paper_alpha": settings["paper_alpha"], "kd_alpha": kd_alpha(settings)}
     write_json(summary, run_dir / "metrics.json")
     print(json.dumps({"transfer": copied_layers(transfers)}, indent=1))
-    return summary
+    return {**summary, "run_dir": str(run_dir)}
 
 
 run, main = recipe_entry(run_once, DEFAULTS, __doc__, plan=lambda config: plan(checked(config)),
