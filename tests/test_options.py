@@ -118,15 +118,15 @@ def test_the_configuration_stops_at_the_edge(run_once):
 
 
 def test_the_library_writes_nothing_into_a_configuration():
-    """No function below the recipes writes into a ``config`` it was given
+    """No function of the library or of a recipe writes into a ``config`` it was given
     (``config[...] =``, ``config.update`` ...), save the parser and the two adapters for code
-    that still carries a dict, which say so."""
+    that still carries a dict, which say so (and which no recipe or experiment calls)."""
     package = Path(self_training.__file__).resolve().parents[1]
     allowed = {("training/config.py", None), ("training/run.py", "start_run"),
                ("training/classifier.py", "load_run_data")}
     offences = []
     for layer in ("data", "training", "distill", "evaluation", "saliency", "robustness",
-                  "experiments"):
+                  "experiments", "recipes"):
         for path in (package / layer).rglob("*.py"):
             tree = ast.parse(path.read_text())
             for function in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]:
@@ -144,6 +144,12 @@ def test_the_library_writes_nothing_into_a_configuration():
                         where = str(path.relative_to(package))
                         if (where, None) not in allowed and (where, function.name) not in allowed:
                             offences.append(f"{where}:{node.lineno} in {function.name}")
+    for layer in ("experiments", "recipes"):
+        for path in (package / layer).rglob("*.py"):
+            offences += [f"{path.relative_to(package)}:{node.lineno} calls {node.func.id}"
+                         for node in ast.walk(ast.parse(path.read_text()))
+                         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                         and node.func.id in ("start_run", "load_run_data")]
     assert not offences, offences
 
 
