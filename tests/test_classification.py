@@ -70,7 +70,7 @@ def test_thresholds_maximise_youden_and_f1_on_the_given_data():
         assert skm.f1_score(y[:, c], p[:, c] >= f1[c]) == pytest.approx(max(scores))
     constant = choose_thresholds(np.zeros((4, 1)), np.full((4, 1), 0.2))
     assert constant.tolist() == [0.5]
-    with pytest.raises(ConfigError, match="threshold rule"):
+    with pytest.raises(ConfigError, match="--threshold-rule .median.: choose one of youden, f1"):
         choose_thresholds(y, p, "median")
 
 
