@@ -61,15 +61,15 @@ def test_ros_kd_run_resolves_its_profile_through_the_one_mechanism(monkeypatch):
     class Started(Exception):
         """Raised where the run would make its folder, carrying the resolved configuration."""
 
-    def start_run(config, recipe):
-        raise Started(config)
+    def open_run(options, recipe):
+        raise Started(dict(options.config))
 
     def resolved_by_run(argv):
         with pytest.raises(Started) as started:
             ros_kd.run(argv)
         return started.value.args[0]
 
-    monkeypatch.setattr(ros_kd, "start_run", start_run)
+    monkeypatch.setattr(ros_kd, "open_run", open_run)
     config = resolved_by_run([])
     assert {key: config[key] for key in EXPECTED["ros_kd"]} == EXPECTED["ros_kd"]
     mine = resolved_by_run(["--epochs", "2", "subsets=2", "--image-size", "48",
