@@ -61,3 +61,34 @@ def test_resuming_a_finished_run_repeats_no_stage(tmp_path):
     kd.run(["--resume", str(run)])
     assert (run / "stages.json").read_text() == before
     assert filecmp.cmp(run / "model.keras", RUN / "model.keras", shallow=False)
+
+
+def test_a_resumed_run_keeps_what_options_added_after_it_did(tmp_path):
+    """Regression: resuming a run saved before an option existed read today's default (or a
+    code default) for it: a 0.1 RoS-KD run (no overlap_mode, Baseline III options) resumed
+    with a core of shared patients, Eq. 4 for Baseline III and subset teachers, not its
+    circle, mean of logits and full-split teachers. The resumed options now hold the values
+    that reproduce the run (ADDED_OPTION_DEFAULTS), the recipe's own keys only, id unchanged."""
+    from chestkd.recipes import ros_kd
+    from chestkd.training.config import ADDED_OPTION_DEFAULTS, save_config
+    from chestkd.training.options import run_options
+    from chestkd.training.run import open_run
+
+    later = ("overlap_mode", "weight_draw", "confidence_temperature", "baseline_iii_combine",
+             "baseline_iii_teachers", "checkpoint", "images")
+    old = {k: v for k, v in resolve_config([], ros_kd.DEFAULTS).items()
+           if not k.startswith("_") and k not in later}
+    old["recipe"] = "ros_kd"
+    old["config_id"] = config_id(old)
+    run = tmp_path / "ros-0.1"
+    run.mkdir()
+    save_config(old, run / "config.yaml")
+    _, options = open_run(run_options(resolve_config(["--resume", str(run)], ros_kd.DEFAULTS)),
+                          "ros_kd")
+    assert {k: options.config[k] for k in later} == {k: ADDED_OPTION_DEFAULTS[k] for k in later}
+    assert (options.config["overlap_mode"], options.config["baseline_iii_teachers"]) == (
+        "circle", "full")
+    assert config_id(options.config) == old["config_id"]
+    _, legacy = open_run(run_options(resolve_config(["--resume", str(RUN)], kd.DEFAULTS)),
+                         "kd")
+    assert "overlap_mode" not in legacy.config and legacy.config["checkpoint"] == "best_val"

@@ -22,6 +22,7 @@ disk, so a crash inside a stage re-runs that stage alone (training itself resume
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import json
 import random
@@ -34,7 +35,8 @@ import yaml
 
 from chestkd.errors import ChestKDError, ConfigError
 from chestkd.io import atomic_write_json
-from chestkd.training.config import check_config, config_id, load_yaml, save_config
+from chestkd.training.config import (ADDED_OPTION_DEFAULTS, check_config, config_id,
+                                     load_yaml, save_config)
 from chestkd.training.options import RunOptions, run_options
 
 
@@ -82,8 +84,12 @@ def open_run(options: RunOptions, recipe: str) -> tuple[Path, RunOptions]:
         if ignored:
             print(f"--resume {run_dir}: the run's saved configuration is used; ignoring "
                   + ", ".join("--" + k.replace("_", "-") for k in ignored))
-        saved["resume"] = str(run_dir)
-        config = saved
+        # An option added after the run started holds the value that reproduces what the run
+        # did (ADDED_OPTION_DEFAULTS; config_id leaves it out, so the id is unchanged), not
+        # today's default: a resumed RoS-KD run of 0.1 keeps its circle of overlapping subsets.
+        added = {k: ADDED_OPTION_DEFAULTS[k] for k in config
+                 if k in ADDED_OPTION_DEFAULTS and k not in saved}
+        config = {**saved, **copy.deepcopy(added), "resume": str(run_dir)}
     else:
         check_config(config)
         if config.get("recipe") not in (None, recipe):
