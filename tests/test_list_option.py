@@ -69,10 +69,9 @@ def test_the_options_that_use_it():
         seed_list("0,1,")                    # the trailing comma was dropped silently before
     with pytest.raises(ConfigError, match="--seeds .*distinct"):
         seed_list("0,0")
-    assert teacher_names({"teachers": "[resnet32, vgg19]"}, 3) == ["resnet32", "vgg19",
-                                                                    "resnet32"]
+    assert teacher_names("[resnet32, vgg19]", 3) == ["resnet32", "vgg19", "resnet32"]
     with pytest.raises(ConfigError, match="--teachers"):
-        teacher_names({"teachers": []}, 3)   # was a ZeroDivisionError
+        teacher_names([], 3)                 # was a ZeroDivisionError
     assert _step_epochs(" 25, 40", 50) == [25, 40]
     with pytest.raises(ConfigError, match="--step-epochs"):
         _step_epochs([], 50)                 # was an IndexError

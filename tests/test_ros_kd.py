@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from chestkd.errors import ConfigError
-from chestkd.experiments.ros_settings import LABELS
+from chestkd.experiments.ros_settings import LABELS, ros_options
 from chestkd.recipes import ros_kd
+from chestkd.training.options import run_options
 from chestkd.training.run import load_model
 
 EIGHT = "[Atelectasis,Cardiomegaly,Effusion,Infiltration,Mass,Nodule,Pneumonia,Pneumothorax]"
@@ -189,19 +190,19 @@ def test_resume_reuses_every_finished_setting(ros_run, capsys):
 
 def test_bad_options_name_themselves():
     with pytest.raises(ConfigError, match="baselines"):
-        ros_kd.check_ros_config({**ros_kd.DEFAULTS, "baselines": "VI"})
+        ros_options({**ros_kd.DEFAULTS, "baselines": "VI"})
     with pytest.raises(ConfigError, match="teacher-sampling"):
-        ros_kd.check_ros_config({**ros_kd.DEFAULTS, "teacher_sampling": "fixed"})
+        ros_options({**ros_kd.DEFAULTS, "teacher_sampling": "fixed"})
     for key in ("overlap_mode", "weight_draw", "baseline_iii_teachers", "baseline_iii_combine"):
         with pytest.raises(ConfigError, match=key.replace("_", "-")):
-            ros_kd.check_ros_config({**ros_kd.DEFAULTS, key: "nonsense"})
+            ros_options({**ros_kd.DEFAULTS, key: "nonsense"})
     with pytest.raises(ConfigError, match="weight_draw"):
-        ros_kd.check_ros_config({**ros_kd.DEFAULTS, "weight_draw": "exponential",
+        ros_options({**ros_kd.DEFAULTS, "weight_draw": "exponential",
                                  "teacher_combine": "logits"})
     with pytest.raises(ConfigError, match="confidence_temperature"):
-        ros_kd.check_ros_config({**ros_kd.DEFAULTS, "confidence_temperature": 0})
+        ros_options({**ros_kd.DEFAULTS, "confidence_temperature": 0})
     # the README's options are accepted
-    ros_kd.check_ros_config({**ros_kd.DEFAULTS, "teacher_sampling": "confidence",
+    ros_options({**ros_kd.DEFAULTS, "teacher_sampling": "confidence",
                              "confidence_temperature": 0.5, "weight_draw": "exponential",
                              "overlap_mode": "circle"})
 
@@ -257,6 +258,7 @@ class FakeExperiment:
     def __init__(self, tmp_path, **config):
         self.config = {**ros_kd.DEFAULTS, "dataset": "phantom", "label_noise": 0.1,
                        **config}
+        self.options, self.ros = run_options(self.config, check=False), ros_options(self.config)
         self.run_dir, self.calls = tmp_path, []
 
     def folder(self, name, student, overlap, noise, seed):

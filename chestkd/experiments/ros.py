@@ -42,20 +42,21 @@ from chestkd.experiments.kd import distil
 from chestkd.experiments.store import obtain_model, store_root
 from chestkd.training.callbacks import WeightAveraging
 from chestkd.training.classifier import image_options
+from chestkd.training.options import RunOptions, as_options
 from chestkd.training.run import Stages, best_model
 from chestkd.training.teacher_cache import load_or_compute
 
 
-def schedule_tag(config: dict) -> str:
-    steps = config.get("step_epochs")
-    if config.get("schedule") == "step" and steps:
-        return "-steps" + "-".join(str(int(s)) for s in steps)
+def schedule_tag(options: RunOptions) -> str:
+    training = as_options(options).training
+    if training.schedule == "step" and training.step_epochs:
+        return "-steps" + "-".join(str(int(s)) for s in training.step_epochs)
     return ""
 
 
-def ros_store(config: dict, subset: str) -> Path:
+def ros_store(options: RunOptions, subset: str) -> Path:
     """The store folder of RoS-KD's teachers on ``subset`` (``full`` or ``k5-p0.4-s0-2``)."""
-    return store_root(config) / f"ros_kd{schedule_tag(config)}" / subset
+    return store_root(options) / f"ros_kd{schedule_tag(options)}" / subset
 
 
 def subset_tag(k: int, overlap: float, seed: int, index: int, mode: str = "core") -> str:
@@ -67,89 +68,93 @@ def subset_tag(k: int, overlap: float, seed: int, index: int, mode: str = "core"
     return f"k{k}-p{float(overlap):g}{reading}-s{seed}-{index}"
 
 
-def teacher_names(config: dict, k: int) -> list[str]:
-    """``k`` teacher architectures: ``--teachers`` in order, repeated if shorter than k."""
-    names = list_option(config["teachers"], "--teachers")
+def teacher_names(teachers, k: int) -> list[str]:
+    """``k`` teacher architectures: ``--teachers`` (its value) in order, repeated if shorter
+    than k."""
+    names = list_option(teachers, "--teachers")
     return [names[i % len(names)] for i in range(int(k))]
 
 
-def obtain_teachers(config: dict, data: Dataset, names, *, overlap: float = 1.0,
-                    seed: int = 0) -> list:
+def obtain_teachers(options: RunOptions, data: Dataset, names, *, overlap: float = 1.0,
+                    seed: int = 0, overlap_mode: str = "core") -> list:
     """Teacher ``i`` (``names[i]``) trained on overlapping patient subset ``i`` of the
-    training split (``config["overlap_mode"]``; all on the full split when ``overlap = 1``);
+    training split (``overlap_mode``; all on the full split when ``overlap = 1``);
     ``.keras`` files as given. Returns ``[(model, source)]``."""
-    k, mode = len(names), config.get("overlap_mode", "core")
+    options = as_options(options)
+    k = len(names)
     subsets = None if float(overlap) >= 1.0 else teacher_training_sets(data, k, overlap, seed,
-                                                                        mode)
-    epochs = int(config.get("teacher_epochs") or config["epochs"])
+                                                                        overlap_mode)
+    epochs = int(options.kd.teacher_epochs or options.training.epochs)
     teachers = []
     for index, name in enumerate(names):
-        entry = {**config, "teachers_dir": str(ros_store(config, subset_tag(k, overlap, seed,
-                                                                               index, mode)))}
+        store = ros_store(options, subset_tag(k, overlap, seed, index, overlap_mode))
         part = data if subsets is None else subsets[index]
-        teachers.append(obtain_model(entry, part, name, epochs=epochs))
+        teachers.append(obtain_model(options.replace(teachers_dir=str(store)), part, name,
+                                     epochs=epochs))
     return teachers
 
 
-def logit_tables(config: dict, data: Dataset, teachers, folder) -> dict:
+def logit_tables(options: RunOptions, data: Dataset, teachers, folder) -> dict:
     """{"train", "val"}: the teachers' cached (N, 2, K, C) logits (computed once, kept)."""
+    options = as_options(options)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     models = [model for model, _ in teachers]
     return {split: load_or_compute(folder / f"teacher_logits_{split}.npy", models, data, split,
-                                   batch_size=int(config["batch_size"]),
-                                   **image_options(data, config))
+                                   batch_size=options.training.batch_size,
+                                   **image_options(data, options))
             for split in ("train", "val")}
 
 
-def distil_setting(config: dict, folder, data: Dataset, tables: dict, student_name: str, *,
-                   sampling: str = "random", combine: str = "losses",
-                   weight_draw: str = "normalised", averaging: bool = False, seed: int = 0,
-                   extra_callbacks=()):
+def distil_setting(options: RunOptions, folder, data: Dataset, tables: dict, student_name: str,
+                   *, sampling: str = "random", combine: str = "losses",
+                   weight_draw: str = "normalised", confidence_temperature: float = 0.1,
+                   averaging_start: int | None = None, bn_batches: int | None = None,
+                   seed: int = 0, extra_callbacks=()):
     """Train ``student_name`` on the cached teachers of ``tables`` with the one distillation
-    loop (:func:`chestkd.experiments.kd.distil`); returns the model selected (the averaged
-    one with ``averaging``). A finished folder returns its model. ``weight_draw`` and
-    ``config["confidence_temperature"]`` go to the Distiller; ``extra_callbacks`` to
+    loop (:func:`chestkd.experiments.kd.distil`); returns the model selected (the weight
+    average from epoch ``averaging_start`` on, when given). A finished folder returns its
+    model. ``sampling``, ``combine``, ``weight_draw`` and ``confidence_temperature`` go to the
+    Distiller; ``bn_batches`` to the average's BatchNorm re-estimation; ``extra_callbacks`` to
     :func:`chestkd.training.trainer.fit`."""
-    folder = Path(folder)
+    options, folder = as_options(options), Path(folder)
     if Stages(folder).done("training"):
         return best_model(folder, None)
     callback = None
-    if averaging:
+    if averaging_start is not None:
         # BatchNorm statistics of the average: the first `bn_batches` batches of a shuffled
         # (own seed: the training pipeline's order is untouched), unflipped training pass.
-        bn_images = make_dataset(data, "train", batch_size=int(config["batch_size"]),
+        bn_images = make_dataset(data, "train", batch_size=options.training.batch_size,
                                  training=False, shuffle=True, flip=False, seed=seed + 1,
-                                 **image_options(data, config))
-        callback = WeightAveraging(int(config["averaging_start"]), bn_data=bn_images,
-                                   bn_batches=config.get("bn_batches"),
+                                 **image_options(data, options))
+        callback = WeightAveraging(int(averaging_start), bn_data=bn_images,
+                                   bn_batches=bn_batches,
                                    state_path=folder / "weight_average.npz",
                                    raw_path=folder / "raw_model.keras")
     mixing = {"teacher_sampling": sampling, "teacher_combine": combine,
               "weight_draw": weight_draw,
-              "confidence_temperature": float(config.get("confidence_temperature", 0.1))}
+              "confidence_temperature": float(confidence_temperature)}
     # The KD formulation is the run's, by the one rule (experiments.kd.resolve_kd_loss): with
     # no --kd-loss, sigmoid for independent findings, Hinton's softmax for exclusive classes.
-    return distil(config, folder, data, None, student_name, seed=seed, teacher_tables=tables,
+    return distil(options, folder, data, None, student_name, seed=seed, teacher_tables=tables,
                   teacher_mixing=mixing, weight_averaging=callback,
                   extra_callbacks=extra_callbacks,
                   record={"sampling": sampling, "combine": combine,
-                          "averaging": bool(averaging)})
+                          "averaging": averaging_start is not None})
 
 
-def choices_note(config: dict) -> str:
-    """One sentence for a table's caption: the readings of the paper this run made."""
-    combine = ("Eq. 4 with fixed weights 1/K"
-               if config.get("baseline_iii_combine", "losses") == "losses"
+def choices_note(ros) -> str:
+    """One sentence for a table's caption: the readings of the paper this run made (``ros``:
+    the run's :class:`~chestkd.experiments.ros_settings.RosOptions`)."""
+    combine = ("Eq. 4 with fixed weights 1/K" if ros.baseline_iii_combine == "losses"
                else "one KL to the mean of the teachers' logits")
     teachers = ("RoS-KD's own teachers (overlapping subsets; the paper's Table II caption)"
-                if config.get("baseline_iii_teachers", "subsets") == "subsets"
+                if ros.baseline_iii_teachers == "subsets"
                 else "the K architectures trained on the full split")
     draw = {"normalised": "exponential draws normalised to sum 1 (Dirichlet(1))",
-            "exponential": "Exp(1) draws as drawn (Eq. 4 literally)"}[
-        config.get("weight_draw", "normalised")]
+            "exponential": "Exp(1) draws as drawn (Eq. 4 literally)"}[ros.weight_draw]
     mode = {"core": "a core shared by all subsets", "circle": "neighbours on a circle"}[
-        config.get("overlap_mode", "core")]
+        ros.overlap_mode]
     return (f"Baseline III: {combine}, on {teachers}. Random teacher weights: {draw}. "
             f"Overlapping subsets: {mode}.")
 

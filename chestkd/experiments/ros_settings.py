@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from chestkd.cli import list_option
@@ -25,10 +25,11 @@ from chestkd.experiments.store import MODEL_KEYS, obtain_model
 from chestkd.models import get_spec
 from chestkd.training.config import config_id, save_config
 from chestkd.training.classifier import prepare_run_data
+from chestkd.training.options import RunOptions, as_options
 from chestkd.training.run import Stages, load_model, write_json
 
-__all__ = ["BASELINES", "LABELS", "STUDIES", "RosSettings", "baselines", "check_ros_config",
-           "demo_note", "plan", "studies"]
+__all__ = ["BASELINES", "LABELS", "STUDIES", "RosOptions", "RosSettings", "baselines",
+           "check_ros_config", "demo_note", "plan", "ros_options", "studies"]
 
 BASELINES = ("I", "II", "III", "IV", "V")
 STUDIES = ("table1", "overlap", "students", "folds", "robustness", "noise", "landscape")
@@ -84,6 +85,65 @@ def check_ros_config(config: dict) -> None:
     studies(config)
 
 
+@dataclass(frozen=True)
+class RosOptions:
+    """What the RoS-KD recipe adds to a run's options, parsed and checked once
+    (:func:`ros_options`): list options as tuples, numbers as numbers."""
+    teachers: tuple
+    student: str
+    kd_teacher: str
+    subsets: int
+    overlap: float
+    overlap_mode: str
+    baselines: tuple
+    studies: tuple
+    teacher_sampling: str
+    weight_draw: str
+    confidence_temperature: float
+    teacher_combine: str
+    baseline_iii_combine: str
+    baseline_iii_teachers: str
+    averaging_start: int
+    bn_batches: int | None
+    overlap_study: tuple
+    student_study: tuple
+    fold_seeds: tuple
+    noise_levels: tuple
+    epsilon: float
+    attack_norm: str
+    pgd_steps: int
+    robustness_images: int | None
+    landscape_images: int
+    landscape_resolution: int
+
+
+def ros_options(config) -> RosOptions:
+    """The RoS-KD options of a resolved configuration, after :func:`check_ros_config`."""
+    check_ros_config(config)
+
+    def listed(key, cast=str):
+        return tuple(list_option(config[key], option_name(key), cast=cast, empty=True))
+    optional = {k: None if config.get(k) is None else int(config[k])
+                for k in ("bn_batches", "robustness_images")}
+    return RosOptions(
+        teachers=tuple(list_option(config["teachers"], "--teachers")),
+        student=str(config["student"]), kd_teacher=str(config["kd_teacher"]),
+        subsets=int(config["subsets"]), overlap=float(config["overlap"]),
+        overlap_mode=config["overlap_mode"], baselines=tuple(baselines(config)),
+        studies=tuple(studies(config)), teacher_sampling=config["teacher_sampling"],
+        weight_draw=config["weight_draw"],
+        confidence_temperature=float(config["confidence_temperature"]),
+        teacher_combine=config["teacher_combine"],
+        baseline_iii_combine=config["baseline_iii_combine"],
+        baseline_iii_teachers=config["baseline_iii_teachers"],
+        averaging_start=int(config["averaging_start"]), **optional,
+        overlap_study=listed("overlap_study", float), student_study=listed("student_study"),
+        fold_seeds=listed("fold_seeds", int), noise_levels=listed("noise_levels", float),
+        epsilon=float(config["epsilon"]), attack_norm=config["attack_norm"],
+        pgd_steps=int(config["pgd_steps"]), landscape_images=int(config["landscape_images"]),
+        landscape_resolution=int(config["landscape_resolution"]))
+
+
 def plan(config: dict) -> str:
     """What the run will train, printed before anything is read or trained."""
     images = data_in_plan(config)
@@ -97,7 +157,8 @@ def plan(config: dict) -> str:
         f"ros_kd plan ({config.get('profile') or 'no'} profile): {images}; "
         f"{config['image_size']} px, {config['epochs']} epochs per training, batch "
         f"{config['batch_size']}, {config['optimizer']} lr {config['learning_rate']:g}",
-        f"  1. K = {k} teachers ({', '.join(teacher_names(config, k))}), each base-trained on "
+        f"  1. K = {k} teachers ({', '.join(teacher_names(config['teachers'], k))}), each "
+        f"base-trained on "
         f"one of {k} overlapping patient subsets (overlap {float(config['overlap']):g}, "
         f"{config['overlap_mode']}; model store)",
         f"  2. student {config['student']}: " + "; ".join(chosen + [
@@ -122,8 +183,10 @@ class RosSettings:
     label noise and seed), each trained at most once, in folders under ``run_dir/settings``.
     :func:`chestkd.experiments.ros_studies.run_studies` asks it for the rows of every study."""
 
-    def __init__(self, config: Mapping, run_dir: Path):
-        self.config, self.run_dir, self._data = config, run_dir, {}
+    def __init__(self, options: RunOptions, run_dir: Path):
+        self.options = as_options(options)
+        self.ros = ros_options(self.options.config)
+        self.run_dir, self._data = run_dir, {}
 
     def data(self, noise, seed):
         key = (float(noise), int(seed))
@@ -131,11 +194,12 @@ class RosSettings:
             self._data[key], _ = prepare_run_data(self.variant(noise, seed), self.run_dir)
         return self._data[key]
 
-    def variant(self, noise, seed) -> dict:
-        return {**self.config, "label_noise": float(noise), "seed": int(seed)}
+    def variant(self, noise, seed) -> RunOptions:
+        """The run's options at label noise ``noise`` and seed ``seed``."""
+        return self.options.replace(label_noise=float(noise), seed=int(seed))
 
     def folder(self, name, student, overlap, noise, seed) -> Path:
-        k = int(self.config["subsets"])
+        k = self.ros.subsets
         subset = "" if float(overlap) >= 1.0 and name in ("I", "II", "III") else \
             f"-k{k}-p{float(overlap):g}"
         return (self.run_dir / "settings" /
@@ -143,13 +207,13 @@ class RosSettings:
 
     def setting(self, name, *, student=None, overlap=None, noise=None, seed=None) -> dict:
         """The finished setting's row (training and evaluating it first if needed)."""
-        config = self.config
-        student = student or config["student"]
-        overlap = float(config["overlap"] if overlap is None else overlap)
-        noise = float(config.get("label_noise") or 0.0) if noise is None else float(noise)
-        seed = int(config["seed"] if seed is None else seed)
-        if name in ("I", "II") or (name == "III" and
-                                   config["baseline_iii_teachers"] == "full"):
+        ros = self.ros
+        student = student or ros.student
+        overlap = float(ros.overlap if overlap is None else overlap)
+        noise = float(self.options.config.get("label_noise") or 0.0) if noise is None \
+            else float(noise)
+        seed = int(self.options.seed if seed is None else seed)
+        if name in ("I", "II") or (name == "III" and ros.baseline_iii_teachers == "full"):
             overlap = 1.0     # the full training split
         folder = self.folder(name, student, overlap, noise, seed)
         if not Stages(folder).done("evaluation"):
@@ -163,8 +227,8 @@ class RosSettings:
         """Baseline I: the student alone from the model store, its model copied into the
         setting folder (so every study and ``python -m chestkd.robustness FOLDER`` find it)
         and named in ``setting.json``."""
-        config, data = self.variant(noise, seed), self.data(noise, seed)
-        model, source = obtain_model({**config, "teachers_dir": str(ros_store(config, "full"))},
+        options, data = self.variant(noise, seed), self.data(noise, seed)
+        model, source = obtain_model(options.replace(teachers_dir=str(ros_store(options, "full"))),
                                      data, student)
         source_model = Path(source) / "model.keras" if Path(source).is_dir() else Path(source)
         if not (folder / "model.keras").exists():
@@ -174,42 +238,44 @@ class RosSettings:
         return model
 
     def _train_and_evaluate(self, name, folder, student, overlap, noise, seed):
-        config, data = self.variant(noise, seed), self.data(noise, seed)
+        options, data, ros = self.variant(noise, seed), self.data(noise, seed), self.ros
         folder.mkdir(parents=True, exist_ok=True)
         # Its own configuration: `python -m chestkd.robustness FOLDER` (and landscape) work on
         # a setting as on any run.
-        save_config({**config, "run_dir": str(folder), "setting": name, "student": student,
-                     "model": student}, folder / "config.yaml")
+        save_config({**options.config, "run_dir": str(folder), "setting": name,
+                     "student": student, "model": student}, folder / "config.yaml")
         print(f"\n=== {LABELS[name]}: {student}, p={overlap:g}, noise={noise:g}, seed={seed} ===")
         if name == "I":
             model = self._baseline_student(folder, student, noise, seed)
         else:
-            k = int(config["subsets"])
-            names = [config["kd_teacher"]] if name == "II" else teacher_names(config, k)
+            names = [ros.kd_teacher] if name == "II" else teacher_names(ros.teachers,
+                                                                        ros.subsets)
             p = 1.0 if name == "II" else overlap
-            teachers = obtain_teachers(config, data, names, overlap=p, seed=seed)
+            teachers = obtain_teachers(options, data, names, overlap=p, seed=seed,
+                                       overlap_mode=ros.overlap_mode)
             # A table belongs to its teachers (store entries name their subset) and the data.
             tag = {"teachers": [str(source) for _, source in teachers],
-                   "data": config_id(config, keys=MODEL_KEYS)}
-            tables = logit_tables(config, data, teachers,
+                   "data": config_id(options.config, keys=MODEL_KEYS)}
+            tables = logit_tables(options, data, teachers,
                                   self.run_dir / "teacher_tables" / config_id(tag))
             sampling = {"II": "fixed", "III": "fixed", "IV": "confidence"}.get(
-                name, config["teacher_sampling"])
-            combine = {"II": "logits", "III": config["baseline_iii_combine"]}.get(
-                name, config["teacher_combine"])
-            draw = config["weight_draw"] if sampling in RANDOM_SAMPLING \
-                else "normalised"
-            model = distil_setting(config, folder, data, tables, student, sampling=sampling,
-                                   combine=combine, weight_draw=draw,
-                                   averaging=name == "ros_kd", seed=seed)
+                name, ros.teacher_sampling)
+            combine = {"II": "logits", "III": ros.baseline_iii_combine}.get(
+                name, ros.teacher_combine)
+            draw = ros.weight_draw if sampling in RANDOM_SAMPLING else "normalised"
+            model = distil_setting(
+                options, folder, data, tables, student, sampling=sampling, combine=combine,
+                weight_draw=draw, confidence_temperature=ros.confidence_temperature,
+                averaging_start=ros.averaging_start if name == "ros_kd" else None,
+                bn_batches=ros.bn_batches, seed=seed)
             write_json({"setting": name, "teachers": [str(s) for _, s in teachers],
-                        "overlap": p, "overlap_mode": config["overlap_mode"],
+                        "overlap": p, "overlap_mode": ros.overlap_mode,
                         "sampling": sampling, "combine": combine, "weight_draw": draw,
                         "model": str(folder / "model.keras")}, folder / "setting.json")
             if name == "ros_kd" and (folder / "raw_model.keras").exists():
-                evaluate_once(load_model(folder / "raw_model.keras"), data, config, folder,
+                evaluate_once(load_model(folder / "raw_model.keras"), data, options, folder,
                               prefix="raw_", stage="raw_evaluation", model_name=student)
-        evaluate_once(model, data, config, folder, model_name=student)
+        evaluate_once(model, data, options, folder, model_name=student)
 
     def row(self, name, folder, **info) -> dict:
         metrics = json.loads((folder / "metrics.json").read_text())

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chestkd.cli import list_option
 from chestkd.evaluation import markdown_table
 from chestkd.experiments.ros import choices_note, per_class_frame, setting_model_path
 from chestkd.io import atomic_write_text
@@ -47,23 +46,23 @@ def table_writer(note: str = ""):
     return write
 
 
-def landscape_writer(config: dict):
-    """Fig. 4 of one setting at ``config["landscape_resolution"]``
+def landscape_writer(resolution: int):
+    """Fig. 4 of one setting at ``resolution`` x ``resolution`` points
     (:func:`chestkd.robustness.landscape.write_landscape`)."""
     def draw(model, images, labels, folder, multi_label, title):
         write_landscape(model, images, labels, folder, multi_label=multi_label,
-                        resolution=int(config["landscape_resolution"]), title=title)
+                        resolution=int(resolution), title=title)
     return draw
 
 
 def _settings(experiment) -> list[str]:
     """The chosen baselines (``none``: no baseline), then RoS-KD."""
-    return list_option(experiment.config["baselines"], "--baselines", empty=True) + ["ros_kd"]
+    return list(experiment.ros.baselines) + ["ros_kd"]
 
 
 def robustness_rows(experiment, rows) -> pd.DataFrame:
     """Table II: each setting's scores before and after each attack (kept per folder)."""
-    config, frames = experiment.config, []
+    ros, frames = experiment.ros, []
     for row in rows:
         folder = Path(row["folder"])
         stages, path = Stages(folder), folder / "robustness.csv"
@@ -71,15 +70,14 @@ def robustness_rows(experiment, rows) -> pd.DataFrame:
             data = experiment.data(row["noise"], row["seed"])
             variant = experiment.variant(row["noise"], row["seed"])
             options = image_options(data, variant)
-            images, labels = split_arrays(data, max_images=config.get("robustness_images"),
-                                          **options)
+            images, labels = split_arrays(data, max_images=ros.robustness_images, **options)
             thresholds = run_thresholds(folder, data.class_names, multi_label=data.multi_label)
             table = robustness_table(load_model(setting_model_path(folder)), images, labels,
                                      data.class_names, multi_label=data.multi_label,
                                      normalization=options["normalization"],
                                      mean_std=options["mean_std"],
-                                     epsilon=float(config["epsilon"]),
-                                     norm=config["attack_norm"], steps=int(config["pgd_steps"]),
+                                     epsilon=ros.epsilon, norm=ros.attack_norm,
+                                     steps=ros.pgd_steps,
                                      thresholds=thresholds, seed=int(row["seed"]))
             table.to_csv(path, index=False)
             stages.mark("robustness")
@@ -93,8 +91,8 @@ def robustness_rows(experiment, rows) -> pd.DataFrame:
 def run_studies(experiment, studies, write_table, landscape=None) -> dict:
     """Run the chosen ``studies``; ``write_table(run_dir, name, frame, title)`` writes each
     table, ``landscape(model, images, labels, folder, multi_label)`` draws Fig. 4."""
-    config, run_dir, results = experiment.config, experiment.run_dir, {}
-    note = choices_note(config)
+    ros, run_dir, results = experiment.ros, experiment.run_dir, {}
+    note = choices_note(ros)
     table1 = []
     if "table1" in studies or "robustness" in studies:
         table1 = [experiment.setting(name) for name in _settings(experiment)]
@@ -102,19 +100,19 @@ def run_studies(experiment, studies, write_table, landscape=None) -> dict:
                                         f"Table I: RoS-KD and its baselines\n\n{note}"
                                         ).to_dict("records")
     if "overlap" in studies:
-        rows = [experiment.setting("ros_kd", overlap=p) for p in list_option(config["overlap_study"], "--overlap-study", cast=float)]
+        rows = [experiment.setting("ros_kd", overlap=p) for p in ros.overlap_study]
         rows.append(experiment.setting("III"))
         results["overlap"] = write_table(run_dir, "overlap", pd.DataFrame(rows),
                                          "Overlap ratio of the teachers' subsets (Fig. 3)"
                                          f"\n\n{note}").to_dict("records")
     if "students" in studies:
         rows = [experiment.setting(name, student=student)
-                for student in list_option(config["student_study"], "--student-study") for name in ("III", "ros_kd")]
+                for student in ros.student_study for name in ("III", "ros_kd")]
         results["students"] = write_table(run_dir, "students", pd.DataFrame(rows),
                                           f"Student architectures (Fig. 2)\n\n{note}"
                                           ).to_dict("records")
     if "folds" in studies:
-        seeds = list_option(config["fold_seeds"], "--fold-seeds", cast=int)
+        seeds = list(ros.fold_seeds)
         rows = [experiment.setting("ros_kd", seed=seed) for seed in seeds]
         per_run = [json.loads((Path(r["folder"]) / "metrics.json").read_text())
                    for r in rows]
@@ -136,16 +134,16 @@ def run_studies(experiment, studies, write_table, landscape=None) -> dict:
         frame = robustness_rows(experiment, table1)
         results["table2"] = write_table(run_dir, "table2", frame,
                                         "Table II: scores before and after FGSM / PGD "
-                                        f"({config['attack_norm']}, epsilon "
-                                        f"{float(config['epsilon']):.5f} in intensity units; "
+                                        f"({ros.attack_norm}, epsilon "
+                                        f"{ros.epsilon:.5f} in intensity units; "
                                         "multi-label decisions at each setting's validation "
                                         f"thresholds)\n\n{note}").to_dict("records")
     if "noise" in studies:
-        if config["dataset"] != "phantom":
+        if experiment.options.config["dataset"] != "phantom":
             print("noise study skipped: only the phantom can add label noise")
         else:
             rows = [experiment.setting(name, noise=noise)
-                    for noise in list_option(config["noise_levels"], "--noise-levels", cast=float) for name in _settings(experiment)]
+                    for noise in ros.noise_levels for name in _settings(experiment)]
             results["noise"] = write_table(run_dir, "noise", pd.DataFrame(rows),
                                            "Label noise (scored on the clean labels)"
                                            ).to_dict("records")
@@ -157,7 +155,7 @@ def run_studies(experiment, studies, write_table, landscape=None) -> dict:
             if not Stages(folder).done("landscape"):
                 data = experiment.data(row["noise"], row["seed"])
                 images, labels = split_arrays(
-                    data, max_images=int(config["landscape_images"]),
+                    data, max_images=ros.landscape_images,
                     **image_options(data, experiment.variant(row["noise"], row["seed"])))
                 landscape(load_model(setting_model_path(folder)), images, labels,
                           folder / "landscape", data.multi_label, row["setting"])

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chestkd.experiments.ros_settings import (BASELINES, STUDIES, RosSettings, check_ros_config,
-                                              demo_note, plan, studies)
+from chestkd.experiments.ros_settings import (BASELINES, STUDIES, RosSettings, demo_note, plan,
+                                              ros_options)
 from chestkd.experiments.repeat import recipe_entry
 from chestkd.experiments.ros_studies import landscape_writer, run_studies, table_writer
 from chestkd.training.config import BASE_DEFAULTS
@@ -62,7 +62,7 @@ RECIPE_PROFILES = {"phantom": PHANTOM_ROS}
 
 
 def checked_plan(config: dict) -> str:
-    check_ros_config(config)  # every option and model name, before anything is read
+    ros_options(config)  # every option and model name, before anything is read
     return plan(config)
 
 
@@ -70,11 +70,11 @@ def run_once(config: dict) -> dict:
     name = config.get("run_name") or f"ros_kd-{Path(str(config['student'])).stem}"
     run_dir, options = open_run(run_options({**config, "run_name": name}), "ros_kd")
     print(f"run directory: {run_dir}")
-    ros = options.config   # the run's resolved configuration, read-only from here on
     # The settings (teachers on their subsets, Baselines I-V, RoS-KD) train as the studies ask
     # for them; each study writes its table (the demo's caveat ending every caption).
-    results = run_studies(RosSettings(ros, run_dir), studies(ros),
-                          table_writer(demo_note(ros)), landscape=landscape_writer(ros))
+    settings = RosSettings(options, run_dir)
+    results = run_studies(settings, settings.ros.studies, table_writer(demo_note(options.config)),
+                          landscape=landscape_writer(settings.ros.landscape_resolution))
     write_json(results, run_dir / "metrics.json")
     return {**results, "run_dir": str(run_dir)}
 
