@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from chestkd.scores import probabilities_from_logits
 from chestkd.training.callbacks import reestimate_batch_norm
 from chestkd.training.config import BASE_DEFAULTS, PHANTOM_DATASETS, save_config
 from chestkd.training.classifier import compile_classifier, pipelines, prepare_run_data
+from chestkd.training.options import RunOptions, as_options
 from chestkd.training.run import Stages, best_model, load_model, seed_everything
 from chestkd.training.trainer import fit
 
@@ -48,14 +50,54 @@ SETUP_FOLDERS = {"baseline": "baseline", "student": "student", "feature_extracto
                  "fine_tuned": "fine_tuned"}
 
 
-def setup_titles(config: dict) -> dict:
+@dataclass(frozen=True)
+class TransferOptions:
+    """What the transfer-learning recipe adds to a run's options (:func:`transfer_options`);
+    the transfer model's own weights are the run's ``weights`` (``options.training``)."""
+    baseline_model: str
+    transfer_model: str
+    teacher_model: str
+    teacher_weights: str | None
+    pretrain_dataset: str
+    pretrain_epochs: int
+    pretrain_images: int
+    finetune_epochs: int
+    finetune_lr_factor: float
+    finetune_batchnorm: str
+    reestimate_batchnorm: bool
+    head_lr_factor: float
+    baseline_epochs: int | None
+    paper_alpha: float
+    positive_class: str | None
+
+
+def transfer_options(config) -> TransferOptions:
+    """The transfer options of a resolved configuration, after :func:`check_options`."""
+    check_options(config)
+    given = config.get("baseline_epochs")
+    return TransferOptions(
+        baseline_model=config["baseline_model"], transfer_model=config["transfer_model"],
+        teacher_model=config["teacher_model"], teacher_weights=config["teacher_weights"],
+        pretrain_dataset=config["pretrain_dataset"],
+        pretrain_epochs=int(config["pretrain_epochs"]),
+        pretrain_images=int(config["pretrain_images"]),
+        finetune_epochs=int(config["finetune_epochs"]),
+        finetune_lr_factor=float(config["finetune_lr_factor"]),
+        finetune_batchnorm=config["finetune_batchnorm"],
+        reestimate_batchnorm=bool(config["reestimate_batchnorm"]),
+        head_lr_factor=float(config["head_lr_factor"]),
+        baseline_epochs=None if given is None else int(given),
+        paper_alpha=float(config["paper_alpha"]), positive_class=config.get("positive_class"))
+
+
+def setup_titles(transfer: TransferOptions) -> dict:
     """The table's row titles, naming the models this run trains."""
     def pretty(name):
         return {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
                 "baseline_cnn": "CNN"}.get(name, name)
-    model, teacher = pretty(config["transfer_model"]), pretty(config["teacher_model"])
-    return {"baseline": "Baseline CNN" if config["baseline_model"] == "baseline_cnn"
-            else f"Baseline ({pretty(config['baseline_model'])})",
+    model, teacher = pretty(transfer.transfer_model), pretty(transfer.teacher_model)
+    return {"baseline": "Baseline CNN" if transfer.baseline_model == "baseline_cnn"
+            else f"Baseline ({pretty(transfer.baseline_model)})",
             "feature_extractor": f"Transfer learning ({model} fixed extractor)",
             "fine_tuned": f"Transfer learning ({model} fine-tuned)",
             "teacher": f"{teacher} teacher (fine-tuned)",
@@ -79,24 +121,24 @@ def check_options(config: dict) -> None:
             source_model_file(source)
 
 
-def positive_index(config: dict, class_names) -> int:
+def positive_index(transfer: TransferOptions, class_names) -> int:
     """The index of ``positive_class`` (by default the last class) among the data's classes."""
-    names = list(class_names)
-    if config.get("positive_class") and config["positive_class"] not in names:
-        raise ConfigError(f"--positive-class {config['positive_class']!r}: not one of the "
-                          f"classes {names}")
-    return names.index(config.get("positive_class") or names[-1])
+    names, positive = list(class_names), transfer.positive_class
+    if positive and positive not in names:
+        raise ConfigError(f"--positive-class {positive!r}: not one of the classes {names}")
+    return names.index(positive or names[-1])
 
 
-def teacher_is_setup_3(config: dict) -> bool:
+def teacher_is_setup_3(options: RunOptions, transfer: TransferOptions) -> bool:
     """Whether the teacher's two stages would repeat setups 2-3 exactly (same model, same
     weights): then setup 3's model is the teacher."""
-    return (config["teacher_model"], config["teacher_weights"]) == (config["transfer_model"],
-                                                                    config["weights"])
+    return (transfer.teacher_model, transfer.teacher_weights) == (
+        transfer.transfer_model, as_options(options).training.weights)
 
 
-def pretraining_config(config: dict) -> dict:
-    """The base-training configuration of ``weights: phantom`` (a model-store entry)."""
+def pretraining_config(config) -> dict:
+    """The base-training configuration of ``weights: phantom`` (a model-store entry), from
+    the run's resolved configuration ``config``."""
     size, images = int(config["image_size"]), int(config["pretrain_images"])
     pre = {**config, "dataset": "phantom", "data_dir": None, "classes": None, "balance": None,
            "epochs": int(config["pretrain_epochs"]), "phantom_images": images,
@@ -114,23 +156,25 @@ def pretraining_config(config: dict) -> dict:
     return {k: v for k, v in pre.items() if k in BASE_DEFAULTS or k.startswith("_")}
 
 
-def pretrained_source(config: dict, name: str, source, run_dir) -> Path | None:
+def pretrained_source(options: RunOptions, name: str, source, run_dir) -> Path | None:
     """The .keras file that initialises ``name`` (None for random or ImageNet weights)."""
     if source in (None, "imagenet"):
         return None
     if source != "phantom":
         return source_model_file(source)
     (Path(run_dir) / "pretraining").mkdir(exist_ok=True)
-    data, pre = prepare_run_data(pretraining_config(config), Path(run_dir) / "pretraining")
+    data, pre = prepare_run_data(pretraining_config(as_options(options).config),
+                                 Path(run_dir) / "pretraining")
     _, folder = obtain_model(pre, data, name)
     return Path(folder) / "model.keras"
 
 
-def initial_model(config: dict, data, name: str, source, run_dir):
+def initial_model(options: RunOptions, data, name: str, source, run_dir):
     """(model, transfer report): ``name`` for ``data``'s classes, initialised from ``source``."""
-    size = int(config["image_size"])
-    path = pretrained_source(config, name, source, run_dir)
-    seed_everything(int(config["seed"]))
+    options = as_options(options)
+    size = options.image.image_size
+    path = pretrained_source(options, name, source, run_dir)
+    seed_everything(options.seed)
     model = build(name, data.num_classes, (size, size, 3),
                   weights="imagenet" if source == "imagenet" else None)
     if path is None:
@@ -140,29 +184,31 @@ def initial_model(config: dict, data, name: str, source, run_dir):
     return model, transfer_weights(load_model(path), model, source_label=str(path))
 
 
-def reestimate_statistics(model, data, config: dict, folder) -> int:
+def reestimate_statistics(model, data, options: RunOptions, folder) -> int:
     """Re-estimate ``model``'s BatchNorm moving statistics on the training split (its exact
     mean and variance under the final weights) and save it as ``folder``'s model.keras.
 
     Why: fine-tuning for a few hundred steps at momentum 0.99 leaves a large share of the
     moving statistics from the source task (0.99^88 = 41 %), which shifts inference-mode
     logits away from those the weights were trained with."""
-    train, _ = pipelines(data, config)
-    batches = math.ceil(int((data.split == "train").sum()) / int(config["batch_size"]))
+    options = as_options(options)
+    train, _ = pipelines(data, options)
+    batches = math.ceil(int((data.split == "train").sum()) / options.training.batch_size)
     used = reestimate_batch_norm(model, train, max_batches=batches)
     if used:
         model.save(Path(folder) / "model.keras")
     return used
 
 
-def train_stage(model, data, config: dict, folder, *, epochs: int, lr_factor: float = 1.0,
-                reestimate: bool = False):
+def train_stage(model, data, options: RunOptions, folder, *, epochs: int,
+                lr_factor: float = 1.0, reestimate: bool = False):
     """Compile ``model`` as it is (frozen layers stay frozen) and train it into ``folder``;
     ``reestimate``: its BatchNorm statistics re-estimated afterwards."""
-    stage = {**config, "epochs": int(epochs),
-             "learning_rate": float(config["learning_rate"]) * lr_factor, "weights": None}
+    options = as_options(options)
+    stage = options.replace(epochs=int(epochs), weights=None, learning_rate=float(
+        options.training.learning_rate) * lr_factor)
     Path(folder).mkdir(parents=True, exist_ok=True)
-    save_config(stage, Path(folder) / "config.yaml")   # export/predict read it
+    save_config(stage.config, Path(folder) / "config.yaml")   # export/predict read it
     if Stages(folder).done("training"):
         return best_model(folder, model)
     compile_classifier(model, data, stage)
@@ -186,79 +232,86 @@ def unfrozen(model, batchnorm: str):
     return model
 
 
-def baseline_epochs(config: dict) -> int:
+def baseline_epochs(options: RunOptions, transfer: TransferOptions) -> int:
     """Setup 1's epochs: ``baseline_epochs``, by default as many as setup 3 in total."""
-    given = config.get("baseline_epochs")
-    return int(given) if given is not None else (int(config["epochs"])
-                                                 + int(config["finetune_epochs"]))
+    if transfer.baseline_epochs is not None:
+        return transfer.baseline_epochs
+    return as_options(options).training.epochs + transfer.finetune_epochs
 
 
-def teacher_outputs(config: dict) -> str:
+def teacher_outputs(options: RunOptions) -> str:
     """``cached`` (the teacher runs once per training image and flip) when the only
     augmentation is the flip, else ``online`` (a cached table cannot follow an affine map)."""
-    return "cached" if config.get("augment") in (None, "flip") else "online"
+    return "cached" if as_options(options).training.augment in (None, "flip") else "online"
 
 
-def reestimates(config: dict) -> bool:
+def reestimates(options: RunOptions, transfer: TransferOptions) -> bool:
     """Whether fine-tuned models get their BatchNorm statistics re-estimated here (``checkpoint:
     average`` re-estimates them itself, for every stage and the pretraining)."""
-    return (bool(config["reestimate_batchnorm"]) and config["finetune_batchnorm"] == "train"
-            and config.get("checkpoint") != "average")
+    return (transfer.reestimate_batchnorm and transfer.finetune_batchnorm == "train"
+            and as_options(options).training.checkpoint != "average")
 
 
-def two_stage(config, data, name, source, run_dir, prefix: str):
+def two_stage(options: RunOptions, transfer: TransferOptions, data, name, source, run_dir,
+              prefix: str):
     """Setups 2 and 3 for ``name``: (frozen-base model, fine-tuned model, transfer report)."""
-    model, report = initial_model(config, data, name, source, run_dir)
-    frozen = train_stage(freeze_backbone(model), data, config, run_dir / f"{prefix}frozen",
-                         epochs=int(config["epochs"]),
-                         lr_factor=float(config["head_lr_factor"]))
+    options = as_options(options)
+    model, report = initial_model(options, data, name, source, run_dir)
+    frozen = train_stage(freeze_backbone(model), data, options, run_dir / f"{prefix}frozen",
+                         epochs=options.training.epochs, lr_factor=transfer.head_lr_factor)
     tuned = train_stage(unfrozen(load_model(run_dir / f"{prefix}frozen" / "model.keras"),
-                                 config["finetune_batchnorm"]),
-                        data, config, run_dir / f"{prefix}fine_tuned",
-                        epochs=int(config["finetune_epochs"]),
-                        lr_factor=float(config["finetune_lr_factor"]),
-                        reestimate=reestimates(config))
+                                 transfer.finetune_batchnorm),
+                        data, options, run_dir / f"{prefix}fine_tuned",
+                        epochs=transfer.finetune_epochs, lr_factor=transfer.finetune_lr_factor,
+                        reestimate=reestimates(options, transfer))
     return frozen, tuned, report
 
 
-def teacher_setup(config, data, run_dir, fine_tuned, fine_tuned_report):
+def teacher_setup(options: RunOptions, transfer: TransferOptions, data, run_dir, fine_tuned,
+                  fine_tuned_report):
     """Setup 4's teacher: (model, run folder, transfer report); setup 3's own when
     :func:`teacher_is_setup_3`, else ``teacher_model`` through :func:`two_stage`."""
-    if teacher_is_setup_3(config):
+    if teacher_is_setup_3(options, transfer):
         return fine_tuned, run_dir / SETUP_FOLDERS["fine_tuned"], fine_tuned_report
-    _, teacher, report = two_stage(config, data, config["teacher_model"],
-                                   config["teacher_weights"], run_dir, "teacher_")
+    _, teacher, report = two_stage(options, transfer, data, transfer.teacher_model,
+                                   transfer.teacher_weights, run_dir, "teacher_")
     return teacher, run_dir / "teacher_fine_tuned", report
 
 
-def kd_alpha(config: dict) -> float:
+def kd_alpha(transfer: TransferOptions) -> float:
     """chestkd's alpha (the soft term's weight): the paper's alpha weighs the LABELS."""
-    return 1.0 - float(config["paper_alpha"])
+    return 1.0 - transfer.paper_alpha
 
 
-def kd_config(config: dict) -> dict:
-    """The student's configuration: :func:`kd_alpha`, the teacher's outputs cached or online,
-    ``epochs + finetune_epochs`` epochs from its pretrained start."""
-    return {**config, "weights": None, "alpha": kd_alpha(config),
-            "teacher_outputs": teacher_outputs(config), "kd_loss_used": config["kd_loss"],
-            "epochs": int(config["epochs"]) + int(config["finetune_epochs"])}
+def kd_options(options: RunOptions, transfer: TransferOptions) -> RunOptions:
+    """The student's options: :func:`kd_alpha`, the teacher's outputs cached or online,
+    ``epochs + finetune_epochs`` epochs from its pretrained start (``kd_loss_used`` names the
+    formulation in its ``config.yaml``)."""
+    options = as_options(options)
+    return options.replace(weights=None, alpha=kd_alpha(transfer),
+                           teacher_outputs=teacher_outputs(options),
+                           kd_loss_used=options.kd.kd_loss,
+                           epochs=options.training.epochs + transfer.finetune_epochs)
 
 
-def distil_student(config: dict, data, teacher, folder, run_dir):
+def distil_student(options: RunOptions, transfer: TransferOptions, data, teacher, folder,
+                   run_dir):
     """Setup 4's student: a pretrained ``transfer_model`` distilled from ``teacher`` into
     ``folder``; returns (model, transfer report)."""
-    start, report = initial_model(config, data, config["transfer_model"], config["weights"],
-                                  run_dir)
-    student = kd_config(config)
+    options = as_options(options)
+    start, report = initial_model(options, data, transfer.transfer_model,
+                                  options.training.weights, run_dir)
+    student = kd_options(options, transfer)
     folder.mkdir(exist_ok=True)
-    save_config(student, folder / "config.yaml")
-    return distil(student, folder, data, teacher, config["transfer_model"],
+    save_config(student.config, folder / "config.yaml")
+    return distil(student, folder, data, teacher, transfer.transfer_model,
                   init_from=start), report
 
 
-def score(model, data, config, folder, label: str) -> dict:
+def score(model, data, options: RunOptions, folder, label: str) -> dict:
     """The setup's evaluation (metrics, model card, model_info.json), once."""
-    return evaluate_once(model, data, {**config, "weights": None}, folder, model_name=label)
+    return evaluate_once(model, data, as_options(options).replace(weights=None), folder,
+                         model_name=label)
 
 
 def table_row(setup: str, title: str, folder: Path, results: dict, positive: int) -> dict:
@@ -344,33 +397,35 @@ def verdict(rows: list[dict]) -> str:
     return " ".join(lines)
 
 
-def weights_sentence(config: dict) -> str:
+def weights_sentence(options: RunOptions, transfer: TransferOptions) -> str:
     """Where the pretrained weights came from, one sentence per model (the paper's are
     ImageNet's)."""
+    options = as_options(options)
     source_task = ("the single-label phantom's normal / pneumonia / COVID-19-like task on "
                    f"films drawn with another seed ({PRETRAIN_PHANTOM_SEED}), none of the "
-                   "target's" if config["pretrain_dataset"] == "pneumonia_phantom"
+                   "target's" if transfer.pretrain_dataset == "pneumonia_phantom"
                    else "the 14-finding phantom")
 
     def one(model, source):
         if source == "phantom":
             return (f"{model} is phantom-pretrained offline (not ImageNet, the paper's): "
-                    f"{config['pretrain_epochs']} epochs on {config['pretrain_images']} films "
-                    f"of {source_task}, at {config['image_size']} px")
+                    f"{transfer.pretrain_epochs} epochs on {transfer.pretrain_images} films "
+                    f"of {source_task}, at {options.image.image_size} px")
         if source == "imagenet":
             return f"{model} starts from Keras' ImageNet weights"
         if source is None:
             return f"{model} starts from random weights"
         return f"{model} starts from the chestkd model {source}"
-    first = one(config["transfer_model"], config["weights"])
-    if teacher_is_setup_3(config):
+    first = one(transfer.transfer_model, options.training.weights)
+    if teacher_is_setup_3(options, transfer):
         return f"Pretrained weights: {first} (the teacher too)."
     return (f"Pretrained weights: {first}; "
-            + one(config["teacher_model"], config["teacher_weights"]) + ".")
+            + one(transfer.teacher_model, transfer.teacher_weights) + ".")
 
 
 def plan(config: dict) -> str:
     """What the run will train, in order (printed before anything starts)."""
+    options, transfer = as_options(config), transfer_options(config)
     lr, factor = float(config["learning_rate"]), float(config["finetune_lr_factor"])
     head = int(config["epochs"])
     tune, total = int(config["finetune_epochs"]), head + int(config["finetune_epochs"])
@@ -391,13 +446,13 @@ def plan(config: dict) -> str:
                      "reused from the model store when it holds them)")
     bn = ("BatchNorm trained too" if config["finetune_batchnorm"] == "train"
           else "BatchNorm frozen") + (", its statistics re-estimated after"
-                                      if reestimates(config) else "")
+                                      if reestimates(options, transfer) else "")
     if config.get("checkpoint") == "average":
         lines.append("  every stage keeps the average of its last third of epochs' weights, "
                      "BatchNorm statistics re-estimated on its training split (checkpoint: "
                      "average)")
     head_lr = lr * float(config["head_lr_factor"])
-    lines += [f"  1. {config['baseline_model']} from scratch: {baseline_epochs(config)} epochs",
+    lines += [f"  1. {config['baseline_model']} from scratch: {baseline_epochs(options, transfer)} epochs",
               f"  2. {config['transfer_model']} fixed extractor ({config['weights']} weights): "
               f"new head only, {head} epochs at lr {head_lr:g}",
               f"  3. {config['transfer_model']} fine-tuned: setup 2, then every layer ({bn}) "
@@ -405,7 +460,7 @@ def plan(config: dict) -> str:
               f"  4. {config['teacher_model']} teacher ({config['teacher_weights']} weights), "
               f"stages 2 and 3 ({head} + {tune} epochs), then a {config['transfer_model']} "
               f"student distilled from it for {total} epochs (teacher "
-              f"{teacher_outputs(config)})",
+              f"{teacher_outputs(options)})",
               f"then it scores the five on the test split (bootstrap {config['bootstrap']}). "
               + ("This is the no-data demo; the paper's settings (224 px, ResNet-50 teacher "
                  "from ImageNet): --config recipes/transfer_learning.yaml --data-dir chest_xray"
@@ -413,12 +468,14 @@ def plan(config: dict) -> str:
     return "\n".join(lines)
 
 
-def table_text(rows: list[dict], config: dict, data, positive: int, test_images: int) -> str:
+def table_text(rows: list[dict], options: RunOptions, transfer: TransferOptions, data,
+               positive: int, test_images: int) -> str:
     """The markdown of the extended Table 4.1 with its caption and verdict."""
-    note = ("" if config["teacher_model"] == "resnet50" else
-            f" The teacher is {config['teacher_model']}, not the paper's ResNet-50"
+    options = as_options(options)
+    note = ("" if transfer.teacher_model == "resnet50" else
+            f" The teacher is {transfer.teacher_model}, not the paper's ResNet-50"
             + (": setup 3's model itself, so the student distils a network of its own size "
-               "(no compression shown)." if teacher_is_setup_3(config) else "."))
+               "(no compression shown)." if teacher_is_setup_3(options, transfer) else "."))
     names = list(data.class_names)
     table = pd.DataFrame(rows)
     shown = table.drop(columns=["auc_ci"]).assign(auc=[
@@ -427,29 +484,30 @@ def table_text(rows: list[dict], config: dict, data, positive: int, test_images:
     if len(names) == 2:
         decision = (f"Accuracy, precision, recall and F1 of class {names[positive]!r} at the "
                     f"decision p({names[positive]}) >= the threshold chosen on the validation "
-                    f"split ({config.get('threshold_rule') or 'youden'}; column threshold); "
+                    f"split ({options.evaluation.threshold_rule}; column threshold); "
                     "accuracy_argmax: at the arg-max (p >= 0.5)")
     else:
         decision = "Accuracy, precision, recall and F1 (macro average) at the arg-max decision"
     return (f"# Table 4.1 extended: {data.name} ({', '.join(names)}), {test_images} test "
             "images\n\n" + markdown_table(shown) + f"\n\n{decision}; AUC with its 95 % "
             "patient-bootstrap interval; latency: median of batch-1 calls after warm-up on this "
-            "machine. " + weights_sentence(config) + note + "\n\n"
+            "machine. " + weights_sentence(options, transfer) + note + "\n\n"
             + verdict(rows) + "\n")
 
 
-def write_table(config: dict, data, models: dict, folders: dict, positive: int,
-                run_dir) -> list[dict]:
+def write_table(options: RunOptions, transfer: TransferOptions, data, models: dict,
+                folders: dict, positive: int, run_dir) -> list[dict]:
     """Score every setup (:func:`score`) and write ``table4_1.csv`` and ``table4_1.md`` (also
     printed); returns the table's rows in the order of :data:`SETUPS`."""
-    architectures = {"baseline": config["baseline_model"], "teacher": config["teacher_model"]}
-    titles, results, rows = setup_titles(config), {}, []
+    architectures = {"baseline": transfer.baseline_model, "teacher": transfer.teacher_model}
+    titles, results, rows = setup_titles(transfer), {}, []
     for setup, _ in SETUPS:
-        results[setup] = score(models[setup], data, config, folders[setup],
-                               architectures.get(setup, config["transfer_model"]))
+        results[setup] = score(models[setup], data, options, folders[setup],
+                               architectures.get(setup, transfer.transfer_model))
         rows.append(table_row(setup, titles[setup], folders[setup], results[setup], positive))
     pd.DataFrame(rows).to_csv(run_dir / "table4_1.csv", index=False)
-    text = table_text(rows, config, data, positive, results["baseline"]["test_images"])
+    text = table_text(rows, options, transfer, data, positive,
+                      results["baseline"]["test_images"])
     (run_dir / "table4_1.md").write_text(text)
     print("\n" + text)
     return rows

@@ -19,7 +19,8 @@ import json
 from chestkd.experiments.transfer import (SETUP_FOLDERS, baseline_epochs, check_options,
                                           copied_layers, distil_student, initial_model,
                                           kd_alpha, plan, positive_index, teacher_setup,
-                                          train_stage, two_stage, write_table)
+                                          train_stage, transfer_options, two_stage,
+                                          write_table)
 from chestkd.experiments.repeat import recipe_entry
 from chestkd.training.config import BASE_DEFAULTS, resolve_config
 from chestkd.training.classifier import prepare_run_data, set_precision
@@ -67,28 +68,29 @@ def run_once(config: dict) -> dict:
     print(f"run directory: {run_dir}")
     set_precision(options)
     data, options = prepare_run_data(options, run_dir)
-    settings = options.config   # the run's resolved configuration, read-only from here on
-    positive = positive_index(settings, data.class_names)
+    transfer = transfer_options(options.config)   # the run's own (a resumed run's saved ones)
+    positive = positive_index(transfer, data.class_names)
     folders = {setup: run_dir / name for setup, name in SETUP_FOLDERS.items()}
     models, transfers = {}, {}
     # 1. the baseline from scratch
-    baseline, _ = initial_model(settings, data, settings["baseline_model"], None, run_dir)
-    models["baseline"] = train_stage(baseline, data, settings, folders["baseline"],
-                                     epochs=baseline_epochs(settings))
+    baseline, _ = initial_model(options, data, transfer.baseline_model, None, run_dir)
+    models["baseline"] = train_stage(baseline, data, options, folders["baseline"],
+                                     epochs=baseline_epochs(options, transfer))
     # 2-3. the pretrained transfer model: its new head on the frozen base, then every layer
     models["feature_extractor"], models["fine_tuned"], transfers["transfer_model"] = two_stage(
-        settings, data, settings["transfer_model"], settings["weights"], run_dir, "")
+        options, transfer, data, transfer.transfer_model, options.training.weights, run_dir,
+        "")
     # 4. a teacher fine-tuned the same way, distilled into a pretrained student
     models["teacher"], folders["teacher"], transfers["teacher_model"] = teacher_setup(
-        settings, data, run_dir, models["fine_tuned"], transfers["transfer_model"])
-    models["student"], transfers["student"] = distil_student(settings, data, models["teacher"],
-                                                             folders["student"], run_dir)
+        options, transfer, data, run_dir, models["fine_tuned"], transfers["transfer_model"])
+    models["student"], transfers["student"] = distil_student(
+        options, transfer, data, models["teacher"], folders["student"], run_dir)
     write_json(transfers, run_dir / "transfer.json")
     # What it reports: the five setups scored on the test split, as Table 4.1 extended.
-    rows = write_table(settings, data, models, folders, positive, run_dir)
+    rows = write_table(options, transfer, data, models, folders, positive, run_dir)
     summary = {"recipe": "transfer_learning", "table": rows, "transfer": transfers,
                "setups": {s: str(f) for s, f in folders.items()},
-               "paper_alpha": settings["paper_alpha"], "kd_alpha": kd_alpha(settings)}
+               "paper_alpha": options.config["paper_alpha"], "kd_alpha": kd_alpha(transfer)}
     write_json(summary, run_dir / "metrics.json")
     print(json.dumps({"transfer": copied_layers(transfers)}, indent=1))
     return {**summary, "run_dir": str(run_dir)}
