@@ -250,3 +250,22 @@ def test_a_repeat_averages_a_recipes_own_tables_row_by_row(tmp_path):
     text = (Path(summary["summary_dir"]) / "summary.md").read_text()
     assert "## table1: mean +- std over the seeds" in text
     assert f"| teacher | 1000 | {np.mean([0.61, 0.65, 0.60]):.4f} +- " in text
+
+
+def test_a_resumed_run_prints_no_plan_of_the_command_lines_defaults(monkeypatch, capsys,
+                                                                     tmp_path):
+    """Regression: --resume printed the plan of the command line's configuration (the
+    defaults: e.g. the phantom profile's epochs), not the saved one that the run goes on with."""
+    from chestkd.recipes import ensemble_kd
+
+    class Started(Exception):
+        pass
+
+    def open_run(options, recipe_name):
+        raise Started(dict(options.config))
+
+    monkeypatch.setattr(ensemble_kd, "open_run", open_run)
+    for argv, planned in (([], True), (["--resume", str(tmp_path)], False)):
+        with pytest.raises(Started):
+            ensemble_kd.run(argv)
+        assert ("ensemble_kd plan" in capsys.readouterr().out) is planned, argv

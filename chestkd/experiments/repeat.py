@@ -171,13 +171,14 @@ def recipe_entry(run_once, defaults: dict, doc: str, *, plan=None, **resolve_opt
     ``run(argv)`` resolves the configuration (:func:`~chestkd.training.config.resolve_config`
     with ``defaults``, the recipe's docstring ``doc`` for ``--help`` and ``resolve_options``
     such as ``recipe_profiles``), prints ``plan(config)`` (what the run will train; it may
-    refuse an option first), then runs once, or once per seed with ``--seeds``;
+    refuse an option first; not for ``--resume``, whose saved configuration differs from the
+    command line's), then runs once, or once per seed with ``--seeds``;
     ``main(argv)`` is the console-script entry (exit 0 on success, 2 on a user error).
     """
     def run(argv=None) -> dict:
         config = resolve_config(argv, defaults, doc, **resolve_options)
         check_options(config)
-        if plan is not None:
+        if plan is not None and not config.get("resume"):  # a resumed run keeps its own plan
             print(plan(config), flush=True)
         return over_seeds(run_once, config) if config.get("seeds") else run_once(config)
 
