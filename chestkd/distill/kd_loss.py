@@ -58,7 +58,6 @@ FORMULATION_TITLES = {"sigmoid": "sigmoid KD", "ho2020_eq8": "Eq. 8", "ho2020_eq
                       "hinton": "Hinton KD"}
 
 
-
 def check_formulation(name) -> str:
     """``name`` if it is one of :data:`FORMULATIONS`, else a ConfigError naming them (the
     ``--kd-loss`` option's check, made before any training)."""

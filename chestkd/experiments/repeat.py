@@ -59,7 +59,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-def summarise_tables(results: list[dict], seeds: list[int]) -> dict:
+def summarise_tables(results: list[dict]) -> dict:
     """Each table a recipe reports of its own (a list of rows, e.g. ensemble_kd's ``table1``,
     ros_kd's settings, transfer_learning's setups), over the seeds: ``{key: rows}``.
 
@@ -139,7 +139,7 @@ def over_seeds(run_one, config: dict) -> dict:
         results.append(run_one(one))
         results[-1].setdefault("run_dir", one.get("run_dir"))
     summary, table = summarise(results, seeds)
-    tables = summarise_tables(results, seeds)
+    tables = summarise_tables(results)
     if tables:
         summary["tables"] = tables
     name = (config.get("run_name") or results[0].get("strategy") or results[0].get("recipe")
