@@ -75,8 +75,8 @@ def teacher_names(teachers, k: int) -> list[str]:
     return [names[i % len(names)] for i in range(int(k))]
 
 
-def obtain_teachers(options: RunOptions, data: Dataset, names, *, overlap: float = 1.0,
-                    seed: int = 0, overlap_mode: str = "core") -> list:
+def obtain_teachers(options: RunOptions, data: Dataset, names, *, overlap: float,
+                    seed: int, overlap_mode: str) -> list:
     """Teacher ``i`` (``names[i]``) trained on overlapping patient subset ``i`` of the
     training split (``overlap_mode``; all on the full split when ``overlap = 1``);
     ``.keras`` files as given. Returns ``[(model, source)]``."""
