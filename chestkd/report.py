@@ -9,8 +9,10 @@ Writes Markdown, CSV and PNG into ``--out`` (default ``RUNS_DIR/report``):
   options, label noise, image size, optimiser, schedule, epochs, ...), so runs of different
   datasets or schedules are never averaged together. Runs that differ only in the seed are
   averaged (mean +- std, n). The base column holds full-schedule base-training runs of that
-  setting only (a defective teacher is a checkpoint, never a base run), each counted once
-  however many recipes used it;
+  setting only (a defective teacher is a checkpoint, never a base run, and a RoS-KD teacher
+  of a subset no base model), each counted once however many recipes used it. A cell is one
+  experiment: runs that differ in an option shaping a distilled model (teacher epochs,
+  student init, ...) are cells of their own, named by that option; ``n`` counts seeds;
 * ``table2``: training minutes per strategy (each trained model counted once);
 * ``table3``: per-class AUC laid out like the paper's Table 3 — its published columns
   (``published_auc.csv``, from the paper's own Table 3) beside this report's runs;
@@ -35,14 +37,19 @@ from chestkd.cli import main_of
 from chestkd.errors import ChestKDError
 from chestkd.evaluation.evaluate import markdown_table
 from chestkd.evaluation.plots import plot_training_curves
+from chestkd.experiments.ros import trained_on_subset
 from chestkd.experiments.store import MODEL_KEYS
-from chestkd.training.config import config_id
+from chestkd.training.config import BOOKKEEPING_KEYS, config_id
 from chestkd.training.run import Stages, history
 
 PUBLISHED = Path(__file__).with_name("evaluation") / "published_auc.csv"
 # What makes two runs comparable cells of one table: all model-shaping options but the
 # model and the seed.
 SETTING_KEYS = MODEL_KEYS - {"model", "seed"}
+# Options that choose how a result is computed, not which result: runs that differ only in
+# these are repeats of one experiment (online teachers give the cached teachers' losses).
+HOW_KEYS = frozenset({"seed", "teacher_outputs"})
+# The recipes these tables describe; the others (ensemble_kd, ros_kd, ...) write their own.
 STRATEGY_ORDER = ("base_training", "self_training", "standard_kd", "reversed_kd",
                   "defective_kd")
 
@@ -62,15 +69,33 @@ def _setting(config: dict) -> str:
     return config_id(config, keys=SETTING_KEYS)[:8]
 
 
+def _experiment(config: dict, strategy: str) -> str:
+    """What makes runs seeds of one cell: a base model's setting; for a distilled model, every
+    option that shapes its result (teacher epochs, student init, ...) but :data:`HOW_KEYS`."""
+    if strategy == "base_training":
+        return _setting(config)
+    return config_id({k: v for k, v in config.items() if k not in HOW_KEYS})[:8]
+
+
+def _store_place(path) -> tuple[str, str]:
+    """A store entry named by its store folder and its own: the same entry whether the run
+    that recorded it was given ``--out runs`` or an absolute path, from any folder."""
+    path = Path(str(path))
+    return path.parent.name, path.name
+
+
 def find_runs(root) -> pd.DataFrame:
     """One row per finished run under ``root``; a base-training cell whose model lives in the
-    model store (``trained_in``) is the store entry's row, counted once."""
+    model store (``trained_in``) is the store entry's row, counted once. A RoS-KD teacher
+    trained on a subset of the training split is no base model, and is left out."""
     rows = []
     for metrics_path in sorted(Path(root).rglob("metrics.json")):
         folder = metrics_path.parent
         if not (folder / "config.yaml").exists() or not _finished(folder):
             continue
         config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        if config.get("role") == "store" and trained_on_subset(config.get("teachers_dir")):
+            continue
         metrics = json.loads(metrics_path.read_text())
         strategy = _strategy(config)
         model = metrics.get("model") or config.get("model")
@@ -87,6 +112,7 @@ def find_runs(root) -> pd.DataFrame:
             "run": str(folder), "trained_in": metrics.get("trained_in"),
             "strategy": strategy, "model": model, "teacher": teacher, "kd": kd,
             "dataset": metrics.get("dataset"), "setting": _setting(config),
+            "experiment": _experiment(config, strategy), "config": config,
             "seed": config.get("seed"), "epochs": config.get("epochs"),
             "label_noise": config.get("label_noise") or 0.0,
             "mean_auc": metrics.get("mean_auc"), "mean_auc_ci": metrics.get("mean_auc_ci"),
@@ -98,8 +124,9 @@ def find_runs(root) -> pd.DataFrame:
     if runs.empty:
         return runs
     # A base cell that only points at a store entry found here is that entry.
-    found = set(runs["run"])
-    duplicate = runs["trained_in"].apply(lambda t: isinstance(t, str) and t in found)
+    found = {_store_place(run) for run in runs["run"]}
+    duplicate = runs["trained_in"].apply(lambda t: isinstance(t, str)
+                                         and _store_place(t) in found)
     return runs[~duplicate].reset_index(drop=True)
 
 
@@ -124,15 +151,41 @@ def _column(strategy: str, teacher, kd: str) -> str:
     return f"{strategy} (teacher {teacher}; {kd})"
 
 
+def _told_apart(frame: pd.DataFrame) -> list[str]:
+    """Each row's column name, with the options that tell its experiment apart from another
+    experiment of the same name, setting and model (e.g. ``[teacher_epochs=5]``)."""
+    columns = list(frame["column"])
+    for _, same in frame.groupby(["setting", "model", "column"], dropna=False):
+        experiments = same.drop_duplicates("experiment")
+        if len(experiments) < 2:
+            continue
+        configs = [{k: v for k, v in config.items() if not k.startswith("_")
+                    and k not in HOW_KEYS and k not in BOOKKEEPING_KEYS}
+                   for config in experiments["config"]]
+        keys = sorted(k for k in set().union(*configs) if len(
+            {json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1)
+        told = {e: ", ".join(f"{k}={c.get(k)}" for k in keys)
+                for e, c in zip(experiments["experiment"], configs)}
+        for index, experiment in zip(same.index, same["experiment"]):
+            columns[frame.index.get_loc(index)] += f" [{told[experiment]}]"
+    return columns
+
+
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
-    """Long table: setting, model, column, mean AUC over seeds, std, n, labels."""
+    """Long table: setting, model, column, mean AUC over seeds, std, n (seeds), runs, labels.
+
+    A cell is one experiment (:func:`_experiment`); runs of it with the same seed are one
+    seed's result (their mean), so ``n`` counts seeds, never repeats."""
     frame = runs.assign(column=[_column(s, t, k) for s, t, k in
                                 zip(runs.strategy, runs.teacher, runs.kd)],
                         order=[STRATEGY_ORDER.index(s) for s in runs.strategy])
-    grouped = frame.groupby(["setting", "dataset", "model", "order", "column", "labels"],
-                            dropna=False)["mean_auc"]
-    table = grouped.agg(["mean", "std", "count"]).reset_index()
-    table = table.rename(columns={"mean": "mean_auc", "std": "std", "count": "n"})
+    frame = frame.assign(column=_told_apart(frame))
+    cell = ["setting", "dataset", "model", "order", "column", "labels"]
+    seeds = (frame.groupby([*cell, "seed"], dropna=False)["mean_auc"]
+             .agg(["mean", "count"]).reset_index())
+    table = seeds.groupby(cell, dropna=False).agg(
+        mean_auc=("mean", "mean"), std=("mean", "std"), n=("mean", "count"),
+        runs=("count", "sum")).reset_index()
     return table.sort_values(["setting", "model", "order", "column"]).drop(columns="order")
 
 
@@ -140,6 +193,8 @@ def _cell(row) -> str:
     text = f"{row.mean_auc:.3f}"
     if row.n > 1:
         text += f" ± {row.std:.3f} (n={int(row.n)})"
+    if row.runs > row.n:
+        text += f" ({int(row.runs)} runs)"
     return text
 
 
@@ -151,7 +206,9 @@ def table1_markdown(table: pd.DataFrame, runs: pd.DataFrame, root) -> str:
         wide = wide.reset_index().fillna("")
         labels = ", ".join(sorted(set(part["labels"])))
         parts += [f"### {describe_setting(runs, setting, root)}", "",
-                  f"Mean test AUC against {labels} labels; mean ± std over seeds where n > 1.",
+                  f"Mean test AUC against {labels} labels; mean ± std over n seeds where "
+                  "n > 1 (runs of one seed, e.g. cached and online teachers, are averaged "
+                  "first).",
                   "", markdown_table(wide), ""]
     return "\n".join(parts)
 
@@ -206,9 +263,16 @@ def write_report(root, out=None) -> dict:
     if not root.exists():
         raise ChestKDError(f"{root}: no such runs directory")
     runs = find_runs(root)
+    if not runs.empty:
+        other = runs[~runs.strategy.isin(STRATEGY_ORDER)]
+        if len(other):
+            print("not in these tables (their recipes write their own): " + ", ".join(
+                f"{count} {name} run(s)" for name, count in other.strategy.value_counts()
+                .sort_index().items()))
+        runs = runs[runs.strategy.isin(STRATEGY_ORDER)].reset_index(drop=True)
     if runs.empty:
-        raise ChestKDError(f"{root}: no finished run (a folder with config.yaml and "
-                           "metrics.json) found")
+        raise ChestKDError(f"{root}: no finished run of {', '.join(STRATEGY_ORDER)} (a "
+                           "folder with config.yaml and metrics.json) found")
     out = Path(out or root / "report")
     out.mkdir(parents=True, exist_ok=True)
     written = {}

@@ -28,6 +28,7 @@ normalised draw); II has one teacher, where the two forms agree.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -66,6 +67,15 @@ def subset_tag(k: int, overlap: float, seed: int, index: int, mode: str = "core"
         return "full"
     reading = "" if mode == "circle" else f"-{mode}"
     return f"k{k}-p{float(overlap):g}{reading}-s{seed}-{index}"
+
+
+def trained_on_subset(teachers_dir) -> bool:
+    """Whether a store entry whose ``teachers_dir`` is this folder was trained on one
+    overlapping subset of the training split (a :func:`subset_tag` folder), not on all of it."""
+    if not teachers_dir:
+        return False
+    return re.fullmatch(r"k\d+-p[0-9.e+-]+?(-[a-z]+)?-s\d+-\d+",
+                        Path(str(teachers_dir)).name) is not None
 
 
 def teacher_names(teachers, k: int) -> list[str]:
