@@ -52,7 +52,7 @@ from chestkd.cli import main_of
 from chestkd.errors import ConfigError
 from chestkd.io import atomic_write, atomic_write_json
 from chestkd.predict import TFLiteModel, resolve_model
-from chestkd.scores import probabilities_from_logits
+from chestkd.scores import probabilities_from_logits, ranking_scores
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -222,9 +222,9 @@ def median_latency_ms(fn, image, *, repeats: int, warmup: int = 3) -> float:
     return float(np.median(times))
 
 
-def mean_auc(labels, probs) -> float | None:
+def mean_auc(labels, scores) -> float | None:
     from chestkd.evaluation.metrics import mean_auc as table_mean, per_class_auc
-    value = table_mean(per_class_auc(labels, probs, [str(c) for c in range(labels.shape[1])]))
+    value = table_mean(per_class_auc(labels, scores, [str(c) for c in range(labels.shape[1])]))
     return None if not np.isfinite(value) else value
 
 
@@ -259,14 +259,18 @@ def measure(report: dict, exported, keras_logits, info: dict, test, repeats: int
     size = int(info["image_size"])
     probe = np.zeros((1, size, size, 3), np.float32)
     if test is not None:
-        images, labels, p_keras = test
-        p_export = probabilities_from_logits(exported(images),
-                                             multi_label=info["probability"] == "sigmoid")
+        images, labels, logits_keras = test
+        multi_label = info["probability"] == "sigmoid"
+        logits_export = exported(images)
+        p_keras, p_export = (probabilities_from_logits(z, multi_label)
+                             for z in (logits_keras, logits_export))
         delta = np.abs(p_keras - p_export)
         report.update(test_images=int(len(images)), max_abs_delta_probability=float(delta.max()),
                       mean_abs_delta_probability=float(delta.mean()),
-                      test_mean_auc_keras=mean_auc(labels, p_keras),
-                      test_mean_auc_exported=mean_auc(labels, p_export),
+                      test_mean_auc_keras=mean_auc(labels, ranking_scores(logits_keras,
+                                                                          multi_label)),
+                      test_mean_auc_exported=mean_auc(labels, ranking_scores(logits_export,
+                                                                             multi_label)),
                       auc_labels="clean" if data_has_clean else "as given")
         probe = images[:1]
     else:
@@ -304,8 +308,7 @@ def export_model(model_path, *, fmt: str = "tflite", quantize=("none",), out=Non
     test = None
     if data is not None:
         images, labels = split_images(data, config, "test")
-        test = (images, labels, probabilities_from_logits(
-            keras_logits(images), multi_label=info["probability"] == "sigmoid"))
+        test = (images, labels, keras_logits(images))
     calibration = (split_images(data, config, "train", calibration_images)[0]
                    if "int8" in quantize else None)
     reports = {}

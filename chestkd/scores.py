@@ -7,6 +7,9 @@ the best checkpoint), and ``evaluation``, ``saliency``, ``robustness``, ``predic
 
 * :func:`probabilities_from_logits`: the sigmoid of each logit (independent findings) or the
   softmax across classes (mutually exclusive classes);
+* :func:`ranking_scores`: what every AUC ranks: the same order as the probabilities, without
+  their float64 saturation (a sigmoid is exactly 1.0 above a logit of about 37, which would tie
+  every such film);
 * :func:`exact_auc`: the exact one-vs-rest ROC AUC per class (the Mann-Whitney statistic, ties
   counted one half, equal to ``sklearn.metrics.roc_auc_score``), vectorised over classes and
   over many sets of per-image integer weights (a bootstrap resample scored from its counts).
@@ -21,7 +24,8 @@ import numpy as np
 
 from chestkd.errors import DataError
 
-__all__ = ["probabilities_from_logits", "exact_auc", "checked_labels_and_scores"]
+__all__ = ["probabilities_from_logits", "ranking_scores", "exact_auc",
+           "checked_labels_and_scores"]
 
 
 def probabilities_from_logits(logits, multi_label: bool) -> np.ndarray:
@@ -39,6 +43,26 @@ def probabilities_from_logits(logits, multi_label: bool) -> np.ndarray:
             return 1.0 / (1.0 + np.exp(-z))
     exponentials = np.exp(z - z.max(axis=-1, keepdims=True))
     return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
+def ranking_scores(logits, multi_label: bool) -> np.ndarray:
+    """float64 (..., C) scores in the order of :func:`probabilities_from_logits`, never tied
+    where the logits differ: what an AUC (exact, bootstrap, DeLong) ranks.
+
+    ``multi_label=True``: the logits themselves (the sigmoid is increasing; in float64 it is
+    exactly 1.0 for every logit above about 37, and ties those films).
+    ``multi_label=False``: the log of the softmax probability, ``(z_c - m) - log1p(R)`` with
+    ``m`` the largest logit and ``R`` the sum of ``exp(z_k - m)`` over the other classes, so
+    the top class keeps ``-log1p(R)`` (about ``-R``) where its probability rounds to 1.0.
+    """
+    z = np.asarray(logits, np.float64)
+    if multi_label:
+        return z.copy()
+    top = z.argmax(axis=-1)[..., None]
+    shifted = z - np.take_along_axis(z, top, axis=-1)
+    others = np.exp(shifted)
+    np.put_along_axis(others, top, 0.0, axis=-1)
+    return shifted - np.log1p(others.sum(axis=-1, keepdims=True))
 
 
 def checked_labels_and_scores(y_true, scores, what: str = "scores"

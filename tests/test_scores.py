@@ -9,7 +9,7 @@ import pytest
 from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
-from chestkd.scores import exact_auc, probabilities_from_logits
+from chestkd.scores import exact_auc, probabilities_from_logits, ranking_scores
 
 PACKAGE = Path(__file__).resolve().parents[1] / "chestkd"
 
@@ -105,6 +105,43 @@ def test_large_negative_logits_keep_their_ranking_in_every_auc():
     p = probabilities_from_logits(logits, multi_label=True)
     assert per_class_auc(labels, p, ["finding"])["auc"].tolist() == [1.0]
     assert exact_mean_auc(labels, logits, multi_label=True) == 1.0
+
+
+def test_ranking_scores_keep_the_probabilities_order_without_their_saturation():
+    from scipy.special import log_softmax
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 6, (2000, 4))
+    np.testing.assert_array_equal(ranking_scores(z, multi_label=True), z)
+    exclusive = ranking_scores(z, multi_label=False)
+    np.testing.assert_allclose(exclusive, log_softmax(z, axis=-1), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(np.exp(exclusive), probabilities_from_logits(z, False),
+                               rtol=0, atol=1e-15)
+    # The top class of margins 40..60: a probability of exactly 1.0 each, distinct scores.
+    margins = np.linspace(40.0, 60.0, 9)
+    top = np.stack([margins, np.zeros(9), np.zeros(9)], axis=1)
+    assert set(probabilities_from_logits(top, False)[:, 0]) == {1.0}
+    assert np.all(np.diff(ranking_scores(top, False)[:, 0]) > 0)
+
+
+def test_large_positive_logits_keep_their_ranking_in_every_auc():
+    # The mirror of the negative case: a sigmoid is exactly 1.0 above a logit of about 37,
+    # which scored a perfectly ranked class 0.5 in every AUC.
+    from chestkd.evaluation import statistics
+    from chestkd.training.losses import exact_mean_auc
+
+    logits = np.linspace(61.0, 250.0, 12)[:, None]
+    labels = (np.arange(12) >= 6).astype(np.float64)[:, None]
+    assert set(probabilities_from_logits(logits, True).ravel()) == {1.0}
+    assert exact_mean_auc(labels, logits, multi_label=True) == 1.0
+    margins = np.stack([logits[:, 0], np.zeros(12)], axis=1)  # exclusive classes
+    assert exact_mean_auc(np.eye(2)[1 - labels[:, 0].astype(int)], margins, False) == 1.0
+    pred = {"labels": labels, "patients": np.array([f"p{i}" for i in range(12)]),
+            "paths": np.array([f"/x/{i}.png" for i in range(12)]),
+            "class_names": np.array(["finding"]), "multi_label": np.array(True)}
+    summary, _ = statistics.compare_predictions({**pred, "logits": logits},
+                                                {**pred, "logits": logits[::-1]}, n_boot=50)
+    assert (summary["comparison"]["mean_auc_a"], summary["comparison"]["mean_auc_b"]) == (1.0,
+                                                                                         0.0)
 
 
 SIGMOID = re.compile(r"1(\.0)?\s*/\s*\(\s*1(\.0)?\s*\+\s*(np\.)?exp")

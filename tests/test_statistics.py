@@ -592,3 +592,18 @@ def test_a_finding_of_one_patient_gets_no_p_and_is_left_out_of_holm():
     assert np.isnan(table["p_clustered_delong"].iloc[1])  # one positive patient: no variance
     assert np.isfinite(table["p"].iloc[0]) and table["p_holm"].iloc[0] == table["p"].iloc[0]
     assert summary["comparison"]["multiplicity"] == "Holm over 1 findings"
+
+
+def test_one_patient_gives_no_interval_and_no_p_value():
+    # Every resample of one patient is the split itself: no spread, so no interval and no p
+    # (it was a zero-width interval and p = 2 / (B + 1), "significant").
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, (40, 2)).astype(float)
+    a = rng.normal(size=(40, 2))
+    one = np.array(["p0"] * 40)
+    paired = st.paired_bootstrap(y, a, a + 0.3 * y, one, n_boot=200)
+    assert paired["difference"] > 0 and np.isnan(paired["p_value"])
+    assert np.isnan(paired["difference_ci"]).all() and np.isnan(paired["mean_ci_b"]).all()
+    single = st.bootstrap_auc(y, a, one, n_boot=200)
+    assert np.isfinite(single["mean_auc"]) and np.isnan(single["mean_ci"]).all()
+    assert single["per_class_valid_resamples"] == [0, 0]

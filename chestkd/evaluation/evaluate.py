@@ -38,7 +38,7 @@ from chestkd.evaluation.model_card import write_model_card
 from chestkd.evaluation.metrics import (count_params, latency_per_image, mean_auc, per_class_auc,
                                         predict_logits, single_label_metrics)
 from chestkd.io import atomic_write_json
-from chestkd.scores import probabilities_from_logits
+from chestkd.scores import probabilities_from_logits, ranking_scores
 
 # Deprecated name of chestkd.scores.probabilities_from_logits, kept for
 # chestkd.experiments.feature_kd until it imports that function.
@@ -153,6 +153,9 @@ def evaluate_model(model, data: Dataset, options, run_dir, *, prefix: str = "",
     test = make_dataset(data, "test", batch_size=options.training.batch_size,
                         **options.image.pipeline())
     logits, y = predict_logits(model, test, jit_compile=jit_compile)
+    # AUCs rank the logits' order (no ties where the probabilities saturate); calibration
+    # reads the probabilities.
+    ranks = ranking_scores(logits, data.multi_label)
     scores = probabilities_from_logits(logits, data.multi_label)
     groups = test_data.patients
     if len(groups) != len(y):
@@ -162,7 +165,7 @@ def evaluate_model(model, data: Dataset, options, run_dir, *, prefix: str = "",
     truth = y if clean is None else clean  # what the headline numbers are scored against
     n_boot, seed = options.evaluation.bootstrap, options.seed
     verbose = n_boot * data.num_classes * len(y) > statistics.PROGRESS_THRESHOLD
-    table, auc = _auc_entries(truth, scores, data.class_names, groups, n_boot, seed, verbose)
+    table, auc = _auc_entries(truth, ranks, data.class_names, groups, n_boot, seed, verbose)
     results = {
         "dataset": data.name, "model": model_name or options.config.get("model"),
         "test_images": int(len(y)), "test_patients": int(len(np.unique(groups))),
@@ -178,7 +181,7 @@ def evaluate_model(model, data: Dataset, options, run_dir, *, prefix: str = "",
         **statistics.reliability_curve(truth, scores, bins, multi_label=data.multi_label),
         "ece": results["calibration"]["ece"]}}
     if clean is not None:
-        noisy_table, noisy = _auc_entries(y, scores, data.class_names, groups, n_boot, seed,
+        noisy_table, noisy = _auc_entries(y, ranks, data.class_names, groups, n_boot, seed,
                                           verbose)
         results.update({f"noisy_{key}": value for key, value in noisy.items()})
         results["noisy_calibration"] = statistics.calibration_summary(

@@ -39,7 +39,8 @@ from scipy import stats
 from chestkd.errors import ConfigError, DataError
 # The one home of the exact AUC and of logits -> probabilities; imported here for this
 # module and for the callers that know them as chestkd.evaluation.statistics names.
-from chestkd.scores import checked_labels_and_scores, exact_auc, probabilities_from_logits
+from chestkd.scores import (checked_labels_and_scores, exact_auc, probabilities_from_logits,
+                            ranking_scores)
 
 # A bootstrap scores its resamples in chunks of about this many (resample, image) weights, so
 # memory stays bounded for a test split of tens of thousands of images.
@@ -121,8 +122,14 @@ def _resample_weights(patient: np.ndarray, n_patients: int, n_boot: int, seed: i
 
 
 def _bootstrap_samples(y, score_sets, groups, n_boot: int, seed: int, verbose: bool = False):
-    """(B, C) AUCs of every resample, one array per score set, all on the same resamples."""
+    """(B, C) AUCs of every resample, one array per score set, all on the same resamples.
+
+    With one patient every resample is the split itself, which shows no spread: the AUCs are
+    NaN, so intervals and p-values are NaN, not a zero-width interval and p = 2 / (B + 1).
+    """
     patient, n_patients = _patient_index(groups, len(y))
+    if n_patients < 2:
+        return [np.full((n_boot, y.shape[1]), np.nan) for _ in score_sets], n_patients
     samples = [[] for _ in score_sets]
     progress = None
     if verbose:
@@ -606,18 +613,20 @@ def _same_test_images(pred_a: dict, pred_b: dict) -> None:
 PER_CLASS_TEST = "paired patient bootstrap"
 
 
-def _compare_on(labels, prob_a, prob_b, groups, class_names, multi_label, n_boot, seed,
+def _compare_on(labels, logits_a, logits_b, groups, class_names, multi_label, n_boot, seed,
                 bins) -> dict:
     """Paired patient bootstrap per class and of the mean, Holm across the classes, clustered
-    DeLong per class, image-level DeLong (for reference) and both calibrations on one label
-    set."""
+    DeLong per class, image-level DeLong (for reference), all ranking
+    :func:`~chestkd.scores.ranking_scores`, and both calibrations on one label set."""
     labels = np.asarray(labels, np.float64)
+    score_a, score_b = (ranking_scores(z, multi_label) for z in (logits_a, logits_b))
+    prob_a, prob_b = (probabilities_from_logits(z, multi_label) for z in (logits_a, logits_b))
     nan2 = [float("nan")] * 2
     per_class = {}
     for c, name in enumerate(class_names):
         # Single-label data: each class one-vs-rest (its probability column against the rest).
-        auc_a, auc_b, z, p = delong_test(labels[:, c], prob_a[:, c], prob_b[:, c])
-        *_, cz, cp = clustered_delong_test(labels[:, c], prob_a[:, c], prob_b[:, c], groups)
+        auc_a, auc_b, z, p = delong_test(labels[:, c], score_a[:, c], score_b[:, c])
+        *_, cz, cp = clustered_delong_test(labels[:, c], score_a[:, c], score_b[:, c], groups)
         per_class[str(name)] = {"auc_a": auc_a, "auc_b": auc_b, "ci_a": nan2, "ci_b": nan2,
                                 "difference": auc_b - auc_a, "difference_ci": nan2,
                                 "p_value": float("nan"), "p_holm": float("nan"),
@@ -627,7 +636,7 @@ def _compare_on(labels, prob_a, prob_b, groups, class_names, multi_label, n_boot
                                     kind: int(len(np.unique(groups[labels[:, c] == value])))
                                     for kind, value in (("positive", 1), ("negative", 0))}}
     if n_boot > 0:
-        paired = paired_bootstrap(labels, prob_a, prob_b, groups, n_boot=n_boot, seed=seed)
+        paired = paired_bootstrap(labels, score_a, score_b, groups, n_boot=n_boot, seed=seed)
         mean = {k: paired[k] for k in ("mean_auc_a", "mean_auc_b", "mean_ci_a", "mean_ci_b",
                                        "difference", "difference_ci", "difference_sd",
                                        "p_value")}
@@ -644,7 +653,7 @@ def _compare_on(labels, prob_a, prob_b, groups, class_names, multi_label, n_boot
                 p_value=p_values[c], p_holm=float(adjusted[c]))
         test = PER_CLASS_TEST
     else:
-        point_a, point_b = exact_auc(labels, prob_a), exact_auc(labels, prob_b)
+        point_a, point_b = exact_auc(labels, score_a), exact_auc(labels, score_b)
         valid = np.isfinite(point_a) & np.isfinite(point_b)
         a, b = (float(mean_over_classes(v, valid)) for v in (point_a, point_b))
         mean = {"mean_auc_a": a, "mean_auc_b": b, "mean_ci_a": nan2, "mean_ci_b": nan2,
@@ -781,8 +790,7 @@ def compare_predictions(pred_a, pred_b, *, n_boot: int = 1000, seed: int = 0,
     _same_test_images(pred_a, pred_b)
     class_names = [str(c) for c in np.asarray(pred_a["class_names"])]
     multi_label = _is_multi_label(pred_a)
-    prob_a = probabilities_from_logits(pred_a["logits"], multi_label)
-    prob_b = probabilities_from_logits(pred_b["logits"], multi_label)
+    logits_a, logits_b = pred_a["logits"], pred_b["logits"]
     groups = np.asarray(pred_a["patients"]).astype(str)
     name_a = str(pred_a.get("model", "")) or "A"
     name_b = str(pred_b.get("model", "")) or "B"
@@ -796,9 +804,10 @@ def compare_predictions(pred_a, pred_b, *, n_boot: int = 1000, seed: int = 0,
                "test_images": int(len(groups)), "patients": int(len(np.unique(groups))),
                "n_boot": int(n_boot), "seed": int(seed), "multi_label": multi_label}
     summary["comparison"] = _compare_on(clean if clean is not None else pred_a["labels"],
-                                        prob_a, prob_b, **common)
+                                        logits_a, logits_b, **common)
     if clean is not None:
-        summary["noisy_comparison"] = _compare_on(pred_a["labels"], prob_a, prob_b, **common)
+        summary["noisy_comparison"] = _compare_on(pred_a["labels"], logits_a, logits_b,
+                                                  **common)
     return summary, comparison_table(summary["comparison"], name_a, name_b)
 
 

@@ -16,9 +16,9 @@ from chestkd.distill.feature_terms import FeatureTerm
 from chestkd.distill.layer_pairs import depth_matched_pairs, last_map_pair
 from chestkd.errors import ConfigError
 from chestkd.evaluation.metrics import mean_auc, per_class_auc, predict_logits
-from chestkd.evaluation.evaluate import probabilities_of
 from chestkd.experiments.kd import distil
 from chestkd.experiments.store import obtain_model
+from chestkd.scores import ranking_scores
 from chestkd.training.classifier import image_options
 from chestkd.training.options import RunOptions, as_options
 
@@ -106,5 +106,5 @@ def mean_test_auc(model, data: Dataset, options: RunOptions) -> float:
     logits, y = predict_logits(model, test)
     truth = y if getattr(data, "clean_labels", None) is None else \
         np.asarray(data.clean_labels, np.float32)[data.split == "test"]
-    return float(mean_auc(per_class_auc(truth, probabilities_of(logits, data.multi_label),
+    return float(mean_auc(per_class_auc(truth, ranking_scores(logits, data.multi_label),
                                         data.class_names)))

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from chestkd.scores import exact_auc, probabilities_from_logits
+from chestkd.scores import exact_auc, ranking_scores
 
 _PACKAGE = "chestkd"
 
@@ -182,13 +182,13 @@ class MaskedAUC(keras.metrics.AUC):
 
 def exact_mean_auc(y_true, logits, multi_label: bool) -> float:
     """Mean over the DEFINED classes of :func:`chestkd.scores.exact_auc` of
-    :func:`chestkd.scores.probabilities_from_logits` (sigmoid or softmax scores, as
-    :class:`MaskedAUC` ranks them), the exact counterpart of :class:`MaskedAUC`; 0 when no class
+    :func:`chestkd.scores.ranking_scores` (the order of the sigmoid or softmax scores, as
+    :class:`MaskedAUC` ranks them, without their saturation), the exact counterpart of :class:`MaskedAUC`; 0 when no class
     is defined (as MaskedAUC). Unknown (-1) labels are left out of their class.
 
     .. math:: \\mathrm{AUC}_c = \\frac{1}{P_c N_c} \\sum_{i \\in P_c} \\sum_{j \\in N_c}
               \\left([s_{ic} > s_{jc}] + \\tfrac12 [s_{ic} = s_{jc}]\\right)
     """
-    per_class = exact_auc(y_true, probabilities_from_logits(logits, multi_label))
+    per_class = exact_auc(y_true, ranking_scores(logits, multi_label))
     defined = per_class[~np.isnan(per_class)]
     return float(defined.mean()) if defined.size else 0.0
