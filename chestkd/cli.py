@@ -36,6 +36,42 @@ def main_of(run):
 _KINDS = {int: "an integer", float: "a number", str: "a name"}
 
 
+def number_option(value, option: str, *, cast=float, low=None, high=None,
+                  low_open: bool = False):
+    """``value``, an option's number, checked: an int or float as given (``cast=int``: an
+    integer, never a bool nor 2.7), or a string such as ``'1e-3'`` read as ``cast``; within
+    [``low``, ``high``] (``low_open``: above ``low``). Anything else is a ConfigError naming
+    ``option`` and the value, before any work starts."""
+    kind = _KINDS[cast]
+    number = value
+    try:
+        if isinstance(value, bool) or value is None:
+            raise ValueError(value)
+        if isinstance(value, str):
+            number = float(value.strip())
+            number = int(number) if cast is int and number == int(number) else number
+        elif not isinstance(value, (int, float)):
+            raise ValueError(value)
+        if cast is int and number != int(number):
+            raise ValueError(value)
+        if cast is int:
+            number = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{option} {value!r}: expected {kind}") from None
+    if number != number or (low is not None and (number <= low if low_open else number < low)) \
+            or (high is not None and number > high):
+        bounds = ([f"{'>' if low_open else '>='} {low:g}"] if low is not None else []) + \
+            ([f"<= {high:g}"] if high is not None else [])
+        raise ConfigError(f"{option} {value!r}: expected " + " ".join([kind, *bounds[:1]])
+                          + "".join(f" and {b}" for b in bounds[1:]))
+    return number
+
+
+def config_number(config, key: str, **checks):
+    """:func:`number_option` of ``config[key]``, named as its flag (``--feature-weight``)."""
+    return number_option(config[key], "--" + key.replace("_", "-"), **checks)
+
+
 def list_option(value, option: str, *, cast=str, allowed=None, empty: bool = False) -> list:
     """The items of a list-valued option, however it was written.
 

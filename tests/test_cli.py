@@ -70,6 +70,17 @@ def test_each_installed_script_runs_its_command(script, capsys):
     (["chestkd-transfer-learning", "epochz=1"], "epochz"),
     (["chestkd-predict", "/no/such/model.keras", "x.png", "--out", "/tmp/p"], "/no/such/model"),
     (["chestkd-export", "/no/such/run", "--format", "tflite"], "/no/such/run"),
+    # numbers: refused before any work, named as the flag (it was a bare traceback, after
+    # a whole base training for self-training's temperature)
+    (["chestkd-train", "learning_rate=fast"], "--learning-rate 'fast': expected a number"),
+    (["chestkd-kd", "temperature=abc"], "--temperature"),
+    (["chestkd-kd", "alpha=1.5"], "--alpha 1.5: expected a number >= 0 and <= 1"),
+    (["chestkd-kd", "teacher_epochs=abc"], "--teacher-epochs"),
+    (["chestkd-kd", "--strategy", "defective", "defective_fraction=2"], "--defective-fraction"),
+    (["chestkd-self-training", "temperature=abc"], "--temperature"),
+    (["chestkd-ensemble-kd", "feature_weight=abc"], "--feature-weight"),
+    (["chestkd-ros-kd", "averaging_start=abc"], "--averaging-start"),
+    (["chestkd-transfer-learning", "paper_alpha=abc"], "--paper-alpha"),
 ])
 def test_user_errors_exit_2(argv, message, capsys):
     main = _entry_point(argv[0])

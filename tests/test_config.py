@@ -162,3 +162,15 @@ def test_loader_keywords_come_from_the_loaders_own_signature(monkeypatch):
     assert phantom["images"] == 321 and phantom["size"] == 48 and phantom["views"] == ["PA"]
     assert "split" not in phantom and "cache_dir" not in phantom   # loader default; the run's
     assert "seed" not in loader_options("chexpert", {**BASE_DEFAULTS, "seed": 3})
+
+
+def test_an_exponent_without_a_dot_is_a_number_on_the_command_line_and_in_yaml(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-3 as the text '1e-3': kd, ensemble_kd and ros_kd then
+    # crashed, and base training keyed its stored model by the text.
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("learning_rate: 5e-4\nweight_decay: 1E-5\nrun_name: 1e3x\n")
+    config = resolve_config(["--config", str(config_file), "momentum=9e-1"], BASE_DEFAULTS)
+    assert (config["learning_rate"], config["weight_decay"], config["momentum"]) == (
+        0.0005, 1e-05, 0.9)
+    assert config["run_name"] == "1e3x"
+    assert resolve_config(["learning_rate=1e-3"], BASE_DEFAULTS)["learning_rate"] == 0.001

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from chestkd.cli import config_number
 from chestkd.data.pipeline import make_dataset
 from chestkd.distill.feature_terms import FeatureTerm, FeatureTermSet
 from chestkd.errors import ConfigError
@@ -96,7 +97,7 @@ def ensemble_options(config) -> EnsembleOptions:
     return EnsembleOptions(
         teacher=str(config["teacher"]), branches=tuple(branches), combine=config["combine"],
         feature_distance=config["feature_distance"],
-        feature_weight=float(config["feature_weight"]), feature_scale=config["feature_scale"],
+        feature_weight=float(config_number(config, "feature_weight", low=0.0)), feature_scale=config["feature_scale"],
         standalone=tuple(standalone))
 
 

@@ -19,6 +19,7 @@ from chestkd.distill.kd_loss import check_formulation
 from chestkd.evaluation import markdown_table
 from chestkd.evaluation.classification import check_threshold_rule
 from chestkd.training.config import PHANTOM_DATASETS, check_config, resolve_config, seed_list
+from chestkd.training.options import run_options
 from chestkd.training.run import new_run_dir, write_json
 
 # Scalar results and per-class tables summarised when a run reports them.
@@ -121,6 +122,7 @@ def check_options(config: dict) -> None:
     work: the parser's own and those it imports from below (:func:`~chestkd.training.config.
     check_config`), then those owned above training (the KD formulation, the threshold rule)."""
     check_config(config)
+    run_options(config, check=False)  # the typed fields' own checks (numbers, bounds)
     if config.get("kd_loss") is not None:
         check_formulation(config["kd_loss"])
     if config.get("threshold_rule") is not None:

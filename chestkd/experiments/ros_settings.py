@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from chestkd.cli import list_option
+from chestkd.cli import config_number, list_option
 from chestkd.data.splits import OVERLAP_MODES
 from chestkd.distill.teacher_mixing import (RANDOM_SAMPLING, TEACHER_COMBINE, TEACHER_SAMPLING,
                                             WEIGHT_DRAWS, check_temperature, check_weight_draw)
@@ -71,16 +71,15 @@ def check_ros_config(config: dict) -> None:
     try:
         check_weight_draw(config["weight_draw"], config["teacher_sampling"],
                           config["teacher_combine"])
-        check_temperature(config["confidence_temperature"])
+        check_temperature(config_number(config, "confidence_temperature"))
     except ConfigError as error:
         raise ConfigError(f"ros_kd options: {error}") from None
-    if not isinstance(config["subsets"], int) or config["subsets"] < 1:
-        raise ConfigError(f"--subsets {config['subsets']!r}: a positive integer")
-    for p in [config["overlap"], *list_option(config["overlap_study"],
-                                              option_name("overlap_study"), cast=float,
-                                              empty=True)]:
-        if not 0.0 <= float(p) <= 1.0:
-            raise ConfigError(f"overlap {p!r}: a ratio in [0, 1]")
+    config_number(config, "subsets", cast=int, low=1)
+    config_number(config, "overlap", low=0.0, high=1.0)
+    for p in list_option(config["overlap_study"], option_name("overlap_study"), cast=float,
+                         empty=True):
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"--overlap-study: overlap {p!r}: a ratio in [0, 1]")
     baselines(config)
     studies(config)
 
@@ -123,25 +122,29 @@ def ros_options(config) -> RosOptions:
 
     def listed(key, cast=str):
         return tuple(list_option(config[key], option_name(key), cast=cast, empty=True))
-    optional = {k: None if config.get(k) is None else int(config[k])
+    optional = {k: None if config.get(k) is None else config_number(config, k, cast=int, low=1)
                 for k in ("bn_batches", "robustness_images")}
     return RosOptions(
         teachers=tuple(list_option(config["teachers"], "--teachers")),
         student=str(config["student"]), kd_teacher=str(config["kd_teacher"]),
-        subsets=int(config["subsets"]), overlap=float(config["overlap"]),
+        subsets=config_number(config, "subsets", cast=int, low=1),
+        overlap=float(config_number(config, "overlap", low=0.0, high=1.0)),
         overlap_mode=config["overlap_mode"], baselines=tuple(baselines(config)),
         studies=tuple(studies(config)), teacher_sampling=config["teacher_sampling"],
         weight_draw=config["weight_draw"],
-        confidence_temperature=float(config["confidence_temperature"]),
+        confidence_temperature=float(config_number(config, "confidence_temperature", low=0.0,
+                                                   low_open=True)),
         teacher_combine=config["teacher_combine"],
         baseline_iii_combine=config["baseline_iii_combine"],
         baseline_iii_teachers=config["baseline_iii_teachers"],
-        averaging_start=int(config["averaging_start"]), **optional,
+        averaging_start=config_number(config, "averaging_start", cast=int, low=0), **optional,
         overlap_study=listed("overlap_study", float), student_study=listed("student_study"),
         fold_seeds=listed("fold_seeds", int), noise_levels=listed("noise_levels", float),
-        epsilon=float(config["epsilon"]), attack_norm=config["attack_norm"],
-        pgd_steps=int(config["pgd_steps"]), landscape_images=int(config["landscape_images"]),
-        landscape_resolution=int(config["landscape_resolution"]))
+        epsilon=float(config_number(config, "epsilon", low=0.0)),
+        attack_norm=config["attack_norm"],
+        pgd_steps=config_number(config, "pgd_steps", cast=int, low=1),
+        landscape_images=config_number(config, "landscape_images", cast=int, low=1),
+        landscape_resolution=config_number(config, "landscape_resolution", cast=int, low=2))
 
 
 def plan(config: dict) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chestkd.cli import config_number
 from chestkd.data.phantom.pneumonia import default_folder, write_pneumonia_phantom
 from chestkd.errors import ConfigError
 from chestkd.evaluation import markdown_table
@@ -79,15 +80,16 @@ def transfer_options(config) -> TransferOptions:
         baseline_model=config["baseline_model"], transfer_model=config["transfer_model"],
         teacher_model=config["teacher_model"], teacher_weights=config["teacher_weights"],
         pretrain_dataset=config["pretrain_dataset"],
-        pretrain_epochs=int(config["pretrain_epochs"]),
-        pretrain_images=int(config["pretrain_images"]),
-        finetune_epochs=int(config["finetune_epochs"]),
-        finetune_lr_factor=float(config["finetune_lr_factor"]),
+        pretrain_epochs=config_number(config, "pretrain_epochs", cast=int, low=0),
+        pretrain_images=config_number(config, "pretrain_images", cast=int, low=1),
+        finetune_epochs=config_number(config, "finetune_epochs", cast=int, low=0),
+        finetune_lr_factor=float(config_number(config, "finetune_lr_factor", low=0.0)),
         finetune_batchnorm=config["finetune_batchnorm"],
         reestimate_batchnorm=bool(config["reestimate_batchnorm"]),
-        head_lr_factor=float(config["head_lr_factor"]),
-        baseline_epochs=None if given is None else int(given),
-        paper_alpha=float(config["paper_alpha"]), positive_class=config.get("positive_class"))
+        head_lr_factor=float(config_number(config, "head_lr_factor", low=0.0)),
+        baseline_epochs=None if given is None else config_number(config, "baseline_epochs",
+                                                                 cast=int, low=1),
+        paper_alpha=float(config_number(config, "paper_alpha", low=0.0, high=1.0)), positive_class=config.get("positive_class"))
 
 
 def setup_titles(transfer: TransferOptions) -> dict:

@@ -13,6 +13,7 @@ import argparse
 import copy
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -187,10 +188,24 @@ KD_DEFAULTS = {
 STRATEGIES = ("standard", "reversed", "defective")
 
 
+class _OptionLoader(yaml.SafeLoader):
+    """YAML as options are written: ``1e-3`` is a number (YAML 1.2), where PyYAML's YAML 1.1
+    wants a dot (``1.0e-3``) and reads ``1e-3`` as text."""
+
+
+_OptionLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_OptionLoader)  # a SafeLoader: no Python objects
+
+
 def _parse_value(text: str):
     """Read a command-line value as YAML so numbers, booleans, null and lists work."""
     try:
-        return yaml.safe_load(text)
+        return _yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -206,7 +221,7 @@ def _read_yaml_mapping(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"--config {path}: file not found")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"--config {path}: not valid YAML ({error})") from None
     if not isinstance(loaded, dict):

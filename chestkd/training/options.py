@@ -24,23 +24,24 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from chestkd.errors import ConfigError
+from chestkd.cli import number_option
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, check_config
 
 __all__ = ["EvaluationOptions", "ImageOptions", "KDOptions", "RunOptions", "TrainingOptions",
            "as_options", "as_training", "run_options"]
 
 
-def _integer(owner, name: str) -> None:
+def _integer(owner, name: str, **bounds) -> None:
     """Set ``owner.name`` to its value as an int, or a ConfigError naming the option."""
-    value = getattr(owner, name)
-    try:
-        number = int(value)
-        if isinstance(value, bool) or number != float(value):  # no True, no 2.7 -> 2
-            raise ValueError(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--{name.replace('_', '-')} {value!r}: expected an integer") from None
-    object.__setattr__(owner, name, number)
+    object.__setattr__(owner, name, number_option(
+        getattr(owner, name), f"--{name.replace('_', '-')}", cast=int, **bounds))
+
+
+def _number(owner, name: str, **bounds) -> None:
+    """Check ``owner.name``, a number (``'1e-3'`` read as 0.001), or a ConfigError naming it;
+    an int or float given stays as it is (what config.yaml and metrics.json hold)."""
+    object.__setattr__(owner, name, number_option(
+        getattr(owner, name), f"--{name.replace('_', '-')}", **bounds))
 
 
 # The defaults of the typed fields: the recipes' own (one home), and self-training's
@@ -99,6 +100,9 @@ class TrainingOptions:
     def __post_init__(self):
         for name in ("batch_size", "epochs", "seed"):
             _integer(self, name)
+        _number(self, "learning_rate", low=0.0, low_open=True)
+        _number(self, "momentum", low=0.0, high=1.0)
+        _number(self, "weight_decay", low=0.0)
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,13 @@ class KDOptions:
     student_init: str
     teacher_epochs: int | None
     defective_fraction: float
+
+    def __post_init__(self):
+        _number(self, "temperature", low=0.0, low_open=True)
+        _number(self, "alpha", low=0.0, high=1.0)
+        _number(self, "defective_fraction", low=0.0, high=1.0, low_open=True)
+        if self.teacher_epochs is not None:
+            _integer(self, "teacher_epochs", low=1)
 
 
 @dataclass(frozen=True)
