@@ -81,6 +81,8 @@ def test_each_installed_script_runs_its_command(script, capsys):
     (["chestkd-ensemble-kd", "feature_weight=abc"], "--feature-weight"),
     (["chestkd-ros-kd", "averaging_start=abc"], "--averaging-start"),
     (["chestkd-transfer-learning", "paper_alpha=abc"], "--paper-alpha"),
+    # one resumed run is no repeat over seeds (it was resumed once per seed, std 0)
+    (["chestkd-kd", "--resume", "/no/such/run", "--seeds", "0,1"], "--seeds"),
 ])
 def test_user_errors_exit_2(argv, message, capsys):
     main = _entry_point(argv[0])

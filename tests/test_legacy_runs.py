@@ -92,3 +92,23 @@ def test_a_resumed_run_keeps_what_options_added_after_it_did(tmp_path):
     _, legacy = open_run(run_options(resolve_config(["--resume", str(RUN)], kd.DEFAULTS)),
                          "kd")
     assert "overlap_mode" not in legacy.config and legacy.config["checkpoint"] == "best_val"
+
+
+def test_a_run_resumed_from_another_folder_keeps_its_model_store(tmp_path, monkeypatch):
+    """Regression: ``out`` (default ``runs``) was saved as typed and read from the folder of
+    the resume, so the teacher was trained again into a new store there."""
+    from chestkd.experiments.store import store_root
+    from chestkd.training.options import run_options
+    from chestkd.training.run import open_run
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    run_dir, _ = open_run(run_options(resolve_config(["--out", "runs"], kd.DEFAULTS)), "kd")
+    _, other = open_run(run_options(resolve_config(["teachers_dir=store"], kd.DEFAULTS)), "kd")
+    assert other.config["teachers_dir"] == str(tmp_path / "a" / "store")
+    monkeypatch.chdir(tmp_path / "b")
+    resumed_dir, resumed = open_run(run_options(resolve_config(
+        ["--resume", str(tmp_path / "a" / run_dir)], kd.DEFAULTS)), "kd")
+    assert store_root(resumed) == tmp_path / "a" / "runs" / "teachers"
+    assert resumed.config["run_dir"] == str(resumed_dir)

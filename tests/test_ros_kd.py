@@ -337,3 +337,28 @@ def test_the_robustness_command_scores_as_the_settings_evaluation(ros_run, tmp_p
     expected = macro_scores(folder)
     for key in ("precision", "recall", "f1"):
         assert result["rows"][0][f"before_{key}"] == pytest.approx(expected[key], abs=1e-9)
+
+
+def test_a_study_variant_never_rewrites_the_runs_config(tmp_path):
+    # The noise and folds studies read the data at another label noise or seed; with a
+    # mean_std estimate to record, that variant was written over the run's config.yaml, and
+    # --resume then continued at seed 2 and noise 0.2.
+    from chestkd.data.phantom import write_phantom
+    from chestkd.experiments.ros_settings import RosSettings
+    from chestkd.training.config import resolve_config
+    from chestkd.training.run import open_run
+    data = write_phantom(tmp_path / "data", images=64, size=32, seed=2)
+    config = resolve_config(["--dataset", "phantom", "--data-dir", str(data),
+                             "--out", str(tmp_path / "runs"), "split=patient",
+                             "--image-size", "32", "normalization=mean_std",
+                             "label_noise=0.1"], ros_kd.DEFAULTS)
+    run_dir, options = open_run(run_options(config), "ros_kd")
+    settings = RosSettings(options, run_dir)
+    settings.data(0.1, 0)
+    own = load_config(run_dir)
+    assert (own["seed"], own["label_noise"]) == (0, 0.1) and len(own["mean_std"]) == 2
+    settings.data(0.2, 2)
+    assert load_config(run_dir) == own
+    other = settings.variant(0.2, 2)
+    assert (other.seed, other.config["label_noise"]) == (2, 0.2)
+    assert other.image.mean_std is not None  # the variant keeps what its data settled

@@ -16,6 +16,7 @@ import pandas as pd
 
 from chestkd.cli import main_of
 from chestkd.distill.kd_loss import check_formulation
+from chestkd.errors import ConfigError
 from chestkd.evaluation import markdown_table
 from chestkd.evaluation.classification import check_threshold_rule
 from chestkd.training.config import PHANTOM_DATASETS, check_config, resolve_config, seed_list
@@ -179,6 +180,10 @@ def recipe_entry(run_once, defaults: dict, doc: str, *, plan=None, **resolve_opt
     """
     def run(argv=None) -> dict:
         config = resolve_config(argv, defaults, doc, **resolve_options)
+        if config.get("resume") and config.get("seeds"):
+            raise ConfigError(f"--resume {config['resume']} continues one run with its own "
+                              f"seed; --seeds {config['seeds']} starts new runs: give one of "
+                              "them")
         check_options(config)
         if plan is not None and not config.get("resume"):  # a resumed run keeps its own plan
             print(plan(config), flush=True)

@@ -24,11 +24,13 @@ from chestkd.training.run import (best_model, load_model, record_options, seed_e
 from chestkd.training.trainer import distribution_strategy, fit, make_optimizer
 
 
-def prepare_run_data(options: RunOptions, run_dir) -> tuple[Dataset, RunOptions]:
+def prepare_run_data(options: RunOptions, run_dir, *, record: bool = True
+                     ) -> tuple[Dataset, RunOptions]:
     """Load the run's dataset, report skipped images into the run directory, and settle what
     the data decides: returns the data and the options with it (the small-real profile on
     little real data, a ``mean_std`` normalisation estimated on the training split), both
-    recorded in the run's ``config.yaml``.
+    recorded in the run's ``config.yaml`` (``record=False``: not, for options that are a
+    variant of the run's, e.g. a RoS-KD study's other seed or label noise).
 
     With ``cache_dir`` the run reads the prepared cache only: no original image is opened
     (``prepare`` verified them all when it decoded them, and on Colab a check would read
@@ -61,7 +63,8 @@ def prepare_run_data(options: RunOptions, run_dir) -> tuple[Dataset, RunOptions]
     profiled = options.to_config()
     if apply_small_data_profile(profiled, int((data.split == "train").sum())):
         options = as_options(profiled)
-        record_options(options, run_dir)  # the run records what it uses
+        if record:
+            record_options(options, run_dir)  # the run records what it uses
     if not phantom:
         record_upsampling(data, options.image.image_size, cache_dir, run_dir)
     if len(data.skipped):
@@ -75,7 +78,8 @@ def prepare_run_data(options: RunOptions, run_dir) -> tuple[Dataset, RunOptions]
     if options.image.normalization == "mean_std" and options.image.mean_std is None:
         # estimated once, on the training split, and recorded with the run
         options = options.replace(mean_std=list(_estimated_mean_std(data, options)))
-        record_options(options, run_dir)
+        if record:
+            record_options(options, run_dir)
     return data, options
 
 

@@ -89,7 +89,10 @@ def open_run(options: RunOptions, recipe: str) -> tuple[Path, RunOptions]:
         # today's default: a resumed RoS-KD run of 0.1 keeps its circle of overlapping subsets.
         added = {k: ADDED_OPTION_DEFAULTS[k] for k in config
                  if k in ADDED_OPTION_DEFAULTS and k not in saved}
-        config = {**saved, **copy.deepcopy(added), "resume": str(run_dir)}
+        # The run's folder is where it is now: a run started with --out runs (relative) and
+        # resumed from another folder keeps its model store (out/teachers) and its files.
+        config = {**saved, **copy.deepcopy(added), "resume": str(run_dir),
+                  "out": str(run_dir.parent), "run_dir": str(run_dir)}
     else:
         check_config(config)
         if config.get("recipe") not in (None, recipe):
@@ -98,6 +101,8 @@ def open_run(options: RunOptions, recipe: str) -> tuple[Path, RunOptions]:
                               f"python -m chestkd.recipes.{config['recipe']}")
         name = config.get("run_name") or run_label(config, recipe)
         config["recipe"] = recipe
+        if config.get("teachers_dir"):  # the same store when the run is resumed elsewhere
+            config["teachers_dir"] = str(Path(config["teachers_dir"]).resolve())
         config["config_id"] = config_id({k: v for k, v in config.items() if k != "config_id"})
         run_dir = new_run_dir(config["out"], name)
         config["run_dir"] = str(run_dir)
