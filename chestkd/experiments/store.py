@@ -85,14 +85,17 @@ def obtain_model(options: RunOptions, data: Dataset, name: str, *, epochs: int |
     folder = store_root(options) / model_key(options, name, epochs)
     # the entry's own options: the run's, with the entry's model and schedule
     entry_options = as_options({**options.config, **entry})
-    stages = Stages(folder)
-    if snapshot is not None and snapshot_path(folder, snapshot).exists():
-        print(f"reusing the epoch-{snapshot} checkpoint of {folder}")
-        return load_model(snapshot_path(folder, snapshot)), snapshot_path(folder, snapshot)
-    if snapshot is not None and stages.done("training"):
-        # A finished entry without this checkpoint: train a copy that stops there.
+    if snapshot is not None:
+        for place in (folder, folder.with_name(f"{folder.name}-until{snapshot}")):
+            checkpoint = snapshot_path(place, snapshot)
+            if checkpoint.exists():
+                print(f"reusing the epoch-{snapshot} checkpoint of {place}")
+                return load_model(checkpoint), checkpoint
+        # The entry never stops part-way: continued later it would not hold the model that
+        # training straight through gives (the data order starts again, `checkpoint: last`
+        # would keep the stop epoch). A copy trains up to the checkpoint on its own.
         folder = folder.with_name(f"{folder.name}-until{snapshot}")
-        stages = Stages(folder)
+    stages = Stages(folder)
     snapshots = {snapshot_epoch(epochs, options.config.get("defective_fraction",
                                                             DEFAULT_SNAPSHOT_FRACTION))}
     if snapshot is not None:
@@ -107,7 +110,7 @@ def obtain_model(options: RunOptions, data: Dataset, name: str, *, epochs: int |
               f"{epochs} epoch(s)) in {folder}")
         train_classifier(entry_options, folder, data, name, stop_epoch=stop,
                          snapshot_epochs=sorted(e for e in snapshots if e <= stop),
-                         keep_backup=stop < epochs, later_stages=later_stages)
+                         later_stages=later_stages)
         if stop < epochs:
             return load_model(snapshot_path(folder, snapshot)), snapshot_path(folder, snapshot)
         stages.mark("training", epochs=epochs)

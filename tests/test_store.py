@@ -1,0 +1,56 @@
+"""The model store: one key holds one model, whatever order the runs that need it come in."""
+import numpy as np
+import pytest
+
+from chestkd.experiments.store import obtain_model
+from chestkd.training.classifier import prepare_run_data
+from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, resolve_config
+from chestkd.training.options import run_options
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    from chestkd.data.phantom import write_phantom
+    return write_phantom(tmp_path_factory.mktemp("phantom") / "data", images=48, size=32,
+                         seed=3)
+
+
+def _store(phantom, folder, *options):
+    config = resolve_config(
+        ["--dataset", "chestxray14", "--data-dir", str(phantom), "split=patient",
+         "--image-size", "32", "--batch-size", "16", "--epochs", "2", "--schedule", "constant",
+         "learning_rate=0.01", "checkpoint=last", "bootstrap=0", "latency_images=1",
+         "jit_compile=false", f"teachers_dir={folder / 'store'}", *options],
+        {**BASE_DEFAULTS, **KD_DEFAULTS})
+    (folder / "run").mkdir(parents=True)
+    data, options = prepare_run_data(run_options(config), folder / "run")
+    return lambda **kwargs: obtain_model(options, data, "conv3_student", **kwargs)
+
+
+def _same_weights(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+def test_a_defective_checkpoint_first_leaves_the_full_model_as_trained_straight(phantom,
+                                                                                tmp_path):
+    # Regression: the checkpoint was trained inside the store's entry, which a later run
+    # continued to the full schedule: with another data order than straight training, and
+    # with `checkpoint: last` the entry could keep the checkpoint's epoch as "the" model.
+    straight, _ = _store(phantom, tmp_path / "a")()
+    first = _store(phantom, tmp_path / "b")
+    _, source = first(snapshot=1)
+    full, entry = first()
+    assert _same_weights(full, straight)
+    assert source.parent.parent.name == f"{entry.name}-until1"  # a copy of its own
+
+
+def test_an_earlier_checkpoint_after_a_later_one(phantom, tmp_path):
+    # Regression: defective_fraction 0.5 then 0.25 on one teacher failed with
+    # "snapshots/epoch-0001.keras: model file not found".
+    # (a run's own checkpoint, defective_fraction 1.0 here, is the only other one kept)
+    store = _store(phantom, tmp_path / "c", "--epochs", "3", "defective_fraction=1.0")
+    later, _ = store(snapshot=2)
+    earlier, source = store(snapshot=1)
+    assert source.name == "epoch-0001.keras"
+    reference, _ = _store(phantom, tmp_path / "d", "--epochs", "3")(snapshot=1)
+    assert _same_weights(earlier, reference) and not _same_weights(earlier, later)
