@@ -8,18 +8,37 @@ traceback from deep inside TensorFlow for a wrong option or a bad file.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 
 from chestkd.errors import ChestKDError, ConfigError
 
 
+def user_error_message(error: BaseException) -> str | None:
+    """The one line of a user mistake: a ChestKDError, also one raised inside a TensorFlow
+    input pipeline (tf.data wraps it in an ``OpError``: an image that does not decode, read
+    with ``check_images: false``); None for anything else, a bug whose traceback is kept."""
+    if isinstance(error, ChestKDError):
+        return str(error)
+    tf = sys.modules.get("tensorflow")  # never imported here: only if the command did
+    if tf is not None and isinstance(error, tf.errors.OpError):
+        wrapped = re.search(r"\b(?:DataError|ConfigError|ChestKDError): (.+)", str(error))
+        if wrapped:
+            return wrapped.group(1).strip()
+    return None
+
+
 @contextlib.contextmanager
 def cli_errors():
-    """Turn a user mistake (ChestKDError) into one line on stderr and exit status 2."""
+    """Turn a user mistake (:func:`user_error_message`) into one line on stderr and exit
+    status 2."""
     try:
         yield
-    except ChestKDError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -81,6 +81,7 @@ def test_each_installed_script_runs_its_command(script, capsys):
     (["chestkd-ensemble-kd", "feature_weight=abc"], "--feature-weight"),
     (["chestkd-ros-kd", "averaging_start=abc"], "--averaging-start"),
     (["chestkd-transfer-learning", "paper_alpha=abc"], "--paper-alpha"),
+    (["chestkd-train", "skip_bad_images=flase"], "--skip-bad-images 'flase': expected true"),
     # one resumed run is no repeat over seeds (it was resumed once per seed, std 0)
     (["chestkd-kd", "--resume", "/no/such/run", "--seeds", "0,1"], "--seeds"),
 ])
@@ -111,3 +112,29 @@ def test_a_successful_run_exits_0(tmp_path):
     describe = _run("chestkd-data", "describe", "--dataset", "chestxray14", "--data-dir",
                     str(DATA / "chestxray14"))
     assert describe.returncode == 0, describe.stderr[-2000:]
+
+
+def test_a_user_error_raised_inside_a_tf_data_pipeline_exits_2(capsys):
+    # Regression: tf.data wraps a DataError of its reader (an image that does not decode,
+    # read with check_images: false) in an OpError, and the command ended in a traceback.
+    import numpy as np
+    import tensorflow as tf
+
+    from chestkd.cli import cli_errors
+    from chestkd.errors import DataError
+
+    def read(index):
+        raise DataError(f"bad image /x/{int(index)}.png: cannot decode image")
+
+    pipeline = tf.data.Dataset.range(2).map(
+        lambda i: tf.numpy_function(read, [i], tf.float32))
+    with pytest.raises(SystemExit) as exit_info, cli_errors():
+        list(pipeline)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: bad image /x/0.png: cannot decode image\n"
+
+    def bug(index):
+        raise ValueError("a bug keeps its traceback")
+
+    with pytest.raises(tf.errors.OpError), cli_errors():
+        list(tf.data.Dataset.range(1).map(lambda i: tf.numpy_function(bug, [i], np.float32)))

@@ -174,3 +174,14 @@ def test_an_exponent_without_a_dot_is_a_number_on_the_command_line_and_in_yaml(t
         0.0005, 1e-05, 0.9)
     assert config["run_name"] == "1e3x"
     assert resolve_config(["learning_rate=1e-3"], BASE_DEFAULTS)["learning_rate"] == 0.001
+
+
+def test_a_keras_file_given_as_the_model_names_the_run_folder_by_its_stem(tmp_path):
+    # Regression: --model runs/x/model.keras named the folder base_training-runs/x/model.keras-
+    # <stamp>, a path into folders that do not exist (FileNotFoundError).
+    from chestkd.training.run import run_label
+    assert run_label({"model": "runs/x/model.keras"}, "base_training") == "base_training-model"
+    assert run_label({"strategy": "standard", "student": "/a b/small.keras"}, "kd") == \
+        "standard_kd-small"
+    assert run_label({"model": "resnet20"}, "self_training") == "self_training-resnet20"
+    assert new_run_dir(tmp_path, run_label({"model": "r/m.keras"}, "base_training")).is_dir()

@@ -20,8 +20,9 @@ import sys
 
 import yaml
 
+from chestkd.cli import user_error_message
 from chestkd.data import LOADERS
-from chestkd.errors import ChestKDError, ConfigError
+from chestkd.errors import ConfigError
 
 
 def parse_option(text: str) -> tuple[str, object]:
@@ -118,8 +119,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except ChestKDError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        if user_error_message(error) is None:
+            raise
+        print(f"error: {user_error_message(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from chestkd.data.pipeline import NORMALIZATIONS
-from chestkd.errors import ChestKDError, ConfigError, DataError
+from chestkd.cli import user_error_message
+from chestkd.errors import ConfigError, DataError
 from chestkd.saliency import METHODS
 from chestkd.saliency.report import DEFAULT_METHODS, write_saliency_report
 from chestkd.training.classifier import image_options
@@ -215,8 +216,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run_from_directory(args) if args.run else run_from_model(args)
-    except ChestKDError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        if user_error_message(error) is None:
+            raise
+        print(f"error: {user_error_message(error)}", file=sys.stderr)
         return 2
     for name, path in {**result["figures"], **result["localisation"]}.items():
         print(f"{name}: {path}")

@@ -318,6 +318,9 @@ def resolve_config(argv, defaults: dict, description: str = "",
         key = key.strip().replace("-", "_")
         _check_keys({key: None}, defaults, f"override {item!r}")
         given[key] = on_command_line[key] = _parse_value(value)
+    for key, value in given.items():  # skip_bad_images=flase is text, and text is true
+        if isinstance(defaults.get(key), bool) and not isinstance(value, bool):
+            raise ConfigError(f"--{key.replace('_', '-')} {value!r}: expected true or false")
     config = copy.deepcopy(defaults)
     dataset = given.get("dataset", config["dataset"])
     profile = given.get("profile", config.get("profile"))

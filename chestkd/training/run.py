@@ -26,6 +26,7 @@ import copy
 import datetime
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -127,10 +128,14 @@ def record_options(options, run_dir) -> None:
 
 
 def run_label(config: dict, recipe: str) -> str:
-    """The default name of a run folder: what ran, on which model."""
+    """The default name of a run folder: what ran, on which model (a ``.keras`` model by its
+    file's stem: ``--model runs/x/model.keras`` names no folders)."""
+    model = config["student"] if recipe == "kd" else config["model"]
+    model = re.sub(r"[^\w.+-]", "_", Path(str(model)).stem if str(model).endswith(".keras")
+                   else str(model))
     if recipe == "kd":
-        return f"{config['strategy']}_kd-{config['student']}"
-    return f"{recipe}-{config['model']}"
+        return f"{config['strategy']}_kd-{model}"
+    return f"{recipe}-{model}"
 
 
 def seed_everything(seed: int) -> None:
