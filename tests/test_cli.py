@@ -82,6 +82,7 @@ def test_each_installed_script_runs_its_command(script, capsys):
     (["chestkd-ros-kd", "averaging_start=abc"], "--averaging-start"),
     (["chestkd-transfer-learning", "paper_alpha=abc"], "--paper-alpha"),
     (["chestkd-train", "skip_bad_images=flase"], "--skip-bad-images 'flase': expected true"),
+    (["chestkd-train", "normalization=mean_std", "mean_std=[a, 0.2]"], "--mean-std 'a'"),
     # one resumed run is no repeat over seeds (it was resumed once per seed, std 0)
     (["chestkd-kd", "--resume", "/no/such/run", "--seeds", "0,1"], "--seeds"),
 ])

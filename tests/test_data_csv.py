@@ -152,3 +152,59 @@ def test_a_run_on_a_csv_lists_skipped_rows_and_augments_lightly(collection, tmp_
     assert loader_options(config["dataset"], config)["label_map"]["Pneumonia/Viral/SARS"] is None
     plain = load_dataset("csv", collection, **OPTIONS)
     assert len(plain) == 36
+
+
+def test_exclusive_classes_need_two_and_a_training_image_each():
+    # Regression: one class folder trained a softmax over one output, and a --classes name
+    # no row had trained with no example of it; both exited 0.
+    from chestkd.data.dataset import Dataset
+
+    def dataset(class_names, labels):
+        n = len(labels)
+        return Dataset("folder", class_names, False, [f"/x/{i}.png" for i in range(n)],
+                       labels, [f"p{i}" for i in range(n)], ["train"] * (n - 2) + ["val", "test"])
+
+    with pytest.raises(DataError, match=r"folder: one class only \(NORMAL\)"):
+        dataset(["NORMAL"], np.ones((6, 1))).check_classes()
+    with pytest.raises(DataError, match=r"no training image of class\(es\) \['COVID-19'\]"):
+        dataset(["normal", "pneumonia", "COVID-19"],
+                np.eye(3)[[0, 1, 0, 1, 2, 2]]).check_classes()
+    dataset(["normal", "pneumonia"], np.eye(2)[[0, 1, 0, 1, 0, 1]]).check_classes()
+    multi = Dataset("phantom", ["a", "b"], True, ["/x/0.png"] * 3, np.zeros((3, 2)),
+                    ["p0", "p1", "p2"], ["train", "val", "test"])
+    multi.check_classes()  # a finding with no positive is a NaN AUC, not an error
+
+
+def test_a_run_on_one_class_folder_stops_before_training(tmp_path):
+    for i in range(12):
+        (tmp_path / "data" / "NORMAL").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "data" / "NORMAL" / f"{i}.png"),
+                    np.full((16, 16), 10 * i, np.uint8))
+    config = resolve_config(["--dataset", "folder", "--data-dir", str(tmp_path / "data")],
+                            BASE_DEFAULTS)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(DataError, match="one class only"):
+        load_run_data(config, tmp_path / "run")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"label_column": ["finding"]}, "option label_column ['finding']: expected one name"),
+    ({"label_column": "finding", "label_map": "a=b"}, "option label_map 'a=b': expected a map"),
+    ({"label_column": "finding", "filters": "view=PA"}, "option filters 'view=PA'"),
+    ({"label_column": "finding", "classes": 5}, "option classes 5: expected class names"),
+])
+def test_options_of_the_wrong_kind_name_themselves(tmp_path, options, message):
+    # Regression: each of these was a Python traceback (unhashable list, str has no items(),
+    # int is not iterable) or, for filters, a column per letter of 'view=PA'.
+    (tmp_path / "t.csv").write_text("filename,finding\na.png,x\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_csv(tmp_path, csv="t.csv", **options)
+
+
+def test_a_folder_patient_regex_must_be_text(tmp_path):
+    from chestkd.data.folder import load_folder
+    (tmp_path / "A").mkdir()
+    with pytest.raises(ConfigError, match="patient_regex 123: expected a regular expression"):
+        load_folder(tmp_path, patient_regex=123)
+    with pytest.raises(ConfigError, match="classes 5: expected folder names"):
+        load_folder(tmp_path, classes=5)

@@ -78,6 +78,18 @@ def load_csv(data_dir, *, csv=None, image_dir=None, image_column="filename", lab
     fractions = check_fractions(fractions)
     if csv is None:
         raise ConfigError("csv: option csv (the table, relative to --data-dir) is required")
+    for name, value in (("csv", csv), ("label_column", label_column),
+                        ("patient_column", patient_column), ("split_column", split_column)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"csv: option {name} {value!r}: expected one name "
+                              "(label_columns takes a list)")
+    for name, value in (("label_map", label_map), ("filters", filters)):
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"csv: option {name} {value!r}: expected a mapping, e.g. "
+                              f"{name}=\"{{{'a: b' if name == 'label_map' else 'view: [PA]'}}}\"")
+    if classes is not None and not isinstance(classes, (str, list, tuple)):
+        raise ConfigError(f"csv: option classes {classes!r}: expected class names, e.g. "
+                          "classes=[normal, pneumonia]")
     if (label_column is None) == (label_columns is None):
         raise ConfigError("csv: give exactly one of label_column (a column of class names) or "
                           "label_columns (one 0/1 column per class)")

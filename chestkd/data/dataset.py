@@ -150,6 +150,21 @@ class Dataset:
         """Images per label (known, positive labels only)."""
         return pd.Series((self.labels * self.mask).sum(0).astype(int), index=self.class_names)
 
+    def check_classes(self) -> None:
+        """Raise DataError where exclusive classes cannot train a classifier: fewer than two,
+        or a class with no training image (an empty class folder, a ``--classes`` name that
+        no row has)."""
+        if self.multi_label:
+            return
+        if self.num_classes < 2:
+            raise DataError(f"{self.name}: one class only ({', '.join(self.class_names)}); "
+                            "a classifier of exclusive classes needs two or more")
+        counts = self.labels[self.split == "train"].sum(axis=0)
+        empty = [name for name, count in zip(self.class_names, counts) if count == 0]
+        if empty:
+            raise DataError(f"{self.name}: no training image of class(es) {empty} (a class "
+                            "folder that is empty, or a --classes name no row has)")
+
     def check_patient_leakage(self) -> None:
         """Raise DataError if a patient appears in more than one split."""
         frame = pd.DataFrame({"patient": self.patients, "split": self.split})

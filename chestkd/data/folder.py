@@ -211,6 +211,9 @@ def _class_names(classes, bases) -> list[str]:
         if not present:
             raise DataError(f"folder: no class folders in {', '.join(map(str, bases))}")
         return present
+    if not isinstance(classes, (str, list, tuple)):
+        raise ConfigError(f"folder: classes {classes!r}: expected folder names, e.g. "
+                          "classes=[NORMAL, PNEUMONIA]")
     names = [classes] if isinstance(classes, str) else [str(name) for name in classes]
     if not names or len(set(names)) != len(names):
         raise ConfigError(f"folder: classes must be distinct folder names, got {names}")
@@ -232,6 +235,9 @@ def find_images(folder: Path, suffixes) -> list[Path]:
 def _patient_pattern(patient_regex):
     if patient_regex is None:
         return None
+    if not isinstance(patient_regex, str):
+        raise ConfigError(f"folder: patient_regex {patient_regex!r}: expected a regular "
+                          "expression, in quotes where YAML would read a number")
     try:
         pattern = re.compile(patient_regex)
     except re.error as error:

@@ -60,6 +60,7 @@ def prepare_run_data(options: RunOptions, run_dir, *, record: bool = True
     for split in ("train", "val", "test"):
         data.subset(split)  # an empty split is an error naming it, before any training
     data.check_patient_leakage()
+    data.check_classes()
     profiled = options.to_config()
     if apply_small_data_profile(profiled, int((data.split == "train").sum())):
         options = as_options(profiled)

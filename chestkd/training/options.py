@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from chestkd.cli import number_option
+from chestkd.errors import ConfigError
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, check_config
 
 __all__ = ["EvaluationOptions", "ImageOptions", "KDOptions", "RunOptions", "TrainingOptions",
@@ -67,7 +68,11 @@ class ImageOptions:
     def __post_init__(self):
         _integer(self, "image_size")
         if self.mean_std is not None:
-            object.__setattr__(self, "mean_std", tuple(float(v) for v in self.mean_std))
+            values = self.mean_std if isinstance(self.mean_std, (list, tuple)) else [None]
+            if len(values) != 2:
+                raise ConfigError(f"--mean-std {self.mean_std!r}: expected [mean, std]")
+            object.__setattr__(self, "mean_std", tuple(
+                float(number_option(v, "--mean-std")) for v in values))
 
     def pipeline(self) -> dict:
         """The keyword arguments of ``make_dataset`` (and ``load_or_compute``)."""
