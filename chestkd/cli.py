@@ -10,8 +10,21 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+from pathlib import Path
 
 from chestkd.errors import ChestKDError, ConfigError
+
+
+def output_folder(path, option: str = "--out") -> Path:
+    """Make a command's output folder ``path`` (and its parents); a ConfigError naming
+    ``option`` where it cannot be made (a file of that name on the way, no permission)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{option} {path}: cannot make this folder "
+                          f"({error.strerror or error})") from None
+    return path
 
 
 def user_error_message(error: BaseException) -> str | None:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chestkd.cli import main_of
+from chestkd.cli import main_of, output_folder
 from chestkd.errors import ConfigError
 from chestkd.io import atomic_write, atomic_write_json
 from chestkd.predict import TFLiteModel, resolve_model
@@ -294,8 +294,7 @@ def export_model(model_path, *, fmt: str = "tflite", quantize=("none",), out=Non
         raise ConfigError(f"--quantize {' '.join(quantize)}: quantisation applies to "
                           "--format tflite")
     model_path, info = resolve_model(model_path)
-    out = Path(out or model_path.parent / f"export-{fmt}-{'-'.join(quantize)}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out or model_path.parent / f"export-{fmt}-{'-'.join(quantize)}")
     data, config = run_data(model_path, info, out)
     if "int8" in quantize and data is None:
         raise ConfigError(f"--quantize int8 calibrates on the run's training images, but "

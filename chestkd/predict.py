@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chestkd.cli import main_of
+from chestkd.cli import main_of, output_folder
 from chestkd.data.images import (describe_upsampling, normalize_unit, read_unit_grey,
                                  upsampling_summary)
 from chestkd.errors import ChestKDError, ConfigError, DataError
@@ -271,9 +271,8 @@ def run(argv=None) -> dict:
     rule = threshold_rule(info, args.threshold)
     thresholds = info["thresholds"][rule]
     files, skipped = collect_images(args.images)
+    out = output_folder(args.out)
     classify, keras_model = load_classifier(model_path)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows, batch, batch_paths = [], [], []
 
     def flush():

@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from chestkd.cli import main_of
+from chestkd.cli import main_of, output_folder
 from chestkd.errors import ChestKDError
 from chestkd.evaluation.evaluate import markdown_table
 from chestkd.evaluation.plots import plot_training_curves
@@ -273,8 +273,7 @@ def write_report(root, out=None) -> dict:
     if runs.empty:
         raise ChestKDError(f"{root}: no finished run of {', '.join(STRATEGY_ORDER)} (a "
                            "folder with config.yaml and metrics.json) found")
-    out = Path(out or root / "report")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out or root / "report")
     written = {}
     t1 = table1(runs)
     t1.to_csv(out / "table1.csv", index=False)

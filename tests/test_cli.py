@@ -115,6 +115,27 @@ def test_a_successful_run_exits_0(tmp_path):
     assert describe.returncode == 0, describe.stderr[-2000:]
 
 
+@pytest.mark.parametrize("argv", [
+    ["chestkd-train", "--out", "{file}"],
+    ["chestkd-data", "phantom", "--out", "{file}"],
+    ["chestkd-data", "phantom", "--out", "{file}/phantom"],
+])
+def test_an_out_that_is_a_file_exits_2_naming_it(argv, tmp_path, capsys):
+    # Regression: FileExistsError / NotADirectoryError tracebacks from mkdir (every command
+    # makes its output folder with chestkd.cli.output_folder).
+    taken = tmp_path / "typo.yaml"
+    taken.write_text("not a folder\n")
+    argv = [a.format(file=taken) for a in argv]
+    main = _entry_point(argv[0])
+    try:
+        code = main(argv[1:])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(taken) in err and "Traceback" not in err
+
+
 def test_a_user_error_raised_inside_a_tf_data_pipeline_exits_2(capsys):
     # Regression: tf.data wraps a DataError of its reader (an image that does not decode,
     # read with check_images: false) in an OpError, and the command ended in a traceback.

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
-from chestkd.cli import user_error_message
+from chestkd.cli import output_folder, user_error_message
 from chestkd.data import LOADERS
 from chestkd.errors import ConfigError
 
@@ -86,6 +87,9 @@ def run_describe(args) -> None:
 def run_phantom(args) -> None:
     given = {key: getattr(args, key) for key in ("images", "size", "seed")
              if getattr(args, key) is not None}
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: a file, not a folder")
+    output_folder(Path(args.out).parent)
     if args.kind == "pneumonia":
         from chestkd.data.phantom import write_pneumonia_phantom
         result = write_pneumonia_phantom(args.out, classes=args.classes, **given)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from chestkd.cli import output_folder
 from chestkd.data.dataset import Dataset
 from chestkd.data.images import (check_image_file, progress_bar, read_unit_grey, source_sizes,
                                  upsampling_summary)
@@ -96,8 +97,7 @@ def prepare(data: Dataset, out, *, size: int = 224, workers: int | None = None,
     """
     if progress is not None:
         verbose = int(bool(progress))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     keys = [cache_key(data, p) for p in data.paths]
     n_shards = -(-len(keys) // shard_size)
     meta = {"dataset": data.name, "size": int(size), "shard_size": int(shard_size),

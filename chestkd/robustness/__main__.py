@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chestkd.cli import list_option, main_of
+from chestkd.cli import list_option, main_of, output_folder
 from chestkd.evaluation import markdown_table
 from chestkd.io import atomic_write_json, atomic_write_text
 from chestkd.robustness.attacks import NORMS
@@ -42,8 +42,7 @@ def run(argv=None) -> dict:
     run_dir = args.run_dir
     attacks = list_option(args.attacks, "--attacks", allowed=ATTACKS)
     config = finished_run(run_dir)
-    out = args.out or run_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out or run_dir)
     data = load_run_data(config, out)
     thresholds = run_thresholds(run_dir, data.class_names, multi_label=data.multi_label)
     options = image_options(data, config)

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from chestkd.cli import output_folder
 from chestkd.errors import ChestKDError, ConfigError
 from chestkd.io import atomic_write_json
 from chestkd.training.config import (ADDED_OPTION_DEFAULTS, check_config, config_id,
@@ -43,8 +44,7 @@ from chestkd.training.options import RunOptions, run_options
 
 def new_run_dir(out, name: str) -> Path:
     """Create ``out/name-YYYYmmdd-HHMMSS`` (with a numeric suffix if that exists)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = out / f"{name}-{stamp}"
     candidate, k = base, 1

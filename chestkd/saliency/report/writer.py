@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from chestkd.cli import output_folder
 from chestkd.data.images import progress_bar
 from chestkd.errors import ChestKDError, ConfigError
 from chestkd.saliency.analysis.display import (DEFAULT_PERCENTILE, display_maps, display_sigma,
@@ -217,8 +217,7 @@ def write_saliency_report(model, dataset, out_dir, *, image_size, class_names=No
     check_normalization(normalization, mean_std)   # before any image is read
     class_names = list(class_names or dataset.class_names)
     multi_label = dataset.multi_label if multi_label is None else bool(multi_label)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir)
     examples, boxes = select_examples(dataset, class_names, int(max_images), classes)
     result = {"figures": {}, "localisation": {}, "scores": [], "vs_centre": [], "examples": [],
               "skipped_methods": {}}
