@@ -99,3 +99,26 @@ def test_images_prepare_skipped_are_an_error_or_skipped_from_the_cache(tmp_path,
     assert len(run_data) == 38 and not set(bad) & set(run_data.paths)
     skipped = (tmp_path / "skipped.csv").read_text()
     assert all(path in skipped for path in bad) and "empty" in skipped
+
+
+def test_an_incomplete_or_damaged_cache_is_refused_on_opening(prepared, tmp_path):
+    # Regression: a cache that prepare left unfinished (stopped on a bad image, or copied in
+    # part to Drive) was accepted, and the run failed with a FileNotFoundError or inside
+    # tf.data ("EOF: reading array header").
+    import shutil
+    _, _, cache, _ = prepared
+    for damage, message in (("marker", "shard 0 is incomplete"),
+                            ("shard", "shard-00000.npy: not readable"),
+                            ("meta", "cache.json: not readable")):
+        copy = tmp_path / damage
+        shutil.copytree(cache, copy)
+        if damage == "marker":
+            (copy / "shard-00000.json").unlink()
+        elif damage == "shard":
+            data = (copy / "shard-00000.npy").read_bytes()
+            (copy / "shard-00000.npy").write_bytes(data[:90])
+        else:
+            (copy / "cache.json").write_text('{"size": 32,')
+        with pytest.raises(DataError, match=message):
+            PreparedCache(copy)
+    PreparedCache(cache)  # the complete one opens

@@ -163,17 +163,33 @@ class PreparedCache:
         if not meta_path.exists():
             raise DataError(f"{self.folder}: not a prepared cache (no cache.json); run "
                             f"`python -m chestkd.data prepare ... --out {self.folder}` first")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = self._json(meta_path)
         self.size = int(self.meta["size"])
         self.index = pd.read_csv(self.folder / "index.csv", keep_default_na=False)
         self._shards: dict[int, np.ndarray] = {}
         bad = []
         for s in range(self.meta["shards"]):
+            # Every shard complete and of its marker's shape (its header only; the checksum
+            # is prepare's): a cache from an interrupted prepare, or a partial copy, fails
+            # here, not inside the input pipeline.
             marker = self.folder / f"shard-{s:05d}.json"
-            if marker.exists():
-                bad += [s * self.meta["shard_size"] + r
-                        for r in json.loads(marker.read_text())["bad_rows"]]
+            if not marker.exists():
+                raise DataError(f"{self.folder}: shard {s} is incomplete; run prepare again "
+                                "to resume")
+            info = self._json(marker)
+            shard = self._shard(s)
+            if shard.shape[1:] != (self.size, self.size) or len(shard) != info["rows"]:
+                raise DataError(f"{self.folder}/shard-{s:05d}.npy: shape {shard.shape} does not "
+                                "match its marker; run prepare again")
+            bad += [s * self.meta["shard_size"] + r for r in info["bad_rows"]]
         self.bad_rows = set(bad)
+
+    @staticmethod
+    def _json(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise DataError(f"{path}: not readable ({error}); run prepare again") from None
 
     def source_sizes(self) -> list:
         """(height, width) of each cached image's source file, in cache row order (None for
@@ -266,7 +282,11 @@ class PreparedCache:
 
     def _shard(self, s: int) -> np.ndarray:
         if s not in self._shards:
-            self._shards[s] = np.load(self.folder / f"shard-{s:05d}.npy", mmap_mode="r")
+            path = self.folder / f"shard-{s:05d}.npy"
+            try:
+                self._shards[s] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as error:
+                raise DataError(f"{path}: not readable ({error}); run prepare again") from None
         return self._shards[s]
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
