@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chestkd.cli import main_of, output_folder
+from chestkd.cli import main_of, number_option, output_folder
 from chestkd.errors import ConfigError
 from chestkd.io import atomic_write, atomic_write_json
 from chestkd.predict import TFLiteModel, resolve_model
@@ -295,13 +295,16 @@ def export_model(model_path, *, fmt: str = "tflite", quantize=("none",), out=Non
                           "--format tflite")
     model_path, info = resolve_model(model_path)
     out = output_folder(out or model_path.parent / f"export-{fmt}-{'-'.join(quantize)}")
+    import keras
+    import tensorflow as tf
+    try:  # before the run's data is read
+        model = keras.models.load_model(model_path, compile=False)
+    except Exception as error:  # a damaged or foreign file: zip, HDF5 or Keras errors
+        raise ConfigError(f"{model_path}: not a readable Keras model ({error})") from None
     data, config = run_data(model_path, info, out)
     if "int8" in quantize and data is None:
         raise ConfigError(f"--quantize int8 calibrates on the run's training images, but "
                           f"{model_path.parent} has no config.yaml; give the run directory")
-    import keras
-    import tensorflow as tf
-    model = keras.models.load_model(model_path, compile=False)
     keras_fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     keras_logits = lambda x: np.asarray(keras_fn(tf.constant(x, tf.float32)), np.float64)
     test = None
@@ -355,6 +358,8 @@ def run(argv=None) -> dict:
     if str(args.model).endswith(".tflite"):
         raise ConfigError(f"{args.model}: export starts from a Keras model (run directory or "
                           ".keras file), not a .tflite file")
+    for option in ("calibration_images", "latency_repeats"):
+        number_option(getattr(args, option), "--" + option.replace("_", "-"), cast=int, low=1)
     reports = export_model(args.model, fmt=args.format, quantize=args.quantize, out=args.out,
                            calibration_images=args.calibration_images,
                            latency_repeats=args.latency_repeats)

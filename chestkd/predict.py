@@ -43,13 +43,12 @@ import numpy as np
 import pandas as pd
 
 from chestkd.cli import main_of, output_folder
-from chestkd.data.images import (describe_upsampling, normalize_unit, read_unit_grey,
-                                 upsampling_summary)
+from chestkd.data.images import (IMAGE_EXTENSIONS, describe_upsampling, normalize_unit,
+                                 read_unit_grey, upsampling_summary)
 from chestkd.errors import ChestKDError, ConfigError, DataError
 from chestkd.io import atomic_write, atomic_write_text
 from chestkd.scores import probabilities_from_logits
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # The keys of a model's recorded thresholds that are not a rule's values.
 _THRESHOLD_RECORD_KEYS = ("rule", "split", "values", "class_names")
 
@@ -212,7 +211,7 @@ def collect_images(sources) -> tuple[list[Path], list[dict]]:
     for source in map(Path, sources):
         if source.is_dir():
             files += sorted(p for p in source.rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         elif source.exists():
             files.append(source)
         else:

@@ -84,6 +84,15 @@ def _store_place(path) -> tuple[str, str]:
     return path.parent.name, path.name
 
 
+def _read(path: Path, parse):
+    """A run's file parsed, or a ChestKDError naming it (a hand-edited file, say)."""
+    try:
+        return parse(path.read_text())
+    except (ValueError, yaml.YAMLError) as error:
+        raise ChestKDError(f"{path}: not readable ({error}); mend it or move that run folder "
+                           "out of the runs directory") from None
+
+
 def find_runs(root) -> pd.DataFrame:
     """One row per finished run under ``root``; a base-training cell whose model lives in the
     model store (``trained_in``) is the store entry's row, counted once. A RoS-KD teacher
@@ -93,10 +102,10 @@ def find_runs(root) -> pd.DataFrame:
         folder = metrics_path.parent
         if not (folder / "config.yaml").exists() or not _finished(folder):
             continue
-        config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        config = _read(folder / "config.yaml", yaml.safe_load) or {}
         if config.get("role") == "store" and trained_on_subset(config.get("teachers_dir")):
             continue
-        metrics = json.loads(metrics_path.read_text())
+        metrics = _read(metrics_path, json.loads)
         strategy = _strategy(config)
         model = metrics.get("model") or config.get("model")
         teacher = None

@@ -5,6 +5,7 @@ of Keras; each quantised mode's AUC change and largest probability change assert
 the Keras model; export.json holds the measured numbers; predict on the .tflite file gives the
 evaluation's own probabilities; the SavedModel serves the Keras logits."""
 import json
+import shutil
 import sys
 
 import keras
@@ -142,3 +143,14 @@ def test_export_refuses_what_it_cannot_do(run_dir, tmp_path, capsys):
         assert status.value.code == 2
     err = capsys.readouterr().err
     assert "applies to --format tflite" in err and "not a .tflite file" in err
+    # Regressions: 0 repeats wrote NaN latencies (exit 0); a damaged model.keras was a
+    # traceback after the run's data was read.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run_dir, damaged)
+    (damaged / "model.keras").write_bytes(b"not a zip file")
+    for argv, message in (([str(run_dir), "--latency-repeats", "0"], "--latency-repeats 0"),
+                          ([str(run_dir), "--calibration-images", "0"], "--calibration-images"),
+                          ([str(damaged)], "model.keras: not a readable Keras model")):
+        with pytest.raises(SystemExit) as status:
+            export.main([*argv, "--out", str(tmp_path / "x")])
+        assert status.value.code == 2 and message in capsys.readouterr().err

@@ -221,3 +221,16 @@ def test_an_integer_input_tflite_model_saturates_instead_of_wrapping(tmp_path,
     np.testing.assert_array_equal(tflite(image), tflite(saturated))
     assert predict.quantize_input(np.array([3.0, -3.0, 0.0]), tflite.input).tolist() == [
         127, -128, zero]
+
+
+def test_a_folder_gives_every_image_file_training_reads(tmp_path):
+    # Regression: predict looked for .png/.jpg/.jpeg only, and silently left out the .tif
+    # and .bmp films that class-folder training reads.
+    from chestkd.data.folder import EXTENSIONS
+    from chestkd.predict import collect_images
+    for suffix in (".png", ".TIF", ".tiff", ".bmp", ".jpeg", ".txt"):
+        (tmp_path / f"film{suffix}").write_bytes(b"x")
+    files, missing = collect_images([tmp_path])
+    assert sorted(p.suffix.lower() for p in files) == sorted(
+        s for s in (".png", ".tif", ".tiff", ".bmp", ".jpeg") if s in EXTENSIONS)
+    assert len(files) == 5 and not missing

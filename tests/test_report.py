@@ -6,6 +6,8 @@ import json
 import pytest
 import yaml
 
+from chestkd.errors import ChestKDError
+
 from chestkd.report import find_runs, table1, write_report
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS
 
@@ -97,3 +99,12 @@ def test_runs_of_recipes_with_tables_of_their_own_are_left_out_and_named(tmp_pat
     written = write_report(tmp_path)
     assert "table1" in written
     assert "1 ensemble_kd run(s)" in capsys.readouterr().out
+
+
+def test_a_damaged_run_file_is_named(tmp_path):
+    _run(tmp_path, "base_training-resnet20", {**SETTING, "recipe": "base_training",
+                                              "model": "resnet20", "seed": 0},
+         {"model": "resnet20", "mean_auc": 0.8})
+    (tmp_path / "base_training-resnet20" / "metrics.json").write_text('{"mean_auc": 0.5,')
+    with pytest.raises(ChestKDError, match=r"base_training-resnet20/metrics.json: not readable"):
+        find_runs(tmp_path)

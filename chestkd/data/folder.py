@@ -40,7 +40,7 @@ import pandas as pd
 
 from chestkd.data.balance import BALANCE_MODES, balance_dataset, balance_rows, check_balance
 from chestkd.data.dataset import SPLITS, Dataset
-from chestkd.data.images import resolve_dir, screen_images
+from chestkd.data.images import IMAGE_EXTENSIONS, resolve_dir, screen_images
 from chestkd.data.presence import check_images_option
 from chestkd.data.splits import check_fractions, check_no_leakage, patient_split
 from chestkd.errors import ConfigError, DataError
@@ -48,7 +48,7 @@ from chestkd.errors import ConfigError, DataError
 __all__ = ["load_folder", "split_folders", "find_images", "patient_ids", "balance_rows",
            "BALANCE_MODES"]
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+EXTENSIONS = IMAGE_EXTENSIONS
 # The pediatric pneumonia set's file names (Kermany et al. 2018; module doc).
 KERMANY_PATIENT_REGEX = r"^(?P<patient>person\d+|(?:NORMAL2-)?IM-\d+)[_-]"
 VAL_SPLITS = ("auto", "official", "carve")

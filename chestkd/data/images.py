@@ -39,6 +39,8 @@ import pandas as pd
 from chestkd.errors import ConfigError, DataError
 
 NORMALIZATIONS = ("minus_one_one", "zero_one", "imagenet")
+# The image files a folder of images holds, by extension (class folders, predict's folders).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 

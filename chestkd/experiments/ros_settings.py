@@ -193,24 +193,19 @@ class RosSettings:
 
     def data(self, noise, seed):
         """The data at label noise ``noise`` and seed ``seed`` (read once)."""
-        return self._prepared(noise, seed)[0]
-
-    def variant(self, noise, seed) -> RunOptions:
-        """The run's options at label noise ``noise`` and seed ``seed``, with what their data
-        settled (a ``mean_std`` estimate, the small-real profile)."""
-        return self._prepared(noise, seed)[1]
-
-    def _prepared(self, noise, seed) -> tuple:
         key = (float(noise), int(seed))
         if key not in self._data:
             own = key == (float(self.options.config.get("label_noise") or 0.0),
                           self.options.seed)
             # Only the run's own setting goes into its config.yaml: a study's other noise or
             # seed recorded there would make --resume continue another experiment.
-            self._data[key] = prepare_run_data(
-                self.options.replace(label_noise=key[0], seed=key[1]), self.run_dir,
-                record=own)
+            self._data[key], _ = prepare_run_data(self.variant(*key), self.run_dir,
+                                                  record=own)
         return self._data[key]
+
+    def variant(self, noise, seed) -> RunOptions:
+        """The run's options at label noise ``noise`` and seed ``seed``."""
+        return self.options.replace(label_noise=float(noise), seed=int(seed))
 
     def folder(self, name, student, overlap, noise, seed) -> Path:
         k = self.ros.subsets

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chestkd.cli import list_option, main_of, output_folder
+from chestkd.cli import list_option, main_of, number_option, output_folder
 from chestkd.evaluation import markdown_table
 from chestkd.io import atomic_write_json, atomic_write_text
-from chestkd.robustness.attacks import NORMS
+from chestkd.robustness.attacks import NORMS, check_attack
 from chestkd.robustness.tables import (ATTACKS, PAPER_EPSILON, robustness_table,
                                       run_thresholds, split_arrays)
 from chestkd.training.classifier import image_options, load_run_data
@@ -41,6 +41,9 @@ def run(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     run_dir = args.run_dir
     attacks = list_option(args.attacks, "--attacks", allowed=ATTACKS)
+    check_attack(args.epsilon, args.norm, args.steps)   # before the run's data is read
+    if args.max_images is not None:
+        number_option(args.max_images, "--max-images", cast=int, low=1)
     config = finished_run(run_dir)
     out = output_folder(args.out or run_dir)
     data = load_run_data(config, out)

@@ -101,7 +101,8 @@ def loss_and_gradient(model, multi_label: bool):
     return per_model[multi_label]
 
 
-def _check(epsilon, norm, steps=1):
+def check_attack(epsilon, norm, steps=1) -> None:
+    """The attack's options, or a ConfigError naming the flag (before any image is read)."""
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating)) \
             or not np.isfinite(epsilon) or epsilon < 0:
         raise ConfigError(f"--epsilon {epsilon!r}: a non-negative number (intensity units, "
@@ -164,7 +165,7 @@ def fgsm(model, images, labels, epsilon, *, multi_label=True, norm="linf",
     intensity units along the gradient with respect to the intensities,
     ``scale * grad_x``. Returns float32 adversarial images.
     """
-    _check(epsilon, norm)
+    check_attack(epsilon, norm)
     gradient_of = loss_and_gradient(model, bool(multi_label))
     scale, low, high = _ranges(images, normalization, mean_std)
     out = []
@@ -191,7 +192,7 @@ def pgd(model, images, labels, epsilon, steps=10, step_size=None, norm="linf",
     start and with ``step_size >= epsilon`` (linf) the result never has a lower loss than
     FGSM's. Returns float32 adversarial images.
     """
-    _check(epsilon, norm, steps)
+    check_attack(epsilon, norm, steps)
     gradient_of = loss_and_gradient(model, bool(multi_label))
     scale, low, high = _ranges(images, normalization, mean_std)
     radius = float(epsilon)
