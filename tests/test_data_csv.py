@@ -208,3 +208,27 @@ def test_a_folder_patient_regex_must_be_text(tmp_path):
         load_folder(tmp_path, patient_regex=123)
     with pytest.raises(ConfigError, match="classes 5: expected folder names"):
         load_folder(tmp_path, classes=5)
+
+
+def test_an_odd_label_cell_is_a_bad_row_and_lines_count_blank_lines(tmp_path):
+    # Regressions: a 0/1 column holding 2 stopped the run even with skip_bad_images (the
+    # docs say such a row is skipped and listed); and the line named in an error ignored
+    # blank lines, so it pointed above the row.
+    (tmp_path / "images").mkdir()
+    lines = ["image,NORMAL,PNEUMONIA,patient"]
+    for i in range(12):
+        cv2.imwrite(str(tmp_path / "images" / f"{i}.png"), np.zeros((16, 16), np.uint8))
+        lines.append(f"{i}.png,{i % 2},{(i + 1) % 2},p{i}")
+        if i == 3:
+            lines += ["", ""]                      # blank lines: rows 4.. move down by two
+    lines[1 + 7 + 2] = "7.png,2,0,p7"              # file line 11 (the header is line 1)
+    (tmp_path / "table.csv").write_text("\n".join(lines) + "\n")
+    options = dict(csv="table.csv", image_dir="images", image_column="image",
+                   label_columns=["NORMAL", "PNEUMONIA"], patient_column="patient")
+    with pytest.raises(DataError, match=r"table.csv, line 11: column 'NORMAL': label value "
+                                        r"'2' is not 0 or 1"):
+        load_csv(tmp_path, **options)
+    data = load_csv(tmp_path, skip_bad_images=True, **options)
+    assert len(data) == 11 and list(data.skipped["reason"]) == [
+        f"{tmp_path / 'table.csv'}, line 11: column 'NORMAL': label value '2' is not 0 or 1 "
+        "(option label_columns)"]

@@ -224,7 +224,9 @@ def find_metadata(root: Path, metadata: str) -> Path:
 
 
 def read_csv_text(path: Path, what: str) -> pd.DataFrame:
-    """A CSV as strings (empty cells are ''), header names stripped; DataError if unreadable.
+    """A CSV as strings (empty cells are ''), header names stripped, and ``line``: each row's
+    line in the file (the header is line 1; blank lines are counted, then left out, so an
+    error names the line an editor shows); DataError if unreadable.
 
     ``index_col=False`` keeps pandas from turning the first column into the index when the
     lines carry a trailing comma that the header lacks.
@@ -233,7 +235,8 @@ def read_csv_text(path: Path, what: str) -> pd.DataFrame:
         with warnings.catch_warnings():
             # "Length of header ... does not match": only the empty trailing field is lost.
             warnings.simplefilter("ignore", pd.errors.ParserWarning)
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False,
+                                skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the {what} file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as error:
@@ -242,7 +245,10 @@ def read_csv_text(path: Path, what: str) -> pd.DataFrame:
     empty_extra = [column for column in frame.columns
                    if (column == "" or column.startswith("Unnamed:"))
                    and (frame[column].str.strip() == "").all()]
-    return frame.drop(columns=empty_extra)
+    frame = frame.drop(columns=empty_extra)
+    frame["line"] = np.arange(2, len(frame) + 2)
+    blank = (frame.drop(columns="line") == "").all(axis=1)
+    return frame[~blank].reset_index(drop=True)
 
 
 def read_metadata(path: Path) -> pd.DataFrame:
@@ -253,12 +259,13 @@ def read_metadata(path: Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; the columns found are "
                         f"{list(frame.columns)}")
+    lines = frame["line"].to_numpy()
     frame = frame[[c for c in METADATA_COLUMNS if c in frame.columns]].rename(
         columns=METADATA_COLUMNS)
     for column in ("image", "findings", "patient", "sex", "view"):
         if column in frame:
             frame[column] = _per_distinct(frame[column], lambda cells: cells.str.strip())
-    frame["line"] = np.arange(2, len(frame) + 2)       # line 1 is the header
+    frame["line"] = lines
     if len(frame) == 0:
         raise DataError(f"{path}: the metadata file has a header but no rows")
     _check_cells(frame, path, "image", "Image Index")
@@ -479,7 +486,7 @@ def read_boxes(path: Path) -> pd.DataFrame:
                           "label": frame["Finding Label"].str.strip().replace(LABEL_ALIASES)})
     for offset, name in enumerate("xywh"):
         boxes[name] = pd.to_numeric(frame[columns[start + offset]], errors="coerce")
-    boxes["line"] = np.arange(2, len(boxes) + 2)
+    boxes["line"] = frame["line"].to_numpy()
     bad = boxes[list("xywh")].isna().any(axis=1)
     if bad.any():
         raise DataError(f"{path}, line {boxes.loc[bad, 'line'].iloc[0]}: box coordinates "

@@ -159,7 +159,6 @@ def read_chexpert_csv(path: Path) -> pd.DataFrame:
                         f"{list(frame.columns)}")
     if len(frame.columns) == len(INFO_COLUMNS):
         raise DataError(f"{path}: no observation columns after {list(INFO_COLUMNS)}")
-    frame["line"] = np.arange(2, len(frame) + 2)
     return frame
 
 

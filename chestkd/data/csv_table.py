@@ -106,16 +106,17 @@ def load_csv(data_dir, *, csv=None, image_dir=None, image_column="filename", lab
 
     excluded = {}
     table = _apply_filters(table, filters, excluded)
+    odd = {}   # row -> a label cell that is not 0 or 1 (a bad row, skipped on request)
     if label_columns is None:
         found, blank = _parse_label_cells(table[label_column], label_map)
     else:
-        found, blank = _parse_label_columns(table[label_names], label_names, label_map,
-                                            table["line"].to_numpy(), path)
+        found, blank, odd = _parse_label_columns(table[label_names], label_names, label_map)
     dropped = np.array([parts is None for parts in found], bool) & ~blank
     for reason, rows in (("blank label", blank), ("label_map to null", dropped)):
         if rows.any():
             excluded[reason] = int(rows.sum())
     keep = ~(blank | dropped)
+    odd_rows = [(new, odd[old]) for new, old in enumerate(np.flatnonzero(keep)) if old in odd]
     table, found = table[keep].reset_index(drop=True), [f for f, k in zip(found, keep) if k]
     class_names = sorted({c for parts in found for c in parts}) if classes is None else (
         [classes] if isinstance(classes, str) else [str(c) for c in classes])
@@ -124,6 +125,7 @@ def load_csv(data_dir, *, csv=None, image_dir=None, image_column="filename", lab
                         f"the table has {len(keep)} row(s))")
 
     labels, bad = _label_matrix(found, class_names, label_column or "label_columns")
+    bad += odd_rows
     image_base = root if image_dir is None else _within(root, image_dir)
     relative, paths, bad_images = _image_paths(table, image_columns, image_base)
     on_disk = files_present(paths)
@@ -170,8 +172,7 @@ def _read_table(path: Path, named: dict) -> pd.DataFrame:
     """The CSV as strings with a ``line`` column; DataError for a missing file or column."""
     if not path.is_file():
         raise DataError(f"csv: table {path} (option csv) does not exist")
-    table = read_csv_text(path, "csv")
-    table["line"] = np.arange(2, len(table) + 2)          # line 1 is the header
+    table = read_csv_text(path, "csv")                     # with each row's ``line``
     for option, columns in named.items():
         missing = [c for c in columns if c not in table.columns]
         if missing:
@@ -274,23 +275,23 @@ def _parse_label_cells(cells: pd.Series, label_map):
     return found, blank
 
 
-def _parse_label_columns(cells: pd.DataFrame, columns, label_map, lines, path):
+def _parse_label_columns(cells: pd.DataFrame, columns, label_map):
     """Per row: the classes of its 1 cells (column names, renamed by ``label_map``; None when
-    a positive class maps to null); and the rows whose cells are all blank."""
+    a positive class maps to null); the rows whose cells are all blank; and {row: reason} of
+    the rows with a cell that is not 0 or 1 (bad rows: an error, or skipped and listed)."""
     values = cells.apply(lambda column: column.str.strip().str.lower())
     blank = (values == "").all(axis=1).to_numpy()
-    odd = ~values.isin(TRUE_CELLS | FALSE_CELLS)
-    if odd.to_numpy().any():
-        row, col = np.argwhere(odd.to_numpy())[0]
-        raise DataError(f"{path}, line {lines[row]}: column {columns[col]!r}: label value "
-                        f"{cells.iloc[row, col]!r} is not 0 or 1 (option label_columns)")
+    odd = {}
+    for row, col in np.argwhere(~values.isin(TRUE_CELLS | FALSE_CELLS).to_numpy()):
+        odd.setdefault(int(row), f"column {columns[col]!r}: label value "
+                                 f"{cells.iloc[row, col]!r} is not 0 or 1 (option label_columns)")
     names = [(label_map or {}).get(column, column) for column in columns]
     positive = values.isin(TRUE_CELLS).to_numpy()
     found = []
     for flags, is_blank in zip(positive, blank):
         classes = [names[c] for c in np.flatnonzero(flags)]
         found.append(None if is_blank or None in classes else sorted(set(map(str, classes))))
-    return found, blank
+    return found, blank, odd
 
 
 def _splits(patients, given, fractions, seed, stratify, source) -> np.ndarray:
