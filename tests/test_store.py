@@ -1,4 +1,6 @@
 """The model store: one key holds one model, whatever order the runs that need it come in."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -54,3 +56,22 @@ def test_an_earlier_checkpoint_after_a_later_one(phantom, tmp_path):
     assert source.name == "epoch-0001.keras"
     reference, _ = _store(phantom, tmp_path / "d", "--epochs", "3")(snapshot=1)
     assert _same_weights(earlier, reference) and not _same_weights(earlier, later)
+
+
+def test_a_run_with_other_bootstrap_resamples_scores_the_stored_model_anew(phantom, tmp_path):
+    # Regression: the entry's key leaves the bootstrap out, and its metrics.json (intervals
+    # of the first run's resamples) was copied into a run that asked for bootstrap=0.
+    import json
+
+    from chestkd.recipes import base_training
+    argv = ["--dataset", "chestxray14", "--data-dir", str(phantom), "split=patient",
+            "--image-size", "32", "--batch-size", "16", "--epochs", "1", "--model",
+            "conv3_student", "--out", str(tmp_path), "latency_images=1", "jit_compile=false"]
+    first = base_training.run([*argv, "bootstrap=20"])
+    again = base_training.run([*argv, "bootstrap=0"])
+    assert again["trained_in"] == first["trained_in"]          # the same model, not retrained
+    assert first["bootstrap"]["resamples"] == 20 and "mean_auc_ci" in first
+    assert "bootstrap" not in again and "mean_auc_ci" not in again
+    assert again["mean_auc"] == first["mean_auc"]
+    saved = json.loads((Path(again["run_dir"]) / "metrics.json").read_text())
+    assert "bootstrap" not in saved and saved["trained_in"] == first["trained_in"]

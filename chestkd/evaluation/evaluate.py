@@ -202,7 +202,7 @@ def evaluate_model(model, data: Dataset, options, run_dir, *, prefix: str = "",
                       dataset=data.name)
     table.to_csv(run_dir / f"{prefix}per_class_auc.csv", index=False)
     (run_dir / f"{prefix}per_class_auc.md").write_text(markdown_table(table) + "\n")
-    plots.plot_roc_curves(truth, scores, data.class_names, run_dir / f"{prefix}roc_curves.png",
+    plots.plot_roc_curves(truth, ranks, data.class_names, run_dir / f"{prefix}roc_curves.png",
                           title=title or "ROC curves (test split)")
     plots.plot_reliability(curves, run_dir / f"{prefix}reliability.png",
                            title="Reliability diagram (test split, "

@@ -26,7 +26,8 @@ from chestkd.distill.kd_loss import SOFTMAX_FORMULATIONS, KDLoss, check_formulat
 from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model, print_results
 from chestkd.evaluation.metrics import predict_logits
-from chestkd.experiments.store import copy_results, obtain_model, snapshot_epoch
+from chestkd.experiments.store import (TRAINING_FILES, copy_results, obtain_model,
+                                      scored_alike, snapshot_epoch)
 from chestkd.scores import probabilities_from_logits
 from chestkd.training.classifier import (build_model, image_options, pipelines,
                                          prepare_run_data, set_precision)
@@ -149,10 +150,14 @@ def cache_teacher_logits(options: RunOptions, run_dir, data: Dataset, teacher) -
 def obtained_model_results(options: RunOptions, data: Dataset, run_dir, model, source, *,
                            prefix: str = "") -> dict:
     """The results of a model from :func:`~chestkd.experiments.store.obtain_model` inside
-    this run (``{prefix}`` files): a store entry's results copied, a given ``.keras`` file
-    scored (once: stage ``{prefix}evaluation``)."""
-    if Path(source).is_dir():
+    this run (``{prefix}`` files): a store entry's results copied when it was scored as this
+    run scores (:func:`~chestkd.experiments.store.scored_alike`), else its training files
+    copied and the model scored here, as a given ``.keras`` file is (once: stage
+    ``{prefix}evaluation``)."""
+    if Path(source).is_dir() and scored_alike(source, options):
         return copy_results(source, run_dir, prefix=prefix)
+    if Path(source).is_dir():
+        copy_results(source, run_dir, prefix=prefix, names=TRAINING_FILES)
     return evaluate_once(model, data, options, run_dir, prefix=prefix,
                          stage=f"{prefix}evaluation")
 

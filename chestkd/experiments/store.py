@@ -135,11 +135,24 @@ RESULT_FILES = ("metrics.json", "per_class_auc.csv", "per_class_auc.md", "roc_cu
                 "classification_report.csv")
 
 
-def copy_results(source, run_dir, *, prefix: str = "") -> dict:
-    """Copy a store entry's results into ``run_dir`` (names ``prefix``-ed); returns its
+# What a store entry's training leaves (a run that scores the entry's model anew copies these).
+TRAINING_FILES = ("history.csv", "training_curves.png", "model.keras")
+
+
+def scored_alike(source, options: RunOptions) -> bool:
+    """Whether the store entry ``source`` was scored as this run scores: with its number of
+    bootstrap resamples (the entry's key leaves the bootstrap out, so runs asking for other
+    intervals share its model, never its intervals)."""
+    metrics = json.loads((Path(source) / "metrics.json").read_text())
+    resamples = int((metrics.get("bootstrap") or {}).get("resamples", 0))
+    return resamples == int(as_options(options).evaluation.bootstrap)
+
+
+def copy_results(source, run_dir, *, prefix: str = "", names=RESULT_FILES) -> dict:
+    """Copy a store entry's results (``names``) into ``run_dir`` (``prefix``-ed); returns its
     metrics. Nothing already in ``run_dir`` is overwritten."""
     source, run_dir = Path(source), Path(run_dir)
-    for name in RESULT_FILES:
+    for name in names:
         target = run_dir / f"{prefix}{name}"
         if (source / name).exists() and not target.exists():
             shutil.copy2(source / name, target)

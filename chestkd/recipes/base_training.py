@@ -12,9 +12,10 @@ confidence intervals, per-class AUC tables, ROC, calibration and training curves
 """
 from pathlib import Path
 
-from chestkd.evaluation import evaluate_model, print_results
+from chestkd.evaluation import print_results
+from chestkd.experiments.kd import obtained_model_results
 from chestkd.experiments.repeat import recipe_entry
-from chestkd.experiments.store import copy_results, obtain_model
+from chestkd.experiments.store import obtain_model
 from chestkd.training.config import BASE_DEFAULTS
 from chestkd.training.classifier import prepare_run_data
 from chestkd.training.options import run_options
@@ -28,12 +29,11 @@ def run_once(config: dict) -> dict:
     print(f"run directory: {run_dir}")
     data, options = prepare_run_data(options, run_dir)
     model, source = obtain_model(options, data, options.training.model)
+    # a store entry's results (scored anew with another bootstrap), or a given .keras scored
+    results = obtained_model_results(options, data, run_dir, model, source)
     if Path(source).is_dir():  # trained (now or before) in the model store
-        results = copy_results(source, run_dir)
         results["trained_in"] = str(source)
         write_json(results, Path(run_dir) / "metrics.json")
-    else:                      # --model FILE.keras: a given model, scored as it is
-        results = evaluate_model(model, data, options, run_dir)
     print_results(results)
     return {**results, "run_dir": str(run_dir)}
 
