@@ -168,8 +168,9 @@ class TFLiteModel:
         return np.stack([self._one(image) for image in np.asarray(images, np.float32)])
 
 
-def load_classifier(model_path):
-    """``(fn, keras_model_or_None)``: ``fn(images) -> logits`` for a .keras or .tflite file."""
+def load_classifier(model_path, *, image_size: int | None = None, classes: int | None = None):
+    """``(fn, keras_model_or_None)``: ``fn(images) -> logits`` for a .keras or .tflite file
+    (a Keras model checked against ``image_size`` and ``classes`` where given)."""
     model_path = Path(model_path)
     if model_path.suffix == ".tflite":
         try:
@@ -178,7 +179,7 @@ def load_classifier(model_path):
             raise ConfigError(f"{model_path}: not a readable TFLite model ({error})") from None
     from chestkd.training.run import load_model
     try:
-        model = load_model(model_path)
+        model = load_model(model_path, image_size=image_size, classes=classes)
     except ChestKDError:
         raise
     except Exception as error:  # Keras raises many kinds for an unreadable archive
@@ -271,7 +272,8 @@ def run(argv=None) -> dict:
     thresholds = info["thresholds"][rule]
     files, skipped = collect_images(args.images)
     out = output_folder(args.out)
-    classify, keras_model = load_classifier(model_path)
+    classify, keras_model = load_classifier(model_path, image_size=int(info["image_size"]),
+                                            classes=len(names))
     rows, batch, batch_paths = [], [], []
 
     def flush():

@@ -234,3 +234,18 @@ def test_a_folder_gives_every_image_file_training_reads(tmp_path):
     assert sorted(p.suffix.lower() for p in files) == sorted(
         s for s in (".png", ".tif", ".tiff", ".bmp", ".jpeg") if s in EXTENSIONS)
     assert len(files) == 5 and not missing
+
+
+def test_a_model_of_another_input_size_or_class_count_is_named(tmp_path, tiny_classifier):
+    # Regression: a Keras traceback ("Input 0 ... is incompatible with the layer") from
+    # predict, saliency --model and base_training --model FILE.keras.
+    from chestkd.errors import ConfigError
+    from chestkd.training.run import load_model
+    path = tmp_path / "m.keras"
+    tiny_classifier((16, 16, 3), 2).save(path)
+    assert load_model(path, image_size=16, classes=2).outputs[0].shape[-1] == 2
+    with pytest.raises(ConfigError, match=r"m.keras: the model takes 16 x 16 px images, not "
+                                          r"the 32 px"):
+        load_model(path, image_size=32)
+    with pytest.raises(ConfigError, match=r"m.keras: the model has 2 outputs, the data 3"):
+        load_model(path, classes=3)

@@ -77,9 +77,10 @@ def obtain_model(options: RunOptions, data: Dataset, name: str, *, epochs: int |
     Returns:
         (model, source): source is the ``.keras`` file, or the entry folder.
     """
-    if str(name).endswith(".keras"):
-        return load_model(name), Path(name)
     options = as_options(options)
+    if str(name).endswith(".keras"):
+        return load_model(name, image_size=options.image.image_size,
+                          classes=data.num_classes), Path(name)
     epochs = int(epochs or options.training.epochs)
     entry = model_config(options, name, epochs)
     folder = store_root(options) / model_key(options, name, epochs)

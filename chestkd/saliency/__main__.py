@@ -196,7 +196,7 @@ def run_from_model(args) -> dict:
         raise ConfigError("--model needs --images FILE [FILE ...]")
     if not args.image_size:
         raise ConfigError("--model needs --image-size S (the size the model was trained at)")
-    model = load_model(args.model)
+    model = load_model(args.model, image_size=args.image_size)
     num_classes = int(model.outputs[0].shape[-1])
     class_names = args.class_names or default_class_names(num_classes)
     if len(class_names) != num_classes:

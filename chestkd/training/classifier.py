@@ -139,9 +139,9 @@ def set_precision(options: RunOptions) -> None:
 
 def build_model(name: str, data: Dataset, options: RunOptions, weights=None):
     """A chestkd model, or a saved ``.keras`` model when ``name`` is a file."""
-    if str(name).endswith(".keras"):
-        return load_model(name)
     options = as_options(options)
+    if str(name).endswith(".keras"):
+        return load_model(name, image_size=options.image.image_size, classes=data.num_classes)
     size = options.image.image_size
     return models.build(name, data.num_classes, (size, size, 3),
                         weights=options.training.weights if weights is None else weights)

@@ -242,12 +242,23 @@ def finished_run(run_dir, *, option: str = "run directory", model: bool = True) 
     return config
 
 
-def load_model(path):
-    """A saved ``.keras`` model, uncompiled; a ChestKDError naming a missing file."""
+def load_model(path, *, image_size: int | None = None, classes: int | None = None):
+    """A saved ``.keras`` model, uncompiled; a ChestKDError naming a missing file, or a
+    model whose input is not ``image_size`` px or whose output is not ``classes`` wide
+    (checked where given: a user's ``--model FILE.keras`` meeting the run's data)."""
     import keras
     if not Path(path).exists():
         raise ChestKDError(f"{path}: model file not found")
-    return keras.models.load_model(path, compile=False)
+    model = keras.models.load_model(path, compile=False)
+    size = tuple(model.inputs[0].shape[1:3])
+    if image_size is not None and None not in size and size != (image_size, image_size):
+        raise ConfigError(f"{path}: the model takes {size[0]} x {size[1]} px images, not the "
+                          f"{image_size} px this run reads (--image-size)")
+    width = model.outputs[0].shape[-1]
+    if classes is not None and width is not None and int(width) != int(classes):
+        raise ConfigError(f"{path}: the model has {int(width)} outputs, the data {classes} "
+                          "classes")
+    return model
 
 
 def best_model(run_dir, fallback):
