@@ -49,8 +49,8 @@ from chestkd.models import get_spec
 from chestkd.experiments.feature_kd import (averaged_model, distil_features,
                                             feature_terms_for, member_names, obtain_teachers,
                                             with_learning_rate)
-from chestkd.experiments.kd import evaluate_once
-from chestkd.experiments.store import copy_results, obtain_model
+from chestkd.experiments.kd import evaluate_once, obtained_model_results
+from chestkd.experiments.store import obtain_model
 from chestkd.training.classifier import build_model
 from chestkd.training.options import RunOptions, as_options
 
@@ -154,10 +154,12 @@ REPORT_FILES = ("classification_report.csv", "per_class_scores.csv", "confusion_
                 "model_info.json")
 
 
-def copy_stage_results(source, stage_dir) -> dict:
-    """A store entry's results (and classification report) copied into ``stage_dir``."""
+def stage_results(options: RunOptions, data, model, source, stage_dir) -> dict:
+    """A store entry's results (and classification report) in ``stage_dir``: copied, or
+    scored here where the run asks for other intervals
+    (:func:`~chestkd.experiments.kd.obtained_model_results`)."""
     Path(stage_dir).mkdir(parents=True, exist_ok=True)
-    results = copy_results(source, stage_dir)
+    results = obtained_model_results(options, data, stage_dir, model, source)
     for name in REPORT_FILES:
         if (Path(source) / name).exists() and not (Path(stage_dir) / name).exists():
             shutil.copy2(Path(source) / name, Path(stage_dir) / name)
@@ -168,7 +170,7 @@ def teacher_results(options: RunOptions, data, teachers, sources, stage_dir, nam
     """Results of the chain's teacher (the models ``names``): the store entry's, or the
     averaged ensemble's."""
     if len(teachers) == 1 and Path(sources[0]).is_dir():
-        return copy_stage_results(sources[0], stage_dir)
+        return stage_results(options, data, teachers[0], sources[0], stage_dir)
     Path(stage_dir).mkdir(parents=True, exist_ok=True)
     return evaluate_once(averaged_model(teachers), data, options, stage_dir,
                          model_name=" + ".join(map(str, names)))
@@ -295,7 +297,8 @@ def run_ablation(options: RunOptions, stages: ChainOptions, data: Dataset, run_d
     alone, source = obtain_model(with_learning_rate(options, student_lr), data, student_name)
     alone_dir = run_dir / "student_alone"
     alone_dir.mkdir(parents=True, exist_ok=True)
-    alone_results = copy_stage_results(source, alone_dir) if Path(source).is_dir() else \
+    alone_results = stage_results(options, data, alone, source, alone_dir) \
+        if Path(source).is_dir() else \
         evaluate_once(alone, data, options, alone_dir, model_name=student_name)
     direct_dir = run_dir / "student_from_teacher"
     direct, _, _ = distil_stage(options, stages, data, direct_dir, trained["teacher"]["models"],

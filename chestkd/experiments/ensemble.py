@@ -32,7 +32,7 @@ from chestkd.distill.feature_terms import FeatureTerm, FeatureTermSet
 from chestkd.errors import ConfigError
 from chestkd.evaluation import markdown_table
 from chestkd.evaluation.metrics import count_params, latency_per_image
-from chestkd.experiments.chain import copy_stage_results
+from chestkd.experiments.chain import stage_results
 from chestkd.experiments.feature_kd import distil_features, mean_test_auc
 from chestkd.experiments.kd import distil, evaluate_once
 from chestkd.experiments.repeat import data_in_plan
@@ -193,8 +193,8 @@ def _table1_row(model: str, role: str, params, **aucs) -> dict:
 def teacher_row(options: RunOptions, ensemble: EnsembleOptions, data, run_dir, teacher,
                 source) -> dict:
     """Table 1's teacher row: its results copied from the model store (or evaluated)."""
-    results = copy_stage_results(source, run_dir / "teacher") if Path(source).is_dir() \
-        else evaluate_once(teacher, data, options, run_dir / "teacher")
+    results = stage_results(options, data, teacher, source, run_dir / "teacher") \
+        if Path(source).is_dir() else evaluate_once(teacher, data, options, run_dir / "teacher")
     return _table1_row(ensemble.teacher, "teacher", results["params"]["total"],
                        **{"base training": results["mean_auc"]})
 
