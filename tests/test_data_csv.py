@@ -232,3 +232,15 @@ def test_an_odd_label_cell_is_a_bad_row_and_lines_count_blank_lines(tmp_path):
     assert len(data) == 11 and list(data.skipped["reason"]) == [
         f"{tmp_path / 'table.csv'}, line 11: column 'NORMAL': label value '2' is not 0 or 1 "
         "(option label_columns)"]
+
+
+def test_skipped_images_are_counted_by_kind():
+    # Regression: a skipped table row (a duplicate, an unknown label) was counted as an
+    # "unreadable" image on the console and in the model card.
+    from chestkd.data.presence import ABSENT_REASON, skipped_kinds
+    skipped = pd.DataFrame({"path": ["a", "b", "c", "d"], "reason": [
+        ABSENT_REASON, "/x/t.csv, line 11: column ['filename']: image 'b' listed again",
+        "bad image /x/c.png: cannot decode image", "/x/t.csv, line 4: unknown label(s) ['y']"]})
+    assert skipped_kinds(skipped) == {"absent from disk": 1, "on a bad table row": 2,
+                                      "unreadable": 1}
+    assert skipped_kinds(skipped.iloc[:0]) == {}

@@ -113,6 +113,10 @@ def run_prepare(args) -> None:
     result = prepare(data, args.out, size=args.size, skip_bad_images=args.skip_bad_images,
                      **given)
     print(f"cache written to {args.out if result is None else result}")
+    skipped = Path(args.out) / "skipped.csv"
+    if args.skip_bad_images and skipped.exists():
+        count = len(skipped.read_text().splitlines()) - 1
+        print(f"{count} image(s) skipped (--skip-bad-images), listed in {skipped}")
 
 
 COMMANDS = {"describe": run_describe, "phantom": run_phantom, "prepare": run_prepare}

@@ -27,7 +27,7 @@ import numpy as np
 
 from chestkd.data import LOADERS, load_dataset
 from chestkd.data.dataset import SPLITS, Dataset
-from chestkd.data.presence import absent_counts
+from chestkd.data.presence import absent_counts, skipped_kinds
 from chestkd.data.splits import leaked_patients
 from chestkd.errors import ConfigError
 
@@ -167,9 +167,10 @@ def images_used(data: Dataset) -> str:
         reasons.append(f"{left_out:,} not on disk, left out by images: present")
     if skipped:
         reasons.append(f"{skipped:,} not on disk, skipped by --skip-bad-images")
-    unreadable = len(data.skipped) - skipped
-    if unreadable:
-        reasons.append(f"{unreadable:,} unreadable, skipped")
+    kinds = skipped_kinds(data.skipped)
+    for kind in ("on a bad table row", "unreadable"):
+        if kinds.get(kind):
+            reasons.append(f"{kinds[kind]:,} {kind}, skipped")
     return (f"{len(data):,} of the {listed:,} images listed"
             + (f" ({'; '.join(reasons)})" if reasons else ""))
 

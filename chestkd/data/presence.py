@@ -131,6 +131,17 @@ def require_on_disk(data) -> None:
                                        where=str(data.root)))
 
 
+def skipped_kinds(skipped) -> dict[str, int]:
+    """How many of the skipped images (``Dataset.skipped``) were absent from disk, on a bad
+    row of a table (a reason naming its ``line``), or unreadable; kinds with none left out."""
+    reasons = skipped["reason"].astype(str) if len(skipped) else pd.Series([], dtype=str)
+    absent = reasons == ABSENT_REASON
+    rows = ~absent & reasons.str.contains(r", line \d+: ", regex=True)
+    counts = {"absent from disk": int(absent.sum()), "on a bad table row": int(rows.sum()),
+              "unreadable": int((~absent & ~rows).sum())}
+    return {kind: n for kind, n in counts.items() if n}
+
+
 def absent_counts(data) -> tuple[int, int]:
     """(left out by ``images: present``, skipped as absent with ``--skip-bad-images``)."""
     left_out = int((data.excluded or {}).get(ABSENT_EXCLUDED, 0))

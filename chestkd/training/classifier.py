@@ -14,7 +14,7 @@ from chestkd.data.dataset import Dataset
 from chestkd.data.cache import upsampling_of
 from chestkd.data.describe import run_summary
 from chestkd.data.images import describe_upsampling
-from chestkd.data.presence import ABSENT_REASON, require_on_disk
+from chestkd.data.presence import require_on_disk, skipped_kinds
 from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epoch
 from chestkd.training.config import PHANTOM_DATASETS, apply_small_data_profile, resolve_augment
 from chestkd.training.losses import MaskedAUC, hard_loss_for
@@ -70,10 +70,7 @@ def prepare_run_data(options: RunOptions, run_dir, *, record: bool = True
         record_upsampling(data, options.image.image_size, cache_dir, run_dir)
     if len(data.skipped):
         data.skipped.to_csv(Path(run_dir) / "skipped.csv", index=False)
-        absent = int((data.skipped["reason"] == ABSENT_REASON).sum())
-        counts = [f"{n:,} {what}" for n, what in ((absent, "absent from disk"),
-                                                  (len(data.skipped) - absent, "unreadable"))
-                  if n]
+        counts = [f"{n:,} {kind}" for kind, n in skipped_kinds(data.skipped).items()]
         print(f"skipped images: {' and '.join(counts)}; listed in "
               f"{Path(run_dir) / 'skipped.csv'}")
     if options.image.normalization == "mean_std" and options.image.mean_std is None:
