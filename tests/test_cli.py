@@ -83,6 +83,7 @@ def test_each_installed_script_runs_its_command(script, capsys):
     (["chestkd-transfer-learning", "paper_alpha=abc"], "--paper-alpha"),
     (["chestkd-robustness", "/no/such/run", "--steps", "0"], "--steps 0"),
     (["chestkd-robustness", "/no/such/run", "--max-images", "0"], "--max-images 0"),
+    (["chestkd-train", "schedule=step", "step_epochs=[a]"], "--step-epochs"),
     (["chestkd-train", "skip_bad_images=flase"], "--skip-bad-images 'flase': expected true"),
     (["chestkd-train", "normalization=mean_std", "mean_std=[a, 0.2]"], "--mean-std 'a'"),
     # one resumed run is no repeat over seeds (it was resumed once per seed, std 0)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from chestkd.cli import number_option
+from chestkd.cli import list_option, number_option
 from chestkd.errors import ConfigError
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, check_config
 
@@ -36,6 +36,14 @@ def _integer(owner, name: str, **bounds) -> None:
     """Set ``owner.name`` to its value as an int, or a ConfigError naming the option."""
     object.__setattr__(owner, name, number_option(
         getattr(owner, name), f"--{name.replace('_', '-')}", cast=int, **bounds))
+
+
+def step_milestones(value) -> list[int]:
+    """``--step-epochs`` as increasing positive epochs, else a ConfigError naming it."""
+    milestones = list_option(value, "--step-epochs", cast=int)
+    if milestones != sorted(set(milestones)) or milestones[0] < 1:
+        raise ConfigError(f"--step-epochs {value!r}: expected increasing positive epochs")
+    return milestones
 
 
 def _number(owner, name: str, **bounds) -> None:
@@ -105,6 +113,8 @@ class TrainingOptions:
     def __post_init__(self):
         for name in ("batch_size", "epochs", "seed"):
             _integer(self, name)
+        if self.step_epochs is not None:
+            step_milestones(self.step_epochs)  # checked here, before any data is read
         _number(self, "learning_rate", low=0.0, low_open=True)
         _number(self, "momentum", low=0.0, high=1.0)
         _number(self, "weight_decay", low=0.0)

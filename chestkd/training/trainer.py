@@ -22,7 +22,6 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from chestkd.cli import list_option
 from chestkd.errors import ConfigError
 from chestkd.training.callbacks import (EpochSnapshot, EpochTimer, ExactValidationAUC,
                                         ScheduleEstimate, StopOnDivergence, StudentCheckpoint,
@@ -30,7 +29,7 @@ from chestkd.training.callbacks import (EpochSnapshot, EpochTimer, ExactValidati
 from chestkd.training.config import OPTIMIZERS, WEIGHT_DECAY_MODES
 from chestkd.training.distribute import distribution_strategy  # noqa: F401
 from chestkd.training.optimizers import CoupledAdam, CoupledSGD
-from chestkd.training.options import TrainingOptions, as_training
+from chestkd.training.options import TrainingOptions, as_training, step_milestones
 from chestkd.training.run import write_json
 
 __all__ = ["MONITOR", "WEIGHT_DECAY_MODES", "EpochSnapshot", "EpochTimer", "ExactValidationAUC",
@@ -65,9 +64,7 @@ def make_schedule(training: TrainingOptions, steps_per_epoch: int):
 
 def _step_epochs(value, epochs: int) -> list[int]:
     """``step_epochs`` as increasing 1-based epochs within the schedule, else ConfigError."""
-    milestones = list_option(value, "--step-epochs", cast=int)
-    if milestones != sorted(set(milestones)) or milestones[0] < 1:
-        raise ConfigError(f"--step-epochs {value!r}: expected increasing positive epochs")
+    milestones = step_milestones(value)
     return [e for e in milestones if e < epochs] or [max(1, epochs // 2)]
 
 
