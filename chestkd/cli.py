@@ -75,18 +75,13 @@ def number_option(value, option: str, *, cast=float, low=None, high=None,
     [``low``, ``high``] (``low_open``: above ``low``). Anything else is a ConfigError naming
     ``option`` and the value, before any work starts."""
     kind = _KINDS[cast]
-    number = value
     try:
-        if isinstance(value, bool) or value is None:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError(value)
-        if isinstance(value, str):
-            number = float(value.strip())
-            number = int(number) if cast is int and number == int(number) else number
-        elif not isinstance(value, (int, float)):
-            raise ValueError(value)
-        if cast is int and number != int(number):
-            raise ValueError(value)
+        number = float(value.strip()) if isinstance(value, str) else value
         if cast is int:
+            if number != int(number):   # 2.7 is no integer (int() would make it 2)
+                raise ValueError(value)
             number = int(number)
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{option} {value!r}: expected {kind}") from None

@@ -1,4 +1,7 @@
-"""One parser for every list-valued option (--seeds, --teachers, --attacks, ros studies, ...)."""
+"""One parser for every list-valued option (--seeds, --teachers, --attacks, ros studies, ...),
+and one for every number."""
+import re
+
 import pytest
 
 from chestkd.cli import list_option
@@ -75,3 +78,27 @@ def test_the_options_that_use_it():
     assert _step_epochs(" 25, 40", 50) == [25, 40]
     with pytest.raises(ConfigError, match="--step-epochs"):
         _step_epochs([], 50)                 # was an IndexError
+
+
+@pytest.mark.parametrize("value, checks, expected", [
+    ("1e-3", {}, 0.001), (4, {}, 4), (0.5, {"high": 1.0}, 0.5), ("3", {"cast": int}, 3),
+    (3.0, {"cast": int}, 3), (1, {"low": 1, "cast": int}, 1),
+])
+def test_number_option_reads_numbers_as_given_or_from_text(value, checks, expected):
+    from chestkd.cli import number_option
+    number = number_option(value, "--x", **checks)
+    assert number == expected and type(number) is type(expected)
+
+
+@pytest.mark.parametrize("value, checks, message", [
+    ("abc", {}, "--x 'abc': expected a number"), (True, {}, "--x True: expected a number"),
+    (None, {}, "--x None: expected a number"), (2.7, {"cast": int}, "expected an integer"),
+    (float("nan"), {}, "--x nan: expected a number"), (float("inf"), {"cast": int}, "integer"),
+    (0, {"low": 0.0, "low_open": True}, "--x 0: expected a number > 0"),
+    (1.5, {"low": 0.0, "high": 1.0}, "--x 1.5: expected a number >= 0 and <= 1"),
+])
+def test_number_option_names_the_option_and_what_it_expects(value, checks, message):
+    from chestkd.cli import number_option
+    from chestkd.errors import ConfigError
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        number_option(value, "--x", **checks)

@@ -29,7 +29,7 @@ from chestkd.errors import ConfigError
 from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, check_config
 
 __all__ = ["EvaluationOptions", "ImageOptions", "KDOptions", "RunOptions", "TrainingOptions",
-           "as_options", "as_training", "run_options"]
+           "as_options", "as_training", "run_options", "step_milestones"]
 
 
 def _integer(owner, name: str, **bounds) -> None:
