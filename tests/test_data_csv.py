@@ -244,3 +244,13 @@ def test_skipped_images_are_counted_by_kind():
     assert skipped_kinds(skipped) == {"absent from disk": 1, "on a bad table row": 2,
                                       "unreadable": 1}
     assert skipped_kinds(skipped.iloc[:0]) == {}
+
+
+def test_one_folder_extension_given_as_text_is_one_extension(tmp_path):
+    # Regression: extensions=png was read letter by letter, as ['.p', '.n', '.g'].
+    from chestkd.data.folder import load_folder
+    for name in ("A", "B"):
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            cv2.imwrite(str(tmp_path / name / f"{name}{i}.png"), np.zeros((8, 8), np.uint8))
+    assert len(load_folder(tmp_path, extensions="png")) == 10

@@ -64,7 +64,7 @@ def test_patient_split_zero_fraction_and_bad_fractions():
     assert "val" not in set(split) and (split == "train").sum() == 10
     with pytest.raises(ConfigError, match="sum to 1"):
         patient_split(["a", "b"], (0.5, 0.6, 0.1))
-    with pytest.raises(ConfigError, match="2 fractions given for 3 splits"):
+    with pytest.raises(ConfigError, match="fractions: 2 given for 3 splits"):
         patient_split(["a", "b"], (0.5, 0.5))
 
 

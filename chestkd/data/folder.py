@@ -97,6 +97,8 @@ def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1,
     if patient_regex == "kermany":
         patient_regex = KERMANY_PATIENT_REGEX
     pattern = _patient_pattern(patient_regex)
+    if isinstance(extensions, str):  # extensions=png: one extension, not p, n, g
+        extensions = [extensions]
     suffixes = tuple(str(ext).lower() if str(ext).startswith(".") else f".{str(ext).lower()}"
                      for ext in extensions)
 

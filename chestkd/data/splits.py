@@ -56,7 +56,8 @@ def patient_split(patients, fractions=(0.7, 0.1, 0.2), seed: int = 0, stratify=N
     bounds = np.cumsum(check_fractions(fractions))
     names = np.asarray(names, dtype=str)
     if len(names) != len(bounds):
-        raise ConfigError(f"{len(bounds)} fractions given for {len(names)} splits {list(names)}")
+        raise ConfigError(f"fractions: {len(bounds)} given for {len(names)} splits "
+                          f"{list(names)}")
     patients = np.asarray(patients, dtype=str)
     unique, inverse, counts = np.unique(patients, return_inverse=True, return_counts=True)
     if stratify is None:
