@@ -254,3 +254,20 @@ def test_one_folder_extension_given_as_text_is_one_extension(tmp_path):
         for i in range(5):
             cv2.imwrite(str(tmp_path / name / f"{name}{i}.png"), np.zeros((8, 8), np.uint8))
     assert len(load_folder(tmp_path, extensions="png")) == 10
+
+
+def test_a_quoted_cell_over_two_lines_moves_the_rows_below_it(tmp_path):
+    # Regression: each row was taken to be one line, so below a quoted cell holding a line
+    # break every error named the line above the row.
+    (tmp_path / "images").mkdir()
+    lines = ["image,NORMAL,PNEUMONIA,patient,note"]
+    for i in range(12):
+        cv2.imwrite(str(tmp_path / "images" / f"{i}.png"), np.zeros((16, 16), np.uint8))
+        note = '"two\nlines"' if i == 2 else "x"
+        lines.append(f"{i}.png,{i % 2},{(i + 1) % 2},p{i},{note}")
+    lines[1 + 7] = "7.png,2,0,p7,x"                # file line 10: row 2's note takes two
+    (tmp_path / "table.csv").write_text("\n".join(lines) + "\n")
+    options = dict(csv="table.csv", image_dir="images", image_column="image",
+                   label_columns=["NORMAL", "PNEUMONIA"], patient_column="patient")
+    with pytest.raises(DataError, match=r"table.csv, line 10: column 'NORMAL'"):
+        load_csv(tmp_path, **options)

@@ -31,6 +31,9 @@ the cache holds the image, and boxes stay in the release's 1024 x 1024 space (th
 """
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import os
 import warnings
 from pathlib import Path
@@ -225,8 +228,9 @@ def find_metadata(root: Path, metadata: str) -> Path:
 
 def read_csv_text(path: Path, what: str) -> pd.DataFrame:
     """A CSV as strings (empty cells are ''), header names stripped, and ``line``: each row's
-    line in the file (the header is line 1; blank lines are counted, then left out, so an
-    error names the line an editor shows); DataError if unreadable.
+    first line in the file (the header is line 1; blank lines and line breaks inside quoted
+    cells are counted, blank rows left out, so an error names the line an editor shows);
+    DataError if unreadable.
 
     ``index_col=False`` keeps pandas from turning the first column into the index when the
     lines carry a trailing comma that the header lacks.
@@ -246,9 +250,29 @@ def read_csv_text(path: Path, what: str) -> pd.DataFrame:
                    if (column == "" or column.startswith("Unnamed:"))
                    and (frame[column].str.strip() == "").all()]
     frame = frame.drop(columns=empty_extra)
-    frame["line"] = np.arange(2, len(frame) + 2)
+    frame["line"] = _record_lines(path, len(frame))
     blank = (frame.drop(columns="line") == "").all(axis=1)
     return frame[~blank].reset_index(drop=True)
+
+
+def _record_lines(path: Path, rows: int) -> np.ndarray:
+    """The line on which each of the ``rows`` data rows starts (the header is line 1).
+
+    One row is one line unless a quoted cell holds a line break; then the rows below it start
+    further down, and the csv module, which reads quotes as pandas does, counts them.
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
+    if '"' not in text:
+        return np.arange(2, rows + 2)
+    reader, starts, end = csv.reader(io.StringIO(text, newline="")), [], 0
+    for _ in reader:
+        starts.append(end + 1)
+        end = reader.line_num
+    if len(starts) - 1 != rows:      # read otherwise than pandas did: one row, one line
+        return np.arange(2, rows + 2)
+    return np.asarray(starts[1:])
 
 
 def read_metadata(path: Path) -> pd.DataFrame:
