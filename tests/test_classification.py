@@ -6,7 +6,7 @@ from sklearn import metrics as skm
 from chestkd.errors import ConfigError
 from chestkd.evaluation.classification import (choose_thresholds, classification_report,
                                                confusion_matrix_figure, predicted_labels,
-                                               report_summary)
+                                               precision_recall_f1, report_summary)
 
 
 def _single_label(n=200, c=3, seed=0):
@@ -80,3 +80,38 @@ def test_confusion_matrix_figure_is_written(tmp_path):
     assert path.stat().st_size > 1000
     with pytest.raises(ConfigError, match="class names"):
         classification_report(y, p, ["a", "b"], multi_label=False)
+
+
+def test_a_class_without_positives_is_left_out_of_the_macro_average_and_named():
+    # Regression: a class with no positives counted as precision = recall = F1 = 0, so a
+    # perfect classifier's macro F1 read 0.5 (multi-label) or 0.667 (single-label) whenever a
+    # rare class had no test images; its AUC is NaN and left out, and so are these now.
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]], dtype=float)
+    p = np.array([[0.9, 0.1], [0.1, 0.2], [0.8, 0.3], [0.2, 0.1]])
+    report = classification_report(y, p, ["a", "b"], multi_label=True).set_index("class")
+    assert report.loc["a", ["precision", "recall", "f1"]].tolist() == [1.0, 1.0, 1.0]
+    assert np.isnan(report.loc["b", ["precision", "recall", "f1"]].to_numpy(float)).all()
+    assert report.loc["macro avg", ["precision", "recall", "f1"]].tolist() == [1.0, 1.0, 1.0]
+    assert report.loc["weighted avg", "f1"] == 1.0
+    summary = report_summary(report.reset_index(), multi_label=True)
+    assert summary["f1"] == 1.0 and summary["classes_without_positives"] == ["b"]
+    # A false positive of the absent class still counts where it is defined: micro precision.
+    p[1, 1] = 0.9
+    report = classification_report(y, p, ["a", "b"], multi_label=True).set_index("class")
+    assert report.loc["micro avg", "precision"] == pytest.approx(2 / 3)
+    assert report.loc["macro avg", "f1"] == 1.0
+
+    # Single-label: class c has no test image; the arg-max decisions are all right.
+    y = np.eye(3)[[0, 1, 0, 1]]
+    p = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1]])
+    report = classification_report(y, p, ["a", "b", "c"], multi_label=False)
+    summary = report_summary(report, multi_label=False)
+    assert (summary["accuracy"], summary["recall"], summary["f1"]) == (1.0, 1.0, 1.0)
+    assert summary["classes_without_positives"] == ["c"]
+    from chestkd.evaluation.metrics import single_label_metrics
+    single = single_label_metrics(y, p, ["a", "b", "c"])
+    assert single["f1"] == 1.0 and single["classes_without_positives"] == ["c"]
+    assert single["per_class"]["support"].tolist() == [2, 2, 0]
+    assert single["confusion_matrix"].tolist() == [[2, 0, 0], [0, 2, 0], [0, 0, 0]]
+    # A class with positives and no positive decision keeps precision 0 (it is scored).
+    assert precision_recall_f1(0, 0, 3) == (0.0, 0.0, 0.0)

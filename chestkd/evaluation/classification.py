@@ -13,6 +13,12 @@ RoS-KD, Table I), so they live here once:
   image-finding pairs), ``macro avg`` and ``weighted avg``, and ``accuracy`` is the subset
   accuracy (every finding of an image right). Unknown labels (-1) are left out per class.
 
+A class with no positives in the data (support 0) has no recall, so its precision, recall and F1
+are NaN and it is left out of the macro average, as its AUC is (NaN, left out of the mean AUC);
+:func:`report_summary` names such classes. Counting them as 0, scikit-learn's
+``zero_division=0``, pulls a perfect classifier's macro F1 below 1 whenever a rare class is
+absent from a small test split. A class with positives but no positive decision has precision 0.
+
 Probabilities, not logits, go in: sigmoid outputs for multi-label, softmax for single-label.
 """
 from __future__ import annotations
@@ -50,9 +56,13 @@ def _row(name, precision, recall, f1, support):
             "f1": float(f1), "support": int(support)}
 
 
-def _prf(tp, fp, fn):
+def precision_recall_f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+    """One class's precision, recall and F1 from its counts; NaN for a class without
+    positives (module docstring)."""
+    if tp + fn == 0:
+        return np.nan, np.nan, np.nan
     precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
+    recall = tp / (tp + fn)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return precision, recall, f1
 
@@ -87,6 +97,7 @@ def classification_report(y_true, probabilities, class_names, *, multi_label: bo
         labels = list(range(len(class_names)))
         p, r, f, s = skm.precision_recall_fscore_support(true, pred, labels=labels,
                                                          zero_division=0)
+        p, r, f = (np.where(s > 0, values, np.nan) for values in (p, r, f))
         rows = [_row(n, *values) for n, *values in zip(class_names, p, r, f, s)]
         accuracy = float(skm.accuracy_score(true, pred))
         rows.append(_row("accuracy", accuracy, accuracy, accuracy, len(true)))
@@ -97,30 +108,38 @@ def classification_report(y_true, probabilities, class_names, *, multi_label: bo
             y, d = y_true[known, c] == 1, decisions[known, c] == 1
             tp, fp, fn = int((y & d).sum()), int((~y & d).sum()), int((y & ~d).sum())
             counts.append((tp, fp, fn))
-            rows.append(_row(name, *_prf(tp, fp, fn), int(y.sum())))
+            rows.append(_row(name, *precision_recall_f1(tp, fp, fn), int(y.sum())))
         known = y_true >= 0
         exact = np.all((decisions == y_true) | ~known, axis=1)
         accuracy = float(exact.mean()) if len(exact) else 0.0
         rows.append(_row("accuracy", accuracy, accuracy, accuracy, len(y_true)))
         tp, fp, fn = (sum(values) for values in zip(*counts))
-        rows.append(_row("micro avg", *_prf(tp, fp, fn), sum(r["support"] for r in rows[:-1])))
+        rows.append(_row("micro avg", *precision_recall_f1(tp, fp, fn),
+                         sum(r["support"] for r in rows[:-1])))
     per_class = pd.DataFrame(rows[:len(class_names)])
     support = per_class["support"].to_numpy(dtype=np.float64)
-    scores = per_class[["precision", "recall", "f1"]].to_numpy()
-    rows.append(_row("macro avg", *scores.mean(0), support.sum()))
-    weighted = (scores * support[:, None]).sum(0) / support.sum() if support.sum() else \
-        np.zeros(3)
+    scored = support > 0                         # classes without positives: NaN, left out
+    scores = per_class[["precision", "recall", "f1"]].to_numpy()[scored]
+    macro = scores.mean(0) if scored.any() else np.full(3, np.nan)
+    rows.append(_row("macro avg", *macro, support.sum()))
+    weighted = (scores * support[scored, None]).sum(0) / support.sum() if scored.any() else \
+        np.full(3, np.nan)
     rows.append(_row("weighted avg", *weighted, support.sum()))
     return pd.DataFrame(rows)
 
 
 def report_summary(report: pd.DataFrame, *, multi_label: bool) -> dict:
-    """The headline numbers of a report: accuracy and macro precision / recall / F1."""
-    macro = report.set_index("class").loc["macro avg"]
-    accuracy = float(report.set_index("class").loc["accuracy", "precision"])
+    """The headline numbers of a report: accuracy and macro precision / recall / F1, and the
+    classes that the macro average leaves out (no positives in the data)."""
+    rows = report.set_index("class")
+    macro = rows.loc["macro avg"]
+    accuracy = float(rows.loc["accuracy", "precision"])
+    per_class = rows.drop(index=[name for name in SUMMARY_ROWS if name in rows.index])
     return {"accuracy": accuracy, "precision": float(macro["precision"]),
             "recall": float(macro["recall"]), "f1": float(macro["f1"]),
-            "decision": "threshold" if multi_label else "argmax"}
+            "decision": "threshold" if multi_label else "argmax",
+            "classes_without_positives": [str(name) for name, support
+                                          in per_class["support"].items() if support == 0]}
 
 
 def choose_thresholds(y_true, probabilities, rule: str = "youden") -> np.ndarray:

@@ -211,6 +211,8 @@ def evaluate_model(model, data: Dataset, options, run_dir, *, prefix: str = "",
     if not data.multi_label:
         single = single_label_metrics(truth, scores, data.class_names)
         results.update({k: single[k] for k in ("accuracy", "precision", "recall", "f1")})
+        if single["classes_without_positives"]:  # left out of the macro scores, named
+            results["classes_without_positives"] = single["classes_without_positives"]
         results["confusion_matrix"] = single["confusion_matrix"]
         single["per_class"].to_csv(run_dir / f"{prefix}per_class_scores.csv", index=False)
         plots.plot_confusion_matrix(single["confusion_matrix"], data.class_names,

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from chestkd.evaluation.classification import classification_report, report_summary
 from chestkd.scores import exact_auc
 
 
@@ -80,20 +81,18 @@ def mean_auc(table: pd.DataFrame) -> float:
 
 
 def single_label_metrics(y_true: np.ndarray, probabilities: np.ndarray, class_names) -> dict:
-    """Accuracy, macro precision / recall / F1, per-class scores and the confusion matrix."""
-    true = y_true.argmax(1)
-    pred = probabilities.argmax(1)
+    """Accuracy, macro precision / recall / F1 (over the classes with test images), the
+    per-class scores (:func:`~chestkd.evaluation.classification.classification_report`) and
+    the confusion matrix of the arg-max decision."""
+    report = classification_report(y_true, probabilities, class_names, multi_label=False)
+    summary = report_summary(report, multi_label=False)
     labels = list(range(len(class_names)))
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        true, pred, labels=labels, zero_division=0)
     return {
-        "accuracy": float(skm.accuracy_score(true, pred)),
-        "precision": float(precision.mean()),
-        "recall": float(recall.mean()),
-        "f1": float(f1.mean()),
-        "per_class": pd.DataFrame({"class": list(class_names), "precision": precision,
-                                   "recall": recall, "f1": f1, "support": support}),
-        "confusion_matrix": skm.confusion_matrix(true, pred, labels=labels),
+        **{key: summary[key] for key in ("accuracy", "precision", "recall", "f1",
+                                         "classes_without_positives")},
+        "per_class": report.iloc[:len(class_names)].reset_index(drop=True),
+        "confusion_matrix": skm.confusion_matrix(y_true.argmax(1), probabilities.argmax(1),
+                                                 labels=labels),
     }
 
 

@@ -43,6 +43,11 @@ LABEL_SOURCES = {
 }
 
 
+def _left_out(names) -> str:
+    return ("  (the macro averages leave out the classes without test positives: "
+            + ", ".join(names) + ")")
+
+
 def _interval(value, ci=None) -> str:
     if value is None or not np.isfinite(value):
         return "n/a"
@@ -87,11 +92,15 @@ def _metrics_lines(results: dict) -> list[str]:
     for key in ("accuracy", "precision", "recall", "f1"):
         if key in results:
             lines.append(f"* {key} (arg-max decision, macro average): {results[key]:.4f}")
+    if results.get("classes_without_positives"):
+        lines.append(_left_out(results["classes_without_positives"]))
     if "thresholded" in results:
         summary = results["thresholded"]
         lines.append(f"* at the thresholds below: subset accuracy {summary['accuracy']:.4f}, "
                      f"macro precision {summary['precision']:.4f}, recall "
                      f"{summary['recall']:.4f}, F1 {summary['f1']:.4f}")
+        if summary.get("classes_without_positives"):
+            lines.append(_left_out(summary["classes_without_positives"]))
     if "calibration" in results:
         lines.append(f"* calibration: ECE {results['calibration']['ece']:.4f}, Brier "
                      f"{results['calibration']['brier']:.4f}")

@@ -22,7 +22,8 @@ from chestkd.cli import config_number
 from chestkd.data.phantom.pneumonia import default_folder, write_pneumonia_phantom
 from chestkd.errors import ConfigError
 from chestkd.evaluation import markdown_table
-from chestkd.evaluation.classification import classification_report, confusion_matrix_figure
+from chestkd.evaluation.classification import (classification_report, confusion_matrix_figure,
+                                               precision_recall_f1)
 from chestkd.experiments.kd import distil, evaluate_once
 from chestkd.experiments.store import obtain_model
 from chestkd.models.weights import source_model_file, transfer_weights
@@ -339,9 +340,7 @@ def table_row(setup: str, title: str, folder: Path, results: dict, positive: int
         tp = int((is_positive & said_positive).sum())
         fp = int((~is_positive & said_positive).sum())
         fn = int((is_positive & ~said_positive).sum())
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        precision, recall, f1 = precision_recall_f1(tp, fp, fn)
         accuracy = float((is_positive == said_positive).mean())
         auc = results["per_class_auc"][names[positive]]
         ci = (results.get("per_class_auc_ci") or {}).get(names[positive])
