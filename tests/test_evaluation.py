@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import cv2
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -183,6 +185,25 @@ def test_plot_reliability_writes_a_png(tmp_path):
                             tmp_path / "r.png")
     assert path.stat().st_size > 1000
     assert plot_reliability(curve, tmp_path / "one.png").exists()
+
+
+def test_roc_curves_tell_14_findings_apart_and_pass_over_an_unknown_class(tmp_path,
+                                                                           monkeypatch):
+    # Regressions: matplotlib's 10-colour cycle gave Atelectasis and Emphysema (and three
+    # more pairs) one colour and style; a class whose labels are all unknown (-1, CheXpert's
+    # U-Ignore) crashed the plot after metrics.json was written.
+    from chestkd.evaluation import plots
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 15)) < 0.4).astype(float)
+    y[:, 14] = -1
+    plots.plot_roc_curves(y, rng.normal(size=(60, 15)), [f"c{i}" for i in range(15)],
+                          tmp_path / "roc.png")
+    curves = [line for line in figures[0].axes[0].lines if line.get_label().startswith("c")]
+    assert [line.get_label().split()[0] for line in curves] == [f"c{i}" for i in range(14)]
+    looks = {(line.get_color(), line.get_linestyle()) for line in curves}
+    assert len(looks) == 14
 
 
 def test_importing_plots_leaves_the_matplotlib_backend_alone():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
@@ -20,16 +21,25 @@ def _save(fig: Figure, path) -> Path:
     return Path(path)
 
 
+def curve_style(index: int) -> dict:
+    """Colour and line style of curve ``index``: 20 told apart (matplotlib's default cycle
+    repeats after 10, which gave Atelectasis and Emphysema one colour among 14 findings)."""
+    colours = colormaps["tab20"].colors          # a dark and a light shade of 10 hues
+    return {"color": colours[2 * (index % 10) + (index // 10) % 2],
+            "linestyle": "-" if index % 20 < 10 else "--"}
+
+
 def plot_roc_curves(y_true, scores, class_names, path, title="ROC curves (test split)"):
+    """One ROC curve per class with both labels among its known ones (-1 is unknown)."""
     fig = Figure(figsize=(7, 6))
     ax = fig.subplots()
     for c, name in enumerate(class_names):
         known = y_true[:, c] >= 0
         y, s = y_true[known, c], scores[known, c]
-        if y.min() == y.max():
+        if y.size == 0 or y.min() == y.max():
             continue
         fpr, tpr, _ = skm.roc_curve(y, s)
-        ax.plot(fpr, tpr, lw=1.2, label=f"{name} ({skm.auc(fpr, tpr):.3f})")
+        ax.plot(fpr, tpr, lw=1.2, label=f"{name} ({skm.auc(fpr, tpr):.3f})", **curve_style(c))
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="False positive rate", ylabel="True positive rate", title=title,
            xlim=(0, 1), ylim=(0, 1.01))
