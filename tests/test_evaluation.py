@@ -126,6 +126,19 @@ def test_evaluate_model_reports_intervals_calibration_and_predictions(data, tmp_
     assert "ECE" in out and "Brier" in out
 
 
+def test_a_partial_configuration_gets_a_model_card_with_the_run_s_preprocessing(
+        data, tmp_path, model_of):
+    # Regression: a notebook's partial configuration (as_options fills in the defaults)
+    # crashed the model card with KeyError 'normalization' after metrics.json was written,
+    # and a given normalization without a seed printed "seed None".
+    evaluate_model(model_of(), data, as_options({"image_size": SIZE, "bootstrap": 0,
+                                                 "latency_images": 2}), tmp_path)
+    card = (tmp_path / "model_card.md").read_text()
+    info = json.loads((tmp_path / "model_info.json").read_text())
+    assert f"normalisation `{info['normalization']}`" in card and "seed 0," in card
+    assert f"input: {SIZE}x{SIZE} RGB" in card
+
+
 def test_clean_labels_are_the_headline_and_noisy_ones_are_reported_beside(data, tmp_path,
                                                                         capsys, model_of):
     noisy_data = _with_clean_labels(data)

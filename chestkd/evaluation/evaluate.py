@@ -234,10 +234,14 @@ def evaluate_model(model, data: Dataset, options, run_dir, *, prefix: str = "",
             results["epoch_seconds_mean"] = float(history["epoch_seconds"].mean())
         results["epochs_trained"] = int(len(history))
         plots.plot_training_curves(history, run_dir / f"{prefix}training_curves.png")
-    atomic_write_json(run_dir / f"{prefix}model_info.json",
-                      model_info(data, options, thresholds, results["model"]))
+    info = model_info(data, options, thresholds, results["model"])
+    atomic_write_json(run_dir / f"{prefix}model_info.json", info)
     atomic_write_json(run_dir / f"{prefix}metrics.json", results)
-    write_model_card(run_dir / f"{prefix}model_card.md", results, data, options.config)
+    # The card states the preprocessing of model_info.json and the seed the run used: a
+    # notebook's partial configuration (as_options) holds neither.
+    write_model_card(run_dir / f"{prefix}model_card.md", results, data,
+                     {**options.config, "seed": options.seed,
+                      **{key: info[key] for key in ("image_size", "normalization", "mean_std")}})
     return results
 
 
