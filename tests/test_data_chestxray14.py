@@ -407,3 +407,14 @@ def test_registry_loads_chestxray14():
     data = load_dataset("chestxray14", FIXTURE, split="patient", seed=5)
     reference = load_chestxray14(FIXTURE, split="patient", seed=5)
     np.testing.assert_array_equal(data.split, reference.split)
+
+
+def test_describe_names_the_all_negative_row_no_finding_only_for_all_14_findings():
+    # Regression: with labels=[Mass] the row of films negative for Mass was called "No
+    # Finding", so Effusion or Infiltration films were counted as normal ones.
+    data = load_chestxray14(FIXTURE, metadata=V2020, labels=["Mass"])
+    _, rows = reference_rows()
+    report = describe(data)
+    assert "No Finding" not in report["labels"]
+    assert report["labels"]["(all negative)"]["total"] == sum(
+        "Mass" not in r[1].split("|") for r in rows)

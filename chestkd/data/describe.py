@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chestkd.data import LOADERS, load_dataset
+from chestkd.data import CHESTXRAY14_FINDINGS, LOADERS, load_dataset
 from chestkd.data.dataset import SPLITS, Dataset
 from chestkd.data.presence import absent_counts, skipped_kinds
 from chestkd.data.splits import leaked_patients
@@ -34,7 +34,9 @@ from chestkd.errors import ConfigError
 NO_FINDING = "No Finding"
 FEW_POSITIVES = 5      # below this many positives a split's AUC for a label is not worth much
 MISSING_EXAMPLES = 5
-ALL_NEGATIVE = "(all negative)"    # used when "No Finding" is itself a class (CheXpert)
+# The row of images positive for none of the classes: ChestX-ray14's "No Finding" only when the
+# classes are its 14 findings (with labels=[Mass] an Effusion film is negative for all of them).
+ALL_NEGATIVE = "(all negative)"
 
 
 def loader_options(name: str) -> list[str]:
@@ -88,7 +90,7 @@ def describe(data: Dataset, options=None) -> dict:
         labels[name] = counts
     if data.multi_label:
         negative = positives.sum(1) == 0
-        key = ALL_NEGATIVE if NO_FINDING in data.class_names else NO_FINDING
+        key = NO_FINDING if set(data.class_names) == set(CHESTXRAY14_FINDINGS) else ALL_NEGATIVE
         labels[key] = {"total": int(negative.sum()),
                        **{s: int(negative[data.split == s].sum()) for s in splits_present}}
     splits = {split: {"images": int((data.split == split).sum()),
