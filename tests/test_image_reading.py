@@ -265,3 +265,30 @@ def test_a_jpeg_size_is_read_from_its_header_as_the_decoder_turns_it(tmp_path, o
     upright = read_unit_grey(path, 8)[1]
     assert image_size_of(path) == (upright[1], upright[0])
     assert upright == ((37, 20) if orientation >= 5 else (20, 37))
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+@pytest.mark.parametrize("after_the_image_data", [False, True])
+def test_a_png_size_is_turned_as_its_exif_chunk_turns_the_decoded_image(
+        tmp_path, orientation, after_the_image_data):
+    # Regression: the size came from the IHDR header alone, but OpenCV turns a PNG by its
+    # eXIf chunk, so boxes and the upsampling report used width and height swapped.
+    from chestkd.data.images import image_size_of
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((20, 37), np.uint8)).save(buffer, "PNG", exif=exif.tobytes())
+    data, chunks, position = buffer.getvalue(), [], 8
+    while position < len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        chunks.append(data[position:position + 12 + length])
+        position += 12 + length
+    if after_the_image_data:                       # eXIf may follow IDAT; OpenCV reads it
+        exif_chunk = next(c for c in chunks if c[4:8] == b"eXIf")
+        chunks.remove(exif_chunk)
+        chunks.insert(len(chunks) - 1, exif_chunk)
+    path = tmp_path / "turned.png"
+    path.write_bytes(data[:8] + b"".join(chunks))
+    upright = read_unit_grey(path, 8)[1]
+    assert image_size_of(path) == (upright[1], upright[0])
+    assert upright == ((37, 20) if orientation >= 5 else (20, 37))
