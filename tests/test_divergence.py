@@ -109,3 +109,21 @@ def test_a_diverging_recipe_run_exits_2_with_one_line(tmp_path, capsys):
     assert "Traceback" not in err
     # the run kept its folder and configuration
     assert len(list(out.glob("base_training-conv3_student-*/config.yaml"))) == 1
+
+
+@pytest.mark.parametrize("loss_scaled", [False, True])
+def test_the_learning_rate_named_is_the_last_step_s_under_mixed_precision_too(loss_scaled):
+    # Regression: a LossScaleOptimizer (mixed_float16) has a plain 0.0 rate of its own, so
+    # the message named the NEXT step's rate, for the schedule's start as well.
+    from chestkd.training.callbacks import current_learning_rate
+    from chestkd.training.optimizers import CoupledSGD
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([4], [0.1, 0.01])
+    optimizer = CoupledSGD(schedule, momentum=0.9, l2=5e-4)
+    if loss_scaled:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(np.ones((5, 3), "float32"), np.ones((5, 1), "float32"), batch_size=1, verbose=0)
+    assert current_learning_rate(model) == pytest.approx(0.1)          # steps 0-4 ran at 0.1
+    assert current_learning_rate(model, initial=True) == pytest.approx(0.1)

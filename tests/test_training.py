@@ -67,11 +67,17 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
 
 
 def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
+    # Regression: the first step of epoch 3 (step 20, read before the count moves on) still
+    # ran at the old rate, one step later than the step_epochs branch decays.
     config = {**BASE_DEFAULTS, "epochs": 4, "learning_rate": 0.1, "schedule": "step"}
     optimizer = make_optimizer(config, steps_per_epoch=10)
     schedule = optimizer._learning_rate  # the LearningRateSchedule object
-    values = [float(schedule(step)) for step in (0, 19, 21, 29, 31, 39)]
+    values = [float(schedule(step)) for step in (0, 19, 20, 29, 30, 39)]
     np.testing.assert_allclose(values, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+    # The same epochs as step_epochs [2, 3] give, step for step.
+    listed = make_optimizer({**config, "step_epochs": [2, 3]}, 10)._learning_rate
+    assert [float(listed(step)) for step in range(40)] == \
+        [float(schedule(step)) for step in range(40)]
 
 
 # --------------------------------------------------------------------------- XLA
@@ -198,6 +204,81 @@ def test_step_epochs_divide_by_ten_after_the_listed_epochs():
     np.testing.assert_allclose(values, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
     with pytest.raises(ConfigError, match="step-epochs"):
         make_optimizer({**config, "step_epochs": [40, 25]}, 10)
+
+
+def test_step_epochs_past_the_schedule_are_named_with_what_happens_instead(capsys):
+    config = {**BASE_DEFAULTS, "epochs": 6, "learning_rate": 0.1, "schedule": "step",
+              "step_epochs": [25, 40]}
+    schedule = make_optimizer(config, steps_per_epoch=10)._learning_rate
+    assert "step_epochs: epoch(s) 25, 40 not before the end of the 6-epoch schedule; x0.1 " \
+           "after epoch 3 (half) instead" in capsys.readouterr().out
+    assert [float(schedule(s)) for s in (29, 30)] == pytest.approx([0.1, 0.01])
+    make_optimizer({**config, "step_epochs": [2, 40]}, 10)
+    assert "epoch(s) 40 not before the end of the 6-epoch schedule\n" in capsys.readouterr().out
+
+
+def test_checkpoint_last_keeps_the_final_epoch_of_a_continued_fit(tmp_path):
+    # Regression: last (and average) still saved only on a better val_auc, measured against
+    # the stop epoch's best.json, so a fit continued with more epochs kept the older model.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 8, 8, 1)).astype("float32")
+    y = np.stack([x.mean(axis=(1, 2, 3)) > 0] * 2, 1).astype("float32")
+    y[:, 1] = 1 - y[:, 0]
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    val = tf.data.Dataset.from_tensor_slices((x, 1 - y)).batch(8)  # worse as it learns
+    config = {**BASE_DEFAULTS, "epochs": 2, "learning_rate": 0.05, "schedule": "constant",
+              "checkpoint": "last", "weight_decay": 0.0}
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.05), MaskedBinaryCrossentropy())
+    first = fit(model, train, val, config, tmp_path, verbose=0, keep_backup=True)
+    second = fit(model, train, val, config, tmp_path, epochs=3, verbose=0, keep_backup=True)
+    assert second.history["val_auc"][-1] < max(first.history["val_auc"])
+    saved = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    for a, b in zip(saved.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 3
+
+
+class StopAfter(keras.callbacks.Callback):
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            self.model.stop_training = True
+
+
+def test_a_fit_stopped_early_averages_on_the_schedule_s_window(tmp_path):
+    # Regression: checkpoint average took its window from the stop epoch, so a defective
+    # teacher's copy trained to epoch 6 of 12 averaged from epoch 5 on, and the BatchNorm
+    # re-estimation's passes moved the data order: its epoch-6 checkpoint was not the full
+    # schedule's epoch-6 checkpoint.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
+    y = (rng.random((16, 2)) < 0.5).astype("float32")
+    config = {**BASE_DEFAULTS, "epochs": 12, "learning_rate": 0.05, "schedule": "constant",
+              "checkpoint": "average", "weight_decay": 0.0}
+
+    def epoch_6(folder, **fit_options):
+        keras.utils.set_random_seed(5)
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+                                  keras.layers.BatchNormalization(),
+                                  keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), MaskedBinaryCrossentropy())
+        train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+            16, seed=1, reshuffle_each_iteration=True).batch(4)
+        val = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+        fit(model, train, val, config, tmp_path / folder, verbose=0, snapshot_epochs=[6],
+            **fit_options)
+        return keras.models.load_model(tmp_path / folder / "snapshots" / "epoch-0006.keras",
+                                       compile=False).get_weights()
+
+    full = epoch_6("full", extra_callbacks=[StopAfter(6)])
+    for a, b in zip(full, epoch_6("until6", epochs=6)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_fit_prints_the_expected_time_of_the_schedule_and_later_stages(tmp_path, capsys):

@@ -37,6 +37,8 @@ def current_learning_rate(model, *, initial: bool = False) -> float | None:
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return None
+    # Mixed precision wraps it in a LossScaleOptimizer, whose own rate is a plain 0.0.
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     try:
         schedule = getattr(optimizer, "_learning_rate", None)
         if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):

@@ -56,16 +56,27 @@ def make_schedule(training: TrainingOptions, steps_per_epoch: int):
             [steps_per_epoch * e - 1 for e in milestones],  # the last step of epoch e
             [lr * 0.1 ** i for i in range(len(milestones) + 1)])
     if schedule == "step":  # x0.1 at 50% and 75% of training (the CIFAR ResNet convention)
-        bounds = sorted({max(1, int(total * 0.5)), max(2, int(total * 0.75))})
+        # The rate changes once the step count passes a bound, and the optimizer reads it at
+        # the count before its step: the bound is the last step at the old rate.
+        bounds = sorted({max(0, int(total * 0.5) - 1), max(1, int(total * 0.75) - 1)})
         return keras.optimizers.schedules.PiecewiseConstantDecay(
             bounds, [lr, lr * 0.1, lr * 0.01][:len(bounds) + 1])
     raise ConfigError(f"--schedule {schedule!r}: choose constant, step, cosine or plateau")
 
 
 def _step_epochs(value, epochs: int) -> list[int]:
-    """``step_epochs`` as increasing 1-based epochs within the schedule, else ConfigError."""
+    """``step_epochs`` as increasing 1-based epochs within the schedule, else ConfigError.
+
+    Milestones at or after the last epoch never fire; when none is left (RoS-KD's [25, 40] in
+    a 6-epoch phantom run) the rate drops after half the epochs, and a line says so."""
     milestones = step_milestones(value)
-    return [e for e in milestones if e < epochs] or [max(1, epochs // 2)]
+    kept = [e for e in milestones if e < epochs]
+    if kept != milestones:
+        dropped = ", ".join(str(e) for e in milestones if e >= epochs)
+        instead = "" if kept else f"; x0.1 after epoch {max(1, epochs // 2)} (half) instead"
+        print(f"step_epochs: epoch(s) {dropped} not before the end of the {epochs}-epoch "
+              f"schedule{instead}")
+    return kept or [max(1, epochs // 2)]
 
 
 def weight_decay_mode(training: TrainingOptions) -> str:
@@ -246,8 +257,12 @@ def fit(model, train_ds, val_ds, training: TrainingOptions, run_dir, *, epochs=N
     # average keep the final epoch's model (a fixed schedule; average: SWA over the last third
     # of the epochs), since a validation split of a few dozen images picks epochs on noise.
     selection = training.checkpoint
-    if selection == "average" and averaging is None and epochs > 1:
-        averaging = WeightAveraging(epochs - max(1, epochs // 3), bn_data=train_ds,
+    # The average's window is the schedule's (training.epochs), also when this fit stops
+    # before its end: a defective teacher's copy stopped at epoch 6 of 24 must see the data,
+    # epoch by epoch, that the full schedule sees (the BatchNorm re-estimation reads it too).
+    schedule = training.epochs
+    if selection == "average" and averaging is None and schedule > 1:
+        averaging = WeightAveraging(schedule - max(1, schedule // 3), bn_data=train_ds,
                                     state_path=run_dir / "weight_average.npz")
     # First, so that no callback after it sees (or saves) a non-finite step.
     callbacks = [StopOnDivergence()]
@@ -264,8 +279,11 @@ def fit(model, train_ds, val_ds, training: TrainingOptions, run_dir, *, epochs=N
         # Before the checkpoint, the CSV log and the History: they read its val_auc.
         callbacks.append(ExactValidationAUC(val_ds, multi_label, jit_compile=jit))
     averaged = averaging is not None and epochs > averaging.start_epoch
+    # last and average save the final epoch's model whatever its AUC: a fit continued with
+    # more epochs (keep_backup) replaces the one it stopped at.
     callbacks.append(StudentCheckpoint(
         run_dir / "model.keras", monitor=MONITOR, mode="max", state_path=run_dir / "best.json",
+        save_best_only=selection == "best_val",
         from_epoch=(epochs if selection != "best_val"
                     else averaging.start_epoch + 1 if averaged else 1)))
     if averaging is not None:
