@@ -11,7 +11,7 @@ with student logits :math:`z_s`, (combined) teacher logits :math:`z_t`, temperat
 ``hinton`` (Hinton et al. 2015)
     :math:`L_{hard} = CE(y, p_s^1)`, :math:`L_{soft} = T^2\\,KL(p_t^T \\| p_s^T)`.
     The :math:`T^2` keeps the soft gradients the same size as :math:`T` changes.
-``ho2020_eq5`` (Ho & Gwak 2020, Eq. 5 as printed)
+``ho2020_eq5`` (Ho & Gwak 2020, Eq. 5, its factor 2T^2 and cross-entropy kept; the printed arguments put the student's softened outputs first, read here as the teacher's being the target)
     :math:`L_{hard} = CE(y, p_s^1)`, :math:`L_{soft} = 2T^2\\,H(p_t^T, p_s^T)` with the
     cross-entropy :math:`H(p, q) = -\\sum_c p_c \\log q_c`. It differs from ``hinton`` by the
     factor 2 and by the teacher's entropy :math:`H(p_t^T)`, a constant in the student's weights:

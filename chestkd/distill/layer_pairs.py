@@ -11,7 +11,8 @@ Two architectures rarely share layer names, so the recipes pair layers by positi
 * :func:`depth_matched_pairs` — "feature maps at matching depth" (the teacher-assistant
   paper's student): the k-th of the student's n stage ends meets the teacher's stage end at
   the same relative depth, index ``ceil(k * S / n) - 1`` of the teacher's S ends, so the last
-  meets the last and the first the shallowest of the teacher's first S/n ends. Spatial sizes
+  meets the last and the first the deepest of the teacher's first S/n ends (S = 5, n = 3:
+  the teacher's ends 2, 4 and 5, 1-based). Spatial sizes
   and channels are then matched by :class:`chestkd.distill.feature_terms.FeatureAlignment`.
 * :func:`last_map_pair` — the two models' last feature maps (the input of ``features_pool``),
   the high-level features (the assistant's feature-KL term).
