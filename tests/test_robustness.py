@@ -111,6 +111,37 @@ def test_pgd_loss_is_never_below_fgsm_on_the_same_inputs():
     assert reference_loss(model, started, y, True).mean() >= loss_fgsm.mean() - 1e-6
 
 
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_a_mixed_precision_model_is_attacked_in_its_float32_twin_s_direction(multi_label):
+    # Regression: its gradients flowed back in float16, where a confident model's underflow
+    # to 0: sign(0) moved no pixel, and its robustness read as perfect.
+    def confident(policy):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            keras.utils.set_random_seed(0)
+            inputs = keras.Input((6, 6, 3))
+            h = keras.layers.Conv2D(4, 3, activation="tanh")(inputs)
+            h = keras.layers.GlobalAveragePooling2D()(h)
+            return keras.Model(inputs, keras.layers.Dense(3, name="logits")(h))
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+    full, mixed = confident("float32"), confident("mixed_float16")
+    kernel, bias = full.get_layer("logits").get_weights()
+    for model in (full, mixed):                        # logit margins of tens
+        model.get_layer("logits").set_weights([kernel * 300, bias])
+    x, _ = batch(multi_label=multi_label)
+    logits = np.asarray(full(x))
+    y = (logits > 0 if multi_label else np.eye(3)[logits.argmax(1)]).astype(np.float32)
+    moved = {}
+    for name, model in (("float32", full), ("mixed", mixed)):
+        moved[name] = fgsm(model, x, y, 0.01, multi_label=multi_label) - x
+    assert np.count_nonzero(moved["float32"]) > 0.9 * x.size
+    assert abs(np.count_nonzero(moved["mixed"]) - np.count_nonzero(moved["float32"])) \
+        < 0.01 * x.size                                # float16 rounding at the clip edges
+    assert np.mean(np.sign(moved["mixed"]) == np.sign(moved["float32"])) > 0.95
+
+
 def test_bad_attack_options_are_config_errors():
     model = tiny_model()
     x, y = batch()

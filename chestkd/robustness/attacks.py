@@ -97,8 +97,34 @@ def loss_and_gradient(model, multi_label: bool):
                 total = tf.reduce_sum(loss)
             return loss, tape.gradient(total, images)
 
-        per_model[multi_label] = compute
+        @tf.function(reduce_retracing=True)
+        def compute_reduced(images, labels):
+            # A mixed-precision model's gradients flow back in float16, where a confident
+            # model's (1e-18 at a logit margin of 40) are 0, and sign(0) never moves a pixel.
+            # The attacks use only each image's gradient direction: the loss gradient at the
+            # logits, in float32, is scaled per image to a largest entry of 1 before it
+            # enters the model.
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(images)
+                logits = tf.cast(model(images, training=False), tf.float32)
+                loss = attack_loss(labels, logits, multi_label)
+                total = tf.reduce_sum(loss)
+            upstream = tape.gradient(total, logits)
+            largest = tf.reduce_max(tf.abs(upstream), axis=-1, keepdims=True)
+            upstream = tf.math.divide_no_nan(upstream, largest)
+            gradient = tape.gradient(logits, images, output_gradients=upstream)
+            del tape
+            return loss, gradient
+
+        per_model[multi_label] = compute_reduced if _reduced_precision(model) else compute
     return per_model[multi_label]
+
+
+def _reduced_precision(model) -> bool:
+    """Whether any layer of ``model`` computes in float16 or bfloat16 (mixed precision sets
+    the layers' policy; the model's own may stay float32)."""
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    return any(layer.compute_dtype in ("float16", "bfloat16") for layer in layers)
 
 
 def check_attack(epsilon, norm, steps=1) -> None:
