@@ -94,3 +94,16 @@ def test_an_even_resolution_still_evaluates_the_trained_model(tmp_path, resoluti
     losses = surface[:, 2]
     assert summary["basin_fraction_10pct"] == pytest.approx(np.mean(losses <= 1.1 * expected))
     assert summary["min_loss"] == pytest.approx(losses.min())
+
+
+@pytest.mark.parametrize("option, value", [("--images", "0"), ("--images", "-5"),
+                                           ("--resolution", "1"), ("--span", "0"),
+                                           ("--clamp", "-1")])
+def test_bad_numbers_exit_2_naming_the_option_before_the_run_is_read(tmp_path, capsys,
+                                                                     option, value):
+    # Regression: --images 0 divided by zero (traceback), --images -5 dropped 5 images.
+    from chestkd.robustness.landscape import main
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "no-run"), f"{option}={value}"])
+    assert stop.value.code == 2
+    assert f"error: {option} {value}" in capsys.readouterr().err

@@ -314,3 +314,28 @@ def test_run_thresholds_name_the_file_when_missing_or_mismatched(tmp_path):
     assert run_thresholds(tmp_path, ["a", "b"], multi_label=True) == [0.3, 0.6]
     with pytest.raises(ConfigError, match="metrics.json"):
         run_thresholds(tmp_path, ["a", "c"], multi_label=True)
+
+
+def test_a_limited_test_split_is_a_seeded_subset_of_every_class(tmp_path):
+    # Regression: --max-images took the split's first images; a folder dataset lists them by
+    # class, so 12 of 'lower' made every AUC undefined, reported as 0.0 before and after.
+    import cv2
+    from chestkd.data.dataset import Dataset
+    from chestkd.robustness.tables import scores, split_arrays
+    paths = []
+    for i in range(40):
+        paths.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(paths[-1], np.full((8, 8), 6 * i, np.uint8))
+    labels = np.eye(2, dtype=np.float32)[[0] * 20 + [1] * 20]          # sorted by class
+    data = Dataset("folder", ["lower", "upper"], False, np.array(paths), labels,
+                   np.array([f"p{i}" for i in range(40)]), np.array(["test"] * 40))
+    images, chosen = split_arrays(data, image_size=8, max_images=12)
+    assert images.shape == (12, 8, 8, 3) and 0 < chosen[:, 0].sum() < 12
+    again_images, again = split_arrays(data, image_size=8, max_images=12)
+    np.testing.assert_array_equal(again, chosen)                        # seeded
+    everything = split_arrays(data, image_size=8)[1]
+    np.testing.assert_array_equal(everything, labels)
+    one_class = scores(tiny_model(2), np.zeros((4, 6, 6, 3), np.float32),
+                       np.eye(2, dtype=np.float32)[[0, 0, 0, 0]], ["lower", "upper"],
+                       multi_label=False)
+    assert np.isnan(one_class["mean_auc"])               # not a measured 0.0

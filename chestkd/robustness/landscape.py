@@ -28,7 +28,7 @@ import pandas as pd
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from chestkd.cli import main_of
+from chestkd.cli import main_of, number_option
 from chestkd.errors import ConfigError
 from chestkd.io import atomic_write_json
 from chestkd.robustness.attacks import attack_loss
@@ -190,6 +190,11 @@ def build_parser():
 
 def run(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    # Checked before the run's data is read.
+    number_option(args.images, "--images", cast=int, low=1)
+    number_option(args.resolution, "--resolution", cast=int, low=2)
+    number_option(args.span, "--span", low=0, low_open=True)
+    number_option(args.clamp, "--clamp", low=0, low_open=True)
     run_dir = args.run_dir
     config = finished_run(run_dir)
     out = args.out or run_dir

@@ -39,7 +39,8 @@ def scores(model, images, labels, class_names, *, multi_label: bool, thresholds=
                                    multi_label=multi_label, thresholds=thresholds)
     summary = report_summary(report, multi_label=multi_label)
     return {"precision": summary["precision"], "recall": summary["recall"],
-            "f1": summary["f1"], "mean_auc": exact_mean_auc(labels, logits, multi_label)}
+            "f1": summary["f1"],
+            "mean_auc": exact_mean_auc(labels, logits, multi_label, undefined=np.nan)}
 
 
 def run_thresholds(run_dir, class_names, *, multi_label: bool):
@@ -114,18 +115,21 @@ def robustness_table(model, images, labels, class_names, *, multi_label: bool,
 def split_arrays(data: Dataset, *, image_size: int, normalization: str = "minus_one_one",
                 mean_std=None, cache_dir=None, max_images=None, batch_size: int = 64):
     """(images, labels) of the test split as arrays, scored on the clean labels when the data
-    has them (the phantom with label noise), else its labels; the first ``max_images``."""
-    test = make_dataset(data, "test", image_size=image_size, batch_size=batch_size,
-                        training=False, normalization=normalization, mean_std=mean_std,
-                        cache_dir=cache_dir)
+    has them (the phantom with label noise), else its labels. With ``max_images``: a seeded
+    random subset of that many, in the split's order (the first ones of a folder dataset
+    are all of one class, which made every AUC undefined)."""
+    test = data.subset("test")
+    if max_images is not None and len(test) > int(max_images):
+        test = test.select(np.sort(np.random.default_rng(0).permutation(len(test))
+                                   [:int(max_images)]))
+    pipeline = make_dataset(test, image_size=image_size, batch_size=batch_size,
+                            training=False, normalization=normalization, mean_std=mean_std,
+                            cache_dir=cache_dir)
     images, labels = [], []
-    for x, y in test:
+    for x, y in pipeline:
         images.append(x.numpy())
         labels.append(y.numpy())
-        if max_images is not None and sum(map(len, images)) >= max_images:
-            break
     images, labels = np.concatenate(images), np.concatenate(labels)
-    if data.clean_labels is not None:
-        labels = np.asarray(data.clean_labels, np.float32)[data.split == "test"][:len(images)]
-    limit = len(images) if max_images is None else int(max_images)
-    return images[:limit], labels[:limit]
+    if test.clean_labels is not None:
+        labels = np.asarray(test.clean_labels, np.float32)
+    return images, labels

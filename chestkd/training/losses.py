@@ -180,15 +180,17 @@ class MaskedAUC(keras.metrics.AUC):
                 "num_thresholds": self.num_thresholds, "name": self.name, "dtype": self.dtype}
 
 
-def exact_mean_auc(y_true, logits, multi_label: bool) -> float:
+def exact_mean_auc(y_true, logits, multi_label: bool, *, undefined: float = 0.0) -> float:
     """Mean over the DEFINED classes of :func:`chestkd.scores.exact_auc` of
     :func:`chestkd.scores.ranking_scores` (the order of the sigmoid or softmax scores, as
-    :class:`MaskedAUC` ranks them, without their saturation), the exact counterpart of :class:`MaskedAUC`; 0 when no class
-    is defined (as MaskedAUC). Unknown (-1) labels are left out of their class.
+    :class:`MaskedAUC` ranks them, without their saturation), the exact counterpart of
+    :class:`MaskedAUC`. Unknown (-1) labels are left out of their class. When no class is
+    defined: ``undefined``, 0 as MaskedAUC gives (a training monitor needs a number); a
+    report passes NaN, since 0 would read as a measured AUC.
 
     .. math:: \\mathrm{AUC}_c = \\frac{1}{P_c N_c} \\sum_{i \\in P_c} \\sum_{j \\in N_c}
               \\left([s_{ic} > s_{jc}] + \\tfrac12 [s_{ic} = s_{jc}]\\right)
     """
     per_class = exact_auc(y_true, ranking_scores(logits, multi_label))
     defined = per_class[~np.isnan(per_class)]
-    return float(defined.mean()) if defined.size else 0.0
+    return float(defined.mean()) if defined.size else float(undefined)
