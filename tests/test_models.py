@@ -317,3 +317,13 @@ def test_invalid_options_raise_config_errors(tmp_path):
         build("resnet18", 3, (32, 32, 3), weights="model.h5")
     with pytest.raises(ConfigError, match=r"missing\.weights\.h5 .* does not exist"):
         build("resnet18", 3, (32, 32, 3), weights=tmp_path / "missing.weights.h5")
+
+
+def test_keras_file_of_a_deeper_architecture_is_rejected(tmp_path):
+    # Regression: a ResNet-32 file loaded into a ResNet-20 by layer name, its extra blocks
+    # dropped without a word (the logits differed from the source's by 140).
+    path = tmp_path / "deeper.keras"
+    build("resnet32", 3, (32, 32, 3)).save(path)
+    with pytest.raises(ConfigError, match=r"deeper\.keras holds layer\(s\) .* that model "
+                                          r"'resnet20' lacks.*'resnet32'"):
+        build("resnet20", 3, (32, 32, 3), weights=path)

@@ -113,21 +113,33 @@ def load_weights_file(model: keras.Model, path: Path) -> None:
     copy_weights_by_name(source, model, source_label=str(path))
 
 
+def _some(names) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def copy_weights_by_name(source: keras.Model, target: keras.Model, *, source_label: str) -> None:
     """Copy the weights of every layer of ``target`` from the ``source`` layer of the same name.
 
     All layers are checked before any weight is assigned, so on error ``target`` is unchanged.
-    Layers of ``source`` that ``target`` does not have are ignored.
+    The two must hold the same weighted layers: a ResNet-32 file loaded into a ResNet-20 would
+    otherwise lose its extra blocks without a word.
     """
     source_layers = {layer.name: layer for layer in source.layers}
     needed = [layer for layer in target.layers if layer.weights]
     # Missing layers first: they say "different architecture" more clearly than a shape does.
     missing = [layer.name for layer in needed if layer.name not in source_layers]
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ConfigError(
-            f"{source_label} has no layer named {shown}, which model '{target.name}' needs; "
-            f"was it saved from a different architecture?"
+            f"{source_label} has no layer named {_some(missing)}, which model '{target.name}' "
+            f"needs; was it saved from a different architecture?"
+        )
+    target_names = {layer.name for layer in target.layers}
+    extra = [name for name, layer in source_layers.items()
+             if layer.weights and name not in target_names]
+    if extra:
+        raise ConfigError(
+            f"{source_label} holds layer(s) {_some(extra)} that model '{target.name}' lacks; "
+            f"was it saved from a different architecture ('{source.name}')?"
         )
     assignments = []
     for layer in needed:
