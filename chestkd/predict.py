@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chestkd.cli import main_of, output_folder
+from chestkd.cli import main_of, number_option, output_folder
 from chestkd.data.images import (IMAGE_EXTENSIONS, describe_upsampling, normalize_unit,
                                  read_unit_grey, upsampling_summary)
 from chestkd.errors import ChestKDError, ConfigError, DataError
@@ -51,6 +51,9 @@ from chestkd.scores import probabilities_from_logits
 
 # The keys of a model's recorded thresholds that are not a rule's values.
 _THRESHOLD_RECORD_KEYS = ("rule", "split", "values", "class_names")
+# What predict reads from model_info.json (and mean_std under normalization mean_std).
+INFO_KEYS = ("class_names", "multi_label", "probability", "image_size", "normalization",
+             "thresholds")
 
 
 def info_path(model_path) -> Path:
@@ -112,9 +115,15 @@ def resolve_model(source) -> tuple[Path, dict]:
                           "(image size, normalisation, classes) is unknown; use the run "
                           "directory or a file written by python -m chestkd.export")
     try:
-        return model_path, json.loads(meta.read_text())
+        info = json.loads(meta.read_text())
     except json.JSONDecodeError as error:
         raise ConfigError(f"{meta}: not valid JSON ({error})") from None
+    lacking = [key for key in INFO_KEYS if not isinstance(info, dict) or key not in info] or \
+        [f"thresholds.{key}" for key in ("rule",) if key not in (info["thresholds"] or {})]
+    if lacking:
+        raise ConfigError(f"{meta}: no {', '.join(lacking)}; the file that the run or python -m "
+                          f"chestkd.export wrote holds them")
+    return model_path, info
 
 
 def quantize_input(x: np.ndarray, details: dict) -> np.ndarray:
@@ -266,6 +275,7 @@ def run(argv=None) -> dict:
         if str(args.model).endswith(".tflite"):
             raise ConfigError("--saliency needs gradients: give the .keras model or the run "
                               "directory, not a .tflite file")
+    number_option(args.batch_size, "--batch-size", cast=int, low=1)
     model_path, info = resolve_model(args.model)
     names = list(info["class_names"])
     rule = threshold_rule(info, args.threshold)

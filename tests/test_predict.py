@@ -174,6 +174,25 @@ def test_user_errors_exit_2_with_one_line(run_dir, images, tmp_path, capsys):
     assert "--threshold 'otsu': this model's metadata holds thresholds for youden, f1" in err
 
 
+def test_an_incomplete_model_info_and_a_bad_batch_size_exit_2_naming_them(run_dir, tmp_path,
+                                                                         capsys):
+    # Regression: model_info.json without thresholds (or image_size...) was a KeyError
+    # traceback, and --batch-size -3 was accepted.
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy(run_dir / "model.keras", copy / "model.keras")
+    info = json.loads((run_dir / "model_info.json").read_text())
+    del info["thresholds"], info["image_size"]
+    (copy / "model_info.json").write_text(json.dumps(info))
+    for argv in ([str(copy), str(NIH[0])], [str(run_dir), str(NIH[0]), "--batch-size", "-3"]):
+        with pytest.raises(SystemExit) as exit_status:
+            predict.main([*argv, "--out", str(tmp_path / "e")])
+        assert exit_status.value.code == 2, argv
+    err = capsys.readouterr().err
+    assert "model_info.json: no image_size, thresholds;" in err
+    assert "--batch-size -3: expected an integer >= 1" in err
+
+
 def test_exclusive_classes_are_decided_by_the_arg_max_with_the_flags_beside(run_dir, tmp_path):
     """Thresholds that flag every class, or none: the decision is still exactly one class."""
     copy = tmp_path / "run"
