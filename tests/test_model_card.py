@@ -43,7 +43,15 @@ def test_the_card_states_data_labels_metrics_thresholds_and_use(tmp_path):
     assert "mean AUC: 0.8750 [0.8000, 0.9500]" in text
     assert "| pneumonia | 0.8750 [0.7900, 0.9600] |" in text
     assert "against the noisy labels: 0.8100" in text and "ECE 0.1234" in text
-    assert "| pneumonia | 0.6900 | 0.8000 |" in text and "`youden` rule" in text
+    assert "| pneumonia | 0.6900 | 0.8000 |" in text
+    # Exclusive classes: the arg-max decides; the thresholds only flag (regression: the card
+    # said the run decided with the youden rule, and called accuracy a macro average).
+    assert "the decision is the arg-max, not a threshold" in text
+    assert "`per_class_flags` beside it, by the `youden` rule" in text
+    assert "decides with" not in text and "* accuracy (arg-max decision): 0.5000" in text
+    multi = Dataset("phantom", ["a", "b"], True, [f"/x/{i}.png" for i in range(8)],
+                    _data().labels, _data().patients, _data().split)
+    assert "This run decides with the `youden` rule" in model_card(RESULTS, multi, CONFIG)
     assert "11,000,000 parameters (10,000,000 trainable)" in text
     path = write_model_card(tmp_path / "model_card.md", RESULTS, _data(), CONFIG)
     assert path.read_text() == text

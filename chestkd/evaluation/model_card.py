@@ -91,7 +91,8 @@ def _metrics_lines(results: dict) -> list[str]:
                      f"{_interval(results['noisy_mean_auc'], results.get('noisy_mean_auc_ci'))}")
     for key in ("accuracy", "precision", "recall", "f1"):
         if key in results:
-            lines.append(f"* {key} (arg-max decision, macro average): {results[key]:.4f}")
+            how = "arg-max decision" + ("" if key == "accuracy" else ", macro average")
+            lines.append(f"* {key} ({how}): {results[key]:.4f}")
     if results.get("classes_without_positives"):
         lines.append(_left_out(results["classes_without_positives"]))
     if "thresholded" in results:
@@ -111,12 +112,17 @@ def _metrics_lines(results: dict) -> list[str]:
     return lines
 
 
-def _threshold_lines(thresholds: dict) -> list[str]:
+def _threshold_lines(thresholds: dict, multi_label: bool) -> list[str]:
     rule = thresholds["rule"]
+    rules = "(Youden: max sensitivity + specificity - 1; F1: max F1)"
+    use = (f"This run decides with the `{rule}` rule {rules}. "
+           "`python -m chestkd.predict --threshold youden|f1` picks either."
+           if multi_label else
+           "The classes are exclusive, so the decision is the arg-max, not a threshold; "
+           f"these give `python -m chestkd.predict`'s `per_class_flags` beside it, by the "
+           f"`{rule}` rule unless `--threshold youden|f1` says otherwise {rules}.")
     lines = [f"Chosen per class on: {thresholds['split']} (a class with a single label value "
-             "there keeps 0.5). This run decides with the "
-             f"`{rule}` rule (Youden: max sensitivity + specificity - 1; F1: max F1). "
-             "`python -m chestkd.predict --threshold youden|f1` picks either.", "",
+             f"there keeps 0.5). {use}", "",
              "| class | youden | f1 |", "|---|---|---|"]
     for c, name in enumerate(thresholds["class_names"]):
         lines.append(f"| {name} | {thresholds['youden'][c]:.4f} | {thresholds['f1'][c]:.4f} |")
@@ -149,7 +155,7 @@ def model_card(results: dict, data: Dataset, config: dict) -> str:
              *_split_table(data), "",
              "## Labels", "", f"Label source: {_label_source(data, config)}", "",
              "## Metrics", "", *_metrics_lines(results), "",
-             "## Decision thresholds", "", *_threshold_lines(results["thresholds"]), "",
+             "## Decision thresholds", "", *_threshold_lines(results["thresholds"], data.multi_label), "",
              "## Intended use", "",
              "Research on knowledge distillation and model compression for chest radiograph "
              "classification: comparing methods, reproducing papers, teaching. Inputs should "
