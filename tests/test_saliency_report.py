@@ -5,6 +5,7 @@ on rows 20-27 x cols 22-29 of a 32 x 32 input. Its gradient (vanilla, SmoothGrad
 mask_c, so a box drawn on that region must score pointing 1, energy 1, IoU 1, while the
 centre baseline misses it.
 """
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -167,3 +168,65 @@ def test_command_errors_are_reported_not_raised(tmp_path, capsys):
     assert "missing.keras: model file not found" in capsys.readouterr().err
     assert cli.main(["--run", str(tmp_path)]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_a_model_ending_in_softmax_is_explained_with_its_own_probabilities(dataset, tmp_path,
+                                                                          capsys):
+    # Regression: --model without --single-label scored every model as sigmoid, so a
+    # softmax model's report showed sigmoid(logit) (0.544 where the model said 0.361).
+    inputs = keras.Input((SIZE, SIZE, 3))
+    logits = layers.Dense(3, name="logits")(layers.Flatten()(inputs))
+    model = keras.Model(inputs, layers.Activation("softmax")(logits))
+    model.get_layer("logits").set_weights(
+        [np.random.default_rng(0).normal(0, 0.01, (SIZE * SIZE * 3, 3)).astype("f4"),
+         np.zeros(3, "f4")])
+    model.save(tmp_path / "softmax.keras")
+    argv = ["--model", str(tmp_path / "softmax.keras"), "--images", dataset.paths[0],
+            "--image-size", str(SIZE), "--classes", "0", "--methods", "vanilla",
+            "--out", str(tmp_path / "out"), "--no-sanity", "--quiet"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    shown = json.loads(out[out.index('{\n "examples"'):])["examples"][0]["probability"]
+    from chestkd.saliency.report.inputs import read_inputs
+    data = cli.images_dataset([dataset.paths[0]], ["a", "b", "c"], None)
+    own = model.predict(read_inputs(data, data.paths, SIZE), verbose=0)[0, 0]
+    assert shown == pytest.approx(float(own), abs=1e-6)
+    sigmoid_model = keras.Model(inputs, layers.Activation("sigmoid")(logits))
+    sigmoid_model.save(tmp_path / "sigmoid.keras")
+    argv[1] = str(tmp_path / "sigmoid.keras")
+    assert cli.main([*argv, "--single-label"]) == 2
+    assert "--single-label: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--bootstrap", "-1"),
+                                           ("--max-images", "-1"), ("--max-images", "0"),
+                                           ("--figure-images", "0")])
+def test_bad_numbers_exit_2_naming_the_option(linear_model, dataset, tmp_path, capsys,
+                                              option, value):
+    # Regression: tracebacks from TF or NumPy (batch size 0, bootstrap -1), or a silent
+    # slice (max images -1 explained 2 of 3 images; figure images 0 fell back to 6).
+    linear_model.save(tmp_path / "model.keras")
+    assert cli.main(["--model", str(tmp_path / "model.keras"), "--images", *dataset.paths,
+                     "--image-size", str(SIZE), f"{option}={value}", "--no-sanity",
+                     "--out", str(tmp_path / "out")]) == 2
+    assert f"error: {option} {value}: expected an integer >=" in capsys.readouterr().err
+
+
+def test_a_run_explained_at_another_size_and_a_bad_box_are_named(linear_model, dataset,
+                                                                  tmp_path, capsys):
+    # Regressions: --run with an --image-size unlike the model's was a Keras traceback; a box
+    # with w = 0 was "box row 1" of a filtered table, after every map was computed.
+    run = tmp_path / "run"
+    run.mkdir()
+    linear_model.save(run / "model.keras")
+    (run / "config.yaml").write_text(yaml.safe_dump({"dataset": "phantom", "image_size": SIZE}))
+    assert cli.main(["--run", str(run), "--image-size", "64"]) == 2
+    assert "64" in capsys.readouterr().err
+    box_csv = tmp_path / "boxes.csv"
+    box_csv.write_text("image,label,x,y,w,h\nimg0.png,Mass,6,4,16,16\n"
+                       "img1.png,Nodule,44,40,0,16\n")
+    assert cli.main(["--model", str(run / "model.keras"), "--images", *dataset.paths[:2],
+                     "--boxes", str(box_csv), "--image-size", str(SIZE), "--no-sanity",
+                     "--out", str(tmp_path / "out")]) == 2
+    assert f"--boxes {box_csv}, line 3: w must be a positive number (found 0)" in \
+        capsys.readouterr().err

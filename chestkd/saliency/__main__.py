@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from chestkd.data.pipeline import NORMALIZATIONS
-from chestkd.cli import user_error_message
+from chestkd.cli import number_option, user_error_message
 from chestkd.errors import ConfigError, DataError
 from chestkd.saliency import METHODS
 from chestkd.saliency.report import DEFAULT_METHODS, write_saliency_report
@@ -95,9 +95,12 @@ def read_box_csv(path, image_paths) -> pd.DataFrame:
         boxes = pd.read_csv(path)
         for column in "xywh":
             values = pd.to_numeric(boxes[column], errors="coerce")
-            if values.isna().any():
-                line = int(np.flatnonzero(values.isna())[0]) + 2
-                raise DataError(f"--boxes {path}, line {line}: {column} must be a number")
+            bad = values.isna() | ((values <= 0) if column in "wh" else False)
+            if bad.any():
+                line = int(np.flatnonzero(bad)[0]) + 2
+                raise DataError(f"--boxes {path}, line {line}: {column} must be a "
+                                + ("positive number" if column in "wh" else "number")
+                                + f" (found {boxes[column].iloc[line - 2]})")
             boxes[column] = values
     by_name = {Path(p).name: str(p) for p in image_paths}
     boxes = boxes[boxes["image"].isin(by_name)].copy()
@@ -178,7 +181,8 @@ def run_from_directory(args) -> dict:
     config = finished_run(run_dir, option="--run")
     if "image_size" not in config:
         raise ConfigError(f"{run_dir / 'config.yaml'}: missing key 'image_size'")
-    model = load_model(run_dir / "model.keras")
+    model = load_model(run_dir / "model.keras",
+                       image_size=args.image_size or int(config["image_size"]))
     data = load_dataset(config["dataset"], config.get("data_dir"), **loader_options(config["dataset"], config))
     test = data.subset("test")
     args.classes = class_names_of(args.classes, data.class_names)
@@ -189,6 +193,18 @@ def run_from_directory(args) -> dict:
         methods=args.methods, max_images=args.max_images, classes=args.classes,
         batch_size=args.batch_size, normalization=normalization, mean_std=mean_std,
         **report_options(args))
+
+
+def model_multi_label(model, single_label: bool, source) -> bool:
+    """Whether ``model``'s classes are independent (sigmoid): a model ending in a softmax or
+    a sigmoid says so itself (``--single-label`` may only agree); one ending in logits is
+    what ``--single-label`` says (default: independent findings)."""
+    from chestkd.saliency.methods.graph import ends_in_probability
+
+    ending = ends_in_probability(model)
+    if ending == "sigmoid" and single_label:
+        raise ConfigError(f"--single-label: {source} ends in a sigmoid (independent findings)")
+    return ending != "softmax" and not single_label
 
 
 def run_from_model(args) -> dict:
@@ -203,18 +219,31 @@ def run_from_model(args) -> dict:
         raise ConfigError(f"--class-names gives {len(class_names)} names, the model has "
                           f"{num_classes} outputs")
     args.classes = class_names_of(args.classes, class_names)
+    multi_label = model_multi_label(model, args.single_label, args.model)
     boxes = read_box_csv(args.boxes, args.images) if args.boxes else None
     data = images_dataset(args.images, class_names, boxes)
     return write_saliency_report(
         model, data, Path(args.out or "saliency"), image_size=args.image_size,
         class_names=class_names, methods=args.methods, max_images=args.max_images,
-        classes=args.classes, batch_size=args.batch_size, multi_label=not args.single_label,
+        classes=args.classes, batch_size=args.batch_size, multi_label=multi_label,
         normalization=args.normalization, mean_std=args.mean_std, **report_options(args))
+
+
+def check_numbers(args) -> None:
+    """The numeric options, before any model or image is read (ConfigError naming one)."""
+    for option, value, low in (("--max-images", args.max_images, 1),
+                               ("--batch-size", args.batch_size, 1),
+                               ("--bootstrap", args.bootstrap, 0),
+                               ("--figure-images", args.figure_images, 1),
+                               ("--image-size", args.image_size, 1)):
+        if value is not None:
+            number_option(value, option, cast=int, low=low)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_numbers(args)
         result = run_from_directory(args) if args.run else run_from_model(args)
     except Exception as error:
         if user_error_message(error) is None:
