@@ -75,3 +75,32 @@ def test_paired_comparison_with_the_centre():
     worse = compare_with_baseline(per_box_table(np.zeros(40, bool), np.ones(40, bool), labels),
                                   n_boot=300)
     assert (worse["verdict"] == "worse than centre").all()
+
+
+def test_a_finding_on_one_image_gets_no_interval_and_no_verdict():
+    # Regression: one image resampled is always itself, so the interval had zero width,
+    # [1.000, 1.000], and the verdict read "beats centre" from a single box.
+    labels = np.array(["Mass"] + ["Nodule"] * 20)
+    per_box = per_box_table(np.ones(21, bool), np.zeros(21, bool), labels)
+    summary = summarise_with_intervals(per_box, n_boot=200).set_index(["method", "label"])
+    assert np.isnan(summary.loc[("smoothgrad_ig", "Mass"), ["pointing_lo", "pointing_hi"]]
+                    .to_numpy(float)).all()
+    assert summary.loc[("smoothgrad_ig", "Nodule"), "pointing_lo"] == 1.0
+    table = compare_with_baseline(per_box, n_boot=200).set_index(["label", "metric"])
+    assert table.loc[("Mass", "pointing"), "verdict"] == "too few images"
+    assert np.isnan(table.loc[("Mass", "pointing"), "low"])
+    assert table.loc[("Nodule", "pointing"), "verdict"] == "beats centre"
+
+
+def test_value_minus_baseline_is_the_difference_over_the_same_boxes():
+    # Regression: a box the method did not score (NaN) left the method's mean but stayed in
+    # the centre's, so value - baseline != difference (0.92 - 0.08 against 0.936).
+    labels = np.array(["Mass"] * 10)
+    per_box = per_box_table(np.ones(10, bool), np.zeros(10, bool), labels)
+    per_box.loc[(per_box["method"] == "smoothgrad_ig") & (per_box["map_index"] < 3),
+                "energy"] = np.nan
+    per_box.loc[(per_box["method"] == "centre") & (per_box["map_index"] < 3), "energy"] = 0.9
+    row = compare_with_baseline(per_box, n_boot=100).set_index(["label", "metric"]).loc[
+        ("all", "energy")]
+    assert row["value"] - row["baseline"] == pytest.approx(row["difference"])
+    assert row["baseline"] == pytest.approx(0.1)

@@ -38,7 +38,12 @@ def test_energy_counts_only_the_non_negative_mass_inside():
     assert energy_in_box(m, (0, 16, 32, 16)) == pytest.approx(0.0)
     m[3, 3] = 3.0                                          # mass 514, 258 in the box
     assert energy_in_box(m, (0, 0, 16, 16)) == pytest.approx(258 / 514)
-    assert np.isnan(energy_in_box(np.zeros((8, 8)), (0, 0, 4, 4)))
+    # A map without positive mass puts nothing in the box, and a flat map points nowhere
+    # (regression: NaN energy dropped exactly the boxes where a method produced nothing, and
+    # a flat map "pointed" at pixel (0, 0), a hit for a box near the top left).
+    assert energy_in_box(np.zeros((8, 8)), (0, 0, 4, 4)) == 0.0
+    assert not pointing_hit(np.zeros((8, 8)), (0, 0, 4, 4), tolerance=1.0)
+    assert not pointing_hit(np.full((8, 8), 0.3), (0, 0, 4, 4), tolerance=1.0)
 
 
 def test_region_boxes_iou_and_iobb():

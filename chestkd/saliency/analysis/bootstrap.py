@@ -6,7 +6,9 @@ averaged per (model, method, finding) and over all findings. Their uncertainty c
 ``n_boot`` times, and each score is re-averaged over the drawn boxes; the interval is the 2.5th
 and 97.5th percentile of those means (the percentile bootstrap). Resampling images rather than
 boxes keeps the several boxes of one radiograph together (they share one map); with one box per
-image the two are the same. NaN scores (energy of an all-zero map) are left out of the means.
+image the two are the same. NaN scores are left out of the means. A group of fewer than
+:data:`MIN_IMAGES` images gets no interval and no verdict (one image resampled is always
+itself: a zero-width interval that says nothing).
 
 **Against the centre baseline** (a fixed Gaussian, :func:`~chestkd.saliency.analysis.localisation.
 centre_baseline_maps`): per box the difference ``method - centre`` is formed first (both scored
@@ -27,6 +29,7 @@ import pandas as pd
 from chestkd.saliency.analysis.localisation import IOU_THRESHOLDS
 
 CI_METRICS = ("pointing", "energy", "mean_iou", "mean_iobb")
+MIN_IMAGES = 2
 COMPARED_METRICS = ("pointing", "energy", "mean_iou")
 BASELINE = "centre"
 
@@ -106,7 +109,9 @@ def summarise_with_intervals(per_box: pd.DataFrame, *, n_boot: int = 2000, seed:
         means = values.mean(axis=0)
         row.update({name: float(means[name]) for name in values.columns})
         with_ci = [c for c in values.columns if c in CI_METRICS or c.startswith("iou>")]
-        if n_boot:
+        if n_boot and row["images"] < MIN_IMAGES:
+            row.update({f"{name}_{end}": float("nan") for name in with_ci for end in ("lo", "hi")})
+        elif n_boot:
             rng = np.random.default_rng([int(seed), index])
             low, high = percentile_interval(
                 cluster_bootstrap_means(values[with_ci].to_numpy(), clusters, n_boot, rng), level)
@@ -142,20 +147,25 @@ def compare_with_baseline(per_box: pd.DataFrame, *, baseline: str = BASELINE,
         theirs = reference_values.loc[positions, list(metrics)].to_numpy()
         difference = mine - theirs
         rng = np.random.default_rng([int(seed), 10_000 + index])
-        if n_boot:
+        clusters = _cluster_ids(group)
+        enough = len(np.unique(clusters)) >= MIN_IMAGES
+        if n_boot and enough:
             low, high = percentile_interval(
-                cluster_bootstrap_means(difference, _cluster_ids(group), n_boot, rng), level)
+                cluster_bootstrap_means(difference, clusters, n_boot, rng), level)
         else:
             low = high = np.full(len(metrics), np.nan)
         for k, metric in enumerate(metrics):
             lo, hi = float(low[k]), float(high[k])
-            verdict = ("beats centre" if lo > 0 else "worse than centre" if hi < 0
+            verdict = ("no interval" if not n_boot else "too few images" if not enough
+                       else "beats centre" if lo > 0 else "worse than centre" if hi < 0
                        else "not distinguishable")
+            # value, baseline and difference over the same boxes: those both scored
+            paired = ~np.isnan(difference[:, k])
             rows.append({**keys, "label": label, "metric": metric,
-                         "value": _nanmean(mine[:, k]),
-                         "baseline": _nanmean(theirs[:, k]),
-                         "difference": _nanmean(difference[:, k]),
-                         "low": lo, "high": hi, "verdict": verdict if n_boot else "no interval"})
+                         "value": _nanmean(mine[paired, k]),
+                         "baseline": _nanmean(theirs[paired, k]),
+                         "difference": _nanmean(difference[paired, k]),
+                         "low": lo, "high": hi, "verdict": verdict})
     return pd.DataFrame(rows)
 
 

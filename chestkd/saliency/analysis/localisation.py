@@ -9,9 +9,11 @@ Scores per ground-truth box:
 
 * **pointing game** (Zhang et al. 2018): a hit if the map's maximum (first in row-major order
   when tied) lies inside the box grown by a tolerance on every side; the tolerance is 15 px at
-  224 px (Zhang et al.) and scales with the map: ``15 * H / 224``.
+  224 px (Zhang et al.) and scales with the map: ``15 * H / 224``. A flat map (every pixel
+  equal, an all-zero Grad-CAM say) has no maximum to point with: a miss.
 * **energy** inside the box: ``sum_{p in box} max(m_p, 0) / sum_p max(m_p, 0)`` — the
-  share of the non-negative map's mass inside (NaN for an all-zero map).
+  share of the non-negative map's mass inside; 0 for a map without positive mass, which puts
+  nothing in the box (leaving it out would score a method only where it produced a map).
 * **IoU / IoBB** of the thresholded map's box (ChestX-ray8, Wang et al. 2017): the map is
   thresholded at ``map_threshold`` times its maximum, each connected region (8-connectivity)
   gets its bounding box, and the region box best overlapping the ground truth (highest IoU)
@@ -65,7 +67,9 @@ def inside_mask(shape, box) -> np.ndarray:
 
 
 def pointing_hit(saliency: np.ndarray, box, tolerance: float) -> bool:
-    """True if the map's maximum lies within ``tolerance`` px of ``box``."""
+    """True if the map's maximum lies within ``tolerance`` px of ``box`` (a flat map: False)."""
+    if np.ptp(saliency) == 0:
+        return False
     row, col = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
     x, y, w, h = box
     return bool(x - tolerance <= col + 0.5 <= x + w + tolerance
@@ -73,11 +77,11 @@ def pointing_hit(saliency: np.ndarray, box, tolerance: float) -> bool:
 
 
 def energy_in_box(saliency: np.ndarray, box) -> float:
-    """Share of the non-negative map's mass inside ``box`` (NaN if the map has no mass)."""
+    """Share of the non-negative map's mass inside ``box`` (0 if the map has no mass)."""
     positive = np.maximum(np.asarray(saliency, np.float64), 0.0)
     total = positive.sum()
     if total <= 0:
-        return float("nan")
+        return 0.0
     return float(positive[inside_mask(positive.shape, box)].sum() / total)
 
 
