@@ -140,3 +140,12 @@ def test_model_comparison_figure(tmp_path):
                                                          "self-trained": [0.3, 0.4]},
                                  boxes=[[(2, 2, 5, 5)], []], caption="caption")
     assert os.path.getsize(path) > 5000
+
+
+def test_the_stem_stride_counts_side_by_side_strided_layers_once():
+    # Regression: below 112 px ResNet-20's stem has stride 1, and its first strided block
+    # lists a strided convolution and a strided shortcut one after the other: 2 x 2 = 4,
+    # though both turn 32 rows into 16 (stride 2), so the display blur and captions doubled.
+    from chestkd.models import build
+    assert stem_stride(build("resnet20", 2, (32, 32, 3))) == 2
+    assert stem_stride(build("resnet20", 2, (128, 128, 3))) == 4

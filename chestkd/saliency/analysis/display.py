@@ -134,18 +134,33 @@ def _flat_layers(model):
             yield layer
 
 
+def _output_rows(layer) -> int | None:
+    try:
+        return int(layer.output.shape[1])
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+
+
 def stem_stride(model) -> int:
-    """Input stride of the model's stem: the product of the strides of its first run of
-    strided convolutions / poolings (layer order), ending at the next stride-1 convolution."""
-    stride, started = 1, False
+    """Input stride of the model's stem: its first run of strided convolutions / poolings
+    (layer order), ending at the next stride-1 convolution.
+
+    The input's rows over the run's output rows; strided layers side by side (a residual
+    block's strided convolution and its strided shortcut) stride once, not twice. Without
+    shapes: the product of the run's strides."""
+    stride, started, last_rows = 1, False, None
     for layer in _flat_layers(model):
         if not hasattr(layer, "strides"):
             continue
         step = _layer_stride(layer)
         if step > 1:
             stride, started = stride * step, True
+            last_rows = _output_rows(layer)
         elif started and "Conv" in type(layer).__name__:
             break
+    input_rows = model.input_shape[1] if started else None
+    if input_rows and last_rows:
+        return max(1, int(round(input_rows / last_rows)))
     return stride
 
 
