@@ -161,3 +161,19 @@ def test_default_reinitialisation_differs_from_the_training_initialisation(fused
     donor = reinitialised_clone(model, seed=0)
     for layer, new in zip(weighted_layers(model), weighted_layers(donor)):
         assert not np.allclose(layer.get_weights()[0], new.get_weights()[0])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "vanilla,foo"], "--methods vanilla,foo: choose among"),
+    (["--images", "0"], "--images 0: expected an integer >= 1"),
+    (["--explain", "0"], "--explain 0: expected an integer >= 1"),
+    (["--epochs", "-1"], "--epochs -1: expected an integer >= 1")])
+def test_the_label_check_names_a_bad_option_before_reading_the_run(tmp_path, capsys, argv,
+                                                                   message):
+    # Regression: an unknown method was a KeyError after a model had been trained, and
+    # --images 0 / --explain 0 IndexErrors.
+    from chestkd.saliency.label_check import main
+    with pytest.raises(SystemExit) as stop:
+        main(["--run", str(tmp_path / "no-run"), *argv])
+    assert stop.value.code == 2
+    assert f"error: {message}" in capsys.readouterr().err

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from chestkd.cli import list_option, main_of
-from chestkd.errors import DataError
+from chestkd.cli import list_option, main_of, number_option
+from chestkd.errors import ConfigError, DataError
+from chestkd.saliency.methods import METHODS as SALIENCY_METHODS
 from chestkd.saliency.analysis.display import percentile_normalise
 from chestkd.saliency.analysis.sanity import label_randomisation
 from chestkd.saliency.report.figures import METHOD_TITLES, display_image
@@ -68,6 +69,15 @@ def run(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    # Checked before the run's data is read and a model is trained.
+    for option, value in (("--images", args.images), ("--size", args.size),
+                          ("--epochs", args.epochs), ("--explain", args.explain)):
+        number_option(value, option, cast=int, low=1)
+    number_option(args.learning_rate, "--learning-rate", low=0, low_open=True)
+    methods = list_option(args.methods, "--methods")
+    unknown = [method for method in methods if method not in SALIENCY_METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"--methods {args.methods}: choose among {', '.join(SALIENCY_METHODS)}")
     run_dir = Path(args.run)
     config = finished_run(run_dir, option="--run", model=False)
     data = load_dataset(config["dataset"], config.get("data_dir"), **loader_options(config["dataset"], config))
@@ -83,7 +93,6 @@ def run(argv=None) -> dict:
     classes = np.array([data.class_names.index(label) for label in pairs["label"]])
     out = Path(args.out) if args.out else run_dir / "saliency"
     out.mkdir(parents=True, exist_ok=True)
-    methods = list_option(args.methods, "--methods")
     outcomes = label_randomisation(
         lambda: build("conv3_student", len(data.class_names), x.shape[1:]), x, y, explain,
         classes, methods, epochs=args.epochs, seed=args.seed, keep_maps=True,
