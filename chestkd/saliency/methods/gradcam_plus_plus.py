@@ -2,8 +2,12 @@
 
 With A (h, w, F) the feature map of a layer, g = d z_c / dA and S = sum_ij A_ijf,
 
-    alpha_ijf = g^2 / (2 g^2 + S g^3),     w_fc = sum_ij alpha_ijf relu(g_ijf),
-    M_c(i, j) = relu(sum_f w_fc A_ijf).
+    a_ijf = g^2 / (2 g^2 + S g^3)  (a zero denominator read as 1),
+    alpha_ijf = a_ijf / sum_ij a_ijf   (per channel; tf-keras-vis and the authors' code),
+    w_fc = sum_ij alpha_ijf relu(g_ijf),     M_c(i, j) = relu(sum_f w_fc A_ijf).
+
+The paper's equation stops at a_ijf; the per-channel normalisation changes each channel's
+weight, not only the map's scale.
 
 (Ho & Gwak 2020 cite it among the CAM methods.) The layer default and the handling of nested
 backbones and of a final sigmoid/softmax are Grad-CAM's (:mod:`chestkd.saliency.methods.gradcam`):
