@@ -72,6 +72,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--augments", default="flip,light")
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the section, leave RESULTS.md alone")
     args = parser.parse_args()
     augments = [a.strip() for a in args.augments.split(",") if a.strip()]
     config = {**BASE_DEFAULTS, **{k: v for k, v in PHANTOM_PROFILE.items() if k != "label_noise"},
@@ -115,7 +117,9 @@ def main():
         f"| {args.model} training steps (batches in memory) | {step:,.0f} |",
     ]
     print("\n".join(lines))
-    write_section("Augmentation", "\n".join(lines), Path(args.results))
+    if not args.no_write:
+        write_section("Augmentation on a small single-label set", "\n".join(lines),
+                      Path(args.results))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
 One command, one table (printed, and written to ``--out`` as JSON):
 
 * the device (GPU name and memory, or the CPU);
-* training images/s of DenseNet-121 at 224 px and of the main job's student (ResNet-32 at
-  128 px) under float32, ``mixed_float16`` and ``mixed_bfloat16``, each with XLA off and on,
+* training images/s of DenseNet-121 at 224 px and of ResNet-32 at 128 px (the main
+  job's model before issue 18; ResNet-20 since) under float32, ``mixed_float16`` and ``mixed_bfloat16``, each with XLA off and on,
   fed from a prepared uint8 cache of a phantom written at 224 px, so the input pipeline is part
   of what is measured; beside each, the input pipeline's own rate on the same batches (it must
   never be below the model's) and the peak GPU memory;

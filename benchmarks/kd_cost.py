@@ -42,6 +42,8 @@ def main():
     parser.add_argument("--images", type=int, default=800)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the section, leave RESULTS.md alone")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = {**BASE_DEFAULTS, **KD_DEFAULTS, "dataset": "phantom",
@@ -83,7 +85,8 @@ def main():
         f"{cache_seconds:.1f} s, about {cache_seconds / rows[1][1]:.1f} online-KD epochs.",
     ]
     print("\n".join(lines))
-    write_section("Cost of distillation", "\n".join(lines))
+    if not args.no_write:
+        write_section("Cost of distillation", "\n".join(lines))
 
 
 if __name__ == "__main__":

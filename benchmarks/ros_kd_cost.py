@@ -89,7 +89,8 @@ def main():
                                  ("RoS-KD with weight averaging", True)):
             run_dir, cpu = new_run_dir(tmp, "ros"), CPUSeconds()
             distil_setting(config, run_dir, data, tables, args.student, sampling="random",
-                           averaging=averaging, extra_callbacks=[cpu])
+                           averaging_start=config["averaging_start"] if averaging else None,
+                           bn_batches=config["bn_batches"], extra_callbacks=[cpu])
             seconds = epoch_seconds(run_dir)
             rows.append((label, seconds, seconds / base, cpu.median(),
                          cpu.median() / base_cpu.median()))
@@ -115,7 +116,7 @@ def main():
     print("\n".join(lines))
     if args.write_results:
         from results import write_section
-        write_section("Cost of RoS-KD", "\n".join(lines))
+        write_section("Cost of RoS-KD with five cached teachers", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from chestkd.data import load_dataset  # noqa: E402
+from chestkd.data import load_dataset, loader_options  # noqa: E402
 from chestkd.saliency import saliency_method  # noqa: E402
 from chestkd.saliency.analysis.bootstrap import (compare_with_baseline,  # noqa: E402
                                                  summarise_with_intervals)
@@ -36,7 +36,6 @@ from chestkd.saliency.report import DEFAULT_OPTIONS  # noqa: E402
 from chestkd.saliency.report.inputs import read_inputs  # noqa: E402
 from chestkd.saliency.report.localisation_tables import (summary_markdown,  # noqa: E402
                                                          verdict_lines)
-from chestkd.training.config import dataset_options  # noqa: E402
 
 METHODS = ("vanilla", "guided_backprop", "integrated_gradients", "smoothgrad", "smoothgrad_ig",
            "cam", "gradcam")
@@ -54,7 +53,7 @@ def main():
     config = yaml.safe_load((run / "config.yaml").read_text())
     size = int(config["image_size"])
     data = load_dataset(config["dataset"], config.get("data_dir"),
-                        **dataset_options(config)).subset("test")
+                        **loader_options(config["dataset"], config)).subset("test")
     model = keras.models.load_model(run / "model.keras", compile=False)
     pairs = data.boxes.drop_duplicates(["path", "label"])
     if args.per_class:
@@ -105,7 +104,7 @@ def main():
     ]
     print("\n".join(lines))
     if not args.no_write:
-        write_section("Saliency localisation", "\n".join(lines))
+        write_section('Saliency localisation with intervals (new code; supersedes "Saliency localisation" above)', "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ def main(argv=None) -> None:
                 + table + "\n")
         print(body)
         if not args.no_write:
-            write_section("Saliency speed at the report's defaults", body)
+            write_section("Saliency speed at the report's defaults (issue 11)", body)
         return
 
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ re-initialised as the cascade did before the fix (a clone drawn after
 after the same call) and as it does now
 (:func:`chestkd.saliency.analysis.sanity.reinitialised_clone`).
 """
-import sys
+import argparse
 from pathlib import Path
 
 import keras
@@ -52,4 +52,7 @@ def main(run_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="a finished chestkd run (config.yaml and model.keras)")
+    main(parser.parse_args().run_dir)

@@ -3,7 +3,8 @@
     python benchmarks/train_step_cost.py [--model resnet32] [--image-size 128]
         [--batch-size 32] [--steps 20] [--phantom-images 3000]
 
-For the main job's settings (ResNet-32, 128 px, batch 32, Adam) it times, per training step,
+For the main job's settings before issue 18 (ResNet-32, 128 px, batch 32, Adam; ResNet-20 at
+batch 16 since) it times, per training step,
 wall and process CPU seconds (CPU seconds count every thread; on an idle 2-core machine the
 ideal wall time is CPU / 2):
 
