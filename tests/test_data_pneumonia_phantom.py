@@ -171,3 +171,24 @@ def test_an_older_cached_phantom_is_regenerated(tmp_path, monkeypatch):
     data = load_pneumonia_phantom(images=20, size=32, classes=["normal", "pneumonia"])
     assert len(data) == 20
     assert json.loads((folder / "phantom.json").read_text())["version"] == VERSION
+
+
+def test_a_relative_folder_loads_as_an_absolute_one(phantom, monkeypatch, capsys):
+    # Regression: metadata.csv was keyed by relative paths while load_folder returns absolute
+    # ones: a KeyError traceback for --data-dir rel/phantom (and a relative CHESTKD_HOME).
+    monkeypatch.chdir(phantom.parent)
+    relative = load_pneumonia_phantom(phantom.name, seed=1)
+    absolute = load_pneumonia_phantom(phantom, seed=1)
+    np.testing.assert_array_equal(relative.paths, absolute.paths)
+    assert relative.meta.equals(absolute.meta) and relative.boxes.equals(absolute.boxes)
+
+
+def test_the_folder_loader_says_when_each_image_is_its_own_patient(phantom, capsys):
+    from chestkd.data.folder import load_folder
+    load_folder(phantom, split_dirs={"train": "train", "test": "test"})
+    assert "each image in" in capsys.readouterr().out
+    data = load_folder(phantom, split_dirs={"train": "train", "test": "test"},
+                       patient_regex=r"^P(\d+)_")
+    assert "each image in" not in capsys.readouterr().out
+    data.check_patient_leakage()
+    assert len(np.unique(data.patients)) < len(data)

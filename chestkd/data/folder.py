@@ -128,6 +128,9 @@ def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1,
     if pattern is not None:
         patients = patient_ids(files, table["path"], pattern, patient_regex)
     else:   # each image its own patient: the path relative to the data folder is unique
+        print(f"folder: no patient_regex, so each image in {root} is taken for a patient of its "
+              f"own; give patient_regex if a patient has several images, or splits may share "
+              f"patients")
         patients = table["path"].map(lambda p: os.path.relpath(p, root)).to_numpy(dtype=str)
     label_index = table["label"].to_numpy()
 

@@ -38,6 +38,7 @@ import pandas as pd
 
 from chestkd.data.balance import balance_dataset, check_balance
 from chestkd.data.dataset import Dataset
+from chestkd.data.images import resolve_dir
 from chestkd.data.phantom.multilabel import (expose, films_per_patient, render_all,
                                              stored_parameters, test_patients, write_once)
 from chestkd.data.phantom.anatomy import Scene, adjust_for_view, sample_anatomy
@@ -212,7 +213,8 @@ def load_pneumonia_phantom(data_dir=None, *, images: int = 1000, size: int = 256
                   f"{classes}) to {data_dir}")
         write_pneumonia_phantom(data_dir, images=images, size=size, seed=phantom_seed,
                                 classes=classes)
-    root = Path(data_dir)
+    # Absolute, as load_folder's paths are: metadata.csv and boxes.csv are matched to them.
+    root = resolve_dir(data_dir, "pneumonia_phantom")
     stored = stored_parameters(root)
     if not stored or stored.get("kind") != "pneumonia_phantom":
         raise DataError(f"pneumonia_phantom: {root} holds no pneumonia phantom (no phantom.json "
