@@ -58,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     phantom = commands.add_parser("phantom", help="write the synthetic phantom dataset")
     phantom.add_argument("--out", required=True)
-    phantom.add_argument("--images", type=int, default=None)
-    phantom.add_argument("--size", type=int, default=None)
-    phantom.add_argument("--seed", type=int, default=None)
+    phantom.add_argument("--images", type=int, default=None,
+                         help="number of films (default: the writer's, 1000)")
+    phantom.add_argument("--size", type=int, default=None,
+                         help="film side in pixels (default: the writer's, 256)")
+    phantom.add_argument("--seed", type=int, default=None, help="default 0")
     phantom.add_argument("--kind", choices=["chestxray14", "pneumonia"], default="chestxray14",
                          help="the 14-finding phantom or the single-label pneumonia one")
     phantom.add_argument("--classes", nargs="+", default=None,
