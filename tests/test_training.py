@@ -295,3 +295,18 @@ def test_fit_prints_the_expected_time_of_the_schedule_and_later_stages(tmp_path,
     seconds = pd.read_csv(tmp_path / "history.csv")["epoch_seconds"]
     printed = float(lines[0].split(" took ")[1].split(" s ")[0])
     assert printed == pytest.approx(seconds.iloc[0], abs=0.15)
+
+
+def test_a_backup_damaged_while_written_resumes_from_the_epoch_before(tmp_path):
+    # Regression: a run killed while BackupAndRestore wrote latest.weights.h5 could not be
+    # resumed (OSError: bad object header); the previous epoch's copy is now kept.
+    config = {**BASE_DEFAULTS, "epochs": 3, "learning_rate": 0.05, "schedule": "constant"}
+    train, val = _data()
+    fit(_model(config), train, val, config, tmp_path, epochs=2, verbose=0, keep_backup=True)
+    latest = next((tmp_path / "backup").glob("latest*.h5"))
+    latest.write_bytes(latest.read_bytes()[:100])            # cut off mid-write
+    resumed = _model(config)
+    fit(resumed, train, val, config, tmp_path, verbose=0)
+    epochs = pd.read_csv(tmp_path / "history.csv")["epoch"].tolist()
+    assert epochs == [0, 1, 1, 2]                           # epoch 2 again, from epoch 1
+    assert int(resumed.optimizer.iterations.numpy()) == 3 * 3

@@ -292,7 +292,9 @@ def fit(model, train_ds, val_ds, training: TrainingOptions, run_dir, *, epochs=N
         EpochTimer(),
         # After the exact validation AUC and the checkpoint: their time is part of an epoch.
         ScheduleEstimate(later_stages or ()),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"),
+        # double_checkpoint: a run killed while the backup is written resumes from the
+        # epoch before (Keras falls back to the previous copy) instead of failing to read it.
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True,
                                          delete_checkpoint=not keep_backup),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
