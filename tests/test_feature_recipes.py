@@ -145,3 +145,17 @@ def test_chain_feature_terms_pair_two_architectures_and_log_the_recomputed_dista
     assert expected > 0
     np.testing.assert_allclose(history["val_wasserstein_conv2_relu"].iloc[-1], expected,
                                rtol=1e-4)
+
+
+def test_a_layer_a_later_stage_lacks_is_named_before_the_teacher_trains(runs, capsys):
+    # Regression: the chain checked model names only; a typo in the student's layer pairs
+    # failed after the teacher (and the assistant) had trained.
+    out = runs[0]
+    with pytest.raises(SystemExit) as stop:
+        assistant_kd.main([*TINY, "--out", str(out / "bad"), "--dataset", "phantom",
+                           "phantom_images=60", "phantom_size=32",
+                           "chain=[conv3_student, baseline_cnn]",
+                           "feature_layers=[[[conv1_relu, no_such_layer]]]", "ablation=false"])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert "no_such_layer" in captured.err and "training conv3_student" not in captured.out

@@ -191,9 +191,35 @@ def distil_stage(options: RunOptions, stages: ChainOptions, data, stage_dir, tea
     return student, before, weights_digest(teachers)
 
 
+def check_layers(options: RunOptions, stages: ChainOptions, data: Dataset) -> None:
+    """Before anything trains: each stage's architecture (``weights=None``; a ``.keras``
+    stage as saved) and the feature terms between consecutive stages, so a layer name that a
+    stage lacks is a ConfigError naming it, not an error after the teacher's training."""
+    from chestkd.distill.feature_terms import FeatureTermSet
+    from chestkd.models import build
+    from chestkd.training.run import load_model
+
+    size = as_options(options).image.image_size
+    shape = (size, size, 3)
+
+    def architectures(entry):
+        return [load_model(name) if str(name).endswith(".keras")
+                else build(str(name), data.num_classes, shape, weights=None)
+                for name in member_names(entry)]
+
+    teachers = architectures(stages.chain[0])
+    for step, entry in enumerate(stages.chain[1:]):
+        (student,) = architectures(entry)
+        FeatureTermSet(feature_terms_for(
+            student, teachers, distance=stages.distances[step], weight=stages.weights[step],
+            layers=stages.layers[step], options=stages.term_options[step]), student, teachers)
+        teachers = [student]
+
+
 def run_chain(options: RunOptions, stages: ChainOptions, data: Dataset, run_dir) -> dict:
     """Train every stage of the chain; returns {stage name: {"model", "results", ...}}."""
     options, run_dir, chain = as_options(options), Path(run_dir), stages.chain
+    check_layers(options, stages, data)
     teachers, sources = obtain_teachers(options, data, chain[0],
                                         learning_rate=stages.learning_rates[0])
     trained = {"teacher": {"models": teachers, "sources": sources, "name": chain[0],
@@ -291,7 +317,8 @@ def write_ablation(rows: list, run_dir) -> list:
 def run_ablation(options: RunOptions, stages: ChainOptions, data: Dataset, run_dir,
                  trained: dict) -> list:
     """The chain's last stage trained alone (model store) and distilled straight from the
-    teacher, beside the teacher and the chain's student: four :func:`scores_row` rows."""
+    teacher, beside the teacher and the chain's student: four :func:`scores_row` rows (three
+    for a two-stage chain, whose student is already the one from the teacher)."""
     run_dir = Path(run_dir)
     student_name, student_lr = stages.chain[-1], stages.learning_rates[-1]
     alone, source = obtain_model(with_learning_rate(options, student_lr), data, student_name)
@@ -300,14 +327,20 @@ def run_ablation(options: RunOptions, stages: ChainOptions, data: Dataset, run_d
     alone_results = stage_results(options, data, alone, source, alone_dir) \
         if Path(source).is_dir() else \
         evaluate_once(alone, data, options, alone_dir, model_name=student_name)
+    multi = data.multi_label
+    rows = [scores_row("teacher alone", trained["teacher"]["results"], run_dir / "teacher",
+                       multi),
+            scores_row("student alone", alone_results, alone_dir, multi)]
+    if len(stages.chain) == 2:
+        # No assistant: the chain's student IS the student distilled from the teacher.
+        print("ablation: a two-stage chain has no assistant; its student is the student "
+              "from the teacher")
+        return rows + [scores_row("student from teacher", trained["student"]["results"],
+                                  run_dir / "student", multi)]
     direct_dir = run_dir / "student_from_teacher"
     direct, _, _ = distil_stage(options, stages, data, direct_dir, trained["teacher"]["models"],
                                 student_name, -1, learning_rate=student_lr)
     direct_results = evaluate_once(direct, data, options, direct_dir, model_name=student_name)
-    multi = data.multi_label
-    return [scores_row("teacher alone", trained["teacher"]["results"], run_dir / "teacher",
-                       multi),
-            scores_row("student alone", alone_results, alone_dir, multi),
-            scores_row("student from teacher", direct_results, direct_dir, multi),
-            scores_row("student from assistant", trained["student"]["results"],
-                       run_dir / "student", multi)]
+    return rows + [scores_row("student from teacher", direct_results, direct_dir, multi),
+                   scores_row("student from assistant", trained["student"]["results"],
+                              run_dir / "student", multi)]
