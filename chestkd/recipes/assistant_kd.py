@@ -22,8 +22,10 @@
    from teacher / student from assistant with precision, recall, F1 (micro average over all
    findings for multi-label data, macro average for exclusive classes) and AUC.
 
-Loss: the paper's L = H + lambda F + S is ``2 [(1 - a) H + a S + (lambda / 2) F]`` at
-``alpha`` a = 0.5, so a weight here equals the paper's lambda / 2.
+Loss: ``(1 - a) H + a S + w F``, the paper's L = H + lambda F + S with equal label and soft
+weights at ``alpha`` a = 0.5, but not term for term: chestkd's H and S are means over the
+classes (the paper sums them) and S carries the T^2 factor, so no ``w`` reproduces the paper's
+balance exactly (against H alone, w = lambda / (2 C) for C classes).
 With no data given it runs on the phantom with :data:`PHANTOM_ASSISTANT` laid over the phantom
 profile (small models at 32 px: minutes on two CPU cores); the paper's settings are
 ``--config recipes/assistant_kd.yaml`` (CheXpert) or ``recipes/covid19.yaml``. The run prints
