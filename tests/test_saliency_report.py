@@ -223,10 +223,10 @@ def test_a_run_explained_at_another_size_and_a_bad_box_are_named(linear_model, d
     assert cli.main(["--run", str(run), "--image-size", "64"]) == 2
     assert "64" in capsys.readouterr().err
     box_csv = tmp_path / "boxes.csv"
-    box_csv.write_text("image,label,x,y,w,h\nimg0.png,Mass,6,4,16,16\n"
-                       "img1.png,Nodule,44,40,0,16\n")
+    box_csv.write_text("image,label,x,y,w,h\nimg0.png,Mass,6,4,16,16\n\n"
+                       "img1.png,Nodule,44,40,0,16\n")           # line 4: a blank line above
     assert cli.main(["--model", str(run / "model.keras"), "--images", *dataset.paths[:2],
                      "--boxes", str(box_csv), "--image-size", str(SIZE), "--no-sanity",
                      "--out", str(tmp_path / "out")]) == 2
-    assert f"--boxes {box_csv}, line 3: w must be a positive number (found 0)" in \
+    assert f"--boxes {box_csv}, line 4: w must be a positive number (found '0')" in \
         capsys.readouterr().err

@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_box_csv(path, image_paths) -> pd.DataFrame:
     """Boxes of ``image_paths`` from a CSV, with on-disk ``width``/``height`` of their space."""
+    from chestkd.data.chestxray14 import read_csv_text
     from chestkd.data.images import image_size_of
 
     path = Path(path)
@@ -92,16 +93,18 @@ def read_box_csv(path, image_paths) -> pd.DataFrame:
         if missing:
             raise DataError(f"--boxes {path}: missing column(s) {missing}; expected "
                             f"{','.join(SIMPLE_BOX_COLUMNS)} or the BBox_List_2017.csv layout")
-        boxes = pd.read_csv(path)
+        # As text with each row's line in the file (blank lines counted), so errors name it.
+        boxes = read_csv_text(path, "box")
         for column in "xywh":
             values = pd.to_numeric(boxes[column], errors="coerce")
             bad = values.isna() | ((values <= 0) if column in "wh" else False)
             if bad.any():
-                line = int(np.flatnonzero(bad)[0]) + 2
-                raise DataError(f"--boxes {path}, line {line}: {column} must be a "
-                                + ("positive number" if column in "wh" else "number")
-                                + f" (found {boxes[column].iloc[line - 2]})")
+                row = int(np.flatnonzero(bad)[0])
+                raise DataError(f"--boxes {path}, line {boxes['line'].iloc[row]}: {column} must "
+                                + ("be a positive number" if column in "wh" else "be a number")
+                                + f" (found {boxes[column].iloc[row]!r})")
             boxes[column] = values
+        boxes = boxes.drop(columns="line")
     by_name = {Path(p).name: str(p) for p in image_paths}
     boxes = boxes[boxes["image"].isin(by_name)].copy()
     boxes["path"] = boxes["image"].map(by_name)
