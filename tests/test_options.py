@@ -53,6 +53,10 @@ def test_options_are_frozen_and_replace_returns_new_ones():
     ("epochs", "many", "--epochs 'many'"),
     ("optimizer", "lbfgs", "--optimizer 'lbfgs'"),
     ("normalization", "scaled", "--normalization 'scaled'"),
+    # Used to pass: -5 resamples turned the intervals off and wrote n_boot -5; no latency
+    # timing wrote a NaN latency into metrics.json after training.
+    ("bootstrap", -5, "--bootstrap -5: expected an integer >= 0"),
+    ("latency_images", 0, "--latency-images 0: expected an integer >= 1"),
 ])
 def test_a_bad_value_is_named_before_anything_runs(key, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -158,6 +158,49 @@ def test_bootstrap_is_nan_safe_and_reproducible():
     assert json.dumps(result) == json.dumps(again)  # (NaN != NaN, so compare the JSON)
 
 
+def _reference_resample_aucs(y, scores, n, n_boot, seed):
+    """(B, C) sklearn AUCs of the patient resamples (one image per patient), drawn as
+    ``_resample_weights`` draws them; NaN where a resample lacks a class's positives."""
+    rng = np.random.default_rng(seed)
+    out = np.full((n_boot, y.shape[1]), np.nan)
+    for b in range(n_boot):
+        pick = rng.integers(0, n, n)
+        out[b] = _sklearn_auc(y[pick], scores[pick])
+    return out
+
+
+def test_mean_interval_uses_only_resamples_that_keep_every_finding():
+    # A rare finding (two positive patients, AUC ~ 0) beside four good ones: a resample that
+    # loses both positives used to contribute the four-finding mean (~0.95) to the interval of
+    # the five-finding mean (~0.76), stretching it far above any five-finding value.
+    rng = np.random.default_rng(0)
+    n = 50
+    y = rng.choice([0.0, 1.0], size=(n, 5))
+    y[:, 4] = 0.0
+    y[:2, 4] = 1.0
+    s = rng.normal(size=(n, 5)) + 2.5 * y
+    s[:, 4] = rng.normal(size=n)
+    s[0, 4], s[1, 4] = -3.0, -2.0
+    b = s + rng.normal(scale=0.3, size=s.shape)
+    result = st.bootstrap_auc(y, s, np.arange(n), n_boot=400, seed=1)
+    ref = _reference_resample_aucs(y, s, n, 400, seed=1)
+    complete = np.isfinite(ref).all(axis=1)
+    assert 0 < (~complete).sum() < 400                      # some resamples lose the finding
+    assert result["mean_ci"][1] < 0.85                      # the mixture's upper end was 0.96
+    np.testing.assert_allclose(result["mean_ci"], np.quantile(ref[complete].mean(1),
+                                                              [0.025, 0.975]), atol=1e-12)
+    assert result["mean_valid_resamples"] == complete.sum()
+    paired = st.paired_bootstrap(y, s, b, np.arange(n), n_boot=400, seed=1)
+    ref_b = _reference_resample_aucs(y, b, n, 400, seed=1)
+    difference = ref_b[complete].mean(1) - ref[complete].mean(1)
+    assert paired["mean_valid_resamples"] == complete.sum()
+    np.testing.assert_allclose(paired["difference_ci"],
+                               np.quantile(difference, [0.025, 0.975]), atol=1e-12)
+    np.testing.assert_allclose(paired["mean_ci_a"], result["mean_ci"], atol=1e-12)
+    tail = min(1 + (difference <= 0).sum(), 1 + (difference >= 0).sum())
+    assert paired["p_value"] == pytest.approx(min(1.0, 2 * tail / (complete.sum() + 1)))
+
+
 def test_bootstrap_is_fast_enough_for_a_real_test_split():
     y, s = _problem(n=600, classes=14, seed=10)
     groups = np.arange(600) // 2
@@ -419,6 +462,17 @@ def test_write_comparison_writes_the_table_the_markdown_and_the_summary(tmp_path
                         n_boot=0)
     assert "as given labels" in (plain / "comparison.md").read_text()
     assert "noisy" not in (plain / "comparison.md").read_text()
+
+
+def test_equal_model_names_keep_both_columns(tmp_path):
+    # Two seeds of one model: the table's row dict used to keep only model B's AUC column.
+    a, b = _predictions(0), _predictions(1, shift=0.5)
+    summary = st.write_comparison(a, b, tmp_path, names=("resnet20", "resnet20"), n_boot=0)
+    table = pd.read_csv(tmp_path / "comparison.csv")
+    per_class = summary["comparison"]["per_class"]
+    np.testing.assert_allclose(table["A: resnet20"][:-1], [v["auc_a"] for v in per_class.values()])
+    np.testing.assert_allclose(table["B: resnet20"][:-1], [v["auc_b"] for v in per_class.values()])
+    assert "A: resnet20 AUC" in (tmp_path / "comparison.md").read_text()
 
 
 def test_compare_predictions_without_clean_labels_and_without_bootstrap():

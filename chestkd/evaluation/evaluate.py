@@ -82,6 +82,8 @@ def _auc_entries(labels, scores, class_names, groups, n_boot, seed, verbose):
                                         verbose=verbose)
         table[["ci_lo", "ci_hi"]] = np.asarray(boot["per_class_ci"], np.float64)
         entries["mean_auc_ci"] = boot["mean_ci"]
+        # Fewer than n_boot where a resample lost every positive of a finding (no mean there).
+        entries["mean_auc_ci_resamples"] = boot["mean_valid_resamples"]
         entries["per_class_auc_ci"] = dict(zip(table["class"], boot["per_class_ci"]))
     return table, entries
 
@@ -272,6 +274,11 @@ def print_results(results: dict, title: str = "Test split") -> None:
     print(f"mean AUC {_with_ci(results['mean_auc'], results.get('mean_auc_ci'))} | "
           f"parameters {results['params']['total']:,} | "
           f"latency {results['latency']['median_ms']:.2f} ms/image")
+    kept = results.get("mean_auc_ci_resamples")
+    n_boot = results.get("bootstrap", {}).get("resamples")
+    if kept is not None and n_boot and kept < n_boot:
+        print(f"the mean AUC's interval is from {kept} of {n_boot} patient resamples: the "
+              "others lost every positive (or negative) of a finding")
     if "noisy_mean_auc" in results:
         print(f"mean AUC on the noisy labels "
               f"{_with_ci(results['noisy_mean_auc'], results.get('noisy_mean_auc_ci'))}")

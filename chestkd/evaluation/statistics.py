@@ -99,6 +99,15 @@ def mean_over_classes(aucs: np.ndarray, valid: np.ndarray | None = None) -> np.n
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def _resample_means(boot: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(B,) mean AUC of each resample over the classes defined on the full split; NaN for a
+    resample that lost one of them (all its positives or negatives): its mean would average
+    other findings, so an interval mixing such means would not be one of the split's mean."""
+    valid = np.asarray(valid, bool)
+    complete = np.isfinite(boot[:, valid]).all(axis=1)
+    return np.where(complete, mean_over_classes(boot, valid), np.nan)
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 
@@ -156,8 +165,9 @@ def bootstrap_auc(y_true, scores, groups, *, n_boot: int = 1000, confidence: flo
 
     NaN safety: a class without a positive or a negative on the full split has a NaN AUC and a
     [NaN, NaN] interval and is left out of every mean. A resample in which a class loses all its
-    positives (or negatives) gives that class no value for that resample (its interval uses
-    the others) and that resample's mean averages the remaining classes.
+    positives (or negatives) gives that class no value (its interval uses the others) and gives
+    no mean (the mean's interval uses the resamples in which every class is defined:
+    ``mean_valid_resamples``), so every resampled mean averages the same findings.
 
     Args:
         y_true: (N, C) or (N,) labels 1 / 0 / -1 (unknown).
@@ -167,8 +177,9 @@ def bootstrap_auc(y_true, scores, groups, *, n_boot: int = 1000, confidence: flo
 
     Returns:
         dict with ``per_class_auc`` (C floats), ``mean_auc``, ``per_class_ci`` ([lo, hi] per
-        class), ``mean_ci`` [lo, hi], ``per_class_valid_resamples``, ``n_boot``,
-        ``confidence``, ``seed``, ``patients`` and ``images``.
+        class), ``mean_ci`` [lo, hi], ``per_class_valid_resamples``,
+        ``mean_valid_resamples``, ``n_boot``, ``confidence``, ``seed``, ``patients`` and
+        ``images``.
     """
     _check_confidence(confidence, n_boot)
     y, s, _ = checked_labels_and_scores(y_true, scores)
@@ -176,12 +187,14 @@ def bootstrap_auc(y_true, scores, groups, *, n_boot: int = 1000, confidence: flo
     valid = np.isfinite(point)
     (boot,), n_patients = _bootstrap_samples(y, [s], groups, int(n_boot), seed, verbose)
     boot[:, ~valid] = np.nan
+    means = _resample_means(boot, valid)
     return {
         "per_class_auc": [float(v) for v in point],
         "mean_auc": float(mean_over_classes(point)),
         "per_class_ci": [_interval(boot[:, c], confidence) for c in range(y.shape[1])],
-        "mean_ci": _interval(mean_over_classes(boot, valid), confidence),
+        "mean_ci": _interval(means, confidence),
         "per_class_valid_resamples": [int(v) for v in np.isfinite(boot).sum(0)],
+        "mean_valid_resamples": int(np.isfinite(means).sum()),
         "n_boot": int(n_boot), "confidence": float(confidence), "seed": int(seed),
         "patients": int(n_patients), "images": int(len(y)),
     }
@@ -236,7 +249,8 @@ def paired_bootstrap(y_true, scores_a, scores_b, groups, *, n_boot: int = 1000,
 
     Both models are scored on the same patient resamples (see :func:`bootstrap_auc`), so the
     spread is that of the difference, not of two independent AUCs. The mean on each resample
-    averages the classes defined on the full split. ``p_value`` is
+    averages the classes defined on the full split; a resample that loses one of them gives no
+    mean (``mean_valid_resamples`` counts the others). ``p_value`` is
     :func:`bootstrap_p_value` of the resampled differences (two-sided, +1 corrected).
 
     Returns:
@@ -257,15 +271,16 @@ def paired_bootstrap(y_true, scores_a, scores_b, groups, *, n_boot: int = 1000,
                                                       verbose)
     d_class = boot_b - boot_a
     d_class[:, ~valid] = np.nan
-    d_mean = mean_over_classes(boot_b, valid) - mean_over_classes(boot_a, valid)
+    resampled_a, resampled_b = _resample_means(boot_a, valid), _resample_means(boot_b, valid)
+    d_mean = resampled_b - resampled_a
     mean_a = float(mean_over_classes(point_a, valid))
     mean_b = float(mean_over_classes(point_b, valid))
     finite = d_mean[np.isfinite(d_mean)]
     nan = float("nan")
     return {
         "mean_auc_a": mean_a, "mean_auc_b": mean_b,
-        "mean_ci_a": _interval(mean_over_classes(boot_a, valid), confidence),
-        "mean_ci_b": _interval(mean_over_classes(boot_b, valid), confidence),
+        "mean_ci_a": _interval(resampled_a, confidence),
+        "mean_ci_b": _interval(resampled_b, confidence),
         "difference": mean_b - mean_a,
         "difference_ci": _interval(d_mean, confidence),
         "difference_sd": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
@@ -281,6 +296,7 @@ def paired_bootstrap(y_true, scores_a, scores_b, groups, *, n_boot: int = 1000,
                                     for c in range(y.shape[1])],
         "per_class_p_value": [bootstrap_p_value(d_class[:, c]) if valid[c] else float("nan")
                               for c in range(y.shape[1])],
+        "mean_valid_resamples": int(finite.size),
         "n_boot": int(n_boot), "confidence": float(confidence), "seed": int(seed),
         "patients": int(n_patients), "images": int(len(y)),
     }
@@ -639,7 +655,7 @@ def _compare_on(labels, logits_a, logits_b, groups, class_names, multi_label, n_
         paired = paired_bootstrap(labels, score_a, score_b, groups, n_boot=n_boot, seed=seed)
         mean = {k: paired[k] for k in ("mean_auc_a", "mean_auc_b", "mean_ci_a", "mean_ci_b",
                                        "difference", "difference_ci", "difference_sd",
-                                       "p_value")}
+                                       "p_value", "mean_valid_resamples")}
         # A class seen in one patient (or missing in all but one) has no patient-level
         # evidence: resampling that patient in or out only gives one answer, so no p-value.
         p_values = [p if min(per_class[str(name)]["patients_with"].values()) >= 2
@@ -669,6 +685,12 @@ def _compare_on(labels, logits_a, logits_b, groups, class_names, multi_label, n_
                                                  multi_label=multi_label, bins=bins)}
 
 
+def _distinct_names(name_a: str, name_b: str) -> tuple[str, str]:
+    """Column names of the two models; equal names (two seeds of one model) would make one
+    column of both, so they become ``A: name`` and ``B: name``."""
+    return (f"A: {name_a}", f"B: {name_b}") if name_a == name_b else (name_a, name_b)
+
+
 def comparison_table(comparison: dict, name_a: str = "A", name_b: str = "B") -> pd.DataFrame:
     """The table of one comparison (:func:`compare_predictions`'s ``comparison``): a row per
     finding, then ``**mean**`` (the mean AUC over the findings).
@@ -683,6 +705,7 @@ def comparison_table(comparison: dict, name_a: str = "A", name_b: str = "B") -> 
     Image-level DeLong p-values (which count a patient's images as independent) stay in the
     comparison's JSON (``delong_p``), not in this table.
     """
+    name_a, name_b = _distinct_names(name_a, name_b)
     rows = [{"finding": name, name_a: v["auc_a"], f"{name_a}_ci": v.get("ci_a"),
              name_b: v["auc_b"], f"{name_b}_ci": v.get("ci_b"), "change": v["difference"],
              "change_ci": v["difference_ci"], "p": v["p_value"], "p_holm": v["p_holm"],
@@ -716,6 +739,7 @@ def _p_text(p) -> str:
 def comparison_markdown(comparison: dict, name_a: str = "A", name_b: str = "B") -> str:
     """:func:`comparison_table` as Markdown, the column headers naming the tests, then the
     calibration of both models and a sentence on the mean AUC change."""
+    name_a, name_b = _distinct_names(name_a, name_b)
     frame = comparison_table(comparison, name_a, name_b)
     n_boot = int(comparison["n_boot"])
     tested = comparison["multiplicity"].split(" over ")[-1]
@@ -739,6 +763,10 @@ def comparison_markdown(comparison: dict, name_a: str = "A", name_b: str = "B") 
                 "findings. "
                 "Clustered DeLong (Obuchowski 1997): the analytic test with the patient as "
                 "the unit.")
+        kept = comparison.get("mean_valid_resamples", n_boot)
+        if kept < n_boot:
+            note += (f" The mean's intervals and p use the {kept} resamples in which every "
+                     "finding kept a positive and a negative.")
     else:
         note = ("No intervals and no bootstrap p-values: the bootstrap was off (bootstrap=0); "
                 "the clustered DeLong p (Obuchowski 1997) counts each patient once.")
@@ -793,9 +821,7 @@ def compare_predictions(pred_a, pred_b, *, n_boot: int = 1000, seed: int = 0,
     logits_a, logits_b = pred_a["logits"], pred_b["logits"]
     groups = np.asarray(pred_a["patients"]).astype(str)
     name_a = str(pred_a.get("model", "")) or "A"
-    name_b = str(pred_b.get("model", "")) or "B"
-    if name_a == name_b:
-        name_a, name_b = f"A: {name_a}", f"B: {name_b}"
+    name_a, name_b = _distinct_names(name_a, str(pred_b.get("model", "")) or "B")
     clean = pred_a.get("clean_labels")
     common = dict(groups=groups, class_names=class_names, multi_label=multi_label,
                   n_boot=int(n_boot), seed=int(seed), bins=int(bins))

@@ -151,8 +151,8 @@ class EvaluationOptions:
     def __post_init__(self):
         object.__setattr__(self, "threshold_rule", self.threshold_rule or "youden")
         object.__setattr__(self, "bootstrap", self.bootstrap or 0)
-        _integer(self, "bootstrap")
-        _integer(self, "latency_images")
+        _integer(self, "bootstrap", low=0)
+        _integer(self, "latency_images", low=1)  # the median of no timing is NaN
 
 
 @dataclass(frozen=True)
