@@ -106,7 +106,7 @@ def test_a_successful_run_exits_0(tmp_path):
     result = _run("chestkd-train", "--dataset", "chestxray14", "--data-dir", str(data),
                   "--model", "conv3_student", "--image-size", "32", "--epochs", "1",
                   "--batch-size", "16", "--out", str(tmp_path / "runs"), "split=patient",
-                  "latency_images=2", "bootstrap=10", "jit_compile=false")
+                  "latency_images=2", "bootstrap=40", "jit_compile=false")
     assert result.returncode == 0, result.stderr[-3000:]
     error = _run("chestkd-train", "--model", "resnet9000")
     assert error.returncode == 2 and "resnet9000" in error.stderr

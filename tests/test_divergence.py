@@ -97,7 +97,7 @@ def test_a_diverging_recipe_run_exits_2_with_one_line(tmp_path, capsys):
     argv = ["--model", "conv3_student", "--epochs", "1", "--batch-size", "16",
             "--image-size", "32", "phantom_images=120", "--optimizer", "sgd",
             "--learning-rate", "1e30", "--schedule", "constant", "--out", str(out), "latency_images=2",
-            "bootstrap=10", "jit_compile=false"]
+            "bootstrap=40", "jit_compile=false"]
     try:
         code = base_training.main(argv)
     except SystemExit as exit_info:

@@ -123,6 +123,15 @@ def test_evaluate_model_reports_intervals_calibration_and_predictions(data, tmp_
     print_results(results)
     out = capsys.readouterr().out
     assert f"mean AUC {results['mean_auc']:.4f} [{lo:.3f}, {hi:.3f}]" in out
+    # An interval with too few resamples is NaN, which metrics.json holds as null: printed
+    # without a bracket (a TypeError before), with the count of resamples behind it.
+    read_back = json.loads(json.dumps({**results, "mean_auc_ci_resamples": 12,
+                                       "per_class_auc_ci": {c: [None, None] for c in CLASSES},
+                                       "mean_auc_ci": [None, None]}))
+    print_results(read_back)
+    out = capsys.readouterr().out
+    assert f"mean AUC {results['mean_auc']:.4f} |" in out
+    assert "is from 12 of" in out and "(fewer than 40: no interval)" in out
     assert "ECE" in out and "Brier" in out
 
 

@@ -56,6 +56,7 @@ def test_options_are_frozen_and_replace_returns_new_ones():
     # Used to pass: -5 resamples turned the intervals off and wrote n_boot -5; no latency
     # timing wrote a NaN latency into metrics.json after training.
     ("bootstrap", -5, "--bootstrap -5: expected an integer >= 0"),
+    ("bootstrap", 20, "--bootstrap 20: expected 0 \\(off\\) or at least 40 resamples"),
     ("latency_images", 0, "--latency-images 0: expected an integer >= 1"),
 ])
 def test_a_bad_value_is_named_before_anything_runs(key, value, message):
@@ -273,3 +274,9 @@ def test_a_resumed_run_prints_no_plan_of_the_command_lines_defaults(monkeypatch,
         with pytest.raises(Started):
             ensemble_kd.run(argv)
         assert ("ensemble_kd plan" in capsys.readouterr().out) is planned, argv
+
+
+def test_the_fewest_resamples_agree_with_the_statistics():
+    from chestkd.evaluation.statistics import min_resamples
+    from chestkd.training.options import MIN_BOOTSTRAP
+    assert MIN_BOOTSTRAP == min_resamples(0.95) == 40

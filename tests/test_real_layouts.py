@@ -23,7 +23,7 @@ SIZES = [(20, 24), (32, 32), (40, 28)]
 PATIENT_REGEX = r"^(?P<patient>pt\d+)_"
 TINY = ["--model", "conv3_student", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
         "--learning-rate", "0.01", "--schedule", "constant", "latency_images=2",
-        "bootstrap=20", "jit_compile=false", "--no-saliency"]
+        "bootstrap=40", "jit_compile=false", "--no-saliency"]
 
 
 def film(rng, index):

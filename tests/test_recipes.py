@@ -256,7 +256,7 @@ def _folder_data(tmp_path, bad=False):
 
 
 FOLDER = ["--dataset", "folder", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
-          "latency_images=2", "bootstrap=20", "jit_compile=false"]
+          "latency_images=2", "bootstrap=40", "jit_compile=false"]
 
 
 def test_skipped_bad_images_are_listed_and_the_flag_works_bare(tmp_path):

@@ -39,7 +39,7 @@ def test_the_main_job_logs_and_records_the_seconds_of_each_stage(tmp_path, capsy
     results = self_training.run([
         "--model", "conv3_student", "--epochs", "2", "--batch-size", "16", "--image-size", "32",
         "phantom_images=120", "phantom_size=32", "--out", str(out), "latency_images=2",
-        "bootstrap=10", "jit_compile=false", "--no-saliency"])
+        "bootstrap=40", "jit_compile=false", "--no-saliency"])
     stages = ("data", "base_training", "evaluation", "teacher_pass", "distillation",
               "saliency")
     seconds = results["stage_seconds"]

@@ -201,6 +201,16 @@ def test_mean_interval_uses_only_resamples_that_keep_every_finding():
     assert paired["p_value"] == pytest.approx(min(1.0, 2 * tail / (complete.sum() + 1)))
 
 
+def test_an_interval_needs_a_resample_in_each_tail():
+    # One surviving resample used to give a zero-width "interval" [d, d] that excluded zero
+    # beside p = 1 (and did not contain the point estimate).
+    assert st.min_resamples(0.95) == 40 and st.min_resamples(0.9) == 20
+    assert np.isnan(st._interval([0.1], 0.95)).all()
+    assert np.isnan(st._interval(np.r_[np.arange(39.0), np.nan], 0.95)).all()
+    np.testing.assert_allclose(st._interval(np.arange(40.0), 0.95),
+                               np.quantile(np.arange(40.0), [0.025, 0.975]))
+
+
 def test_bootstrap_is_fast_enough_for_a_real_test_split():
     y, s = _problem(n=600, classes=14, seed=10)
     groups = np.arange(600) // 2

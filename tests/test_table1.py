@@ -83,7 +83,7 @@ def test_a_diverging_cell_is_marked_failed_and_the_others_still_run(tmp_path, ca
     out = tmp_path / "runs"
     code = _main(["--recipes", str(cells), "--out", str(out), "--epochs", "1",
                   "--batch-size", "16", "--image-size", "32", "phantom_images=120",
-                  "phantom_size=32", "latency_images=2", "bootstrap=10", "jit_compile=false"])
+                  "phantom_size=32", "latency_images=2", "bootstrap=40", "jit_compile=false"])
     captured = capsys.readouterr()
     assert code == 2
     assert "[fail] a-diverges.yaml: training diverged at epoch 1 of 1" in captured.out
@@ -100,7 +100,7 @@ def test_a_diverging_cell_is_marked_failed_and_the_others_still_run(tmp_path, ca
     # run again: the good cell is done, the failed one is tried again (and fails again)
     assert _main(["--recipes", str(cells), "--out", str(out), "--epochs", "1",
                   "--batch-size", "16", "--image-size", "32", "phantom_images=120",
-                  "phantom_size=32", "latency_images=2", "bootstrap=10",
+                  "phantom_size=32", "latency_images=2", "bootstrap=40",
                   "jit_compile=false"]) == 2
     again = capsys.readouterr().out
     assert "[done] b-learns.yaml" in again and "[fail] a-diverges.yaml" in again

@@ -251,7 +251,7 @@ def _with_ci(value, ci=None, digits: int = 3) -> str:
     """``0.8123 [0.781, 0.843]``; ``n/a`` for a missing value; no bracket without an interval."""
     if value is None or not np.isfinite(value):
         return "n/a"
-    if ci is None or not np.all(np.isfinite(ci)):
+    if ci is None or not np.all(np.isfinite(np.asarray(ci, np.float64))):  # JSON: None
         return f"{value:.4f}"
     return f"{value:.4f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
@@ -278,7 +278,9 @@ def print_results(results: dict, title: str = "Test split") -> None:
     n_boot = results.get("bootstrap", {}).get("resamples")
     if kept is not None and n_boot and kept < n_boot:
         print(f"the mean AUC's interval is from {kept} of {n_boot} patient resamples: the "
-              "others lost every positive (or negative) of a finding")
+              "others lost every positive (or negative) of a finding"
+              + (f" (fewer than {statistics.min_resamples()}: no interval)"
+                 if kept < statistics.min_resamples() else ""))
     if "noisy_mean_auc" in results:
         print(f"mean AUC on the noisy labels "
               f"{_with_ci(results['noisy_mean_auc'], results.get('noisy_mean_auc_ci'))}")

@@ -65,11 +65,19 @@ def _patient_index(groups, n: int) -> tuple[np.ndarray, int]:
     return rank[inverse.reshape(-1)], len(first)
 
 
+def min_resamples(confidence: float = 0.95) -> int:
+    """Fewest finite resamples a percentile interval is given from: 2 / (1 - confidence), 40 at
+    95 %, so each tail holds at least one resample (with fewer, an end is the smallest or
+    largest resample itself, and one resample gives a zero-width interval)."""
+    return int(np.ceil(2.0 / (1.0 - confidence) - 1e-9))
+
+
 def _interval(samples: np.ndarray, confidence: float) -> list[float]:
-    """Percentile interval [q(a/2), q(1 - a/2)], a = 1 - confidence, over finite samples."""
+    """Percentile interval [q(a/2), q(1 - a/2)], a = 1 - confidence, over finite samples;
+    NaN from fewer than :func:`min_resamples`."""
     samples = np.asarray(samples, np.float64)
     samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
+    if samples.size < min_resamples(confidence):
         return [float("nan"), float("nan")]
     alpha = 1.0 - confidence
     lo, hi = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
@@ -766,7 +774,9 @@ def comparison_markdown(comparison: dict, name_a: str = "A", name_b: str = "B") 
         kept = comparison.get("mean_valid_resamples", n_boot)
         if kept < n_boot:
             note += (f" The mean's intervals and p use the {kept} resamples in which every "
-                     "finding kept a positive and a negative.")
+                     "finding kept a positive and a negative"
+                     + (f" (fewer than {min_resamples()}: no interval)."
+                        if kept < min_resamples() else "."))
     else:
         note = ("No intervals and no bootstrap p-values: the bootstrap was off (bootstrap=0); "
                 "the clustered DeLong p (Obuchowski 1997) counts each patient once.")

@@ -140,6 +140,11 @@ class KDOptions:
             _integer(self, "teacher_epochs", low=1)
 
 
+# chestkd.evaluation.statistics.min_resamples(0.95), which training may not import; a test holds
+# the two equal.
+MIN_BOOTSTRAP = 40
+
+
 @dataclass(frozen=True)
 class EvaluationOptions:
     """How a trained model is scored and shown."""
@@ -152,6 +157,10 @@ class EvaluationOptions:
         object.__setattr__(self, "threshold_rule", self.threshold_rule or "youden")
         object.__setattr__(self, "bootstrap", self.bootstrap or 0)
         _integer(self, "bootstrap", low=0)
+        if 0 < self.bootstrap < MIN_BOOTSTRAP:
+            raise ConfigError(f"--bootstrap {self.bootstrap}: expected 0 (off) or at least "
+                              f"{MIN_BOOTSTRAP} resamples (a 95 % percentile interval needs a "
+                              "resample in each 2.5 % tail)")
         _integer(self, "latency_images", low=1)  # the median of no timing is NaN
 
 
