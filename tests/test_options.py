@@ -82,7 +82,9 @@ def test_a_partial_dict_takes_the_defaults_in_its_typed_fields_only():
 def test_open_run_saves_the_configuration_as_runs_always_saved_it(tmp_path):
     """config.yaml is the resolved configuration (no runtime ``_`` keys) with the recipe, then
     config_id and run_dir appended, byte for byte as chestkd has always written it, so runs,
-    table cells and store entries made before the options existed are still found."""
+    table cells and store entries made before the options existed are still found; now
+    ``explicit_options`` (bookkeeping: the keys the user set, for a resume before the
+    data chose a profile) stands between config_id and run_dir."""
     argv = [*TINY, "--out", str(tmp_path)]
     resolved = resolve_config(argv, self_training.DEFAULTS)
     run_dir, options = open_run(run_options(resolved), "self_training")
@@ -90,6 +92,7 @@ def test_open_run_saves_the_configuration_as_runs_always_saved_it(tmp_path):
     expected["recipe"] = "self_training"
     expected["config_id"] = config_id({k: v for k, v in resolved.items()
                                        if not k.startswith("_")} | {"recipe": "self_training"})
+    expected["explicit_options"] = resolved["_explicit"]
     expected["run_dir"] = str(run_dir)
     assert (run_dir / "config.yaml").read_text() == yaml.safe_dump(expected, sort_keys=False)
     assert dict(options.config) == {**resolved, **expected}

@@ -167,3 +167,51 @@ def test_checkpoint_average_keeps_the_mean_of_the_last_third(tmp_path):
         np.testing.assert_allclose(np.asarray(weight), mean, rtol=1e-5, atol=1e-6)
     assert not np.allclose(np.asarray(snaps[0].trainable_weights[0]),
                            np.asarray(snaps[1].trainable_weights[0]))
+
+
+def test_the_papers_profile_is_part_of_a_real_data_experiment():
+    # On real data the small-real profile is chosen after the run opened, so a run asking for
+    # the papers' settings and one letting the data choose used to share a config_id (and a
+    # table cell) while training different models.
+    auto = resolve_config(["--dataset", "folder"], BASE_DEFAULTS)
+    papers = resolve_config(["--dataset", "folder", "--profile", "papers"], BASE_DEFAULTS)
+    assert config_id(auto) != config_id(papers)
+    assert config_id(auto) == config_id({**auto, "profile": "small-real"})
+    # The phantom's ids, and the model store's keys, are what they were.
+    phantom = resolve_config(["--profile", "papers"], BASE_DEFAULTS)
+    assert config_id(phantom) == config_id({**phantom, "profile": None})
+    from chestkd.experiments.store import model_config, model_key
+    from chestkd.training.options import as_options
+    entry = model_config(as_options(papers), "resnet20", 3)
+    assert model_key(as_options(papers), "resnet20", 3).endswith(
+        config_id({k: v for k, v in entry.items() if k != "profile"})[:10])
+
+
+def test_a_run_resumed_before_its_data_was_read_chooses_the_profile_as_a_fresh_one(tmp_path,
+                                                                                  capsys):
+    # A run killed after it opened (config.yaml saved) but before its data chose the profile
+    # used to resume with the unprofiled configuration: DenseNet-121 at 224 px for 200 epochs.
+    from chestkd.training.classifier import prepare_run_data
+    from chestkd.training.options import run_options
+    from chestkd.training.run import open_run
+    _folder_dataset(tmp_path / "data")
+    argv = ["--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--out",
+            str(tmp_path / "runs"), "--learning-rate", "0.002"]
+    fresh_dir, fresh = open_run(run_options(resolve_config(argv, BASE_DEFAULTS)),
+                                "base_training")
+    _, fresh = prepare_run_data(fresh, fresh_dir)
+    killed_dir, _ = open_run(run_options(resolve_config(argv, BASE_DEFAULTS)),
+                             "base_training")          # ... and stopped here
+    assert yaml.safe_load((killed_dir / "config.yaml").read_text())["model"] == "densenet121"
+    resumed_dir, resumed = open_run(run_options(resolve_config(
+        ["--resume", str(killed_dir)], BASE_DEFAULTS)), "base_training")
+    _, resumed = prepare_run_data(resumed, resumed_dir)
+    ignore = {"run_dir", "resume", "out", "config_file"}
+    assert ({k: v for k, v in resumed.to_config().items() if k not in ignore
+             and not k.startswith("_")}
+            == {k: v for k, v in fresh.to_config().items() if k not in ignore
+                and not k.startswith("_")})
+    saved = yaml.safe_load((killed_dir / "config.yaml").read_text())
+    assert saved["model"] == "conv3_student" and saved["learning_rate"] == 0.002
+    out = capsys.readouterr().out.split("profile small-real chosen automatically")[-1]
+    assert "the run trains with image_size=32, model=conv3_student" in out

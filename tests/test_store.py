@@ -70,7 +70,7 @@ def test_a_run_with_other_bootstrap_resamples_scores_the_stored_model_anew(phant
     first = base_training.run([*argv, "bootstrap=40"])
     again = base_training.run([*argv, "bootstrap=0"])
     assert again["trained_in"] == first["trained_in"]          # the same model, not retrained
-    assert first["bootstrap"]["resamples"] == 20 and "mean_auc_ci" in first
+    assert first["bootstrap"]["resamples"] == 40 and "mean_auc_ci" in first
     assert "bootstrap" not in again and "mean_auc_ci" not in again
     assert again["mean_auc"] == first["mean_auc"]
     saved = json.loads((Path(again["run_dir"]) / "metrics.json").read_text())

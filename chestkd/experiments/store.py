@@ -49,6 +49,9 @@ def model_config(options: RunOptions, name: str, epochs: int) -> dict:
 
 def model_key(options: RunOptions, name: str, epochs: int) -> str:
     entry = model_config(options, name, epochs)
+    # The entry is keyed after the data chose its profile, so the values say it all (and the
+    # papers profile's place in a run's config_id would only move the store's keys).
+    entry.pop("profile", None)
     return f"{Path(str(name)).stem}-e{int(epochs)}-{config_id(entry)[:10]}"
 
 

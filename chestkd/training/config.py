@@ -366,14 +366,17 @@ def apply_profile(config: dict, name, *, dataset: str, explicit: dict,
 def apply_small_data_profile(config: dict, train_images: int) -> bool:
     """Choose the small-real profile for a run on real data with fewer than
     :data:`SMALL_REAL_MAX_TRAIN_IMAGES` training images and no ``profile`` of its own, and
-    print a line saying so. Keys set anywhere (``config["_explicit"]``) keep their values.
-    Only a configuration fresh from :func:`resolve_config` changes (never a saved run's).
+    print a line saying so, with the values it changed. Keys set anywhere
+    (``config["_explicit"]``) keep their values. Only a configuration fresh from
+    :func:`resolve_config`, or a run resumed before its data was read (``--resume`` restores
+    ``_explicit`` from the saved ``explicit_options``), changes; a finished run's never does.
     Returns True when the profile was applied (the caller saves the configuration again)."""
     if ("_explicit" not in config or config.get("profile") is not None
             or config.get("dataset") in PHANTOM_DATASETS
             or int(train_images) >= SMALL_REAL_MAX_TRAIN_IMAGES):
         return False
     explicit = {k: config.get(k) for k in config["_explicit"]}
+    before = dict(config)
     if "augment" not in explicit and "augment" in config:
         config["augment"] = None   # resolved anew below (it was resolved without a profile)
     apply_profile(config, "small-real", dataset=config["dataset"], explicit=explicit,
@@ -381,9 +384,13 @@ def apply_small_data_profile(config: dict, train_images: int) -> bool:
     if "augment" in config:
         resolve_augment(config)
     kept = sorted(set(explicit) & set(SMALL_REAL_PROFILE))
+    changed = [f"{k}={config[k]}" for k in config
+               if k != "profile" and not k.startswith("_") and config[k] != before.get(k)]
+    # The plan printed earlier, and the run folder's name, came from the values before this.
     print(f"profile small-real chosen automatically: {int(train_images)} training images "
           f"(fewer than {SMALL_REAL_MAX_TRAIN_IMAGES}); "
           + (f"kept your {', '.join(kept)}; " if kept else "")
+          + (f"the run trains with {', '.join(changed)}; " if changed else "")
           + "--profile papers keeps the papers' defaults", flush=True)
     return True
 
@@ -452,7 +459,8 @@ BOOKKEEPING_KEYS = frozenset({
     "out", "run_name", "resume", "run_dir", "config_file", "seeds", "teachers_dir",
     "latency_images", "saliency", "bootstrap", "check_images", "jit_compile", "distribute",
     "config_id",
-    "profile",   # a profile's effect is in the values it set
+    "profile",   # a profile's effect is in the values it set (but see config_id: papers)
+    "explicit_options",   # the keys the user set (a resumed run's automatic profile keeps them)
 })
 
 
@@ -483,6 +491,12 @@ def config_id(config: dict, keys=None) -> str:
               if not k.startswith("_") and k not in BOOKKEEPING_KEYS
               and ADDED_OPTION_DEFAULTS.get(k, unset) != v
               and (keys is None or k in keys)}
+    if (config.get("profile") == "papers" and config.get("dataset") not in PHANTOM_DATASETS
+            and (keys is None or "profile" in keys)):
+        # papers sets no value, but on real data it keeps away the small-real profile that
+        # the data would choose after the run opened: without it the same request trains
+        # another model (apply_small_data_profile), so it is part of the experiment.
+        chosen["profile"] = "papers"
     text = json.dumps(chosen, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 

@@ -68,6 +68,7 @@ def open_run(options: RunOptions, recipe: str) -> tuple[Path, RunOptions]:
     finished run with the same id is the same result.
     """
     config = options.to_config()
+    recipe_profiles = config.get("_recipe_profiles")
     if config.get("distribute") == "multi_worker":
         # MultiWorkerMirroredStrategy must exist before TensorFlow runs any operation.
         from chestkd.training.distribute import distribution_strategy
@@ -94,6 +95,11 @@ def open_run(options: RunOptions, recipe: str) -> tuple[Path, RunOptions]:
         # resumed from another folder keeps its model store (out/teachers) and its files.
         config = {**saved, **copy.deepcopy(added), "resume": str(run_dir),
                   "out": str(run_dir.parent), "run_dir": str(run_dir)}
+        if "explicit_options" in saved:
+            # A run stopped before its data was read has no profile yet: the data chooses it
+            # as it would have (apply_small_data_profile), keeping what the user set.
+            config["_explicit"] = list(saved["explicit_options"] or [])
+            config["_recipe_profiles"] = dict(recipe_profiles or {})
     else:
         check_config(config)
         if config.get("recipe") not in (None, recipe):
@@ -105,6 +111,8 @@ def open_run(options: RunOptions, recipe: str) -> tuple[Path, RunOptions]:
         if config.get("teachers_dir"):  # the same store when the run is resumed elsewhere
             config["teachers_dir"] = str(Path(config["teachers_dir"]).resolve())
         config["config_id"] = config_id({k: v for k, v in config.items() if k != "config_id"})
+        if "_explicit" in config:   # kept for a resume before the data chose a profile
+            config["explicit_options"] = list(config["_explicit"])
         run_dir = new_run_dir(config["out"], name)
         config["run_dir"] = str(run_dir)
         save_config(config, run_dir / "config.yaml")
