@@ -43,6 +43,13 @@ def atomic_write(path, write_fn, *, suffix: str | None = None) -> Path:
     return path
 
 
+def atomic_copy(source, path) -> Path:
+    """Copy the file ``source`` to ``path`` atomically (``shutil.copy2``: content and times):
+    a copy killed half-way leaves no partial ``path`` that a resumed run would take as done."""
+    import shutil
+    return atomic_write(path, lambda tmp: shutil.copy2(source, tmp))
+
+
 def atomic_write_text(path, text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding=encoding))

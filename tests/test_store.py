@@ -75,3 +75,70 @@ def test_a_run_with_other_bootstrap_resamples_scores_the_stored_model_anew(phant
     assert again["mean_auc"] == first["mean_auc"]
     saved = json.loads((Path(again["run_dir"]) / "metrics.json").read_text())
     assert "bootstrap" not in saved and saved["trained_in"] == first["trained_in"]
+
+
+def test_a_copy_killed_half_way_leaves_nothing_that_a_resumed_run_keeps(tmp_path, monkeypatch):
+    # copy_results skips a file that exists: a plain copy2 killed half-way left a truncated
+    # base_test_predictions.npz (or model.keras) that every resume then kept.
+    import shutil
+
+    from chestkd.experiments.store import copy_results
+    source, run_dir = tmp_path / "entry", tmp_path / "run"
+    source.mkdir()
+    run_dir.mkdir()
+    content = bytes(range(256)) * 40
+    (source / "test_predictions.npz").write_bytes(content)
+    (source / "metrics.json").write_text('{"mean_auc": 0.5}')
+    real_copy = shutil.copy2
+
+    def killed(src, dst, *args, **kwargs):
+        Path(dst).write_bytes(Path(src).read_bytes()[:1000])
+        raise KeyboardInterrupt   # what SIGINT raises mid-copy
+    monkeypatch.setattr(shutil, "copy2", killed)
+    with pytest.raises(KeyboardInterrupt):
+        copy_results(source, run_dir, prefix="base_", names=("test_predictions.npz",))
+    monkeypatch.setattr(shutil, "copy2", real_copy)
+    copy_results(source, run_dir, prefix="base_", names=("test_predictions.npz",))
+    assert (run_dir / "base_test_predictions.npz").read_bytes() == content
+    assert sorted(p.name for p in run_dir.iterdir()) == ["base_test_predictions.npz"]
+
+
+def test_a_store_entry_is_not_resumed_as_a_run(tmp_path):
+    # It was: the entry trained again into entry/teachers/<entry> and its metrics.json was
+    # rewritten.
+    import yaml
+
+    from chestkd.errors import ConfigError
+    from chestkd.training.run import open_run
+    entry = tmp_path / "teachers" / "resnet20-e2-938a9b24cd"
+    entry.mkdir(parents=True)
+    (entry / "config.yaml").write_text(yaml.safe_dump(
+        {**BASE_DEFAULTS, "recipe": "base_training", "role": "store"}))
+    config = resolve_config(["--resume", str(entry)], BASE_DEFAULTS)
+    with pytest.raises(ConfigError, match="a model-store entry, not a run"):
+        open_run(run_options(config), "base_training")
+    assert not (entry / "teachers").exists()
+
+
+def test_a_damaged_model_or_teacher_table_is_named(tmp_path):
+    # Keras said "File not found: ... Please ensure the file is an accessible .keras zip file"
+    # of a truncated model, and np.load "Failed to read all data" of a truncated table,
+    # both as tracebacks.
+    from chestkd.cli import user_error_message
+    from chestkd.training.run import load_model
+    from chestkd.training.teacher_cache import load_or_compute
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"PK\x03\x04 not a whole zip")
+    with pytest.raises(Exception) as caught:
+        load_model(model)
+    assert user_error_message(caught.value) == (
+        f"{model}: not a readable Keras model (ValueError); a damaged model-store entry is "
+        "trained again once its folder is deleted")
+    table = tmp_path / "teacher_logits_train.npy"
+    np.save(table, np.zeros((10, 2, 3), np.float32))
+    table.write_bytes(table.read_bytes()[:100])
+    with pytest.raises(Exception) as caught:
+        load_or_compute(table, None, None)
+    message = user_error_message(caught.value)
+    assert message.startswith(f"{table}: unreadable cached teacher logits") and \
+        message.endswith("delete the file and run again to compute them anew")

@@ -35,7 +35,6 @@ straight from the teacher).
 from __future__ import annotations
 
 import hashlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import pandas as pd
 from chestkd.data.dataset import Dataset
 from chestkd.errors import ConfigError
 from chestkd.evaluation import markdown_table
+from chestkd.io import atomic_copy
 from chestkd.models import get_spec
 from chestkd.experiments.feature_kd import (averaged_model, distil_features,
                                             feature_terms_for, member_names, obtain_teachers,
@@ -162,7 +162,7 @@ def stage_results(options: RunOptions, data, model, source, stage_dir) -> dict:
     results = obtained_model_results(options, data, stage_dir, model, source)
     for name in REPORT_FILES:
         if (Path(source) / name).exists() and not (Path(stage_dir) / name).exists():
-            shutil.copy2(Path(source) / name, Path(stage_dir) / name)
+            atomic_copy(Path(source) / name, Path(stage_dir) / name)
     return results
 
 

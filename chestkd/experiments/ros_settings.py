@@ -8,7 +8,6 @@ The recipe (:mod:`chestkd.recipes.ros_kd`) builds one from its configuration;
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from chestkd.experiments.repeat import data_in_plan
 from chestkd.experiments.ros import (distil_setting, logit_tables, macro_scores,
                                      obtain_teachers, ros_store, teacher_names)
 from chestkd.experiments.store import MODEL_KEYS, obtain_model
+from chestkd.io import atomic_copy
 from chestkd.models import get_spec
 from chestkd.training.config import config_id, save_config
 from chestkd.training.classifier import prepare_run_data
@@ -241,7 +241,7 @@ class RosSettings:
                                      data, student)
         source_model = Path(source) / "model.keras" if Path(source).is_dir() else Path(source)
         if not (folder / "model.keras").exists():
-            shutil.copy2(source_model, folder / "model.keras")
+            atomic_copy(source_model, folder / "model.keras")
         write_json({"setting": "I", "model": str(source_model), "source": str(source)},
                    folder / "setting.json")
         return model

@@ -11,19 +11,20 @@ model.keras, metrics.json, stages.json).
 Defective KD's teacher is the entry's checkpoint at a fraction of its schedule
 (``snapshots/epoch-NNNN.keras``, the weights at the end of that epoch of the full schedule,
 learning-rate schedule included). Every entry keeps the snapshot at ``defective_fraction``
-(0.25 by default: 50 of 200 epochs); a defective teacher asked before the full teacher trains
-the entry up to that epoch only and keeps its training state, so training the full teacher
-later continues from there instead of starting again.
+(0.25 by default: 50 of 200 epochs); a defective teacher asked before the full teacher is
+trained up to that epoch in a copy of its own (``<entry>-until<epoch>``, the same schedule),
+so the full teacher is always trained straight through and does not depend on which run came
+first.
 """
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from chestkd.data.dataset import Dataset
 from chestkd.errors import ConfigError
 from chestkd.evaluation import evaluate_model
+from chestkd.io import atomic_copy
 from chestkd.training.config import BASE_DEFAULTS, config_id, save_config
 from chestkd.training.classifier import train_classifier
 from chestkd.training.options import RunOptions, as_options
@@ -159,5 +160,5 @@ def copy_results(source, run_dir, *, prefix: str = "", names=RESULT_FILES) -> di
     for name in names:
         target = run_dir / f"{prefix}{name}"
         if (source / name).exists() and not target.exists():
-            shutil.copy2(source / name, target)
+            atomic_copy(source / name, target)
     return json.loads((source / "metrics.json").read_text())

@@ -78,6 +78,12 @@ def open_run(options: RunOptions, recipe: str) -> tuple[Path, RunOptions]:
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
         saved = load_yaml(run_dir / "config.yaml")
+        if saved.get("role") == "store":
+            # Resumed as a run, the entry trained again into a folder inside itself and its
+            # metrics.json was rewritten; the command that needs the entry continues it.
+            raise ConfigError(f"--resume {run_dir}: a model-store entry, not a run; run again "
+                              "the command that trained it (it continues the entry), or "
+                              "--resume the run folder")
         if saved.get("recipe") != recipe:
             raise ConfigError(f"--resume {run_dir}: that run is a {saved.get('recipe')!r} run, "
                               f"not {recipe!r}; resume it with python -m "
@@ -257,7 +263,12 @@ def load_model(path, *, image_size: int | None = None, classes: int | None = Non
     import keras
     if not Path(path).exists():
         raise ChestKDError(f"{path}: model file not found")
-    model = keras.models.load_model(path, compile=False)
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras says "File not found" of a truncated or foreign file
+        raise ChestKDError(f"{path}: not a readable Keras model ({type(error).__name__}); a "
+                           "damaged model-store entry is trained again once its folder is "
+                           "deleted") from None
     size = tuple(model.inputs[0].shape[1:3])
     if image_size is not None and None not in size and size != (image_size, image_size):
         raise ConfigError(f"{path}: the model takes {size[0]} x {size[1]} px images, not the "

@@ -17,6 +17,7 @@ import tensorflow as tf
 from chestkd.data.dataset import Dataset
 from chestkd.data.images import progress_bar
 from chestkd.data.pipeline import make_dataset
+from chestkd.errors import ChestKDError
 from chestkd.io import atomic_save_npy
 
 
@@ -60,7 +61,11 @@ def load_or_compute(path, teachers, data: Dataset, split: str = "train",
     """Read the table from ``path`` if present (a resumed run), else compute and save it."""
     path = Path(path)
     if path.exists():
-        return np.load(path)
+        try:
+            return np.load(path)
+        except (OSError, ValueError, EOFError) as error:   # written atomically: disk damage
+            raise ChestKDError(f"{path}: unreadable cached teacher logits ({error}); delete "
+                               "the file and run again to compute them anew") from None
     table = teacher_logits_table(teachers, data, split, **options)
     atomic_save_npy(path, table)
     return table
