@@ -316,3 +316,30 @@ def test_reestimated_batchnorm_statistics_are_those_of_the_training_images(tmp_p
         np.testing.assert_allclose(bn.moving_mean.numpy(), conv.mean(0), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(bn.moving_variance.numpy(), conv.var(0), rtol=1e-3,
                                    atol=1e-5)
+
+
+def test_distilling_from_setup_3_gives_its_model_back_as_it_was(tmp_path, monkeypatch):
+    # The Distiller freezes its teacher; setup 3's model, the teacher when the teacher would
+    # repeat setups 2-3, was then scored with 0 trainable parameters in its row and card.
+    from chestkd.distill import Distiller, KDLoss
+    from chestkd.training.config import resolve_config
+    from chestkd.training.options import run_options
+
+    teacher = build("conv3_student", 2, SHAPE)
+    teacher.get_layer("conv1_bn").trainable = False      # finetune_batchnorm=frozen
+    before = [(layer.name, layer.trainable) for layer in teacher._flatten_layers()]
+    counted = sum(int(np.prod(w.shape)) for w in teacher.trainable_weights)
+
+    def distil(options, folder, data, teacher, name, init_from):
+        Distiller(build("conv3_student", 2, SHAPE), teacher,  # freezes it, as in a run
+                  loss=KDLoss("hinton", 2.0), multi_label=False)
+        assert not teacher.trainable_weights
+        return init_from
+    monkeypatch.setattr(transfer, "distil", distil)
+    monkeypatch.setattr(transfer, "initial_model", lambda *args: ("student", {}))
+    options = run_options(resolve_config(["transfer_model=conv3_student"],
+                                         transfer_learning.DEFAULTS))
+    transfer.distil_student(options, transfer.transfer_options(options.config), None, teacher,
+                            tmp_path / "student", tmp_path)
+    assert [(layer.name, layer.trainable) for layer in teacher._flatten_layers()] == before
+    assert sum(int(np.prod(w.shape)) for w in teacher.trainable_weights) == counted > 0

@@ -307,8 +307,16 @@ def distil_student(options: RunOptions, transfer: TransferOptions, data, teacher
     student = kd_options(options, transfer)
     folder.mkdir(exist_ok=True)
     save_config(student.config, folder / "config.yaml")
-    return distil(student, folder, data, teacher, transfer.transfer_model,
-                  init_from=start), report
+    # The Distiller freezes its teacher, which is often setup 3's own model, scored after
+    # this: each layer gets its flag back (a frozen BatchNorm stays frozen), or the table
+    # and model card counted 0 trainable parameters for the fine-tuned model.
+    trainable = [(layer, layer.trainable) for layer in teacher._flatten_layers()]
+    try:
+        return distil(student, folder, data, teacher, transfer.transfer_model,
+                      init_from=start), report
+    finally:
+        for layer, flag in trainable:   # outermost first: a model's flag sets its layers'
+            layer.trainable = flag
 
 
 def score(model, data, options: RunOptions, folder, label: str) -> dict:
