@@ -65,3 +65,27 @@ def test_a_real_dataset_names_its_report_mined_labels_and_no_intervals():
     text = model_card(results, data, {**CONFIG, "label_noise": 0.0})
     assert "natural-language processing" in text and "label_noise" not in text
     assert "no intervals (bootstrap = 0)" in text and "mean AUC: 0.8750\n" in text
+
+
+def test_a_folder_without_patient_ids_is_not_called_patient_wise(tmp_path):
+    # The card said "splits are patient-wise (no patient in two splits)" of every dataset,
+    # also where each image was taken for its own patient and persons shared splits.
+    import cv2
+
+    from chestkd.data import load_dataset
+    rng = np.random.default_rng(0)
+    for name in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            cv2.imwrite(str(tmp_path / name / f"scan{i}_{name}.png"),
+                        rng.integers(0, 255, (20, 20), dtype=np.uint8))
+    unknown = load_dataset("folder", str(tmp_path))
+    text = model_card(RESULTS, unknown, CONFIG)
+    assert "patient-wise" not in text
+    assert not unknown.patient_ids and not unknown.subset("train").patient_ids
+    assert ("no patient ids were given, so each image counted as a patient of its own: images "
+            "of one patient may be in different splits") in text
+    known = load_dataset("folder", str(tmp_path), patient_regex=r"scan(\d+)_")
+    assert known.patient_ids
+    assert "splits are patient-wise (no patient in two splits)" in model_card(RESULTS, known,
+                                                                               CONFIG)

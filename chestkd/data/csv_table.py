@@ -157,7 +157,7 @@ def load_csv(data_dir, *, csv=None, image_dir=None, image_column="filename", lab
     data = Dataset(name="csv", class_names=class_names, multi_label=multi_label,
                    paths=np.asarray(paths, dtype=str), labels=labels, patients=patients,
                    split=split, meta=meta, root=root, skipped=skipped, excluded=excluded,
-                   listed=listed_rows)
+                   listed=listed_rows, patient_ids=patient_column is not None)
     if excluded:
         print(f"csv: {path.name}: left out " + ", ".join(f"{n} row(s) ({why})"
                                                          for why, n in excluded.items()))

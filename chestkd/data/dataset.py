@@ -71,6 +71,10 @@ class Dataset:
         upsampling: how many images a run enlarges to its input size, and by how much
             (:func:`chestkd.data.images.upsampling_summary`), set by the run that reads the
             data at a known size; None until then. The model card reports it.
+        patient_ids: False when the source gave no patient id and each image stands for a
+            patient of its own (a folder without ``patient_regex``, a CSV without
+            ``patient_column``): the splits cannot keep a patient's images together, and the
+            model card says so.
     """
 
     name: str
@@ -90,6 +94,7 @@ class Dataset:
     excluded: dict = field(default_factory=dict)
     listed: int | None = None
     upsampling: dict | None = None
+    patient_ids: bool = True
 
     def __post_init__(self):
         n = len(self.paths)

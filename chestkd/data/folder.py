@@ -157,7 +157,7 @@ def load_folder(data_dir, *, classes=None, split_dirs=None, fractions=(0.7, 0.1,
                                       "class": np.asarray(class_names)[label_index],
                                       "split_folder": table["split"].to_numpy(dtype=str),
                                       "on_disk": True}),
-                   root=root, listed=len(table))
+                   root=root, listed=len(table), patient_ids=pattern is not None)
     data = screen_images(data, check_images=check_images, skip_bad_images=skip_bad_images,
                          workers=workers)
     return balance_dataset(data, balance, seed)

@@ -148,7 +148,10 @@ def model_card(results: dict, data: Dataset, config: dict) -> str:
              "## Data and split", "",
              f"Dataset `{data.name}`" + (f" from `{config['data_dir']}`"
                                          if config.get("data_dir") else "")
-             + "; splits are patient-wise (no patient in two splits).", "",
+             + ("; splits are patient-wise (no patient in two splits)." if data.patient_ids
+                else "; no patient ids were given, so each image counted as a patient of its "
+                     "own: images of one patient may be in different splits (give "
+                     "`patient_regex` for a folder, `patient_column` for a CSV)."), "",
              f"Images: {images_used(data)}."
              + (f" {describe_upsampling(data.upsampling)}." if data.upsampling else "")
              + " Positive labels per class:", "",
