@@ -185,3 +185,61 @@ def test_a_keras_file_given_as_the_model_names_the_run_folder_by_its_stem(tmp_pa
         "standard_kd-small"
     assert run_label({"model": "resnet20"}, "self_training") == "self_training-resnet20"
     assert new_run_dir(tmp_path, run_label({"model": "r/m.keras"}, "base_training")).is_dir()
+
+
+def test_one_setting_has_one_id_however_its_numbers_are_written():
+    # label_noise=0 and 0.0, temperature 4 and 4.0, learning_rate '1e-3' and 0.001 each gave
+    # two config_ids (and model-store keys: the same model trained twice); a quoted number
+    # also crashed the kd plan's "{:g}".
+    from chestkd.training.config import config_id
+    from chestkd.training.options import run_options
+    from chestkd.experiments.store import model_key
+
+    def ids(*argv, defaults=BASE_DEFAULTS):
+        config = resolve_config(list(argv), defaults)
+        return config_id(config), model_key(run_options(config), "resnet20", 3)
+
+    assert ids("label_noise=0") == ids("label_noise=0.0")
+    assert ids("weight_decay=0") == ids("weight_decay=0.0")
+    assert ids("learning_rate='1e-3'") == ids("learning_rate=0.001")
+    assert ids("epochs='3'") == ids("epochs=3")
+    kd = {**BASE_DEFAULTS, **KD_DEFAULTS}
+    assert ids("--temperature", "4", defaults=kd) == ids(defaults=kd)
+    assert resolve_config(["learning_rate='1e-3'"], BASE_DEFAULTS)["learning_rate"] == 0.001
+    assert ids("label_noise=0.1") != ids("label_noise=0.0")
+    with pytest.raises(ConfigError, match="--learning-rate 'fast'"):
+        run_options(resolve_config(["learning_rate=fast"], BASE_DEFAULTS))
+
+
+@pytest.mark.parametrize("argv, match", [
+    # each was a traceback (a NumPy seed error after the run folder was made, the phantom
+    # writer's --images / --size after it, a TypeError or IsADirectoryError of the YAML)
+    (["seed=-1"], "--seed -1: expected an integer >= 0"),
+    (["seeds=0,-1"], "--seeds '0,-1': expected seeds from 0 to"),
+    (["phantom_images=abc"], "--phantom-images 'abc': expected an integer"),
+    (["phantom_images=5"], "--phantom-images 5: expected an integer >= 10"),
+    (["phantom_size=16"], "--phantom-size 16: expected an integer >= 32"),
+])
+def test_seeds_and_phantom_options_are_named_before_the_run_opens(argv, match, tmp_path):
+    from chestkd.training.options import run_options
+    with pytest.raises(ConfigError, match=match):
+        run_options(resolve_config([*argv, "--out", str(tmp_path)], BASE_DEFAULTS))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("text, match", [
+    ("defaults: 5\n", "'defaults' must be a file name or a list of file names, got 5"),
+    ("defaults: [base.yaml, 3]\n", "'defaults' must be a file name or a list"),
+    ("defaults: sub\n", "sub: not a file"),
+])
+def test_a_bad_yaml_file_is_named(text, match, tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("epochs: 2\n")
+    (tmp_path / "run.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        resolve_config(["--config", str(tmp_path / "run.yaml")], BASE_DEFAULTS)
+    (tmp_path / "latin1.yaml").write_bytes("model: r\xe9snet\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml: cannot be read as UTF-8 text"):
+        resolve_config(["--config", str(tmp_path / "latin1.yaml")], BASE_DEFAULTS)
+    with pytest.raises(ConfigError, match="sub: not a file"):
+        resolve_config(["--config", str(tmp_path / "sub")], BASE_DEFAULTS)

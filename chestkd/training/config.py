@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from chestkd.cli import list_option
+from chestkd.cli import list_option, number_option
 from chestkd.data import LOADERS
 from chestkd.data.balance import BALANCE_MODES
 from chestkd.errors import ConfigError
@@ -220,10 +220,14 @@ def _parse_bool(text: str) -> bool:
 def _read_yaml_mapping(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"--config {path}: file not found")
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: not a file")
     try:
-        loaded = _yaml(path.read_text()) or {}
+        loaded = _yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"--config {path}: not valid YAML ({error})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--config {path}: cannot be read as UTF-8 text ({error})") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
     return loaded
@@ -237,6 +241,10 @@ def load_yaml(path, _seen=()) -> dict:
     bases = loaded.pop("defaults", None)
     if bases is None:
         return loaded
+    if not (isinstance(bases, str) or isinstance(bases, list)
+            and all(isinstance(base, str) for base in bases)):
+        raise ConfigError(f"--config {path}: 'defaults' must be a file name or a list of file "
+                          f"names, got {bases!r}")
     merged = {}
     for base in [bases] if isinstance(bases, str) else list(bases):
         base_path = (path.parent / base).resolve()
@@ -330,6 +338,7 @@ def resolve_config(argv, defaults: dict, description: str = "",
         apply_profile(config, profile, dataset=dataset, explicit=given,
                       recipe_values=(recipe_profiles or {}).get(profile))
     config.update(given)
+    _numbers_as_their_defaults(config, defaults)
     if config_file:
         config["config_file"] = str(config_file)
     config["_given"] = sorted(on_command_line)
@@ -338,6 +347,24 @@ def resolve_config(argv, defaults: dict, description: str = "",
     if "augment" in config and "dataset" in config:
         resolve_augment(config)   # recorded resolved, so the saved run says what ran
     return config
+
+
+def _numbers_as_their_defaults(config: dict, defaults: dict) -> None:
+    """A number given as ``0``, ``'1e-3'`` or ``'3'`` takes its default's type (float or
+    int), so one setting has one config_id and one model-store key however it was written
+    (``label_noise=0`` and ``0.0`` trained the same model twice). Text that is no number is
+    left for the option's own check to name."""
+    for key, default in defaults.items():
+        value = config.get(key)
+        if isinstance(default, bool) or isinstance(value, bool) or value is None:
+            continue
+        try:
+            if isinstance(default, float) and isinstance(value, (int, str)):
+                config[key] = float(value)
+            elif isinstance(default, int) and isinstance(value, str):
+                config[key] = int(value)
+        except ValueError:
+            pass
 
 
 def apply_profile(config: dict, name, *, dataset: str, explicit: dict,
@@ -501,11 +528,17 @@ def config_id(config: dict, keys=None) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+# NumPy's seeds end at 2**32 - 1; self-training's student takes seed + 1.
+MAX_SEED = 2**32 - 2
+
+
 def seed_list(value) -> list[int] | None:
     """``--seeds 0,1,2`` (or a YAML list) as a list of ints."""
     if value is None:
         return None
     seeds = list_option(value, "--seeds", cast=int)
+    if min(seeds) < 0 or max(seeds) > MAX_SEED:
+        raise ConfigError(f"--seeds {value!r}: expected seeds from 0 to {MAX_SEED}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {value!r}: expected distinct integers such as 0,1,2")
     return seeds
@@ -539,6 +572,12 @@ def check_config(config: dict) -> None:
         if not isinstance(config.get(key), int) or config[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} {config.get(key)!r}: must be a "
                               "positive integer")
+    if config.get("dataset") in PHANTOM_DATASETS and not config.get("data_dir"):
+        # Checked here, named as the run's options: the phantom's writer would name them
+        # --images and --size (its own command's flags), after the run folder was made.
+        for key, low in (("phantom_images", 10), ("phantom_size", 32)):
+            if key in config:
+                number_option(config[key], "--" + key.replace("_", "-"), cast=int, low=low)
     from chestkd.models import get_spec
     for key in ("model", "teacher", "student"):
         name = config.get(key)

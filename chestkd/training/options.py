@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 from chestkd.cli import list_option, number_option
 from chestkd.errors import ConfigError
-from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, check_config
+from chestkd.training.config import BASE_DEFAULTS, KD_DEFAULTS, MAX_SEED, check_config
 
 __all__ = ["EvaluationOptions", "ImageOptions", "KDOptions", "RunOptions", "TrainingOptions",
            "as_options", "as_training", "run_options", "step_milestones"]
@@ -111,8 +111,9 @@ class TrainingOptions:
     distribute: str
 
     def __post_init__(self):
-        for name in ("batch_size", "epochs", "seed"):
+        for name in ("batch_size", "epochs"):
             _integer(self, name)
+        _integer(self, "seed", low=0, high=MAX_SEED)   # a NumPy error after the folder, else
         if self.step_epochs is not None:
             step_milestones(self.step_epochs)  # checked here, before any data is read
         _number(self, "learning_rate", low=0.0, low_open=True)
