@@ -243,3 +243,21 @@ def test_a_bad_yaml_file_is_named(text, match, tmp_path):
         resolve_config(["--config", str(tmp_path / "latin1.yaml")], BASE_DEFAULTS)
     with pytest.raises(ConfigError, match="sub: not a file"):
         resolve_config(["--config", str(tmp_path / "sub")], BASE_DEFAULTS)
+
+
+def test_a_saved_run_configuration_is_a_config_file_with_the_same_id(tmp_path):
+    # It was refused: unknown option(s) ['config_id', 'run_dir'].
+    from chestkd.training.options import run_options
+    from chestkd.training.run import open_run
+    argv = ["--out", str(tmp_path), "epochs=2", "label_noise=0.05"]
+    run_dir, options = open_run(run_options(resolve_config(argv, BASE_DEFAULTS)),
+                                "base_training")
+    again = resolve_config(["--config", str(run_dir / "config.yaml")], BASE_DEFAULTS)
+    _, reopened = open_run(run_options(again), "base_training")
+    assert reopened.config["config_id"] == options.config["config_id"]
+
+
+def test_an_abbreviated_flag_is_refused_as_an_unknown_key_is():
+    with pytest.raises(SystemExit):
+        resolve_config(["--epoch", "3"], BASE_DEFAULTS)    # was read as --epochs 3
+    assert resolve_config(["--epochs", "3"], BASE_DEFAULTS)["epochs"] == 3

@@ -255,6 +255,11 @@ def load_yaml(path, _seen=()) -> dict:
     return merged
 
 
+# What a run adds to its config.yaml beside the options (open_run, resolve_config): given
+# back with --config, they are not options and are recomputed.
+RECORDED_KEYS = ("config_id", "run_dir", "config_file", "explicit_options")
+
+
 def _check_keys(values: dict, known: dict, where: str) -> None:
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -263,7 +268,8 @@ def _check_keys(values: dict, known: dict, where: str) -> None:
 
 
 def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
+    # No abbreviations: --epoch 3 read as --epochs 3, while epoch=3 is refused as unknown.
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of options (any option below)")
     for key, default in defaults.items():
@@ -316,6 +322,8 @@ def resolve_config(argv, defaults: dict, description: str = "",
     given, on_command_line = {}, dict(args)
     if config_file:
         from_file = load_yaml(config_file)
+        for key in RECORDED_KEYS:   # a run's saved config.yaml works as a --config file
+            from_file.pop(key, None)
         _check_keys(from_file, defaults, f"--config {config_file}")
         given.update(from_file)
     given.update(args)
