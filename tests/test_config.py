@@ -261,3 +261,12 @@ def test_an_abbreviated_flag_is_refused_as_an_unknown_key_is():
     with pytest.raises(SystemExit):
         resolve_config(["--epoch", "3"], BASE_DEFAULTS)    # was read as --epochs 3
     assert resolve_config(["--epochs", "3"], BASE_DEFAULTS)["epochs"] == 3
+
+
+def test_seeds_zero_is_a_repeat_over_seed_zero():
+    # YAML read --seeds 0 as the int 0, which the repeat (``if not config.get("seeds")``)
+    # took for "no seeds": it trained --seed instead, once, with no summary.
+    config = resolve_config(["--seeds", "0", "--seed", "5"], BASE_DEFAULTS)
+    assert config["seeds"] == [0] and bool(config["seeds"])
+    assert resolve_config(["--seeds", "0,2"], BASE_DEFAULTS)["seeds"] == [0, 2]
+    assert resolve_config([], BASE_DEFAULTS)["seeds"] is None

@@ -347,6 +347,8 @@ def resolve_config(argv, defaults: dict, description: str = "",
                       recipe_values=(recipe_profiles or {}).get(profile))
     config.update(given)
     _numbers_as_their_defaults(config, defaults)
+    if config.get("seeds") is not None:   # --seeds 0 is a repeat over [0], not a falsy 0
+        config["seeds"] = seed_list(config["seeds"])
     if config_file:
         config["config_file"] = str(config_file)
     config["_given"] = sorted(on_command_line)
