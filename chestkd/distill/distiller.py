@@ -38,6 +38,7 @@ from chestkd.distill.teacher_mixing import (
 from chestkd.errors import ConfigError
 from chestkd.models.weights import save_model_atomically
 from chestkd.training.losses import MaskedAUC
+from chestkd.training.optimizers import loss_scaled
 
 
 class Distiller(keras.Model):
@@ -165,11 +166,14 @@ class Distiller(keras.Model):
     def compile(self, optimizer="adam", metrics=None, jit_compile="auto", **kwargs):
         """Configure training of the student.
 
-        The loss is the constructor's :class:`KDLoss`; passing ``loss`` is an error. Under a
-        ``mixed_float16`` student the optimizer is wrapped in a ``LossScaleOptimizer`` so small
-        float16 gradients do not flush to zero (``train_step`` scales the loss with
-        ``optimizer.scale_loss``; the wrapper unscales the gradients and skips steps whose
-        gradients are not finite).
+        The loss is the constructor's :class:`KDLoss`; passing ``loss`` is an error. When a
+        layer of the student (or of a feature adapter) computes in float16 the optimizer is
+        wrapped in a ``LossScaleOptimizer`` so small float16 gradients do not flush to zero
+        (``train_step`` scales the loss with ``optimizer.scale_loss``; the wrapper unscales
+        the gradients and skips steps whose gradients are not finite). The layers decide,
+        not the global policy: a ``.keras`` student keeps the precision it was saved with
+        (:func:`chestkd.training.optimizers.loss_scaled`, which prints a line when it is not
+        the run's).
 
         ``jit_compile`` is Keras': True XLA-compiles this class's ``train_step`` and
         ``test_step`` as a whole; pass
@@ -180,10 +184,9 @@ class Distiller(keras.Model):
             raise ConfigError("Distiller.compile: do not pass 'loss'; the distillation loss is "
                               "the KDLoss given to Distiller(loss=...)")
         kwargs.pop("loss", None)
-        optimizer = keras.optimizers.get(optimizer)
-        if (self.student.dtype_policy.name == "mixed_float16"
-                and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = loss_scaled(optimizer, self.student, *self.feature_alignments)
+        # Keras would wrap it again by the wrapper's own (the global) policy.
+        kwargs["auto_scale_loss"] = False
         super().compile(optimizer=optimizer, metrics=metrics, jit_compile=jit_compile, **kwargs)
 
     @property

@@ -19,6 +19,7 @@ from chestkd.data.pipeline import estimate_mean_std, make_dataset, steps_per_epo
 from chestkd.training.config import PHANTOM_DATASETS, apply_small_data_profile, resolve_augment
 from chestkd.training.losses import MaskedAUC, hard_loss_for
 from chestkd.training.options import RunOptions, as_options, as_training
+from chestkd.training.optimizers import loss_scaled
 from chestkd.training.run import (best_model, load_model, record_options, seed_everything,
                                   write_json)
 from chestkd.training.trainer import distribution_strategy, fit, make_optimizer
@@ -153,7 +154,10 @@ def compile_classifier(model, data: Dataset, options: RunOptions):
 
     training = as_training(options)
     steps = steps_per_epoch(data, "train", training.batch_size)
-    model.compile(optimizer=make_optimizer(training, steps), loss=hard_loss_for(data.multi_label),
+    # Loss scaling as the layers compute, not as Keras reads the outer model's policy: a
+    # .keras model keeps the precision it was saved with.
+    model.compile(optimizer=loss_scaled(make_optimizer(training, steps), model),
+                  loss=hard_loss_for(data.multi_label), auto_scale_loss=False,
                   metrics=[MaskedAUC(num_labels=data.num_classes,
                                      softmax=not data.multi_label, name="auc")],
                   jit_compile=resolve_jit_compile(training, model))

@@ -51,13 +51,25 @@ Multi-worker training, what it asks of the user
   every GLOBAL batch into per-replica batches (``batch_size / num_replicas`` each) and worker
   ``i`` keeps the ``i``-th of them: the workers together see exactly the global batch a single
   process sees, provided every worker builds the SAME pipeline (same ``batch_size``, the
-  global one, and same ``seed``, hence the same order and flips). A batch that does not
-  divide evenly (the last, partial one) is split unevenly, and the replicas' mean losses are
-  averaged with equal weights, as under ``MirroredStrategy``.
+  global one, and same ``seed``, hence the same order and flips). A LATER batch that
+  does not divide evenly (the last, partial one) is split unevenly, and the replicas' mean
+  losses are averaged with equal weights, as under ``MirroredStrategy``; the FIRST batch of
+  every ``fit`` and ``evaluate`` must divide evenly (Keras' first read, below). On a CPU, a
+  last batch with fewer images than replicas fails (TensorFlow's oneDNN kernels reject a
+  replica's empty batch, ``Matrix size-incompatible: In[0]: [0,3]``; with
+  ``TF_ENABLE_ONEDNN_OPTS=0`` it runs): keep ``len(split) % batch_size`` at 0 or at least
+  the replica count there.
 * What equals what (tests/test_multi_worker.py, 2 CPU workers vs 1 process, to ~1e-6):
-  epoch losses and metrics, per-step losses and the trained weights. Two Keras behaviours
+  epoch losses and metrics, per-step losses and the trained weights. Three Keras behaviours
   to know:
 
+  - under any strategy with several replicas (``mirrored``, ``auto`` with 2+ GPUs,
+    ``multi_worker``), Keras 3.15 (``_maybe_symbolic_build``) averages the FIRST batch of
+    each ``fit`` and ``evaluate`` over the replicas with ``strategy.reduce("MEAN", batch,
+    axis=None)``, which fails (``InvalidArgumentError ... AddN ... [5,32,32,3] !=
+    [4,32,32,3]``) when that batch does not split evenly: ``batch_size`` must be a multiple
+    of the replica count, and :func:`chestkd.training.fit` checks it and splits a
+    validation split smaller than one batch into two batches (:func:`even_first_batches`);
   - under ANY strategy, Keras' ``fit`` first draws a batch from a throw-away iterator of the
     training data (``TensorFlowTrainer._maybe_symbolic_build``), and chestkd's pipeline
     reshuffles and redraws its flips at every iteration: so epoch ``e`` sees the order and
@@ -267,3 +279,66 @@ def shard_policy_for(dataset: tf.data.Dataset, strategy=None) -> tf.data.Dataset
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+def even_first_batches(train_ds, val_ds, batch_size: int, strategy, mode: str = "auto"):
+    """``(train_ds, val_ds)`` whose first batches split evenly over ``strategy``'s replicas.
+
+    Keras 3.15 averages the first batch of each ``fit`` and ``evaluate`` over the replicas
+    (``TensorFlowTrainer._maybe_symbolic_build``: ``strategy.reduce("MEAN", batch,
+    axis=None)``, only to read its shapes), and that sum of the replicas' shards fails when
+    they differ in size; later batches may split unevenly. So with several replicas:
+
+    * ``batch_size`` (the global batch) must be a multiple of the replica count, else
+      ConfigError: every full batch would be split unevenly, the first one included;
+    * a validation split smaller than one batch whose size does not divide is split into two
+      batches, a multiple of the replica count first and at least one image per replica in
+      the second (9 images on 2 replicas: 6 and 3). Validation losses and AUC do not change:
+      they are means over the images. With fewer than twice as many images as replicas
+      there is no such split: ConfigError;
+    * a training split smaller than one batch must divide (ConfigError): splitting it would
+      double the steps per epoch that the learning-rate schedule counts.
+
+    Both datasets hold ``(x, y[, w])`` batches (any ``x`` structure). The validation set is
+    not shuffled, so reading its first batch here changes nothing; the training set is read
+    only when it is a single batch (its size is then unknown), which moves its shuffle on by
+    one iteration, as Keras' own first read does.
+    """
+    replicas = int(strategy.num_replicas_in_sync)
+    if replicas == 1:
+        return train_ds, val_ds
+    batch_size = int(batch_size)
+    where = f"with {replicas} replicas (distribute={mode})"
+    if batch_size % replicas:
+        raise ConfigError(f"--batch-size {batch_size}: {where} the first batch of each fit "
+                          f"must split evenly over the replicas; use a multiple of {replicas}")
+    # Several batches: the first one is full, so it divides.
+    size = batch_size if int(train_ds.cardinality()) != 1 else _first_batch_size(train_ds)
+    if size % replicas:
+        raise ConfigError(f"--batch-size {batch_size}: {where} the first train batch ({size} "
+                          f"images, the whole train split) must split evenly; use a train "
+                          f"split of a multiple of {replicas} images, or distribute=none")
+    if val_ds is None:
+        return train_ds, val_ds
+    size = _first_batch_size(val_ds)
+    remainder = size % replicas
+    if remainder and size < 2 * replicas:
+        raise ConfigError(f"--batch-size {batch_size}: {where} the first val batch ({size} "
+                          f"images, the whole val split) must split evenly; use a val split "
+                          f"of a multiple of {replicas} or at least {2 * replicas} images, "
+                          f"or distribute=none")
+    if remainder:
+        # Only a split smaller than one batch gets here (a full batch divides): it is one
+        # batch, so rebatch's two sizes make its two batches. The second keeps at least one
+        # image per replica: on a CPU, TensorFlow's oneDNN kernels fail on a replica given
+        # none (9 images on 2 replicas: 6 + 3, not 8 + 1).
+        first = size - remainder - replicas
+        val_ds = val_ds.rebatch([first, size - first]).apply(
+            tf.data.experimental.assert_cardinality(2))
+    return train_ds, val_ds
+
+
+def _first_batch_size(dataset) -> int:
+    for batch in dataset.take(1):
+        return int(tf.shape(tf.nest.flatten(batch)[0])[0])
+    return 0

@@ -96,3 +96,38 @@ class CoupledAdam(keras.optimizers.Adam):
 
     def get_config(self):
         return {**super().get_config(), "l2": self.l2}
+
+
+def computes_in_float16(*models) -> bool:
+    """Whether any layer of ``models`` (nested ones included) computes in float16.
+
+    A model read from a ``.keras`` file keeps every layer's dtype policy as it was saved,
+    whatever the run's ``mixed_precision`` (the global policy) says, while Keras' ``compile``
+    decides loss scaling from the OUTER model's policy. So the layers decide here. Models
+    (the outer one, a nested backbone) and input layers are skipped: they are given the
+    global policy when read back, and compute nothing themselves (a functional model does
+    not cast its inputs either).
+    """
+    return any(layer.dtype_policy.compute_dtype == "float16"
+               for model in models for layer in model._flatten_layers(include_self=True)
+               if not isinstance(layer, (keras.Model, keras.layers.InputLayer)))
+
+
+def loss_scaled(optimizer, model, *also_trained):
+    """``optimizer`` in a ``LossScaleOptimizer`` when a layer of ``model`` (or of
+    ``also_trained``, e.g. feature adapters) computes in float16: small float16 gradients
+    would flush to zero without it. Otherwise ``optimizer`` as given.
+
+    When that precision is not the run's (a ``.keras`` model saved by a run with another
+    ``mixed_precision``), one line says which precision ``model`` trains in.
+    """
+    optimizer = keras.optimizers.get(optimizer)
+    float16 = computes_in_float16(model, *also_trained)
+    run_float16 = keras.mixed_precision.global_policy().compute_dtype == "float16"
+    if float16 != run_float16:
+        print(f"{model.name} computes in {'float16' if float16 else 'float32'} as it was "
+              f"saved, though mixed_precision is {'on' if run_float16 else 'off'}: trained "
+              f"{'with' if float16 else 'without'} loss scaling")
+    if float16 and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

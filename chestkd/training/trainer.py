@@ -27,7 +27,7 @@ from chestkd.training.callbacks import (EpochSnapshot, EpochTimer, ExactValidati
                                         ScheduleEstimate, StopOnDivergence, StudentCheckpoint,
                                         TrainingDiverged, WeightAveraging, student_of)
 from chestkd.training.config import OPTIMIZERS, WEIGHT_DECAY_MODES
-from chestkd.training.distribute import distribution_strategy  # noqa: F401
+from chestkd.training.distribute import distribution_strategy, even_first_batches
 from chestkd.training.optimizers import CoupledAdam, CoupledSGD
 from chestkd.training.options import TrainingOptions, as_training, step_milestones
 from chestkd.training.run import write_json
@@ -248,9 +248,13 @@ def fit(model, train_ds, val_ds, training: TrainingOptions, run_dir, *, epochs=N
             ``raw_val_auc`` the raw student's; Keras' own ``val_loss`` stays the raw
             student's. At the end of training the model holds the average.
     """
+    training = as_training(training)
+    # Before anything is written: with several replicas Keras cannot start on a first batch
+    # that does not split evenly (a ConfigError, or the small validation split re-batched).
+    train_ds, val_ds = even_first_batches(train_ds, val_ds, training.batch_size,
+                                          model.distribute_strategy, training.distribute)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    training = as_training(training)
     epochs = int(training.epochs if epochs is None else epochs)
     averaging = weight_averaging
     # training.checkpoint: best_val keeps the epoch of the best exact validation AUC; last and
