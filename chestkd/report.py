@@ -13,7 +13,8 @@ Writes Markdown, CSV and PNG into ``--out`` (default ``RUNS_DIR/report``):
   of a subset no base model), each counted once however many recipes used it. A cell is one
   experiment: runs that differ in an option shaping a distilled model (teacher epochs,
   student init, ...) are cells of their own, named by that option; ``n`` counts seeds;
-* ``table2``: training minutes per strategy (each trained model counted once);
+* ``table2``: training minutes per setting, dataset, model and strategy (each trained
+  model counted once);
 * ``table3``: per-class AUC laid out like the paper's Table 3 — its published columns
   (``published_auc.csv``, from the paper's own Table 3) beside this report's runs;
 * ``comparisons``: every KD or self-trained model against the base model of the same
@@ -22,7 +23,10 @@ Writes Markdown, CSV and PNG into ``--out`` (default ``RUNS_DIR/report``):
 * ``fig6-*.png``: training / validation loss and AUC per epoch, self-training vs. base.
 
 A run counts when it finished: ``metrics.json`` is written and, where the run records its
-stages, its evaluation stage is done.
+stages, its evaluation stage is done (and, for KD and self-training, its results stage:
+:func:`chestkd.experiments.table_cells.run_finished`). A ``mean_std`` that a run estimated on
+its own training split (``normalization: mean_std`` without a ``mean_std`` of the user's) is
+no option: each seed estimates its own, and its runs stay one setting.
 """
 from __future__ import annotations
 
@@ -39,8 +43,9 @@ from chestkd.evaluation.evaluate import markdown_table
 from chestkd.evaluation.plots import plot_training_curves
 from chestkd.experiments.ros import trained_on_subset
 from chestkd.experiments.store import MODEL_KEYS
+from chestkd.experiments.table_cells import run_finished
 from chestkd.training.config import BOOKKEEPING_KEYS, config_id
-from chestkd.training.run import Stages, history
+from chestkd.training.run import history
 
 PUBLISHED = Path(__file__).with_name("evaluation") / "published_auc.csv"
 # What makes two runs comparable cells of one table: all model-shaping options but the
@@ -54,15 +59,22 @@ STRATEGY_ORDER = ("base_training", "self_training", "standard_kd", "reversed_kd"
                   "defective_kd")
 
 
-def _finished(folder: Path) -> bool:
-    stages = folder / "stages.json"
-    return (folder / "metrics.json").exists() and (
-        not stages.exists() or Stages(folder).done("evaluation"))
-
-
 def _strategy(config: dict) -> str:
     recipe = config.get("recipe") or "base_training"
     return f"{config.get('strategy', 'standard')}_kd" if recipe == "kd" else recipe
+
+
+def _shaping(config: dict, metrics: dict) -> dict:
+    """The run's configuration as the options that shaped its result: a ``mean_std`` the run
+    estimated (not among its ``explicit_options``; a run saved before they were recorded
+    estimated it too) left out, since each seed estimates its own; the KD formulation as the
+    run resolved it (``kd_loss`` unset is the data's choice, recorded in metrics.json)."""
+    shaping = dict(config)
+    if "mean_std" not in (config.get("explicit_options") or ()):
+        shaping.pop("mean_std", None)
+    if config.get("recipe") in ("kd", "self_training") and metrics.get("kd_loss"):
+        shaping["kd_loss"] = metrics["kd_loss"]
+    return shaping
 
 
 def _setting(config: dict) -> str:
@@ -85,9 +97,15 @@ def _store_place(path) -> tuple[str, str]:
 
 
 def _read(path: Path, parse):
-    """A run's file parsed, or a ChestKDError naming it (a hand-edited file, say)."""
+    """A run's file parsed (a mapping; an empty config.yaml is an empty one), or a
+    ChestKDError naming it (a hand-edited file, say)."""
     try:
-        return parse(path.read_text())
+        value = parse(path.read_text())
+        if value is None and path.suffix == ".yaml":
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"a mapping of keys to values expected, got {type(value).__name__}")
+        return value
     except (ValueError, yaml.YAMLError) as error:
         raise ChestKDError(f"{path}: not readable ({error}); mend it or move that run folder "
                            "out of the runs directory") from None
@@ -100,12 +118,15 @@ def find_runs(root) -> pd.DataFrame:
     rows = []
     for metrics_path in sorted(Path(root).rglob("metrics.json")):
         folder = metrics_path.parent
-        if not (folder / "config.yaml").exists() or not _finished(folder):
+        if not (folder / "config.yaml").exists():
             continue
-        config = _read(folder / "config.yaml", yaml.safe_load) or {}
+        config = _read(folder / "config.yaml", yaml.safe_load)
         if config.get("role") == "store" and trained_on_subset(config.get("teachers_dir")):
             continue
         metrics = _read(metrics_path, json.loads)
+        if not run_finished(folder, config.get("recipe"), metrics):
+            continue
+        config = _shaping(config, metrics)
         strategy = _strategy(config)
         model = metrics.get("model") or config.get("model")
         teacher = None
@@ -223,7 +244,10 @@ def table1_markdown(table: pd.DataFrame, runs: pd.DataFrame, root) -> str:
 
 
 def table2(runs: pd.DataFrame) -> pd.DataFrame:
-    return (runs.groupby("strategy")["train_minutes"].agg(["mean", "count"])
+    """Training minutes per setting, dataset, model and strategy, as Table 1's cells: minutes
+    of other epochs, schedules or models are never averaged together."""
+    keys = ["setting", "dataset", "model", "strategy"]
+    return (runs.groupby(keys, dropna=False)["train_minutes"].agg(["mean", "count"])
             .rename(columns={"mean": "minutes (mean)", "count": "runs"}).reset_index())
 
 

@@ -72,7 +72,9 @@ def test_distill_imports_neither_data_nor_evaluation():
 
 # What distill may take from training: the hard losses and the masked AUC it reports. Run
 # directories, the fit loop and the teacher cache (which reads data sets) stay above it.
-DISTILL_USES_FROM_TRAINING = {"chestkd.training.losses"}
+# Building blocks, not run code: the masked losses and metric, and the optimizers' loss
+# scaling (a student keeps the precision it was saved with).
+DISTILL_USES_FROM_TRAINING = {"chestkd.training.losses", "chestkd.training.optimizers"}
 
 
 def test_distill_imports_no_run_code_of_training():

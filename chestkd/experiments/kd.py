@@ -28,6 +28,7 @@ from chestkd.evaluation import evaluate_model, print_results
 from chestkd.evaluation.metrics import predict_logits
 from chestkd.experiments.store import (TRAINING_FILES, copy_results, obtain_model,
                                       scored_alike, snapshot_epoch)
+from chestkd.experiments.table_cells import RESULTS_STAGE, run_finished
 from chestkd.scores import probabilities_from_logits
 from chestkd.training.classifier import (build_model, image_options, pipelines,
                                          prepare_run_data, set_precision)
@@ -191,6 +192,17 @@ def evaluate_once(model, data: Dataset, options: RunOptions, run_dir, *, stage="
     return results
 
 
+def write_final_metrics(results: dict, run_dir, recipe: str) -> None:
+    """Write a KD or self-training run's final ``metrics.json`` and mark its
+    :data:`~chestkd.experiments.table_cells.RESULTS_STAGE`: until then the metrics.json of
+    its evaluation stage (the scores alone) stands there, and the run is not finished. A
+    finished run resumed keeps its stages as they were."""
+    finished_before = run_finished(run_dir, recipe)
+    write_json(results, Path(run_dir) / "metrics.json")
+    if not finished_before:
+        Stages(run_dir).mark(RESULTS_STAGE)
+
+
 def kd_experiment(config: dict) -> dict:
     """Run one KD strategy end to end: teacher, distillation, test-split evaluation.
 
@@ -220,6 +232,6 @@ def kd_experiment(config: dict) -> dict:
                    teacher_agreement=agreement(student, teacher, data, options))
     if snapshot is not None:
         results["teacher_epochs"] = f"{snapshot} of {epochs}"
-    write_json(results, Path(run_dir) / "metrics.json")
+    write_final_metrics(results, run_dir, "kd")
     print_results(results, title=f"{strategy} KD ({kd_loss}): student")
     return results

@@ -130,8 +130,10 @@ def check_options(config: dict) -> None:
         check_threshold_rule(config["threshold_rule"])
 
 
-def over_seeds(run_one, config: dict) -> dict:
-    """Run ``run_one(config)`` once per seed of ``config["seeds"]``; write the summary."""
+def over_seeds(run_one, config: dict, recipe: str | None = None) -> dict:
+    """Run ``run_one(config)`` once per seed of ``config["seeds"]``; write the summary into
+    ``NAME-seeds-*``: the run name, else the strategy or recipe a run reports, else
+    ``recipe``."""
     seeds = seed_list(config["seeds"])
     check_options(config)  # fail on a bad option before the first seed trains
     results = []
@@ -146,7 +148,7 @@ def over_seeds(run_one, config: dict) -> dict:
     if tables:
         summary["tables"] = tables
     name = (config.get("run_name") or results[0].get("strategy") or results[0].get("recipe")
-            or config.get("recipe") or "repeat")
+            or config.get("recipe") or recipe or "repeat")
     folder = new_run_dir(config["out"], f"{name}-seeds")
     write_json(summary, folder / "summary.json")
     table.to_csv(folder / "summary.csv", index=False)
@@ -187,7 +189,11 @@ def recipe_entry(run_once, defaults: dict, doc: str, *, plan=None, **resolve_opt
         check_options(config)
         if plan is not None and not config.get("resume"):  # a resumed run keeps its own plan
             print(plan(config), flush=True)
-        return over_seeds(run_once, config) if config.get("seeds") else run_once(config)
+        if not config.get("seeds"):
+            return run_once(config)
+        # A recipe's module is named after it (chestkd.recipes.base_training): its summary
+        # folder says which recipe ran when the runs' results do not (base training's).
+        return over_seeds(run_once, config, recipe=run_once.__module__.rsplit(".", 1)[-1])
 
     return run, main_of(run)
 

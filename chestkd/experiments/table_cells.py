@@ -8,18 +8,24 @@ with ``DEFAULTS`` and ``run(argv)``), so this layer never imports the recipes ab
 from __future__ import annotations
 
 import fnmatch
+import json
 from pathlib import Path
 
 import yaml
 
 from chestkd.errors import ChestKDError, ConfigError
 from chestkd.io import atomic_write_json
-from chestkd.training.config import config_id, load_yaml, resolve_config
+from chestkd.training.config import config_id, load_yaml, resolve_config, seed_list
 
 # The order the cells run in: every teacher is base-trained before a cell distils from it.
 ORDER = ("base_training", "self_training", "standard", "reversed", "defective")
 # Options that would make every cell the same run, or another one: refused.
 PER_CELL_OPTIONS = ("--config", "--resume", "--run-name")
+# The stage a KD or self-training run marks once its final metrics.json is written: its
+# evaluation stage writes an earlier metrics.json (the scores alone), and the teacher
+# agreement, the paired comparison or the saliency figures still follow it.
+RESULTS_STAGE = "results"
+RESULTS_RECIPES = ("kd", "self_training")
 
 
 class TableIncomplete(ChestKDError):
@@ -54,29 +60,72 @@ def resolved_cell(path: Path, overrides, recipes: dict) -> tuple[str, dict]:
     if recipe not in tuple(recipes):  # (a YAML list is no key, but no recipe either)
         raise ConfigError(f"{path}: 'recipe' must be {', '.join(list(recipes)[:-1])} or "
                           f"{list(recipes)[-1]}, got {recipe!r}")
-    config = resolve_config(["--config", str(path), *overrides], recipes[recipe].DEFAULTS)
+    # The recipe's own profile values, as its command resolves them (recipe_entry): without
+    # them a phantom cell leaving batch_size or epochs to the profile gets another config_id
+    # than the run it starts, and is never found done.
+    config = resolve_config(["--config", str(path), *overrides], recipes[recipe].DEFAULTS,
+                            recipe_profiles=getattr(recipes[recipe], "RECIPE_PROFILES", None))
     config["recipe"] = recipe
     return recipe, config
 
 
+def run_finished(folder, recipe, metrics: dict | None = None) -> bool:
+    """Whether the run in ``folder`` (of ``recipe``) finished: ``metrics.json`` written and,
+    where the run records its stages, its evaluation stage done and, for a KD or
+    self-training run, its :data:`RESULTS_STAGE`. ``metrics``: the parsed metrics.json, if
+    the caller has read it."""
+    folder = Path(folder)
+    if not (folder / "metrics.json").exists():
+        return False
+    if not (folder / "stages.json").exists():
+        return True
+    try:
+        stages = json.loads((folder / "stages.json").read_text())
+        if metrics is None and recipe in RESULTS_RECIPES:
+            metrics = json.loads((folder / "metrics.json").read_text())
+    except ValueError:  # half written or damaged: running (resuming) the run writes it anew
+        return False
+    if not isinstance(stages, dict) or "evaluation" not in stages:
+        return False
+    if recipe not in RESULTS_RECIPES or RESULTS_STAGE in stages:
+        return True
+    # A run written before the results stage existed: only its final metrics.json names the
+    # strategy (evaluation's own metrics.json has the scores alone).
+    return isinstance(metrics, dict) and "strategy" in metrics
+
+
+def _runs_of(config: dict) -> list:
+    """(folder, finished) of each run under ``config["out"]`` with this configuration,
+    oldest first (the folders' names end in their start time)."""
+    wanted, runs = config_id(config), []
+    for config_path in sorted(Path(config["out"]).glob("*/config.yaml")):
+        try:
+            saved = yaml.safe_load(config_path.read_text())
+        except yaml.YAMLError:
+            continue  # no run this table can tell as its own
+        if isinstance(saved, dict) and saved.get("config_id") == wanted:
+            folder = config_path.parent
+            runs.append((folder, run_finished(folder, saved.get("recipe"))))
+    return runs
+
+
 def finished(config: dict) -> Path | None:
     """The finished run folder under ``config["out"]`` with this configuration, if any."""
-    wanted = config_id(config)
-    for config_path in sorted(Path(config["out"]).glob("*/config.yaml")):
-        saved = yaml.safe_load(config_path.read_text()) or {}
-        folder = config_path.parent
-        stages = folder / "stages.json"
-        done = (folder / "metrics.json").exists() and (
-            not stages.exists() or '"evaluation"' in stages.read_text())
-        if saved.get("config_id") == wanted and done:
-            return folder
-    return None
+    return next((folder for folder, done in _runs_of(config) if done), None)
+
+
+def interrupted(config: dict) -> Path | None:
+    """The newest unfinished run folder under ``config["out"]`` with this configuration (a
+    table stopped while it ran), to be resumed rather than started again; None if none."""
+    return next((folder for folder, done in reversed(_runs_of(config)) if not done), None)
 
 
 def table_cells(files: list, options: list, recipes: dict) -> tuple[list, list]:
     """(cells in :data:`ORDER`, the options for every cell): each cell ``(path, recipe,
-    config)`` resolved, so a bad option fails before anything runs. Another ``out`` than the
-    cells' own takes the model store with it unless ``teachers_dir`` is given."""
+    config, own options)`` resolved, so a bad option fails before anything runs; with
+    ``--seeds`` a file is one cell per seed (own options ``seed=S seeds=null``). Another
+    ``out`` than the cells' own takes the model store with it unless ``teachers_dir`` is
+    given."""
     _, probe = resolved_cell(files[0], options, recipes)
     if "out" in probe["_given"] and "teachers_dir" not in probe["_given"]:
         # The paper's cells keep their model store in runs/table1/teachers: with another
@@ -86,8 +135,14 @@ def table_cells(files: list, options: list, recipes: dict) -> tuple[list, list]:
     for path in files:
         recipe, config = resolved_cell(path, options, recipes)
         step = config.get("strategy") if recipe == "kd" else recipe
-        cells.append((ORDER.index(step), path.name, path, recipe, config))
-    return [cell[2:] for cell in sorted(cells)], options
+        # config_id leaves ``seeds`` out, so one cell for all seeds would be found done by
+        # its first seed's run: each seed is a cell of its own, found and run alone.
+        for seed in seed_list(config.get("seeds")) or [None]:
+            own = [] if seed is None else [f"seed={seed}", "seeds=null"]
+            seed_config = resolved_cell(path, [*options, *own], recipes)[1] if own else config
+            cells.append((ORDER.index(step), path.name, -1 if seed is None else seed, path,
+                          recipe, seed_config, own))
+    return [cell[3:] for cell in sorted(cells, key=lambda cell: cell[:3])], options
 
 
 def run_cells(cells: list, options: list, recipes: dict, *, dry_run: bool) -> list:
@@ -95,24 +150,32 @@ def run_cells(cells: list, options: list, recipes: dict, *, dry_run: bool) -> li
     them); returns one dict per cell: its name, recipe, configuration, ``out`` and status
     (``done`` before, ``ran``, ``failed`` with its ``error``, or ``to run``)."""
     summary = []
-    for path, recipe, config in cells:
-        cell = {"cell": path.name, "recipe": recipe, "config": config,
+    for path, recipe, config, own in cells:
+        name = f"{path.name} seed {config['seed']}" if own else path.name
+        cell = {"cell": name, "recipe": recipe, "config": config,
                 "out": str(Path(config["out"]))}
         summary.append(cell)
         done = finished(config)
         if done:
-            print(f"[done] {path.name}: {done}")
+            print(f"[done] {name}: {done}")
             cell.update(status="done", run=str(done))
             continue
-        print(f"[run ] {path.name} ({recipe})")
+        stopped = interrupted(config)
+        if stopped:
+            # Continue the stopped run in its own folder (its finished stages kept), rather
+            # than training the cell again beside it.
+            print(f"[run ] {name} ({recipe}): resuming {stopped}")
+        else:
+            print(f"[run ] {name} ({recipe})")
         if dry_run:
             cell["status"] = "to run"
             continue
         try:
-            recipes[recipe].run(["--config", str(path), *options])
+            recipes[recipe].run(["--resume", str(stopped)] if stopped else
+                                ["--config", str(path), *options, *own])
         except ChestKDError as error:
             # One cell's problem (most often a diverging fit) must not cost the others.
-            print(f"[fail] {path.name}: {error}")
+            print(f"[fail] {name}: {error}")
             cell.update(status="failed", error=str(error))
             continue
         cell["status"] = "ran"

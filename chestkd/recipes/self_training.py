@@ -12,8 +12,7 @@
 4. saliency figures of both models on the same boxed test images, localisation, a sanity check.
 
 KD loss: ``sigmoid`` (T = 4, alpha = 0.5), the sound form for 14 non-exclusive findings; the
-paper's Eq. 8 is ``--kd-loss ho2020_eq8``. No data: the built-in phantom (docs/ho_gwak_2020.md).
-"""
+paper's Eq. 8 is ``--kd-loss ho2020_eq8``. No data: the phantom (docs/ho_gwak_2020.md)."""
 import json
 
 import tensorflow as tf
@@ -21,7 +20,8 @@ import tensorflow as tf
 from chestkd.distill.kd_loss import FORMULATION_TITLES
 from chestkd.evaluation.statistics import write_comparison
 from chestkd.experiments.kd import (cache_teacher_logits, distil, evaluate_once,
-                                    obtained_model_results, record_teacher, resolve_kd_loss)
+                                    obtained_model_results, record_teacher, resolve_kd_loss,
+                                    write_final_metrics)
 from chestkd.experiments.repeat import recipe_entry
 from chestkd.experiments.store import obtain_model
 from chestkd.saliency.report import write_saliency_report
@@ -110,7 +110,7 @@ def run_once(config: dict) -> dict:
             results["saliency"] = saliency_stage(options, data, run_dir, stages, base, student)
     results["stage_seconds"] = timer.seconds()
     print(timer.line())
-    write_json(results, run_dir / "metrics.json")
+    write_final_metrics(results, run_dir, "self_training")
     return results
 
 

@@ -13,8 +13,9 @@ every cell (e.g. ``--epochs 2 --dataset phantom data_dir=null --out runs/smoke``
 test; the model store follows ``--out`` unless ``teachers_dir`` is given). A cell is
 done only when a finished run with the same resolved configuration (file, overrides and
 defaults; :func:`chestkd.training.config.config_id`) exists under its ``out`` folder — a smoke
-run with ``--epochs 2`` never marks the real cell done — so an interrupted table resumes, and
-every model is trained once through the model store.
+run with ``--epochs 2`` never marks the real cell done — so an interrupted table resumes (a
+cell stopped part way continues in its own run folder, ``--resume``), and every model is
+trained once through the model store. ``--seeds 0,1,2`` makes each file one cell per seed.
 
 A cell that fails (a diverging fit, a data problem) is marked failed and the table goes on
 with the other cells; the summary names the failed ones, ``OUT/table1_status.json`` records
