@@ -17,6 +17,7 @@ import tensorflow as tf  # noqa: E402
 from chestkd.distill import Distiller, KDLoss
 from chestkd.models.weights import save_model_atomically
 from chestkd.training.trainer import StudentCheckpoint
+from two_cpus import PREAMBLE  # noqa: E402
 from chestkd.errors import ConfigError  # noqa: E402
 from chestkd.training.losses import MaskedAUC  # noqa: E402
 
@@ -493,15 +494,7 @@ def test_mixed_precision_trains_under_xla():
 
 
 # ------------------------------------------------------------- MirroredStrategy
-MIRRORED_SCRIPT = textwrap.dedent("""
-    import json, os, sys
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, numpy as np
-    sys.path.insert(0, sys.argv[1])
+MIRRORED_SCRIPT = PREAMBLE + textwrap.dedent("""
     from chestkd.distill import Distiller, KDLoss
 
     def model(name, seed, batchnorm):

@@ -15,18 +15,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from two_cpus import PREAMBLE
 
 REPO = Path(__file__).resolve().parents[1]
 
-SCRIPT = textwrap.dedent("""
-    import json, os, sys, tempfile
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, numpy as np
-    sys.path.insert(0, sys.argv[1])
+SCRIPT = PREAMBLE + textwrap.dedent("""
+    import tempfile
     from chestkd.distill import Distiller, KDLoss
     from chestkd.errors import ConfigError
     from chestkd.training.config import BASE_DEFAULTS
