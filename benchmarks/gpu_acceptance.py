@@ -57,7 +57,7 @@ SMOKE = {"phantom_images": 40, "phantom_size": 32, "steps": 1, "warmup_steps": 1
          "kd_steps": 2, "cases": [("conv3_student", 32, 8)],
          "main_job": ["phantom_images=60", "phantom_size=64", "--model", "conv3_student",
                       "--image-size", "32", "--epochs", "1", "--batch-size", "8",
-                      "--bootstrap", "20", "--latency-images", "2", "--no-saliency"]}
+                      "--bootstrap", "40", "--latency-images", "2", "--no-saliency"]}
 
 
 def device_info() -> dict:

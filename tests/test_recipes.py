@@ -60,7 +60,10 @@ def test_every_recipe_writes_its_results(runs):
     for name, result in results.items():
         assert 0.0 <= result["mean_auc"] <= 1.0, name
         lo, hi = result["mean_auc_ci"]
-        assert lo <= result["mean_auc"] <= hi, name
+        if result["mean_auc_ci_resamples"] >= 40:
+            assert lo <= result["mean_auc"] <= hi, name
+        else:   # 40 resamples of a 24-image test split: few keep every finding, no interval
+            assert np.isnan(np.asarray([lo, hi], np.float64)).all(), name
         assert result["params"]["total"] > 0 and result["latency"]["median_ms"] > 0
     run = _run_dirs(out, "base_training-conv3_student")[0]
     for name in ("config.yaml", "model.keras", "history.csv", "metrics.json",
