@@ -310,3 +310,20 @@ def test_a_backup_damaged_while_written_resumes_from_the_epoch_before(tmp_path):
     epochs = pd.read_csv(tmp_path / "history.csv")["epoch"].tolist()
     assert epochs == [0, 1, 1, 2]                           # epoch 2 again, from epoch 1
     assert int(resumed.optimizer.iterations.numpy()) == 3 * 3
+
+
+def test_a_fit_that_had_finished_is_not_trained_again(tmp_path, capsys):
+    # A run stopped after its fit ended but before its caller marked the stage trained again
+    # from epoch 1 on resume (Keras had removed the backup) and logged every epoch twice.
+    config = {**BASE_DEFAULTS, "epochs": 3, "learning_rate": 0.05, "schedule": "step"}
+    train, val = _data()
+    assert fit(_model(config), train, val, config, tmp_path, verbose=0) is not None
+    saved = (tmp_path / "model.keras").read_bytes()
+    assert fit(_model(config), train, val, config, tmp_path, verbose=0) is None
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [0, 1, 2]
+    assert (tmp_path / "model.keras").read_bytes() == saved
+    assert "training had finished (history.csv reaches epoch 3); not trained again" in \
+        capsys.readouterr().out
+    # a longer schedule in the same folder is no finished fit
+    from chestkd.training.trainer import trained_before
+    assert trained_before(tmp_path, 3) and not trained_before(tmp_path, 4)

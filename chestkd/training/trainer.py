@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import keras
+import pandas as pd
 import tensorflow as tf
 
 from chestkd.errors import ConfigError
@@ -219,10 +220,25 @@ def resolve_verbose(verbose):
 
 
 # ------------------------------------------------------------------------------ fit
+def trained_before(run_dir, epochs: int) -> bool:
+    """Whether a fit of ``epochs`` epochs ran to its end in ``run_dir``: its history reaches
+    the last epoch, its model is saved, and Keras removed its backup (it does so only when
+    training ends). A run stopped after that, before its caller marked the stage, would
+    otherwise train again from epoch 1 and log every epoch twice."""
+    run_dir = Path(run_dir)
+    history = run_dir / "history.csv"
+    if (run_dir / "backup").exists() or not (run_dir / "model.keras").exists() \
+            or not history.exists():
+        return False
+    done = pd.read_csv(history)["epoch"] if history.stat().st_size else []
+    return len(done) > 0 and int(max(done)) >= int(epochs) - 1
+
+
 def fit(model, train_ds, val_ds, training: TrainingOptions, run_dir, *, epochs=None,
         verbose="auto", extra_callbacks=(), multi_label: bool = True, keep_backup: bool = False,
         snapshot_epochs=(), weight_averaging=None, later_stages=()):
-    """Train ``model`` with the run's callbacks; returns the Keras History.
+    """Train ``model`` with the run's callbacks; returns the Keras History (None when the fit
+    had already run to its last epoch in ``run_dir``: :func:`trained_before`).
 
     ``model.keras`` receives ``model.student`` for a Distiller, else ``model`` itself, at the
     epoch of the best EXACT validation mean AUC.
@@ -256,6 +272,10 @@ def fit(model, train_ds, val_ds, training: TrainingOptions, run_dir, *, epochs=N
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     epochs = int(training.epochs if epochs is None else epochs)
+    if trained_before(run_dir, epochs):
+        print(f"{run_dir}: training had finished (history.csv reaches epoch {epochs}); not "
+              "trained again", flush=True)
+        return None
     averaging = weight_averaging
     # training.checkpoint: best_val keeps the epoch of the best exact validation AUC; last and
     # average keep the final epoch's model (a fixed schedule; average: SWA over the last third
