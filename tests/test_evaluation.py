@@ -294,3 +294,14 @@ def test_without_a_validation_split_every_threshold_is_one_half(data, tmp_path, 
     results = evaluate_model(model_of(), data, as_options({**CONFIG, "bootstrap": 0}), tmp_path)
     assert results["thresholds"]["values"] == [0.5] * 3
     assert "no validation split" in results["thresholds"]["split"]
+
+
+def test_a_markdown_table_shows_an_interval_in_the_table_s_format():
+    # The report's comparisons table printed difference_ci as the raw list
+    # "[-0.17783363931007168, -0.06987179605357986]".
+    from chestkd.evaluation import markdown_table
+    frame = pd.DataFrame({"difference": [-0.1071], "difference_ci": [[-0.17783363931007168,
+                                                                       -0.06987179605357986]],
+                          "ci": [[float("nan"), 0.5]], "names": [["a", "b"]]})
+    assert markdown_table(frame, ".3f").splitlines()[-1] == \
+        "| -0.107 | [-0.178, -0.070] | [n/a, 0.500] | ['a', 'b'] |"

@@ -50,6 +50,9 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4f") -> str:
     def cell(value):
         if isinstance(value, (float, np.floating)):
             return "n/a" if np.isnan(value) else format(value, floatfmt)
+        if isinstance(value, (list, tuple)) and value and all(
+                isinstance(v, (float, np.floating)) for v in value):   # an interval
+            return "[" + ", ".join(cell(v) for v in value) + "]"
         return str(value)
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
