@@ -671,3 +671,21 @@ def test_one_patient_gives_no_interval_and_no_p_value():
     single = st.bootstrap_auc(y, a, one, n_boot=200)
     assert np.isfinite(single["mean_auc"]) and np.isnan(single["mean_ci"]).all()
     assert single["per_class_valid_resamples"] == [0, 0]
+
+
+def test_too_few_complete_resamples_give_no_interval_no_p_and_say_why():
+    # 7 of 50 resamples kept every finding in a tiny run: the p of those 7 (0.250) stood
+    # beside "no interval (bootstrap=0)", though the bootstrap was on.
+    a, b = _predictions(0), _predictions(1, shift=0.5)
+    for pred in (a, b):
+        for key in ("labels", "clean_labels"):
+            pred[key] = pred[key].copy()
+            pred[key][:, 2] = 0.0
+            pred[key][:2, 2] = 1.0          # one patient (p0) holds the only positives
+    summary, _ = st.compare_predictions(a, b, n_boot=50, seed=0)
+    comparison = summary["comparison"]
+    assert comparison["mean_valid_resamples"] < 40
+    assert np.isnan(comparison["difference_ci"]).all() and np.isnan(comparison["p_value"])
+    text = st.comparison_markdown(comparison, "a", "b")
+    assert "no interval (fewer than 40 resamples kept every finding)" in text
+    assert "bootstrap=0" not in text

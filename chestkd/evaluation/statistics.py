@@ -228,6 +228,14 @@ def bootstrap_p_value(differences) -> float:
     return float(min(1.0, 2.0 * tail / (d.size + 1)))
 
 
+def _p_value(differences, confidence: float) -> float:
+    """:func:`bootstrap_p_value`, NaN from as few resamples as give no interval
+    (:func:`min_resamples`): a p and its interval are read together."""
+    finite = np.isfinite(np.asarray(differences, np.float64)).sum()
+    return bootstrap_p_value(differences) if finite >= min_resamples(confidence) \
+        else float("nan")
+
+
 def holm(p_values) -> np.ndarray:
     """Holm's step-down adjustment of m p-values (family-wise error across m findings).
 
@@ -292,7 +300,7 @@ def paired_bootstrap(y_true, scores_a, scores_b, groups, *, n_boot: int = 1000,
         "difference": mean_b - mean_a,
         "difference_ci": _interval(d_mean, confidence),
         "difference_sd": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
-        "p_value": bootstrap_p_value(d_mean),
+        "p_value": _p_value(d_mean, confidence),
         "per_class_auc_a": [float(v) for v in point_a],
         "per_class_auc_b": [float(v) for v in point_b],
         "per_class_ci_a": [_interval(boot_a[:, c], confidence) if valid[c] else [nan, nan]
@@ -302,7 +310,7 @@ def paired_bootstrap(y_true, scores_a, scores_b, groups, *, n_boot: int = 1000,
         "per_class_difference": [float(v) for v in point_b - point_a],
         "per_class_difference_ci": [_interval(d_class[:, c], confidence)
                                     for c in range(y.shape[1])],
-        "per_class_p_value": [bootstrap_p_value(d_class[:, c]) if valid[c] else float("nan")
+        "per_class_p_value": [_p_value(d_class[:, c], confidence) if valid[c] else float("nan")
                               for c in range(y.shape[1])],
         "mean_valid_resamples": int(finite.size),
         "n_boot": int(n_boot), "confidence": float(confidence), "seed": int(seed),
@@ -785,8 +793,9 @@ def comparison_markdown(comparison: dict, name_a: str = "A", name_b: str = "B") 
                    f"{cal_a['ece']:.4f}, {name_b} {cal_b['ece']:.4f}; Brier {name_a} "
                    f"{cal_a['brier']:.4f}, {name_b} {cal_b['brier']:.4f}.")
     lo, hi = comparison["difference_ci"]
-    if not np.all(np.isfinite([lo, hi])):
-        verdict = "no interval (bootstrap=0)"
+    if not np.all(np.isfinite(np.asarray([lo, hi], np.float64))):
+        verdict = ("no interval (bootstrap=0)" if n_boot == 0 else
+                   f"no interval (fewer than {min_resamples()} resamples kept every finding)")
     elif lo <= 0 <= hi:
         verdict = "its 95 % interval includes zero: no difference shown either way"
     else:
