@@ -343,3 +343,13 @@ def test_distilling_from_setup_3_gives_its_model_back_as_it_was(tmp_path, monkey
                             tmp_path / "student", tmp_path)
     assert [(layer.name, layer.trainable) for layer in teacher._flatten_layers()] == before
     assert sum(int(np.prod(w.shape)) for w in teacher.trainable_weights) == counted > 0
+
+
+def test_a_model_option_is_refused_not_replaced(tmp_path, capsys):
+    # --model named the run folder only and was silently replaced by transfer_model.
+    with pytest.raises(SystemExit) as caught:
+        transfer_learning.main(["--model", "resnet50", "--out", str(tmp_path)])
+    assert caught.value.code == 2
+    assert "--model resnet50: transfer_learning trains several models; name them with " \
+        "transfer_model=" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

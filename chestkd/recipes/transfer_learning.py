@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 
+from chestkd.errors import ConfigError
 from chestkd.experiments.transfer import (SETUP_FOLDERS, baseline_epochs, check_options,
                                           copied_layers, distil_student, initial_model,
                                           kd_alpha, plan, positive_index, teacher_setup,
@@ -56,6 +57,10 @@ def checked(config) -> dict:
     """The configuration with ``model`` = ``transfer_model`` (it names the run folder), after
     checking every option, before anything is read or trained."""
     check_options(config)
+    if "model" in config.get("_explicit", ()) and config["model"] != config["transfer_model"]:
+        # It named the run folder only, and was silently replaced by transfer_model.
+        raise ConfigError(f"--model {config['model']}: transfer_learning trains several models; "
+                          "name them with transfer_model=, teacher_model= and baseline_model=")
     return {**config, "model": config["transfer_model"]}
 
 
