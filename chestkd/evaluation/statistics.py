@@ -232,8 +232,9 @@ def _p_value(differences, confidence: float) -> float:
     """:func:`bootstrap_p_value`, NaN from as few resamples as give no interval
     (:func:`min_resamples`): a p and its interval are read together."""
     finite = np.isfinite(np.asarray(differences, np.float64)).sum()
-    return bootstrap_p_value(differences) if finite >= min_resamples(confidence) \
-        else float("nan")
+    if finite < min_resamples(confidence):
+        return float("nan")
+    return bootstrap_p_value(differences)
 
 
 def holm(p_values) -> np.ndarray:

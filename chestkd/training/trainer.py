@@ -227,8 +227,8 @@ def trained_before(run_dir, epochs: int) -> bool:
     otherwise train again from epoch 1 and log every epoch twice."""
     run_dir = Path(run_dir)
     history = run_dir / "history.csv"
-    if (run_dir / "backup").exists() or not (run_dir / "model.keras").exists() \
-            or not history.exists():
+    if ((run_dir / "backup").exists() or not (run_dir / "model.keras").exists()
+            or not history.exists()):
         return False
     done = pd.read_csv(history)["epoch"] if history.stat().st_size else []
     return len(done) > 0 and int(max(done)) >= int(epochs) - 1
