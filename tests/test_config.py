@@ -270,3 +270,16 @@ def test_seeds_zero_is_a_repeat_over_seed_zero():
     assert config["seeds"] == [0] and bool(config["seeds"])
     assert resolve_config(["--seeds", "0,2"], BASE_DEFAULTS)["seeds"] == [0, 2]
     assert resolve_config([], BASE_DEFAULTS)["seeds"] is None
+
+
+def test_help_shows_what_a_run_with_no_data_takes(capsys):
+    # --help said "--model (default: 'densenet121')" and "--epochs (default: 200)", while a
+    # run with no data trains the phantom profile's ResNet-20 for 10 epochs.
+    from chestkd.recipes import self_training
+    with pytest.raises(SystemExit):
+        self_training.run(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--model MODEL (default: 'densenet121'; with no data, the phantom profile's " \
+        "'resnet20')" in text
+    assert "--epochs EPOCHS (default: 200; with no data, the phantom profile's 10)" in text
+    assert "--seed SEED (default: 0)" in text

@@ -267,24 +267,30 @@ def _check_keys(values: dict, known: dict, where: str) -> None:
                           f"{', '.join(sorted(known))}")
 
 
-def build_parser(defaults: dict, description: str) -> argparse.ArgumentParser:
+def build_parser(defaults: dict, description: str,
+                 no_data: dict | None = None) -> argparse.ArgumentParser:
+    """The command's parser; ``no_data``: the values the phantom profile gives when no data is
+    named, shown beside the defaults they replace."""
     # No abbreviations: --epoch 3 read as --epochs 3, while epoch=3 is refused as unknown.
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of options (any option below)")
     for key, default in defaults.items():
         flag = "--" + key.replace("_", "-")
+        shown = f"(default: {default!r}"
+        if key in (no_data or {}) and no_data[key] != default:
+            shown += f"; with no data, the phantom profile's {no_data[key]!r}"
         if isinstance(default, bool):
             # A boolean works bare (--skip-bad-images), negated (--no-saliency) or with a
             # value (--saliency false); key=value works too.
             parser.add_argument(flag, dest=key, nargs="?", const=True, type=_parse_bool,
-                                default=argparse.SUPPRESS, help=f"(default: {default!r})")
+                                default=argparse.SUPPRESS, help=shown + ")")
             parser.add_argument("--no-" + key.replace("_", "-"), dest=key,
                                 action="store_false", default=argparse.SUPPRESS,
                                 help=argparse.SUPPRESS)
         else:
             parser.add_argument(flag, dest=key, type=_parse_value, default=argparse.SUPPRESS,
-                                help=f"(default: {default!r})")
+                                help=shown + ")")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="further options as key=value")
     return parser
@@ -316,7 +322,10 @@ def resolve_config(argv, defaults: dict, description: str = "",
     are runtime-only and never saved).
     """
     argv = _bare_booleans(list(sys.argv[1:] if argv is None else argv), defaults)
-    args = vars(build_parser(defaults, description).parse_intermixed_args(argv))
+    # What a run with no data takes instead of the defaults (resolved below), for --help.
+    no_data = ({**PROFILES["phantom"], **(recipe_profiles or {}).get("phantom", {})}
+               if defaults.get("dataset") in PHANTOM_DATASETS else {})
+    args = vars(build_parser(defaults, description, no_data).parse_intermixed_args(argv))
     config_file = args.pop("config", None)
     overrides = args.pop("overrides", [])
     given, on_command_line = {}, dict(args)
