@@ -125,7 +125,10 @@ def test_self_training_compares_base_and_self_trained(runs):
     assert (run / "base_history.csv").exists()
     comparison = json.loads((run / "comparison.json").read_text())
     values = comparison["comparison"]
-    assert 0.0 <= values["p_value"] <= 1.0
+    if values["mean_valid_resamples"] >= 40:
+        assert 0.0 <= values["p_value"] <= 1.0
+    else:   # a 24-image test split: few of 40 resamples keep every finding, no p (JSON null)
+        assert values["p_value"] is None and values["difference_ci"] == [None, None]
     assert values["difference"] == pytest.approx(values["mean_auc_b"] - values["mean_auc_a"])
     assert results["self_training"]["kd_loss"] == "sigmoid"  # the multi-label default
     assert "sigmoid KD" in (run / "comparison.md").read_text()  # the title names the loss
