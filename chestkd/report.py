@@ -24,7 +24,7 @@ Writes Markdown, CSV and PNG into ``--out`` (default ``RUNS_DIR/report``):
 
 A run counts when it finished: ``metrics.json`` is written and, where the run records its
 stages, its evaluation stage is done (and, for KD and self-training, its results stage:
-:func:`chestkd.experiments.table_cells.run_finished`). A ``mean_std`` that a run estimated on
+:func:`chestkd.training.run.run_finished`). A ``mean_std`` that a run estimated on
 its own training split (``normalization: mean_std`` without a ``mean_std`` of the user's) is
 no option: each seed estimates its own, and its runs stay one setting.
 """
@@ -43,9 +43,8 @@ from chestkd.evaluation.evaluate import markdown_table
 from chestkd.evaluation.plots import plot_training_curves
 from chestkd.experiments.ros import trained_on_subset
 from chestkd.experiments.store import MODEL_KEYS
-from chestkd.experiments.table_cells import run_finished
 from chestkd.training.config import BOOKKEEPING_KEYS, config_id
-from chestkd.training.run import history
+from chestkd.training.run import history, run_finished
 
 PUBLISHED = Path(__file__).with_name("evaluation") / "published_auc.csv"
 # What makes two runs comparable cells of one table: all model-shaping options but the

@@ -173,7 +173,7 @@ def test_write_final_metrics_marks_the_results_stage_once(tmp_path):
     """The final metrics.json marks stage results; a finished run resumed (this one, or one
     written before the stage existed) keeps its stages.json as it was."""
     from chestkd.experiments.kd import write_final_metrics
-    from chestkd.experiments.table_cells import run_finished
+    from chestkd.training.run import run_finished
     run = _run(tmp_path, "kd", _kd(), {"model": "conv3_student", "mean_auc": 0.5})
     _stages(run, "training", "evaluation")
     assert not run_finished(run, "kd")

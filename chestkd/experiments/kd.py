@@ -28,12 +28,12 @@ from chestkd.evaluation import evaluate_model, print_results
 from chestkd.evaluation.metrics import predict_logits
 from chestkd.experiments.store import (TRAINING_FILES, copy_results, obtain_model,
                                       scored_alike, snapshot_epoch)
-from chestkd.experiments.table_cells import RESULTS_STAGE, run_finished
 from chestkd.scores import probabilities_from_logits
 from chestkd.training.classifier import (build_model, image_options, pipelines,
                                          prepare_run_data, set_precision)
 from chestkd.training.options import RunOptions, as_options, run_options
-from chestkd.training.run import Stages, best_model, open_run, seed_everything, write_json
+from chestkd.training.run import (RESULTS_STAGE, Stages, best_model, open_run, run_finished,
+                                  seed_everything, write_json)
 from chestkd.training.teacher_cache import load_or_compute
 from chestkd.training.trainer import (distribution_strategy, fit, make_optimizer,
                                       resolve_jit_compile)
@@ -194,7 +194,7 @@ def evaluate_once(model, data: Dataset, options: RunOptions, run_dir, *, stage="
 
 def write_final_metrics(results: dict, run_dir, recipe: str) -> None:
     """Write a KD or self-training run's final ``metrics.json`` and mark its
-    :data:`~chestkd.experiments.table_cells.RESULTS_STAGE`: until then the metrics.json of
+    :data:`~chestkd.training.run.RESULTS_STAGE`: until then the metrics.json of
     its evaluation stage (the scores alone) stands there, and the run is not finished. A
     finished run resumed keeps its stages as they were."""
     finished_before = run_finished(run_dir, recipe)

@@ -8,7 +8,6 @@ with ``DEFAULTS`` and ``run(argv)``), so this layer never imports the recipes ab
 from __future__ import annotations
 
 import fnmatch
-import json
 from pathlib import Path
 
 import yaml
@@ -16,16 +15,12 @@ import yaml
 from chestkd.errors import ChestKDError, ConfigError
 from chestkd.io import atomic_write_json
 from chestkd.training.config import config_id, load_yaml, resolve_config, seed_list
+from chestkd.training.run import run_finished
 
 # The order the cells run in: every teacher is base-trained before a cell distils from it.
 ORDER = ("base_training", "self_training", "standard", "reversed", "defective")
 # Options that would make every cell the same run, or another one: refused.
 PER_CELL_OPTIONS = ("--config", "--resume", "--run-name")
-# The stage a KD or self-training run marks once its final metrics.json is written: its
-# evaluation stage writes an earlier metrics.json (the scores alone), and the teacher
-# agreement, the paired comparison or the saliency figures still follow it.
-RESULTS_STAGE = "results"
-RESULTS_RECIPES = ("kd", "self_training")
 
 
 class TableIncomplete(ChestKDError):
@@ -67,31 +62,6 @@ def resolved_cell(path: Path, overrides, recipes: dict) -> tuple[str, dict]:
                             recipe_profiles=getattr(recipes[recipe], "RECIPE_PROFILES", None))
     config["recipe"] = recipe
     return recipe, config
-
-
-def run_finished(folder, recipe, metrics: dict | None = None) -> bool:
-    """Whether the run in ``folder`` (of ``recipe``) finished: ``metrics.json`` written and,
-    where the run records its stages, its evaluation stage done and, for a KD or
-    self-training run, its :data:`RESULTS_STAGE`. ``metrics``: the parsed metrics.json, if
-    the caller has read it."""
-    folder = Path(folder)
-    if not (folder / "metrics.json").exists():
-        return False
-    if not (folder / "stages.json").exists():
-        return True
-    try:
-        stages = json.loads((folder / "stages.json").read_text())
-        if metrics is None and recipe in RESULTS_RECIPES:
-            metrics = json.loads((folder / "metrics.json").read_text())
-    except ValueError:  # half written or damaged: running (resuming) the run writes it anew
-        return False
-    if not isinstance(stages, dict) or "evaluation" not in stages:
-        return False
-    if recipe not in RESULTS_RECIPES or RESULTS_STAGE in stages:
-        return True
-    # A run written before the results stage existed: only its final metrics.json names the
-    # strategy (evaluation's own metrics.json has the scores alone).
-    return isinstance(metrics, dict) and "strategy" in metrics
 
 
 def _runs_of(config: dict) -> list:

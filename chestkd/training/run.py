@@ -165,6 +165,38 @@ def write_json(payload: dict, path) -> None:
 
 # ----------------------------------------------------------------------------- stages
 
+# The stage a KD or self-training run marks once its final metrics.json is written: its
+# evaluation stage writes an earlier metrics.json (the scores alone), and the teacher
+# agreement, the paired comparison or the saliency figures still follow it.
+RESULTS_STAGE = "results"
+RESULTS_RECIPES = ("kd", "self_training")
+
+
+def run_finished(folder, recipe, metrics: dict | None = None) -> bool:
+    """Whether the run in ``folder`` (of ``recipe``) finished: ``metrics.json`` written and,
+    where the run records its stages, its evaluation stage done and, for a KD or
+    self-training run, its :data:`RESULTS_STAGE`. ``metrics``: the parsed metrics.json, if
+    the caller has read it."""
+    folder = Path(folder)
+    if not (folder / "metrics.json").exists():
+        return False
+    if not (folder / "stages.json").exists():
+        return True
+    try:
+        stages = json.loads((folder / "stages.json").read_text())
+        if metrics is None and recipe in RESULTS_RECIPES:
+            metrics = json.loads((folder / "metrics.json").read_text())
+    except ValueError:  # half written or damaged: running (resuming) the run writes it anew
+        return False
+    if not isinstance(stages, dict) or "evaluation" not in stages:
+        return False
+    if recipe not in RESULTS_RECIPES or RESULTS_STAGE in stages:
+        return True
+    # A run written before the results stage existed: only its final metrics.json names the
+    # strategy (evaluation's own metrics.json has the scores alone).
+    return isinstance(metrics, dict) and "strategy" in metrics
+
+
 class Stages:
     """``stages.json`` of ``run_dir``: ``done(name)``, ``mark(name, **info)``, ``info(name)``."""
 
